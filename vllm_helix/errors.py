@@ -1,0 +1,29 @@
+"""Exception classes, one meaning each. CLI and server turn any HelixError into a clear message."""
+
+
+class HelixError(Exception):
+    """Base class of every error vllm-helix raises on purpose."""
+
+
+class ClusterSpecError(HelixError, ValueError):
+    """A cluster, model, profile, plan or trace description is malformed (message says file and field)."""
+
+
+class InfeasiblePlacement(HelixError):
+    """No placement can serve the model on this cluster (e.g. not enough memory), or a given one is invalid."""
+
+
+class SolverUnavailable(HelixError):
+    """The requested MILP solver is missing or unusable (e.g. size-limited license)."""
+
+
+class PeerLost(HelixError):
+    """A transport peer stopped answering heartbeats or its connection was cut."""
+
+
+class TransportTimeout(HelixError, TimeoutError):
+    """A send or receive did not complete within its timeout."""
+
+
+class FrameRejected(HelixError):
+    """A received message was malformed, truncated, oversized or of the wrong version."""
