@@ -1,0 +1,224 @@
+"""Max-flow evaluation of a placement (helix-spec §3): the cluster's serving-throughput bound.
+
+One unit of flow is one token per second traversing the whole model (prompt and decode tokens alike).
+Two graphs, same connectivity rule (`placement.arc_allowed`):
+
+* ``"split"`` (default, the reference simulator's graph, §3.3): every node is four vertices
+  in -> start -> end -> out, so its inbound NIC, its compute (T_i(k_i)) and its outbound NIC are separate
+  capacities; the coordinator's NICs cap the source and the sink. A link u->v carries bw/(token + activation)
+  tokens/s between nodes and bw/token on coordinator hops.
+* ``"planner"`` (the reference MILP's graph, §3.2): one capacity per node, T_i(k) already capped by its NIC;
+  links carry bw/activation between nodes and bw/token on coordinator hops.
+
+networkx's preflow-push runs on capacities scaled to integers (`scale` units per token/s, 1e6 by default)
+because float capacities make its result depend on rounding; pass ``scale=None`` for the reference's raw
+floats (bit-compatible routing weights).
+
+Example:
+    >>> from vllm_helix.planner.examples import reference_example
+    >>> ex = reference_example("ilp")
+    >>> round(max_flow(ex.cluster, ex.model, ex.placement).value, 3)
+    1289.556
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+from networkx.algorithms.flow import preflow_push
+
+from vllm_helix.errors import InfeasiblePlacement
+from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec
+from vllm_helix.planner.model import ModelSpec
+from vllm_helix.planner.placement import Placement, arc_allowed
+from vllm_helix.planner.throughput import NodeCapacity, ThroughputSource, capacity_table, upper_bound
+
+SOURCE, SINK = "source", "sink"
+GRAPHS = ("split", "planner")
+Arc = tuple[str, str]  # (src, dst) of a physical link; COORDINATOR at either end
+
+
+@dataclass(frozen=True, slots=True)
+class FlowResult:
+    value: float  # max flow, tokens/s
+    upper_bound: float  # U = sum_i max_k k*T_i(k) / L ("max compute throughput")
+    node_flow: dict[str, float]  # tokens/s through each used node's layers
+    node_capacity: dict[str, float]  # T_i(k_i) of each used node
+    arc_flow: dict[Arc, float]  # tokens/s on each layer-compatible link (router weights)
+    arc_capacity: dict[Arc, float]  # tokens/s each such link can carry
+    min_cut: tuple[str, ...]  # the saturated capacities that bound the flow, human-readable
+    graph: str
+
+    @property
+    def used_arcs(self) -> list[Arc]:
+        return [a for a, f in self.arc_flow.items() if f > 0]
+
+
+def compatible_arcs(
+    cluster: ClusterSpec, placement: Placement, num_layers: int, partial: bool = False,
+    link_order: Sequence[Arc] | None = None,
+) -> list[Arc]:
+    """Physical links that may carry requests under this placement, in cluster (or given) order."""
+    candidates = link_order if link_order is not None else [(lk.src, lk.dst) for lk in cluster.links]
+    arcs = []
+    for src, dst in candidates:
+        if cluster.link(src, dst) is None:
+            continue
+        if (src != COORDINATOR and placement[src] is None) or (dst != COORDINATOR and placement[dst] is None):
+            continue
+        src_range = None if src == COORDINATOR else placement[src]
+        dst_range = None if dst == COORDINATOR else placement[dst]
+        if arc_allowed(src_range, dst_range, num_layers, partial):
+            arcs.append((src, dst))
+    return arcs
+
+
+def max_flow(
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    placement: Placement,
+    *,
+    throughput: str | ThroughputSource = "reference",
+    capacities: Mapping[str, NodeCapacity] | None = None,
+    graph: str = "split",
+    partial_inference: bool = False,
+    link_order: Sequence[Arc] | None = None,
+    scale: float | None = 1e6,
+) -> FlowResult:
+    """Max flow (tokens/s) of `placement` on `cluster`, with per-arc flows and the min cut.
+
+    Raises InfeasiblePlacement if the placement names unknown nodes or holds more layers than fit.
+    """
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
+    capacities = capacities if capacities is not None else capacity_table(cluster, model, throughput)
+    placement.validate(cluster.node_names, model.num_layers, {n: c.max_layers for n, c in capacities.items()})
+    arcs = compatible_arcs(cluster, placement, model.num_layers, partial_inference, link_order)
+    builder = _split_graph if graph == "split" else _planner_graph
+    g, arc_edges, node_edges = builder(cluster, model, placement, capacities, arcs)
+    return _solve(g, arc_edges, node_edges, scale, upper_bound(capacities, model.num_layers), graph)
+
+
+# ------------------------------------------------------------------------------------ graphs
+# Each builder returns (graph with float 'capacity', physical arc -> graph edge, node -> compute edge).
+
+
+def _split_graph(cluster, model, placement, capacities, arcs):
+    token, hop = model.token_bytes, model.token_bytes + model.activation_bytes_per_token
+    g = nx.DiGraph()
+    g.add_edge(SOURCE, (COORDINATOR, "out"), capacity=cluster.coordinator.nic_out_bytes_per_s / token)
+    g.add_edge((COORDINATOR, "in"), SINK, capacity=cluster.coordinator.nic_in_bytes_per_s / token)
+    inbound = {name: {s for s, d in arcs if d == name} for name in placement.ranges}
+    outbound = {name: {d for s, d in arcs if s == name} for name in placement.ranges}
+    node_edges = {}
+    for name, rng in placement.ranges.items():
+        node = cluster.node(name)
+        size_in = token if inbound[name] == {COORDINATOR} else hop
+        size_out = token if outbound[name] == {COORDINATOR} else hop
+        g.add_edge((name, "in"), (name, "start"), capacity=node.nic_in_bytes_per_s / size_in)
+        g.add_edge((name, "start"), (name, "end"), capacity=capacities[name].throughput(rng.size))
+        g.add_edge((name, "end"), (name, "out"), capacity=node.nic_out_bytes_per_s / size_out)
+        node_edges[name] = ((name, "start"), (name, "end"))
+    arc_edges = {}
+    for src, dst in arcs:
+        size = token if COORDINATOR in (src, dst) else hop
+        edge = ((src, "out"), (dst, "in"))
+        g.add_edge(*edge, capacity=cluster.link(src, dst).bandwidth_bytes_per_s / size)
+        arc_edges[(src, dst)] = edge
+    return g, arc_edges, node_edges
+
+
+def _planner_graph(cluster, model, placement, capacities, arcs):
+    g = nx.DiGraph()
+    node_edges = {}
+    for name, rng in placement.ranges.items():
+        g.add_edge((name, "in"), (name, "out"), capacity=capacities[name].throughput(rng.size))
+        node_edges[name] = ((name, "in"), (name, "out"))
+    arc_edges = {}
+    for src, dst in arcs:
+        bandwidth = cluster.link(src, dst).bandwidth_bytes_per_s
+        if src == COORDINATOR:
+            edge = (SOURCE, (dst, "in"))
+        elif dst == COORDINATOR:
+            edge = ((src, "out"), SINK)
+        else:
+            edge = ((src, "out"), (dst, "in"))
+        size = model.token_bytes if COORDINATOR in (src, dst) else model.activation_bytes_per_token
+        g.add_edge(*edge, capacity=bandwidth / size)
+        arc_edges[(src, dst)] = edge
+    return g, arc_edges, node_edges
+
+
+# ------------------------------------------------------------------------------------ solving
+
+
+def _solve(g: nx.DiGraph, arc_edges, node_edges, scale, bound: float, graph: str) -> FlowResult:
+    empty = FlowResult(0.0, bound, {n: 0.0 for n in node_edges}, {}, {}, {}, ("no path from the coordinator "
+                       "through all layers back to it",), graph)
+    if SOURCE not in g or SINK not in g or not nx.has_path(g, SOURCE, SINK):
+        return _with_arcs(empty, g, arc_edges, node_edges)
+    if scale is not None:
+        for _, _, data in g.edges(data=True):
+            data["capacity"] = round(data["capacity"] * scale)
+    residual = preflow_push(g, SOURCE, SINK)
+    unit = scale or 1.0
+
+    def flow(edge) -> float:
+        return max(0.0, residual[edge[0]][edge[1]]["flow"]) / unit
+
+    def capacity(edge) -> float:
+        return g.edges[edge]["capacity"] / unit
+
+    return FlowResult(
+        value=residual.graph["flow_value"] / unit,
+        upper_bound=bound,
+        node_flow={n: flow(e) for n, e in node_edges.items()},
+        node_capacity={n: capacity(e) for n, e in node_edges.items()},
+        arc_flow={a: flow(e) for a, e in arc_edges.items()},
+        arc_capacity={a: capacity(e) for a, e in arc_edges.items()},
+        min_cut=_min_cut(g, residual, arc_edges, node_edges),
+        graph=graph,
+    )
+
+
+def _with_arcs(result: FlowResult, g, arc_edges, node_edges) -> FlowResult:
+    caps = {a: g.edges[e]["capacity"] for a, e in arc_edges.items()}
+    return FlowResult(result.value, result.upper_bound, result.node_flow,
+                      {n: g.edges[e]["capacity"] for n, e in node_edges.items()},
+                      dict.fromkeys(arc_edges, 0.0), caps, result.min_cut, result.graph)
+
+
+def _min_cut(g: nx.DiGraph, residual, arc_edges, node_edges) -> tuple[str, ...]:
+    """Saturated edges from the source side to the sink side of the residual graph."""
+    reachable, stack = {SOURCE}, [SOURCE]
+    while stack:
+        u = stack.pop()
+        for v, data in residual[u].items():
+            if v not in reachable and data["flow"] < data["capacity"]:
+                reachable.add(v)
+                stack.append(v)
+    names = {e: f"link {a[0]} -> {a[1]}" for a, e in arc_edges.items()}
+    names.update({e: f"compute of {n}" for n, e in node_edges.items()})
+    cut = []
+    for u, v in g.edges:
+        if u in reachable and v not in reachable:
+            cut.append(names.get((u, v)) or _nic_name(u, v))
+    return tuple(sorted(cut))
+
+
+def _nic_name(u, v) -> str:
+    if u == SOURCE:
+        return "coordinator outbound NIC"
+    if v == SINK:
+        return "coordinator inbound NIC"
+    return f"inbound NIC of {u[0]}" if u[1] == "in" else f"outbound NIC of {u[0]}"
+
+
+def require_flow(result: FlowResult) -> FlowResult:
+    """Raise InfeasiblePlacement when a placement serves nothing."""
+    if result.value <= 0:
+        raise InfeasiblePlacement("the placement has no route from the coordinator through every layer and back")
+    return result

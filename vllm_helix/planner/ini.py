@@ -1,0 +1,274 @@
+"""Readers for the reference system's `.ini` files (helix-spec §1).
+
+* cluster topology (`single24.ini`): `[ComputeNode-i] type=...`, `[Link-i-j]` (both directions),
+  `[Link-source-i]` (coordinator -> i), `[Link-i-sink]` (i -> coordinator);
+* machine profile (`machine_profile.ini`): NIC speeds and VRAM per GPU type;
+* layout solution (`*_sol.ini`): `compute_node_{i+offset}=[layer ids]`;
+* simulator cluster (`simulator_cluster.ini`): the nodes, their KV capacity and the directed,
+  layer-compatible links in the order the reference simulator numbers them.
+
+Unit convention (helix-spec §0): the reference's `mbps`/`gbps` are 1e6/1e9 and bandwidths are divided by
+*byte* sizes, so every bandwidth value is in bytes/s despite the name. We read them the same way, so
+`1000 * mbps` is 1 GB/s. Compute node i becomes node `n{i}`; source and sink become the coordinator.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from vllm_helix.errors import ClusterSpecError
+from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec, CoordinatorSpec, LinkSpec, NodeSpec
+from vllm_helix.planner.placement import LayerRange, Placement
+
+# The reference's utils.py unit names, with its (byte-valued) meanings.
+_UNITS = {
+    "bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9,
+    "Byte": 1.0, "KB": 1e3, "MB": 1e6, "GB": 1e9,
+    "Sec": 1.0, "MilliSec": 1e-3,
+}
+_VALUE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:\*\s*([A-Za-z]+))?\s*$")
+
+
+def node_name(index: int) -> str:
+    return f"n{index}"
+
+
+class _Ini:
+    """configparser with error messages that name the file, section and key."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.parser = configparser.ConfigParser(interpolation=None)
+        self.parser.optionxform = str  # keep key case
+        try:
+            text = self.path.read_text()
+        except OSError as exc:
+            raise ClusterSpecError(f"{self.path}: cannot read file ({exc.strerror})") from None
+        try:
+            self.parser.read_string(text, source=str(self.path))
+        except configparser.Error as exc:
+            raise ClusterSpecError(f"{self.path}: not a valid .ini file: {exc.message}") from None
+
+    def error(self, section: str, key: str | None, problem: str) -> ClusterSpecError:
+        where = f"[{section}]" + (f" {key}" if key else "")
+        return ClusterSpecError(f"{self.path}: {where}: {problem}")
+
+    def has(self, section: str) -> bool:
+        return self.parser.has_section(section)
+
+    def raw(self, section: str, key: str) -> str:
+        if not self.parser.has_section(section):
+            raise self.error(section, None, "missing section")
+        if not self.parser.has_option(section, key):
+            raise self.error(section, key, "missing key")
+        return self.parser.get(section, key)
+
+    def quantity(self, section: str, key: str) -> float:
+        text = self.raw(section, key)
+        match = _VALUE.match(text)
+        if not match or (match.group(2) and match.group(2) not in _UNITS):
+            raise self.error(section, key, f"cannot read {text!r}; expected 'NUMBER * UNIT' with UNIT in {list(_UNITS)}")
+        return float(match.group(1)) * _UNITS.get(match.group(2) or "Byte", 1.0)
+
+    def literal(self, section: str, key: str, kind: type) -> object:
+        text = self.raw(section, key)
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise self.error(section, key, f"cannot read {text!r} as a {kind.__name__}") from None
+        if not isinstance(value, kind):
+            raise self.error(section, key, f"expected a {kind.__name__}, got {text!r}")
+        return value
+
+    def word(self, section: str, key: str) -> str:
+        """A bare or quoted name: `type=L4` or `machine_type="L4"`."""
+        return self.raw(section, key).strip().strip("'\"")
+
+    def integer(self, section: str, key: str) -> int:
+        value = self.literal(section, key, int)
+        assert isinstance(value, int)
+        return value
+
+
+# ------------------------------------------------------------------------------- machine profile
+
+
+@dataclass(frozen=True, slots=True)
+class MachineType:
+    nic_in_bytes_per_s: float
+    nic_out_bytes_per_s: float
+    vram_bytes: float
+
+
+def default_machine_profile() -> Path:
+    return Path(str(resources.files("vllm_helix.data") / "reference" / "helix-examples" / "machine_profile.ini"))
+
+
+def read_machine_profile(path: str | Path) -> tuple[dict[str, MachineType], CoordinatorSpec]:
+    """GPU type -> NICs and VRAM, and the coordinator's NICs (from [SourceNode]/[SinkNode])."""
+    ini = _Ini(path)
+    types = {}
+    for section in ini.parser.sections():
+        if section in ("SourceNode", "SinkNode"):
+            continue
+        types[section] = MachineType(
+            nic_in_bytes_per_s=_positive(ini, section, "inbound_nic_speed"),
+            nic_out_bytes_per_s=_positive(ini, section, "outbound_nic_speed"),
+            vram_bytes=_positive(ini, section, "vram_size"),
+        )
+    coordinator = CoordinatorSpec(
+        nic_in_bytes_per_s=_positive(ini, "SinkNode", "inbound_nic_speed"),
+        nic_out_bytes_per_s=_positive(ini, "SourceNode", "outbound_nic_speed"),
+    )
+    return types, coordinator
+
+
+def _positive(ini: _Ini, section: str, key: str) -> float:
+    value = ini.quantity(section, key)
+    if value <= 0:
+        raise ini.error(section, key, "must be > 0")
+    return value
+
+
+def _split_gpu_type(gpu_type: str) -> tuple[str, int]:
+    """'T4x2' -> ('T4', 2)."""
+    match = re.fullmatch(r"(.+?)x(\d+)", gpu_type)
+    return (match.group(1), int(match.group(2))) if match else (gpu_type, 1)
+
+
+# ------------------------------------------------------------------------------ cluster topology
+
+
+def read_cluster_ini(path: str | Path, machine_profile: str | Path | None = None) -> ClusterSpec:
+    """A reference cluster topology file, with NICs/VRAM from the machine profile (bundled by default)."""
+    ini = _Ini(path)
+    machines, coordinator = read_machine_profile(machine_profile or default_machine_profile())
+    count = ini.integer("NodeNames", "total_compute_nodes")
+    if count <= 0:
+        raise ini.error("NodeNames", "total_compute_nodes", "must be > 0")
+    nodes = []
+    for i in range(count):
+        section = f"ComputeNode-{i}"
+        gpu_type = ini.word(section, "type")
+        if gpu_type not in machines:
+            raise ini.error(section, "type", f"unknown GPU type {gpu_type!r}; the machine profile has {sorted(machines)}")
+        gpu, gpus = _split_gpu_type(gpu_type)
+        m = machines[gpu_type]
+        nodes.append(NodeSpec(node_name(i), gpu, m.vram_bytes, gpus, m.nic_in_bytes_per_s, m.nic_out_bytes_per_s))
+    links = []
+    for section in ini.parser.sections():
+        if not section.startswith("Link-"):
+            continue
+        parts = section.split("-")
+        if len(parts) != 3:
+            raise ini.error(section, None, "link sections are named Link-<a>-<b>")
+        a, b = (_endpoint(ini, section, p, count) for p in parts[1:])
+        bandwidth = _positive(ini, section, "bandwidth")
+        latency = ini.quantity(section, "latency")
+        if parts[1] == "source" or parts[2] == "sink":  # coordinator links are one-way
+            links.append(LinkSpec(a, b, bandwidth, latency))
+        elif parts[1] in ("sink",) or parts[2] in ("source",):
+            raise ini.error(section, None, "the source only sends and the sink only receives")
+        else:
+            links += [LinkSpec(a, b, bandwidth, latency), LinkSpec(b, a, bandwidth, latency)]
+    _check_connected_lists(ini, count, links)
+    return ClusterSpec(tuple(nodes), tuple(links), coordinator, name=Path(path).stem)
+
+
+def _endpoint(ini: _Ini, section: str, text: str, count: int) -> str:
+    if text in ("source", "sink"):
+        return COORDINATOR
+    if not text.isdigit() or int(text) >= count:
+        raise ini.error(section, None, f"node id {text!r} out of range 0..{count - 1}")
+    return node_name(int(text))
+
+
+def _check_connected_lists(ini: _Ini, count: int, links: list[LinkSpec]) -> None:
+    """The [SourceNode]/[SinkNode] neighbour lists must name nodes that exist and have a link."""
+    have = {(lk.src, lk.dst) for lk in links}
+    for section, arc in (("SourceNode", lambda i: (COORDINATOR, node_name(i))),
+                         ("SinkNode", lambda i: (node_name(i), COORDINATOR))):
+        if not ini.has(section):
+            continue
+        for i in ini.literal(section, "connected_nodes", list):  # type: ignore[union-attr]
+            if not isinstance(i, int) or not 0 <= i < count:
+                raise ini.error(section, "connected_nodes", f"node id {i!r} out of range 0..{count - 1}")
+            if arc(i) not in have:
+                raise ini.error(section, "connected_nodes", f"node {i} is listed but has no link section")
+
+
+# ------------------------------------------------------------------------------ layout solution
+
+
+def read_solution_ini(path: str | Path, cluster: ClusterSpec) -> Placement:
+    """A reference `*_sol.ini`: node i holds the listed (contiguous) layer ids; [] means unused."""
+    ini = _Ini(path)
+    offset = ini.integer("Settings", "offset") if ini.has("Settings") else 2
+    if not ini.has("Solution"):
+        raise ini.error("Solution", None, "missing section")
+    ranges = {}
+    for key in ini.parser.options("Solution"):
+        match = re.fullmatch(r"compute_node_(\d+)", key)
+        if not match:
+            raise ini.error("Solution", key, "expected keys compute_node_<id>")
+        index = int(match.group(1)) - offset
+        if not 0 <= index < len(cluster.nodes):
+            raise ini.error("Solution", key, f"node id out of range: the cluster has {len(cluster.nodes)} nodes "
+                            f"(ids {offset}..{offset + len(cluster.nodes) - 1})")
+        layers = ini.literal("Solution", key, list)
+        if not layers:
+            continue
+        if layers != list(range(layers[0], layers[0] + len(layers))):  # type: ignore[index,arg-type]
+            raise ini.error("Solution", key, f"layers must be contiguous, got {layers}")
+        ranges[cluster.nodes[index].name] = LayerRange(layers[0], layers[0] + len(layers))  # type: ignore[index,arg-type]
+    return Placement(ranges)
+
+
+# ----------------------------------------------------------------------------- simulator cluster
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorClusterIni:
+    """A reference simulator cluster: nodes with their KV capacity and the ordered directed links."""
+
+    cluster: ClusterSpec
+    kv_slots: dict[str, int]
+    link_order: tuple[tuple[str, str], ...]
+
+
+def read_simulator_cluster_ini(path: str | Path) -> SimulatorClusterIni:
+    ini = _Ini(path)
+    coordinator = CoordinatorSpec(
+        nic_in_bytes_per_s=_positive(ini, "Coordinator", "inbound_nic_speed"),
+        nic_out_bytes_per_s=_positive(ini, "Coordinator", "outbound_nic_speed"),
+    )
+    names = ini.literal("ComputeNodes", "names", list)
+    rename = {"source": COORDINATOR, "sink": COORDINATOR}
+    nodes, kv = [], {}
+    for sim_name in names:  # type: ignore[union-attr]
+        match = re.fullmatch(r"compute_node_(\d+)", str(sim_name))
+        if not match:
+            raise ini.error("ComputeNodes", "names", f"unexpected node name {sim_name!r}")
+        name = node_name(int(match.group(1)) - 2)
+        rename[str(sim_name)] = name
+        gpu, gpus = _split_gpu_type(ini.word(sim_name, "machine_type"))
+        nodes.append(NodeSpec(name, gpu, _positive(ini, sim_name, "vram_size"), gpus,
+                              _positive(ini, sim_name, "inbound_nic_speed"),
+                              _positive(ini, sim_name, "outbound_nic_speed")))
+        kv[name] = ini.integer(sim_name, "kv_cache_capacity")
+    links, order = [], []
+    for link_name in ini.literal("Links", "names", list):  # type: ignore[union-attr]
+        src, dst = ini.raw(link_name, "in").strip(), ini.raw(link_name, "out").strip()
+        for end in (src, dst):
+            if end not in rename:
+                raise ini.error(link_name, None, f"unknown node {end!r}")
+        links.append(LinkSpec(rename[src], rename[dst], _positive(ini, link_name, "bandwidth"),
+                              ini.quantity(link_name, "latency")))
+        order.append((rename[src], rename[dst]))
+    cluster = ClusterSpec(tuple(nodes), tuple(links), coordinator, name=Path(path).parent.name)
+    return SimulatorClusterIni(cluster, kv, tuple(order))
