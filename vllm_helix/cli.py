@@ -1,0 +1,213 @@
+"""`vllm-helix`: plan, evaluate and simulate Helix placements; run cluster workers.
+
+Every command turns bad input into one `error: ...` line and exit status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vllm_helix.errors import HelixError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _load_inputs(args: argparse.Namespace):
+    from vllm_helix.planner.cluster import load_cluster
+    from vllm_helix.planner.model import load_model
+
+    return load_cluster(args.cluster), load_model(args.model)
+
+
+def _load_placement(path: str, cluster):
+    """A reference `*_sol.ini`, a plan file, or a YAML mapping `node: [start, end]`."""
+    import yaml
+
+    from vllm_helix.errors import ClusterSpecError
+    from vllm_helix.planner.ini import read_solution_ini
+    from vllm_helix.planner.placement import LayerRange, Placement
+    from vllm_helix.planner.plan import load_plan
+
+    if path.endswith(".ini"):
+        return read_solution_ini(path, cluster)
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ClusterSpecError(f"{path}: cannot read placement ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ClusterSpecError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(data, dict) and "helix_plan" in data:
+        return load_plan(path).placement
+    if not isinstance(data, dict):
+        raise ClusterSpecError(f"{path}: expected a mapping 'node: [start, end]'")
+    ranges = {}
+    for name, value in data.items():
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+            raise ClusterSpecError(f"{path}: {name}: expected [start, end] layer indices, got {value!r}")
+        cluster.node(str(name))
+        ranges[str(name)] = LayerRange(*value)
+    return Placement(ranges)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+# ------------------------------------------------------------------------------------ commands
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    from vllm_helix.planner.flow import max_flow
+    from vllm_helix.planner.report import flow_table, flow_to_dict
+
+    cluster, model = _load_inputs(args)
+    placement = _load_placement(args.placement, cluster)
+    flow = max_flow(cluster, model, placement, throughput=args.throughput, graph=args.graph,
+                    partial_inference=args.partial_inference)
+    if args.plot:
+        from vllm_helix.planner.plot import plot_placement
+
+        plot_placement(cluster, placement, flow, model.num_layers, args.plot)
+    if args.json:
+        _print_json(flow_to_dict(cluster, placement, flow))
+    else:
+        print(flow_table(cluster, placement, flow))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from vllm_helix.planner.place import place
+    from vllm_helix.planner.plan import plan_to_dict, save_plan
+    from vllm_helix.planner.report import flow_table
+
+    cluster, model = _load_inputs(args)
+    options: dict[str, Any] = {"seed": args.seed}
+    if args.method == "milp":
+        options.update(solver=args.solver, threads=args.threads, time_limit_s=args.time_limit,
+                       partial_inference=args.partial_inference, progress=not args.json)
+    plan = place(cluster, model, args.method, throughput=args.throughput, **options)
+    save_plan(plan, args.output)
+    if args.plot:
+        from vllm_helix.planner.plot import plot_placement
+
+        plot_placement(cluster, plan.placement, plan.flow, model.num_layers, args.plot,
+                       title=f"{args.method}: max flow {plan.flow.value:.1f} tokens/s")
+    if args.json:
+        summary = plan_to_dict(plan)
+        summary.pop("cluster")
+        _print_json(summary)
+    else:
+        print(flow_table(cluster, plan.placement, plan.flow))
+        print(f"\nplan ({args.method}) written to {args.output}")
+    return 0
+
+
+def cmd_import_ini(args: argparse.Namespace) -> int:
+    from vllm_helix.planner.cluster import save_cluster
+    from vllm_helix.planner.ini import read_cluster_ini
+
+    cluster = read_cluster_ini(args.ini, args.machine_profile)
+    save_cluster(cluster, args.output)
+    print(f"{args.ini}: {len(cluster.nodes)} nodes, {len(cluster.links)} directed links -> {args.output}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Plan the bundled reference cluster with every method and compare with the reference's layouts."""
+    from vllm_helix.planner.examples import REFERENCE_METHODS, reference_example
+    from vllm_helix.planner.flow import max_flow
+    from vllm_helix.planner.place import _methods, place
+
+    ex = reference_example("ilp")
+    print(f"bundled example: reference single24 ({ex.cluster.composition()}), model {ex.model.name}\n")
+    print(f"{'placement':<34}{'max flow (tokens/s)':>20}")
+    for method in REFERENCE_METHODS:
+        ref = reference_example(method)
+        flow = max_flow(ref.cluster, ref.model, ref.placement, partial_inference=ref.partial_inference)
+        print(f"{'reference layout: ' + method:<34}{flow.value:>20.3f}")
+    for method in sorted(_methods()):
+        options = {"time_limit_s": args.time_limit, "progress": False} if method == "milp" else {}
+        plan = place(ex.cluster, ex.model, method, **options)
+        print(f"{'vllm-helix plan: ' + method:<34}{plan.flow.value:>20.3f}")
+    print(f"\nupper bound U (max compute throughput): {flow.upper_bound:.3f} tokens/s")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", required=True, help="cluster YAML, or a reference topology .ini")
+    p.add_argument("--model", default="llama2-70b",
+                   help="built-in model (llama2-70b, llama1-30b) or a Hugging Face model dir / config.json")
+    p.add_argument("--throughput", default="reference", choices=["reference", "profile"],
+                   help="node throughput model: the reference's typical-batch model, or a fixed-batch profile")
+    p.add_argument("--partial-inference", action="store_true",
+                   help="let a node run only the suffix of its layers that a route still needs")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--plot", metavar="PNG", help="draw the placement to this PNG file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vllm-helix", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("flow", help="max flow of a given placement",
+                       description="Evaluate a placement: upper bound U, max flow, per-node flow, min cut.")
+    _cluster_args(p)
+    p.add_argument("--placement", required=True,
+                   help="plan YAML, reference *_sol.ini, or YAML mapping 'node: [start, end]'")
+    p.add_argument("--graph", default="split", choices=["split", "planner"],
+                   help="node-split graph with NICs (default) or the MILP's planner graph")
+    p.set_defaults(handler=cmd_flow)
+
+    p = sub.add_parser("plan", help="find a placement and write a plan file",
+                       description="Find a layer placement that maximizes the cluster's max flow.")
+    _cluster_args(p)
+    p.add_argument("--method", default="milp", choices=["milp", "petals", "swarm", "homogeneous"])
+    p.add_argument("-o", "--output", required=True, help="plan YAML to write")
+    p.add_argument("--seed", type=int, default=0, help="random seed (heuristics and solver)")
+    p.add_argument("--solver", default="auto", help="MILP solver: auto, cpsat or gurobi")
+    p.add_argument("--threads", type=int, default=0, help="solver threads (0 = all cores)")
+    p.add_argument("--time-limit", type=float, default=60.0, help="solver time limit, seconds")
+    p.set_defaults(handler=cmd_plan)
+
+    p = sub.add_parser("import-ini", help="convert a reference cluster .ini to YAML",
+                       description="Convert a Helix reference topology .ini (bandwidths in bytes/s) to YAML.")
+    p.add_argument("ini", help="reference topology file, e.g. single24.ini")
+    p.add_argument("--machine-profile", help="reference machine_profile.ini (default: the bundled one)")
+    p.add_argument("-o", "--output", required=True, help="cluster YAML to write")
+    p.set_defaults(handler=cmd_import_ini)
+
+    p = sub.add_parser("demo", help="plan the bundled example cluster with every method",
+                       description="Plan and evaluate the bundled reference cluster (24 GPUs, LLaMA-2-70B).")
+    p.add_argument("--time-limit", type=float, default=20.0, help="MILP time limit, seconds")
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except HelixError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
