@@ -1,0 +1,99 @@
+"""Max-flow evaluation: the reference numbers, hand-computable clusters, and invariants."""
+
+import pytest
+
+from vllm_helix.errors import InfeasiblePlacement
+from checks import PUBLISHED, check_flow
+
+from vllm_helix.planner.cluster import cluster_from_dict
+from vllm_helix.planner.examples import REFERENCE_METHODS, reference_example
+from vllm_helix.planner.flow import compatible_arcs, max_flow
+from vllm_helix.planner.model import ModelSpec
+from vllm_helix.planner.placement import LayerRange, Placement
+from vllm_helix.planner.throughput import NodeCapacity
+
+@pytest.mark.parametrize("method", REFERENCE_METHODS)
+@pytest.mark.parametrize("graph", ["split", "planner"])
+def test_reference_layouts_reproduce_published_max_flow(method, graph):
+    ex = reference_example(method)
+    flow = max_flow(ex.cluster, ex.model, ex.placement, partial_inference=ex.partial_inference, graph=graph)
+    assert flow.value == pytest.approx(PUBLISHED[method], rel=1e-4)
+    assert flow.upper_bound == pytest.approx(2803.861, rel=1e-4)
+    check_flow(flow, ex.placement, ex.model.num_layers, ex.partial_inference)
+
+
+def test_raw_float_mode_matches_scaled_integers():
+    ex = reference_example("ilp")
+    raw = max_flow(ex.cluster, ex.model, ex.placement, scale=None)
+    assert raw.value == pytest.approx(1289.5557702751464, rel=1e-9)
+
+
+# --- tiny hand-computable clusters: capacities given directly, links 1 MB/s = 1000 tokens/s of 1 KB
+
+TINY = ModelSpec("tiny", num_layers=4, hidden_size=500, layer_bytes=1.0, activation_bytes_per_token=1000,
+                 token_bytes=1)
+
+
+def tiny_cluster(names, link_bw="1MB/s"):
+    return cluster_from_dict({
+        "nodes": [{"name": n, "gpu": "X", "vram": "1GB", "nic_in": "1GB/s", "nic_out": "1GB/s"} for n in names],
+        "default_link": {"bandwidth": link_bw, "latency": "1ms"},
+    })
+
+
+def caps(**per_node):
+    return {n: NodeCapacity(tuple(t), (1000,) * len(t)) for n, t in per_node.items()}
+
+
+def test_one_node_holding_everything():
+    flow = max_flow(tiny_cluster(["a"]), TINY, Placement({"a": LayerRange(0, 4)}),
+                    capacities=caps(a=[400, 300, 200, 100]), graph="planner")
+    assert flow.value == pytest.approx(100)
+    assert flow.min_cut == ("compute of a",)
+    assert flow.upper_bound == pytest.approx(max(400, 2 * 300, 3 * 200, 4 * 100) / 4)
+
+
+def test_two_nodes_in_series_take_the_slower():
+    placement = Placement({"a": LayerRange(0, 1), "b": LayerRange(1, 4)})
+    flow = max_flow(tiny_cluster(["a", "b"]), TINY, placement, capacities=caps(a=[500, 1, 1, 1], b=[1, 1, 120, 1]))
+    assert flow.value == pytest.approx(120)
+    assert flow.arc_flow[("a", "b")] == pytest.approx(120)
+    assert flow.min_cut == ("compute of b",)
+
+
+def test_two_nodes_in_parallel_add_up():
+    placement = Placement({"a": LayerRange(0, 4), "b": LayerRange(0, 4)})
+    flow = max_flow(tiny_cluster(["a", "b"]), TINY, placement,
+                    capacities=caps(a=[1, 1, 1, 70], b=[1, 1, 1, 30]))
+    assert flow.value == pytest.approx(100)
+    assert flow.node_flow == pytest.approx({"a": 70, "b": 30})
+
+
+def test_slow_link_is_the_bottleneck_and_named():
+    placement = Placement({"a": LayerRange(0, 2), "b": LayerRange(2, 4)})
+    flow = max_flow(tiny_cluster(["a", "b"], link_bw="50kB/s"), TINY, placement,
+                    capacities=caps(a=[1, 900, 1, 1], b=[1, 900, 1, 1]), graph="planner")
+    # 50 kB/s over 1000-byte activations = 50 tokens/s (coordinator hops carry 1-byte tokens: not binding)
+    assert flow.value == pytest.approx(50)
+    assert flow.min_cut == ("link a -> b",)
+
+
+def test_exact_chaining_vs_partial_inference():
+    placement = Placement({"a": LayerRange(0, 3), "b": LayerRange(2, 4)})  # overlapping windows
+    capacities = caps(a=[9, 9, 100, 9], b=[9, 100, 9, 9])
+    assert max_flow(tiny_cluster(["a", "b"]), TINY, placement, capacities=capacities).value == 0
+    assert compatible_arcs(tiny_cluster(["a", "b"]), placement, 4) == [("coordinator", "a"), ("b", "coordinator")]
+    partial = max_flow(tiny_cluster(["a", "b"]), TINY, placement, capacities=capacities, partial_inference=True)
+    assert partial.value == pytest.approx(100)
+
+
+def test_unused_nodes_and_bad_placements():
+    placement = Placement({"a": LayerRange(0, 4)})
+    flow = max_flow(tiny_cluster(["a", "b"]), TINY, placement, capacities=caps(a=[1, 1, 1, 10], b=[5, 5, 5, 5]))
+    assert flow.value == pytest.approx(10) and "b" not in flow.node_flow
+    with pytest.raises(InfeasiblePlacement, match="node 'a': layers \\[2, 9\\) outside"):
+        max_flow(tiny_cluster(["a"]), TINY, Placement({"a": LayerRange(2, 9)}), capacities=caps(a=[1] * 4))
+    with pytest.raises(InfeasiblePlacement, match="holds 4 layers but fits at most 2"):
+        max_flow(tiny_cluster(["a"]), TINY, placement, capacities=caps(a=[1, 1]))
+    with pytest.raises(InfeasiblePlacement, match="unknown node 'zz'"):
+        max_flow(tiny_cluster(["a"]), TINY, Placement({"zz": LayerRange(0, 4)}), capacities=caps(a=[1] * 4))

@@ -1,0 +1,92 @@
+"""The `vllm-helix` command as users run it: numbers out, files written, bad input -> one error line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from vllm_helix.planner.examples import reference_dir
+
+REF = reference_dir()
+SINGLE24 = str(REF / "single24.ini")
+
+
+def run(*args, ok=True):
+    proc = subprocess.run([sys.executable, "-m", "vllm_helix.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize("method, expected", [("ilp", 1289.556), ("petals", 952.107), ("swarm", 757.853),
+                                              ("homogeneous", 531.703)])
+def test_flow_reproduces_reference_numbers(method, expected):
+    args = ["flow", "--cluster", SINGLE24, "--placement", REF / f"layouts/{method}/{method}_sol.ini", "--json"]
+    if method == "petals":
+        args.append("--partial-inference")
+    out = json.loads(run(*args).stdout)
+    assert out["max_flow_tokens_per_s"] == pytest.approx(expected, rel=1e-4)
+    assert out["upper_bound_tokens_per_s"] == pytest.approx(2803.861, rel=1e-4)
+    assert out["min_cut"]
+
+
+def test_flow_table_and_plot(tmp_path):
+    out = run("flow", "--cluster", SINGLE24, "--placement", REF / "layouts/ilp/ilp_sol.ini",
+              "--plot", tmp_path / "p.png").stdout
+    assert "max flow:" in out and "1289.556" in out and "2803.861" in out and "min cut" in out
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plan_writes_a_plan_that_flow_reads_back(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    run("plan", "--cluster", SINGLE24, "--method", "swarm", "-o", plan)
+    data = yaml.safe_load(plan.read_text())
+    assert data["max_flow_tokens_per_s"] == pytest.approx(757.853, rel=1e-4)
+    assert len(data["nodes"]) == 24 and data["arcs"] and data["cluster"]["nodes"][0]["address"] == "local"
+    out = json.loads(run("flow", "--cluster", SINGLE24, "--placement", plan, "--json").stdout)
+    assert out["max_flow_tokens_per_s"] == pytest.approx(757.853, rel=1e-4)
+
+
+def test_import_ini_gives_an_equivalent_yaml_cluster(tmp_path):
+    out = tmp_path / "single24.yaml"
+    run("import-ini", SINGLE24, "-o", out)
+    flow = json.loads(run("flow", "--cluster", out, "--placement", REF / "layouts/ilp/ilp_sol.ini",
+                          "--json").stdout)
+    assert flow["max_flow_tokens_per_s"] == pytest.approx(1289.556, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["flow", "--cluster", "missing.yaml", "--placement", "x.ini"], "cannot read file"),
+        (["flow", "--cluster", SINGLE24, "--placement", "missing.yaml"], "cannot read placement"),
+        (["flow", "--cluster", SINGLE24, "--placement", REF / "layouts/ilp/ilp_sol.ini", "--model", "gpt-9"],
+         "not a built-in"),
+        (["plan", "--cluster", REF / "machine_profile.ini", "--method", "swarm", "-o", "x.yaml"],
+         "missing section"),
+        (["import-ini", REF / "layouts/ilp/ilp_sol.ini", "-o", "x.yaml"], "[NodeNames]: missing section"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(args, message):
+    proc = run(*args, ok=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
+
+
+def test_bad_placement_yaml(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("n0: [0, 'x']\n")
+    proc = run("flow", "--cluster", SINGLE24, "--placement", bad, ok=False)
+    assert proc.returncode == 2 and "n0: expected [start, end]" in proc.stderr
+    bad.write_text("n0: [0, 90]\n")
+    proc = run("flow", "--cluster", SINGLE24, "--placement", bad, ok=False)
+    assert proc.returncode == 2 and "outside the model" in proc.stderr
+
+
+def test_help_on_every_command():
+    for command in ("flow", "plan", "import-ini", "demo"):
+        assert "usage: vllm-helix " + command in run(command, "--help").stdout
