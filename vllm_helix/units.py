@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-_NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z/]*)\s*$")
+_NUMBER_UNIT = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z/]*)\s*$")
 
 # bits per second (lower-case b) and bytes per second (B/s); SI prefixes are powers of 1000.
 _BANDWIDTH = {
