@@ -27,3 +27,12 @@ class TransportTimeout(HelixError, TimeoutError):
 
 class FrameRejected(HelixError):
     """A received message was malformed, truncated, oversized or of the wrong version."""
+
+
+class EngineStartError(HelixError):
+    """A partial-layer engine cannot start: bad layer range, unloadable model, unsupported vLLM, or
+    not enough memory for its KV cache (message says which and what to change)."""
+
+
+class KVCacheFull(HelixError):
+    """A node has no free KV-cache blocks for a request step (the router should have checked capacity)."""

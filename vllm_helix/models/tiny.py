@@ -78,6 +78,8 @@ def build_tiny_llama(
 
     head_dim is ``hidden_size // heads`` (64 by default: a size vLLM's CPU attention supports).
     Weights are float32 so greedy decoding is robust to batch-shape rounding differences.
+    ``vocab_size`` is the BPE training target; the built-in text yields ~720 tokens, and the model's
+    vocabulary is the tokenizer's actual size so every id it can emit decodes.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -86,7 +88,7 @@ def build_tiny_llama(
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(vocab_size)
     config = LlamaConfig(
-        vocab_size=vocab_size,
+        vocab_size=len(tokenizer),  # every id the model can emit decodes
         hidden_size=hidden_size,
         intermediate_size=intermediate,
         num_hidden_layers=num_layers,
