@@ -1,0 +1,136 @@
+"""Workloads: bundled length/arrival traces, the reference trace generator (helix-spec §6.5), user traces.
+
+A trace is a list of `Arrival(time_s, input_tokens, output_tokens)` sorted by time. The reference
+generator draws everything from Python's MT19937; we use a private `random.Random(seed)` with the
+reference's exact call interleaving (randint(bin) -> n x random() -> n x randint(length)), so the same
+seed gives the same trace (§6.5 check values are tested) without touching the global `random`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from vllm_helix.errors import ClusterSpecError
+
+DATASETS = ("azure_conv", "azure_code", "alpaca", "shared_gpt")
+ARRIVAL_SOURCES = ("azure_conv", "azure_code")
+BIN_SECONDS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    time_s: float
+    input_tokens: int
+    output_tokens: int
+
+
+@cache
+def _lengths(dataset: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if dataset not in DATASETS:
+        raise ClusterSpecError(f"unknown length dataset {dataset!r}; bundled: {DATASETS}")
+    text = (resources.files("vllm_helix.data") / "traces" / f"{dataset}_lengths.csv").read_text()
+    rows = list(csv.reader(text.splitlines()))[1:]
+    return tuple(int(r[0]) for r in rows), tuple(int(r[1]) for r in rows)
+
+
+@cache
+def _arrival_bins(source: str) -> tuple[int, ...]:
+    if source not in ARRIVAL_SOURCES:
+        raise ClusterSpecError(f"unknown arrival source {source!r}; bundled: {ARRIVAL_SOURCES}")
+    text = (resources.files("vllm_helix.data") / "traces" / f"{source}_arrivals_per_3s.csv").read_text()
+    return tuple(int(line) for line in text.splitlines()[1:])
+
+
+class LengthSampler:
+    """Samples (input, output) pairs uniformly from a dataset (reference `LengthSampler`)."""
+
+    def __init__(self, dataset: str = "azure_conv", rng: random.Random | None = None):
+        self.inputs, self.outputs = _lengths(dataset)
+        self.rng = rng if rng is not None else random.Random(0)
+
+    @property
+    def mean_total(self) -> float:
+        n = len(self.inputs)
+        return sum(self.inputs) / n + sum(self.outputs) / n  # the reference's float expression
+
+    def sample(self) -> tuple[int, int]:
+        i = self.rng.randint(0, len(self.inputs) - 1)
+        return self.inputs[i], self.outputs[i]
+
+
+def generate_trace(
+    token_rate: float, duration_s: int, start_s: float = 0.0, seed: int = 0,
+    dataset: str = "azure_conv", arrivals: str = "azure_conv",
+) -> list[Arrival]:
+    """Reference online trace: ~`token_rate` prompt+output tokens/s for `duration_s` (a multiple of 3)."""
+    if duration_s <= 0 or duration_s % BIN_SECONDS:
+        raise ClusterSpecError(f"trace duration must be a positive multiple of 3 s, got {duration_s}")
+    if token_rate <= 0:
+        raise ClusterSpecError(f"token rate must be > 0, got {token_rate}")
+    rng = random.Random(seed)
+    lengths = LengthSampler(dataset, rng)
+    bins = _arrival_bins(arrivals)
+    request_rate = token_rate / lengths.mean_total
+    scale = BIN_SECONDS * request_rate / (sum(bins) / len(bins))
+    rates = [scale * b for b in bins]
+    trace, carry = [], 0.0
+    for interval in range(duration_s // BIN_SECONDS):
+        raw = rates[rng.randint(0, len(rates) - 1)]
+        n = round(raw + carry)
+        carry = raw + carry - n
+        times = sorted(start_s + interval * BIN_SECONDS + BIN_SECONDS * rng.random() for _ in range(n))
+        for t in times:
+            trace.append(Arrival(t, *lengths.sample()))
+    return trace
+
+
+def load_trace(path: str | Path) -> list[Arrival]:
+    """User trace, CSV (header with arrival_time_s,input_tokens,output_tokens) or JSONL (same keys)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ClusterSpecError(f"{path}: cannot read trace: {exc}") from None
+    if path.suffix in (".jsonl", ".json"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((n, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise ClusterSpecError(f"{path}:{n}: not a JSON object: {exc.msg}") from None
+    else:
+        reader = csv.DictReader(text.splitlines())
+        rows = [(n, row) for n, row in enumerate(reader, 2)]
+    trace = [_row(path, n, row) for n, row in rows]
+    if not trace:
+        raise ClusterSpecError(f"{path}: trace has no requests")
+    return sorted(trace, key=lambda a: a.time_s)
+
+
+_TIME_KEYS = ("arrival_time_s", "arrival_time", "time_s", "time")
+
+
+def _row(path: Path, line: int, row: object) -> Arrival:
+    where = f"{path}:{line}"
+    if not isinstance(row, dict):
+        raise ClusterSpecError(f"{where}: expected an object with arrival_time_s, input_tokens, output_tokens")
+    key = next((k for k in _TIME_KEYS if k in row), None)
+    if key is None:
+        raise ClusterSpecError(f"{where}: missing arrival_time_s (columns: arrival_time_s,input_tokens,output_tokens)")
+    try:
+        t = float(row[key])
+        inp, out = int(row["input_tokens"]), int(row["output_tokens"])
+    except KeyError as exc:
+        raise ClusterSpecError(f"{where}: missing {exc.args[0]}") from None
+    except (TypeError, ValueError):
+        raise ClusterSpecError(f"{where}: arrival time and token counts must be numbers, got {row}") from None
+    if t < 0 or inp < 1 or out < 1:
+        raise ClusterSpecError(f"{where}: need arrival time >= 0 and token counts >= 1, got {row}")
+    return Arrival(t, inp, out)
