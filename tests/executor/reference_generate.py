@@ -8,13 +8,14 @@ SPEC: {"runs": {name: {"prompts": [[ids]], "params": [SamplingParams kwargs per 
 
 import json
 import sys
+from pathlib import Path
 
 
 def main(model: str, spec_path: str, out_path: str) -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    spec = json.loads(open(spec_path).read())
+    spec = json.loads(Path(spec_path).read_text())
     llm = LLM(
         model,
         enforce_eager=True,
@@ -39,7 +40,7 @@ def main(model: str, spec_path: str, out_path: str) -> None:
             }
             for r in results
         ]
-    open(out_path, "w").write(json.dumps(out))
+    Path(out_path).write_text(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -43,8 +43,7 @@ def _seeded_prompts() -> list[list[int]]:
 
 def _seeded_params() -> list[dict]:
     return [
-        dict(temperature=0.8, top_p=0.9, top_k=50, seed=100 + i, max_tokens=10, logprobs=2)
-        for i in range(4)
+        dict(temperature=0.8, top_p=0.9, top_k=50, seed=100 + i, max_tokens=10, logprobs=2) for i in range(4)
     ]
 
 
@@ -94,7 +93,9 @@ def _params(kwargs: list[dict]):
 
 @pytest.mark.parametrize("n_workers", [2, 3, 4])
 def test_chain_greedy_tokens_equal_whole_model_vllm(tiny_llama_path, reference, n_workers):
-    out = _chain(tiny_llama_path, n_workers).generate(_prompts(), _params(_greedy_params()), max_num_batched_tokens=BATCHED)
+    out = _chain(tiny_llama_path, n_workers).generate(
+        _prompts(), _params(_greedy_params()), max_num_batched_tokens=BATCHED
+    )
     assert [g.token_ids for g in out] == [r["token_ids"] for r in reference["greedy"]]
     assert all(g.finish_reason in ("length", "stop") for g in out)
 
@@ -117,7 +118,9 @@ def test_stop_token_and_max_tokens_end_a_request(tiny_llama_path):
     (free,) = chain.generate([prompt], _params([dict(temperature=0.0, max_tokens=8)]))
     assert len(free.token_ids) == 8 and free.finish_reason == "length"
     stop = free.token_ids[3]
-    (stopped,) = chain.generate([prompt], _params([dict(temperature=0.0, max_tokens=8, stop_token_ids=[stop])]))
+    (stopped,) = chain.generate(
+        [prompt], _params([dict(temperature=0.0, max_tokens=8, stop_token_ids=[stop])])
+    )
     first = free.token_ids.index(stop)
     assert stopped.token_ids == free.token_ids[: first + 1] and stopped.finish_reason == "stop"
 
@@ -157,7 +160,9 @@ def test_quarter_of_the_layers_holds_a_quarter_of_the_weights(tiny_llama_path):
     whole, quarter = _worker(tiny_llama_path, (0, 8)), _worker(tiny_llama_path, (2, 4))
     assert quarter.layer_weight_bytes() * 4 == whole.layer_weight_bytes()
     ratio = quarter.weight_bytes() / whole.weight_bytes()
-    print(f"weights: whole {whole.weight_bytes()} B, layers [2,4) {quarter.weight_bytes()} B, ratio {ratio:.3f}")
+    print(
+        f"weights: whole {whole.weight_bytes()} B, layers [2,4) {quarter.weight_bytes()} B, ratio {ratio:.3f}"
+    )
     assert 0.2 < ratio < 0.27
 
 
@@ -191,7 +196,9 @@ def test_model_vllm_cannot_load_is_refused_at_start(tmp_path):
 
     with pytest.raises(EngineStartError, match="cannot load"):
         PartialLayerWorker(str(tmp_path / "missing"), (0, 1), kv_cache_bytes=KV_BYTES)
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["NoSuchForCausalLM"], "model_type": "nosuch"}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["NoSuchForCausalLM"], "model_type": "nosuch"})
+    )
     with pytest.raises(EngineStartError, match="cannot load"):
         PartialLayerWorker(str(tmp_path), (0, 1), kv_cache_bytes=KV_BYTES)
 

@@ -53,7 +53,9 @@ class LocalChain:
         max_num_seqs: int = 16,
     ) -> list[Generation]:
         """Generate for every prompt (token ids); results in prompt order."""
-        params = sampling_params if isinstance(sampling_params, list | tuple) else [sampling_params] * len(prompts)
+        params = (
+            sampling_params if isinstance(sampling_params, list | tuple) else [sampling_params] * len(prompts)
+        )
         waiting = [_Running(f"req-{i}", list(p), Generation()) for i, p in enumerate(prompts)]
         results = [r.out for r in waiting]
         by_id = {r.rid: (r, sp) for r, sp in zip(waiting, params, strict=True)}
@@ -69,7 +71,9 @@ class LocalChain:
         for worker in self.workers[:-1]:
             hidden: list[HiddenResult] = worker.execute(batch)  # type: ignore[assignment]
             batch = [
-                StepItem(i.request_id, i.start_position, i.num_tokens, i.new_token_ids, h.hidden_states, h.residual)
+                StepItem(
+                    i.request_id, i.start_position, i.num_tokens, i.new_token_ids, h.hidden_states, h.residual
+                )
                 for i, h in zip(batch, hidden, strict=True)
             ]
         return self.workers[-1].execute(batch)  # type: ignore[return-value]
@@ -113,7 +117,9 @@ def _check_tiling(workers: Sequence[PartialLayerWorker]) -> None:
     edge = 0
     for w in workers:
         if w.start != edge:
-            raise HelixError(f"worker ranges must tile the model in order: got [{w.start}, {w.end}) after {edge}")
+            raise HelixError(
+                f"worker ranges must tile the model in order: got [{w.start}, {w.end}) after {edge}"
+            )
         edge = w.end
     if edge != workers[-1].num_layers_total:
         raise HelixError(f"the chain ends at layer {edge}, the model has {workers[-1].num_layers_total}")

@@ -234,8 +234,9 @@ class PartialLayerWorker:
         expected = (item.num_tokens, self.hidden_size)
         for name, t in (("hidden_states", item.hidden_states), ("residual", item.residual)):
             if tuple(t.shape) != expected:
-                raise HelixError(f"request {item.request_id!r}: {name} has shape {tuple(t.shape)}, "
-                                 f"expected {expected}")
+                raise HelixError(
+                    f"request {item.request_id!r}: {name} has shape {tuple(t.shape)}, expected {expected}"
+                )
         return {"hidden_states": item.hidden_states, "residual": item.residual}
 
     def _split_hidden(self, batch: Sequence[StepItem], out: Any) -> list[HiddenResult]:
@@ -266,7 +267,9 @@ class PartialLayerWorker:
             state.output_token_ids.append(token)
             reason = self._finish_reason(state, token)
             results.append(
-                TokenResult(item.request_id, token, _logprobs_row(out.logprobs, i), reason is not None, reason)
+                TokenResult(
+                    item.request_id, token, _logprobs_row(out.logprobs, i), reason is not None, reason
+                )
             )
         return results
 
@@ -291,9 +294,7 @@ def _logprobs_row(lists: Any, i: int) -> dict[int, float] | None:
     return {int(t): float(lp) for t, lp in zip(ids, lps, strict=True)}
 
 
-def _check_range(
-    layer_range: tuple[int, int], total: int, num_layers_total: int | None
-) -> tuple[int, int]:
+def _check_range(layer_range: tuple[int, int], total: int, num_layers_total: int | None) -> tuple[int, int]:
     if num_layers_total is not None and num_layers_total != total:
         raise EngineStartError(f"num_layers_total={num_layers_total} but the model has {total} layers")
     start, end = (int(v) for v in layer_range)

@@ -47,11 +47,11 @@ def vllm_version() -> str:
 def check_vllm_version(version: str | None = None) -> None:
     """Raise EngineStartError unless ``0.11 <= vllm < 0.40`` (the range this seam is written for)."""
     version = version or vllm_version()
+    lo, hi = SUPPORTED_VLLM
     try:
         major, minor = (int(p) for p in version.split(".")[:2])
-    except ValueError as err:
-        raise EngineStartError(f"cannot parse the vLLM version {version!r}") from err
-    lo, hi = SUPPORTED_VLLM
+    except ValueError:
+        major, minor = -1, -1  # unparseable: refused below with the supported range
     if not lo <= (major, minor) < hi:
         raise EngineStartError(
             f"vllm-helix's partial-layer worker supports vLLM >= {lo[0]}.{lo[1]} and "
