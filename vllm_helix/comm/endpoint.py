@@ -1,0 +1,173 @@
+"""Endpoint: send to named peers, receive from any — the typed face of the C++ transport (`_transport`).
+
+    with Endpoint("coord", "tcp://127.0.0.1:*") as ep:
+        ep.connect("w0", "tcp://10.0.0.2:5555")
+        ep.send("w0", Header(kind="step"), [hidden_states])
+        msg = ep.recv(timeout=5.0)
+
+Blocking calls release the GIL and wait in short slices, so Ctrl-C works while waiting.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import socket
+import time
+import warnings
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import TransportTimeout
+from . import _transport
+from .messages import Header, Message, as_buffer, decode_header, encode_header
+
+_SLICE_S = 0.25  # longest wait inside C++ before Python checks for signals
+_live: weakref.WeakSet[Endpoint] = weakref.WeakSet()
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointOptions:
+    """Tuning knobs; defaults suit a LAN. Sizes in bytes, times in seconds."""
+
+    heartbeat_s: float = 0.5
+    peer_timeout_s: float = 3.0  # > time to move the largest message over the slowest link
+    linger_s: float = 1.0
+    send_queue_msgs: int = 1024
+    send_queue_bytes: int = 256 << 20
+    recv_queue_msgs: int = 4096
+    recv_queue_bytes: int = 256 << 20
+    zmq_hwm_msgs: int = 1000
+    copy_below: int = 64 << 10
+    max_header_bytes: int = 64 << 10
+    max_payload_bytes: int = 1 << 30
+    max_payloads: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CurveKeys:
+    """CURVE identity of this endpoint plus the public keys allowed to send to it (all Z85 text)."""
+
+    public: str
+    secret: str
+    allowed_peers: tuple[str, ...] = field(default=())
+
+    @staticmethod
+    def generate(allowed_peers: Sequence[str] = ()) -> CurveKeys:
+        public, secret = _transport.curve_keypair()
+        return CurveKeys(public, secret, tuple(allowed_peers))
+
+
+def _native_options(o: EndpointOptions, curve: CurveKeys | None) -> _transport.Options:
+    n = _transport.Options()
+    for name in ("heartbeat_s", "peer_timeout_s", "linger_s", "send_queue_msgs", "send_queue_bytes",
+                 "recv_queue_msgs", "recv_queue_bytes", "zmq_hwm_msgs", "copy_below"):
+        setattr(n, name, getattr(o, name))
+    lim = _transport.Limits()
+    lim.max_header_bytes, lim.max_payload_bytes, lim.max_payloads = (
+        o.max_header_bytes, o.max_payload_bytes, o.max_payloads)
+    n.limits = lim
+    if curve is not None:
+        if not curve.allowed_peers:
+            raise ValueError("CURVE needs allowed_peers: the public keys of the peers that may send to this endpoint")
+        n.curve_public, n.curve_secret, n.curve_allow = curve.public, curve.secret, list(curve.allowed_peers)
+    return n
+
+
+def warn_if_exposed(address: str, encrypted: bool) -> None:
+    """Warn when plain TCP would carry data over a non-loopback, non-private address."""
+    if encrypted or not address.startswith("tcp://"):
+        return
+    host = address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host in ("*", "0.0.0.0", "::"):
+        exposed = True
+    else:
+        try:
+            ips = [ipaddress.ip_address(host)]
+        except ValueError:
+            try:
+                ips = [ipaddress.ip_address(a[4][0]) for a in socket.getaddrinfo(host, None)]
+            except OSError:
+                ips = []
+        exposed = any(not (ip.is_loopback or ip.is_private or ip.is_link_local) for ip in ips)
+    if exposed:
+        warnings.warn(f"plain TCP on {address} may leave the private network: pass curve=CurveKeys(...) "
+                      "to encrypt and authenticate", RuntimeWarning, stacklevel=3)
+
+
+class Endpoint:
+    """One node of the data plane: binds a receiving socket, sends to peers named with connect()."""
+
+    def __init__(self, name: str, bind: str = "tcp://127.0.0.1:*", *,
+                 options: EndpointOptions | None = None, curve: CurveKeys | None = None) -> None:
+        self.options = options or EndpointOptions()
+        self._curve = curve is not None
+        warn_if_exposed(bind, self._curve)
+        self._ep = _transport.Endpoint(name, bind, _native_options(self.options, curve))
+        _live.add(self)
+
+    @property
+    def name(self) -> str:
+        return self._ep.name
+
+    @property
+    def address(self) -> str:
+        """Address peers connect to (the bound port resolved)."""
+        return self._ep.address
+
+    def connect(self, peer: str, address: str, public_key: str | None = None) -> None:
+        """Add `peer` to the peer table (its public key is required when CURVE is on)."""
+        warn_if_exposed(address, self._curve)
+        self._ep.connect(peer, address, public_key or "")
+
+    def send(self, peer: str, header: Header, payloads: Sequence[Any] = (), timeout: float | None = None) -> None:
+        """Queue a message; payloads (tensors, arrays, bytes) are not copied and must not change until sent.
+
+        Raises PeerLost, TransportTimeout (queue full: back-pressure), ValueError (unknown peer, too big).
+        """
+        hdr = encode_header(header)
+        bufs = [as_buffer(p) for p in payloads]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _SLICE_S if deadline is None else deadline - time.monotonic()
+            if self._ep.send(peer, hdr, bufs, max(0.0, min(left, _SLICE_S))):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TransportTimeout(f"send to {peer!r}: queue still full after {timeout} s (peer too slow?)")
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """Next message from any peer. Raises TransportTimeout, FrameRejected (that message only), PeerLost."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _SLICE_S if deadline is None else deadline - time.monotonic()
+            got = self._ep.recv(max(0.0, min(left, _SLICE_S)))
+            if got is not None:
+                sender, hdr, payloads = got
+                return Message(sender, decode_header(hdr, sender), payloads)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TransportTimeout(f"no message within {timeout} s")
+
+    def peers(self) -> dict[str, str]:
+        """Peer name -> "connecting" | "alive" | "lost"."""
+        return self._ep.peers()
+
+    def stats(self) -> dict[str, int]:
+        return self._ep.stats()
+
+    def close(self) -> None:
+        """Flush queued messages (up to linger_s), say goodbye to peers, stop the I/O thread. Idempotent."""
+        self._ep.close()
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@atexit.register
+def _close_all() -> None:  # never leave I/O threads running into interpreter teardown
+    for ep in list(_live):
+        ep.close()

@@ -1,0 +1,102 @@
+"""Message header (msgspec) and helpers to view payloads as numpy arrays / torch tensors without copies.
+
+A message on the wire is one small header plus zero or more payload buffers (design.md §6). The header
+is generic on purpose: other layers (the executor) define their own `kind` strings and `meta` keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from ..errors import FrameRejected
+
+HEADER_VERSION = 1
+
+
+class TensorSpec(msgspec.Struct, array_like=True, frozen=True):
+    """dtype name (numpy or torch spelling, e.g. "float32", "bfloat16") and shape of one payload."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+class Header(msgspec.Struct, array_like=True, frozen=True):
+    """Versioned header of every message; array-encoded msgpack (a few dozen bytes)."""
+
+    kind: str
+    version: int = HEADER_VERSION
+    request_ids: tuple[str, ...] = ()
+    route: tuple[str, ...] = ()
+    tensors: tuple[TensorSpec, ...] = ()
+    meta: dict[str, Any] = {}
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Header)
+
+
+def encode_header(header: Header) -> bytes:
+    return _encoder.encode(header)
+
+
+def decode_header(data: bytes, sender: str | None = None) -> Header:
+    """Header from wire bytes; FrameRejected when malformed or of another version."""
+    try:
+        header = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        err = FrameRejected(f"malformed message header from {sender!r}: {e}")
+        err.peer = sender
+        raise err from None
+    if header.version != HEADER_VERSION:
+        err = FrameRejected(f"header version {header.version} from {sender!r}; this build speaks {HEADER_VERSION}")
+        err.peer = sender
+        raise err
+    return header
+
+
+@dataclass(slots=True)
+class Message:
+    """A received message. `payloads` are zero-copy buffers (valid as long as they are referenced)."""
+
+    sender: str
+    header: Header
+    payloads: list[Any] = field(default_factory=list)
+
+    def array(self, i: int) -> np.ndarray:
+        """Payload i as a numpy array shaped by header.tensors[i] (no copy)."""
+        spec = self.header.tensors[i]
+        return np.frombuffer(self.payloads[i], dtype=np.dtype(spec.dtype)).reshape(spec.shape)
+
+    def tensor(self, i: int) -> Any:
+        """Payload i as a torch tensor shaped by header.tensors[i] (no copy; bfloat16 included)."""
+        import torch
+
+        spec = self.header.tensors[i]
+        dtype = getattr(torch, spec.dtype)
+        return torch.frombuffer(self.payloads[i], dtype=torch.uint8).view(dtype).reshape(spec.shape)
+
+
+def as_buffer(x: Any) -> Any:
+    """Any C-contiguous CPU tensor/array/bytes-like as an object with the buffer protocol, without copying."""
+    if type(x).__module__.startswith("torch"):
+        if x.device.type != "cpu":
+            raise ValueError(f"tensor on {x.device}: the transport sends CPU memory; call .cpu() first")
+        if not x.is_contiguous():
+            raise ValueError("tensor is not contiguous: call .contiguous() first (sending never copies)")
+        return x.detach().reshape(-1).view(_torch_u8()).numpy()
+    return x
+
+
+def tensor_spec(x: Any) -> TensorSpec:
+    """TensorSpec of a numpy array or torch tensor."""
+    return TensorSpec(str(x.dtype).removeprefix("torch."), tuple(x.shape))
+
+
+def _torch_u8() -> Any:
+    import torch
+
+    return torch.uint8
