@@ -100,6 +100,43 @@ def test_chain_greedy_tokens_equal_whole_model_vllm(tiny_llama_path, reference, 
     assert all(g.finish_reason in ("length", "stop") for g in out)
 
 
+def test_last_range_batches_requests_arriving_from_different_previous_hops(tiny_llama_path, reference):
+    """Two [0,3) replicas feed one [3,8) node; its batches mix requests from both."""
+    from vllm_helix.executor.local_chain import LocalChain
+    from vllm_helix.executor.partial_worker import PartialLayerWorker
+    from vllm_helix.executor.types import StepItem
+
+    class TwoFirstHops(LocalChain):
+        def step(self, batch):
+            a1, a2, last = self.workers
+            hidden = {}
+            for hop, parity in ((a1, 0), (a2, 1)):
+                mine = [i for i in batch if int(i.request_id.split("-")[1]) % 2 == parity]
+                hidden.update({h.request_id: h for h in hop.execute(mine)})
+            assert {int(i.request_id.split("-")[1]) % 2 for i in batch} == {0, 1} or len(batch) == 1
+            return last.execute(
+                [
+                    StepItem(
+                        i.request_id,
+                        i.start_position,
+                        i.num_tokens,
+                        i.new_token_ids,
+                        hidden[i.request_id].hidden_states,
+                        hidden[i.request_id].residual,
+                    )
+                    for i in batch
+                ]
+            )
+
+    replica = PartialLayerWorker(
+        str(tiny_llama_path), (0, 3), kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED
+    )
+    chain = TwoFirstHops([_worker(tiny_llama_path, (0, 3)), _worker(tiny_llama_path, (3, 8))])
+    chain.workers.insert(1, replica)
+    out = chain.generate(_prompts(), _params(_greedy_params()), max_num_batched_tokens=BATCHED)
+    assert [g.token_ids for g in out] == [r["token_ids"] for r in reference["greedy"]]
+
+
 def test_chain_seeded_sampling_and_logprobs_equal_whole_model_vllm(tiny_llama_path, reference):
     out = _chain(tiny_llama_path, 3).generate(
         _seeded_prompts(), _params(_seeded_params()), max_num_batched_tokens=BATCHED
