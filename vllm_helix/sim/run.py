@@ -1,0 +1,317 @@
+"""Run one simulation: `simulate(plan, SimConfig(...)) -> SimReport` (the CLI's `vllm-helix simulate`).
+
+`reference_s1_setup()` builds the reference's published example (spec §8.3 S1: LLaMA-2-70B on single24,
+ILP layout, its simulator cluster's link order and KV capacities); `SimConfig.reference_s1()` its settings.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vllm_helix.errors import ClusterSpecError, InfeasiblePlacement
+from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec
+from vllm_helix.planner.flow import compatible_arcs, max_flow
+from vllm_helix.planner.kv_expectation import OFFLINE_KV, ONLINE_KV, KVParams
+from vllm_helix.planner.plan import Plan
+from vllm_helix.planner.profiles import load_profile
+from vllm_helix.planner.router import ROUTERS, ShortestQueueRouter, SwarmRouter, default_kv_capacity
+from vllm_helix.sim.coordinator import Coordinator, named_rng
+from vllm_helix.sim.link import Link
+from vllm_helix.sim.loop import EventLoop
+from vllm_helix.sim.metrics import Metrics, cdf, latency_stats
+from vllm_helix.sim.node import ComputeNode
+from vllm_helix.sim.workload import Arrival, LengthSampler, generate_trace, load_trace
+
+MODES = ("online", "offline")
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    mode: str = "offline"  # "offline": keep the cluster full; "online": trace arrivals
+    scheduler: str = "maxflow"  # maxflow | swarm | random | shortest-queue
+    improved: bool = False  # improved MaxFlow scheduling (see planner/router.py)
+    reference_compat: bool = False  # keep the reference simulator's modelling quirks (spec §9 item 12)
+    seed: int = 0
+    duration_s: float | None = None  # measured window; default 600 offline, 1800 online
+    warmup_s: float | None = None  # default 60 offline, 0 online
+    token_rate: float | None = None  # online target tokens/s; default 50 % of the plan's max flow
+    trace: str | tuple[Arrival, ...] | None = None  # online: a CSV/JSONL path or arrivals (else generated)
+    dataset: str = "azure_conv"  # length dataset for generated traces and the offline feeder
+    initial_queries: int | None = None  # offline: 20 for maxflow, 240 for the baselines (reference)
+    feed_hwm: float = 0.8  # offline maxflow feeder: launch while expected KV bottleneck <= this
+    kv_params: KVParams | None = None  # default (0.85, 1.0) offline, (0.9, 0.6) online
+    disk_bytes_per_s: float = 1e9  # model loading speed; t0 = ceil(max load time) + 1
+    sample_interval_s: float = 10.0  # series resolution (throughput, utilization, KV usage)
+    max_time_s: float = 1e6  # online: give up draining after this much simulated time
+    progress: bool = False  # rich progress bar with live status
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ClusterSpecError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.scheduler not in ROUTERS:
+            raise ClusterSpecError(f"scheduler must be one of {tuple(ROUTERS)}, got {self.scheduler!r}")
+        for name in ("duration_s", "token_rate", "sample_interval_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ClusterSpecError(f"{name} must be > 0, got {value}")
+
+    @classmethod
+    def reference_s1(cls, **overrides: Any) -> SimConfig:
+        """Spec §8.1 offline MaxFlow settings, reference quirks on (reproduces S1)."""
+        return replace(cls(mode="offline", scheduler="maxflow", reference_compat=True, duration_s=600,
+                           warmup_s=60, initial_queries=20, feed_hwm=0.8, kv_params=OFFLINE_KV), **overrides)
+
+
+@dataclass(slots=True)
+class SimReport:
+    config: dict[str, Any]
+    max_flow: float
+    window_s: tuple[float, float]
+    decode_throughput: float
+    total_throughput: float
+    ratio_to_max_flow: float
+    reference_total_throughput: float
+    last_finish_s: float
+    prompt_latency: dict[str, float]
+    decode_latency: dict[str, float]
+    queries: dict[str, int]
+    nodes: dict[str, dict[str, float]]
+    series: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        p, d = self.prompt_latency, self.decode_latency
+        lo, hi = self.window_s
+        overflows = sum(int(n["kv_overflows"]) for n in self.nodes.values())
+        return "\n".join([
+            f"window {lo:.0f}-{hi:.0f} s  scheduler {self.config['scheduler']}"
+            f"{' (improved)' if self.config['improved'] else ''}  mode {self.config['mode']}"
+            f"{'  reference-compat' if self.config['reference_compat'] else ''}",
+            f"decode throughput  {self.decode_throughput:9.1f} tok/s",
+            f"total throughput   {self.total_throughput:9.1f} tok/s  ({100 * self.ratio_to_max_flow:.1f} % of "
+            f"max flow {self.max_flow:.1f})",
+            f"reference 'total time usage': {self.last_finish_s:.2f} s ({self.reference_total_throughput:.2f} tok/s)",
+            f"prompt latency  mean {p['mean']:.3f}  p50 {p['p50']:.3f}  p95 {p['p95']:.3f}  p99 {p['p99']:.3f} s",
+            f"decode latency  mean {d['mean']:.3f}  p50 {d['p50']:.3f}  p95 {d['p95']:.3f}  p99 {d['p99']:.3f} s",
+            f"queries {self.queries}  KV overflows {overflows}",
+            f"cost {self.cost.get('wall_s', 0):.1f} s wall, {self.cost.get('cpu_s', 0):.1f} s CPU, "
+            f"{self.cost.get('events', 0):.0f} events",
+        ])
+
+
+# ---------------------------------------------------------------------------------------- setup
+
+
+def reference_s1_setup() -> tuple[Plan, dict[str, int]]:
+    """The reference's examples/simulation ILP run: plan (simulator cluster, link order, preflow-push
+    weights on raw floats) and the simulator cluster's per-node KV capacities."""
+    from vllm_helix.planner.examples import reference_dir
+    from vllm_helix.planner.ini import read_simulator_cluster_ini, read_solution_ini
+    from vllm_helix.planner.model import BUILTIN_MODELS
+
+    layout = reference_dir() / "layouts" / "ilp"
+    sim = read_simulator_cluster_ini(layout / "simulator_cluster.ini")
+    placement = read_solution_ini(layout / "ilp_sol.ini", sim.cluster)
+    model = BUILTIN_MODELS["llama2-70b"]
+    flow = max_flow(sim.cluster, model, placement, link_order=sim.link_order, scale=None)
+    return Plan(sim.cluster, model, placement, flow, "ilp"), dict(sim.kv_slots)
+
+
+def check_plan(plan: Plan, cluster: ClusterSpec | None = None) -> None:
+    """Raise ClusterSpecError if the plan does not fit `cluster` (or its own cluster)."""
+    cluster = cluster or plan.cluster
+    for name, rng in plan.placement.ranges.items():
+        if name not in cluster.node_names:
+            raise ClusterSpecError(f"plan places layers {rng} on node {name!r}, which the cluster does not have "
+                                   f"(cluster nodes: {', '.join(cluster.node_names[:8])}...); was the plan made "
+                                   f"for another cluster?")
+        if cluster.node(name).gpu_type != plan.cluster.node(name).gpu_type:
+            raise ClusterSpecError(f"plan node {name!r} is a {plan.cluster.node(name).gpu_type} but the cluster "
+                                   f"says {cluster.node(name).gpu_type}; re-plan for this cluster")
+    if plan.flow.value <= 0 or not plan.flow.arc_flow:
+        raise InfeasiblePlacement("the plan has no route through every layer (max flow 0); re-plan")
+
+
+def _entry_layers(plan: Plan) -> dict[str, set[int]]:
+    entries: dict[str, set[int]] = {n: set() for n in plan.placement.ranges}
+    for src, dst in plan.flow.arc_flow:
+        if dst != COORDINATOR:
+            start = plan.placement[dst].start
+            if src != COORDINATOR:
+                start = max(start, plan.placement[src].end)
+            entries[dst].add(start)
+    return entries
+
+
+def _build(plan: Plan, config: SimConfig, kv_capacity: dict[str, int], loop: EventLoop):
+    model, cluster = plan.model, plan.cluster
+    if model.profile_name is None:
+        raise ClusterSpecError(f"model {model.name!r} has no GPU profiles to simulate with")
+    nodes = {}
+    entries = _entry_layers(plan)
+    for name, rng in plan.placement.ranges.items():
+        profile = load_profile(model.profile_name, cluster.node(name).gpu_type)
+        nodes[name] = ComputeNode(name, rng, profile, kv_capacity[name], loop, entries[name],
+                                  activation_bytes=model.activation_bytes_per_token,
+                                  reference_compat=config.reference_compat)
+    links = {}
+    for src, dst in plan.flow.arc_flow:
+        spec = cluster.link(src, dst)
+        coordinator_hop = COORDINATOR in (src, dst)
+        per_token = model.token_bytes if coordinator_hop else model.token_bytes + model.activation_bytes_per_token
+        links[(src, dst)] = Link(src, dst, spec.latency_s, per_token)
+    return nodes, links
+
+
+def _router(plan: Plan, config: SimConfig, kv_capacity: dict[str, int], nodes: dict[str, ComputeNode]):
+    kv_params = config.kv_params or (OFFLINE_KV if config.mode == "offline" else ONLINE_KV)
+    rng = named_rng(config.seed, "router")
+    cls = ROUTERS[config.scheduler]
+    kwargs: dict[str, Any] = {"rng": rng}
+    if config.scheduler == "maxflow":
+        kwargs.update(kv_params=kv_params, improved=config.improved)
+    if cls is ShortestQueueRouter:
+        kwargs["queue_length"] = lambda n: len(nodes[n].queues[nodes[n].start])
+    router = cls.from_plan(plan, kv_capacity, **kwargs)
+    if isinstance(router, SwarmRouter):
+        for name, node in nodes.items():
+            node.on_hop_time = (lambda dst: lambda src, s: router.on_hop_time(src, dst, s))(name)
+    return router
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+def simulate(plan: Plan, config: SimConfig | None = None, kv_capacity: dict[str, int] | None = None,
+             cluster: ClusterSpec | None = None) -> SimReport:
+    """Simulate serving `plan` under `config`. Raises ClusterSpecError/InfeasiblePlacement on bad input."""
+    config = config or SimConfig()
+    check_plan(plan, cluster)
+    kv_capacity = kv_capacity or default_kv_capacity(plan.cluster, plan.model, plan.placement)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    loop = EventLoop()
+    t0 = math.ceil(max(r.size for r in plan.placement.ranges.values()) * plan.model.layer_bytes
+                   / config.disk_bytes_per_s) + 1
+    offline = config.mode == "offline"
+    warmup = config.warmup_s if config.warmup_s is not None else (60.0 if offline else 0.0)
+    duration = config.duration_s or (600.0 if offline else 1800.0)
+    window = (t0 + warmup, t0 + warmup + duration)
+    loop.now = t0
+    metrics = Metrics(*window, config.sample_interval_s)
+    nodes, links = _build(plan, config, kv_capacity, loop)
+    router = _router(plan, config, kv_capacity, nodes)
+    lengths = LengthSampler(config.dataset, named_rng(config.seed, "lengths") if not config.reference_compat
+                            else __import__("random").Random(config.seed))
+    coord = Coordinator(loop, router, nodes, links, metrics, offline=offline, feed_until=window[1],
+                        feed_hwm=config.feed_hwm, lengths=lengths if offline else None,
+                        reference_compat=config.reference_compat, own_lengths=config.improved)
+    expected = None
+    if offline:
+        initial = config.initial_queries or (20 if config.scheduler == "maxflow" else 240)
+        coord.feed_initial(initial, t0)
+    else:
+        trace = _online_trace(plan, config, t0, duration)
+        for arrival in trace:
+            coord.submit(arrival)
+        expected = len(trace)
+    sampler = _Sampler(loop, nodes, config.sample_interval_s)
+    until = window[1] if offline else config.max_time_s
+    _run_with_progress(loop, coord, sampler, until, window, config.progress, expected)
+    cost = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "events": loop.handled,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return _report(plan, config, metrics, coord, nodes, sampler, window, cost)
+
+
+def _online_trace(plan: Plan, config: SimConfig, t0: float, duration: float) -> list[Arrival]:
+    if isinstance(config.trace, (str, Path)):
+        return [replace(a, time_s=a.time_s + t0) for a in load_trace(config.trace)]
+    if config.trace is not None:
+        return [replace(a, time_s=a.time_s + t0) for a in config.trace]
+    rate = config.token_rate or 0.5 * plan.flow.value
+    return generate_trace(rate, int(duration) - int(duration) % 3 or 3, t0, config.seed, config.dataset)
+
+
+class _Sampler:
+    """Every interval: per-node utilization and KV usage (kept as compact lists)."""
+
+    def __init__(self, loop: EventLoop, nodes: dict[str, ComputeNode], interval: float):
+        self.loop, self.nodes, self.interval = loop, nodes, interval
+        self.times: list[float] = []
+        self.util: dict[str, list[float]] = {n: [] for n in nodes}
+        self.kv: dict[str, list[float]] = {n: [] for n in nodes}
+        self._busy = {n: 0.0 for n in nodes}
+
+    def start(self) -> None:
+        self.loop.at(self.loop.now + self.interval, self.sample)
+
+    def sample(self, _=None) -> None:
+        self.loop.at(self.loop.now + self.interval, self.sample)
+        self.times.append(self.loop.now)
+        for name, node in self.nodes.items():
+            self.util[name].append(min(1.0, (node.busy_s - self._busy[name]) / self.interval))
+            self._busy[name] = node.busy_s
+            self.kv[name].append(node.kv.usage)
+
+
+def _run_with_progress(loop: EventLoop, coord: Coordinator, sampler: _Sampler, until: float,
+                       window: tuple[float, float], progress: bool, expected: int | None) -> None:
+    """Run in sample-interval slices (for the live status); online runs stop once every query is done."""
+    sampler.start()
+    bar = task = None
+    if progress:
+        from rich.progress import Progress
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task("simulating", total=window[1])
+    try:
+        while loop.now < until:
+            loop.run(min(loop.now + sampler.interval, until))
+            if bar is not None:
+                bar.update(task, completed=min(loop.now, window[1]), description=(
+                    f"t={loop.now:7.1f}s  active={coord.active}  finished={coord.finished}"))
+            if expected is not None and coord.finished + coord.rejected >= expected:
+                break
+            if loop.pending <= 1 and coord.active == 0:
+                break
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def _report(plan, config, metrics, coord, nodes, sampler, window, cost) -> SimReport:
+    duration = window[1] - window[0]
+    total = metrics.tokens_in_window / duration
+    node_stats = {}
+    for name, node in nodes.items():
+        utils = [u for t, u in zip(sampler.times, sampler.util[name]) if window[0] < t <= window[1]]
+        node_stats[name] = {"layers": f"{node.start}-{node.end}", "utilization": sum(utils) / len(utils) if utils
+                            else 0.0, "kv_peak_usage": node.kv.peak / node.kv.capacity if node.kv.capacity else 0.0,
+                            "kv_overflows": node.kv.overflows, "batches": node.batches}
+    p_x, p_y = cdf(metrics.prompt_latency)
+    d_x, d_y = cdf(metrics.decode_latency)
+    series = {"throughput": metrics.throughput_series(), "sample_time_s": sampler.times,
+              "utilization": sampler.util, "kv_usage": sampler.kv,
+              "prompt_latency_cdf": {"seconds": p_x, "fraction": p_y},
+              "decode_latency_cdf": {"seconds": d_x, "fraction": d_y}}
+    cfg = {k: getattr(config, k) for k in ("mode", "scheduler", "improved", "reference_compat", "seed",
+                                            "token_rate", "initial_queries", "feed_hwm")}
+    cfg["trace"] = config.trace if isinstance(config.trace, (str, type(None))) else f"{len(config.trace)} arrivals"
+    return SimReport(
+        config=cfg, max_flow=plan.flow.value, window_s=window,
+        decode_throughput=metrics.decode_in_window / duration, total_throughput=total,
+        ratio_to_max_flow=total / plan.flow.value,
+        reference_total_throughput=metrics.all_tokens / metrics.last_finish if metrics.last_finish else 0.0,
+        last_finish_s=metrics.last_finish,
+        prompt_latency=latency_stats(metrics.prompt_latency), decode_latency=latency_stats(metrics.decode_latency),
+        queries={"issued": coord.issued, "finished": coord.finished, "rejected": coord.rejected,
+                 "deferred": coord.deferred, "active_at_end": coord.active, "waiting_at_end": len(coord.waiting)},
+        nodes=node_stats, series=series, cost=cost,
+    )
