@@ -564,9 +564,14 @@ void Endpoint::Impl::shutdown_io() {
     }
     const int linger_ms = std::max(0, int((deadline - now_s()) * 1000));
     for (PeerOut* p : outs) {
-        if (!(p->stalled && p->stalled->next > 0)) zmq_send(p->sock, bye.data(), bye.size(), ZMQ_DONTWAIT);
+        bool lost;
+        {
+            std::lock_guard<std::mutex> g(mu);
+            lost = p->state == PeerState::Lost;
+        }
+        if (!lost && !(p->stalled && p->stalled->next > 0)) zmq_send(p->sock, bye.data(), bye.size(), ZMQ_DONTWAIT);
         p->stalled.reset();
-        set_int(p->sock, ZMQ_LINGER, linger_ms);
+        set_int(p->sock, ZMQ_LINGER, lost ? 0 : linger_ms);  // nobody left to flush to
         zmq_close(p->sock);
     }
     for (auto& kv : senders)

@@ -88,6 +88,9 @@ def as_buffer(x: Any) -> Any:
         if not x.is_contiguous():
             raise ValueError("tensor is not contiguous: call .contiguous() first (sending never copies)")
         return x.detach().reshape(-1).view(_torch_u8()).numpy()
+    flags = getattr(x, "flags", None)
+    if flags is not None and not flags.c_contiguous:
+        raise ValueError("array is not C-contiguous: use np.ascontiguousarray first (sending never copies)")
     return x
 
 

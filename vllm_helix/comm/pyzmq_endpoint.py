@@ -1,0 +1,78 @@
+"""The Endpoint interface on pyzmq alone: the benchmark baseline for the C++ transport.
+
+Same socket pattern (a bound ROUTER receives, one DEALER per peer sends) and the same header, but
+no I/O thread, heartbeats, CURVE or frame limits: the data path only, as an application would
+write it with pyzmq. Payloads of 64 KiB and more go zero-copy (copy=False), as pyzmq advises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from ..errors import FrameRejected, TransportTimeout
+from .messages import Header, Message, as_buffer, decode_header, encode_header
+
+_ZERO_COPY_MIN = 64 << 10
+
+
+class PyzmqEndpoint:
+    def __init__(self, name: str, bind: str = "tcp://127.0.0.1:*", hwm: int = 1000) -> None:
+        self.name = name
+        self._ctx = zmq.Context()
+        self._hwm = hwm
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._router.rcvhwm = hwm
+        self._router.bind(bind)
+        self.address: str = self._router.last_endpoint.decode()
+        self._dealers: dict[str, zmq.Socket] = {}
+
+    def connect(self, peer: str, address: str, public_key: str | None = None) -> None:
+        s = self._ctx.socket(zmq.DEALER)
+        s.routing_id = self.name.encode()
+        s.sndhwm = self._hwm
+        s.connect(address)
+        self._dealers[peer] = s
+
+    def send(self, peer: str, header: Header, payloads: Sequence[Any] = (), timeout: float | None = None) -> None:
+        s = self._dealers[peer]
+        s.sndtimeo = -1 if timeout is None else int(timeout * 1000)
+        bufs = [as_buffer(p) for p in payloads]
+        try:
+            if not bufs:
+                s.send(encode_header(header))
+                return
+            s.send(encode_header(header), zmq.SNDMORE)
+            for i, b in enumerate(bufs):
+                flags = zmq.SNDMORE if i + 1 < len(bufs) else 0
+                s.send(b, flags, copy=memoryview(b).nbytes < _ZERO_COPY_MIN)
+        except zmq.Again:
+            raise TransportTimeout(f"send to {peer!r} timed out") from None
+
+    def recv(self, timeout: float | None = None) -> Message:
+        self._router.rcvtimeo = -1 if timeout is None else int(timeout * 1000)
+        try:
+            frames = self._router.recv_multipart(copy=False)
+        except zmq.Again:
+            raise TransportTimeout(f"no message within {timeout} s") from None
+        if len(frames) < 2:
+            raise FrameRejected("message without header frame")
+        sender = frames[0].bytes.decode(errors="replace")
+        return Message(sender, decode_header(frames[1].bytes, sender), [f.buffer for f in frames[2:]])
+
+    def peers(self) -> dict[str, str]:
+        return {p: "connected" for p in self._dealers}
+
+    def close(self) -> None:
+        for s in self._dealers.values():
+            s.close(linger=1000)
+        self._router.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> PyzmqEndpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
