@@ -1,0 +1,71 @@
+"""Chain-respecting warm start: full pipelines of exactly chained nodes, balanced at a target throughput.
+
+Petals-style windows overlap and carry no flow under exact chaining, so the MILP starts from its own
+greedy instead: for a target tau, every node takes the most layers it can run at >= tau tokens/s, and
+nodes are packed into pipelines that cover [0, L) exactly, first inside groups of nodes joined by fast
+links (regions), then across them. Each candidate is scored with the formulation's integer max flow and
+the best one wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import networkx as nx
+
+from vllm_helix.planner.cluster import ClusterSpec
+from vllm_helix.planner.milp.formulation import Formulation, integer_flow, placement_of
+from vllm_helix.planner.placement import Placement
+
+FAST_LINK_SHARE = 0.5  # links at least half as fast as the fastest one join nodes into one group
+
+
+def warm_start(form: Formulation, cluster: ClusterSpec) -> tuple[Placement, int]:
+    """Best greedy placement and its scaled max flow (0 and an empty placement if none chains)."""
+    fixed = {n: form.choices[n][0] for n in form.options.pins if n in form.choices}
+    free = [n for n in form.nodes if n not in fixed]
+    groups = _fast_groups(cluster, free)
+    best, best_value = placement_of(dict(fixed)), integer_flow(form, placement_of(dict(fixed)))[0]
+    for tau in sorted({t for n in free for t in form.throughput[n]}, reverse=True):
+        sizes = {n: _layers_at(form.throughput[n], tau) for n in free}
+        assignment = dict(fixed)
+        leftover: list[str] = []
+        for group in groups:
+            leftover += _pack(group, sizes, form.num_layers, assignment)
+        _pack(leftover, sizes, form.num_layers, assignment)
+        candidate = placement_of(assignment)
+        value = integer_flow(form, candidate)[0]
+        if value > best_value:
+            best, best_value = candidate, value
+    return best, best_value
+
+
+def _layers_at(throughput: tuple[int, ...], tau: int) -> int:
+    return max((k for k, t in enumerate(throughput, 1) if t >= tau), default=0)
+
+
+def _fast_groups(cluster: ClusterSpec, names: list[str]) -> list[list[str]]:
+    bandwidth = {(lk.src, lk.dst): lk.bandwidth_bytes_per_s for lk in cluster.links}
+    fastest = max((b for (s, d), b in bandwidth.items() if s in names and d in names), default=0.0)
+    g = nx.Graph()
+    g.add_nodes_from(names)
+    g.add_edges_from((s, d) for (s, d), b in bandwidth.items()
+                     if s in g and d in g and b >= FAST_LINK_SHARE * fastest and bandwidth.get((d, s), 0) > 0)
+    return [sorted(c, key=names.index) for c in sorted(nx.connected_components(g), key=len, reverse=True)]
+
+
+def _pack(names: list[str], sizes: Mapping[str, int], num_layers: int, assignment: dict) -> list[str]:
+    """Fill pipelines from `names` (largest first, best fit for the last stage); return the unused ones."""
+    pool = sorted((n for n in names if sizes[n] > 0), key=lambda n: -sizes[n])
+    while sum(sizes[n] for n in pool) >= num_layers:
+        stages, filled = [], 0
+        while filled < num_layers:
+            rest = num_layers - filled
+            fits = [n for n in pool if sizes[n] >= rest]
+            pick = min(fits, key=lambda n: sizes[n]) if fits else pool[0]
+            pool.remove(pick)
+            k = min(sizes[pick], rest)
+            stages.append((pick, (filled, k)))
+            filled += k
+        assignment.update(stages)
+    return pool + [n for n in names if sizes[n] == 0]
