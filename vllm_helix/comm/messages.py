@@ -47,7 +47,7 @@ def decode_header(data: bytes, sender: str | None = None) -> Header:
     """Header from wire bytes; FrameRejected when malformed or of another version."""
     try:
         header = _decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except Exception as e:  # msgspec also lets UnicodeDecodeError & co. through on hostile bytes (fuzz-found)
         err = FrameRejected(f"malformed message header from {sender!r}: {e}")
         err.peer = sender
         raise err from None
