@@ -85,28 +85,38 @@ def cmd_flow(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from vllm_helix.planner.place import place
-    from vllm_helix.planner.plan import plan_to_dict, save_plan
-    from vllm_helix.planner.report import flow_table
 
     cluster, model = _load_inputs(args)
+    if args.placement:  # a fixed split: evaluate it and write it as a plan
+        from vllm_helix.planner.plan import evaluate_plan
+
+        plan = evaluate_plan(cluster, model, _load_placement(args.placement, cluster), "fixed",
+                             throughput=args.throughput, partial_inference=args.partial_inference)
+        return _write_plan(args, cluster, model, plan)
     options: dict[str, Any] = {"seed": args.seed}
     if args.method == "milp":
         options.update(solver=args.solver, threads=args.threads, time_limit_s=args.time_limit,
                        partial_inference=args.partial_inference, progress=not args.json)
-    plan = place(cluster, model, args.method, throughput=args.throughput, **options)
+    return _write_plan(args, cluster, model, place(cluster, model, args.method, throughput=args.throughput, **options))
+
+
+def _write_plan(args: argparse.Namespace, cluster, model, plan) -> int:
+    from vllm_helix.planner.plan import plan_to_dict, save_plan
+    from vllm_helix.planner.report import flow_table
+
     save_plan(plan, args.output)
     if args.plot:
         from vllm_helix.planner.plot import plot_placement
 
         plot_placement(cluster, plan.placement, plan.flow, model.num_layers, args.plot,
-                       title=f"{args.method}: max flow {plan.flow.value:.1f} tokens/s")
+                       title=f"{plan.method}: max flow {plan.flow.value:.1f} tokens/s")
     if args.json:
         summary = plan_to_dict(plan)
         summary.pop("cluster")
         _print_json(summary)
     else:
         print(flow_table(cluster, plan.placement, plan.flow))
-        print(f"\nplan ({args.method}) written to {args.output}")
+        print(f"\nplan ({plan.method}) written to {args.output}")
     return 0
 
 
@@ -141,6 +151,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from vllm_helix.executor.node_main import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_worker(args.plan, args.node, args.model, bind=args.bind, kv_fraction=args.kv_fraction,
+               max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+               max_model_len=args.max_model_len, start_timeout_s=args.start_timeout)
+    return 0
+
+
 # ------------------------------------------------------------------------------------ parser
 
 
@@ -148,8 +170,9 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", required=True, help="cluster YAML, or a reference topology .ini")
     p.add_argument("--model", default="llama2-70b",
                    help="built-in model (llama2-70b, llama1-30b) or a Hugging Face model dir / config.json")
-    p.add_argument("--throughput", default="reference", choices=["reference", "profile"],
-                   help="node throughput model: the reference's typical-batch model, or a fixed-batch profile")
+    p.add_argument("--throughput", default="reference", choices=["reference", "profile", "estimate"],
+                   help="node throughput model: the reference's typical-batch model, a fixed-batch profile, "
+                        "or a roofline estimate for unprofiled GPUs/models")
     p.add_argument("--partial-inference", action="store_true",
                    help="let a node run only the suffix of its layers that a route still needs")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -173,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Find a layer placement that maximizes the cluster's max flow.")
     _cluster_args(p)
     p.add_argument("--method", default="milp", choices=["milp", "petals", "swarm", "homogeneous"])
+    p.add_argument("--placement", help="write a plan for this fixed placement instead of searching one")
     p.add_argument("-o", "--output", required=True, help="plan YAML to write")
     p.add_argument("--seed", type=int, default=0, help="random seed (heuristics and solver)")
     p.add_argument("--solver", default="auto", help="MILP solver: auto, cpsat or gurobi")
@@ -191,6 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Plan and evaluate the bundled reference cluster (24 GPUs, LLaMA-2-70B).")
     p.add_argument("--time-limit", type=float, default=20.0, help="MILP time limit, seconds")
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("worker", help="run one node of a plan (partial-layer vLLM engine)",
+                       description="Serve the layers a plan gives NODE; waits for the coordinator "
+                                   "(`vllm serve MODEL --executor helix --helix-plan PLAN`), in any start order.")
+    p.add_argument("--plan", required=True, help="plan YAML (names every node's address)")
+    p.add_argument("--node", required=True, help="this node's name in the plan")
+    p.add_argument("--model", required=True, help="the model directory (Hugging Face format, safetensors)")
+    p.add_argument("--bind", help="address to listen on (default: the node's address in the plan)")
+    p.add_argument("--kv-fraction", type=float, default=0.05, help="fraction of free memory for the KV cache")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="tokens per batch on this node")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="requests per batch on this node")
+    p.add_argument("--max-model-len", type=int, default=None, help="longest sequence (default: the model's)")
+    p.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for the coordinator")
+    p.set_defaults(handler=cmd_worker)
     return parser
 
 

@@ -8,6 +8,8 @@ Callers use `capacity_table(cluster, model, source)`; a source is anything with
   It reproduces the reference's numbers exactly (U = 2803.861 on single24).
 * `ProfileThroughput` — steady-state throughput from a profile at a fixed batch (prompt P, decode D tokens
   per batch), independent of the cluster mix; also what measured profiles plug into.
+* `EstimatedThroughput` — a roofline estimate from data-sheet bandwidth/compute, for GPUs (or CPUs) and
+  models without a profile.
 
 `capacity_table` then applies what every source shares: the NIC cap (a node cannot take in more tokens
 than its NIC carries activations for) and the VRAM cap on layers.
@@ -168,11 +170,48 @@ class ProfileThroughput:
         )
 
 
+# Peak memory bandwidth (bytes/s) and dense 16-bit compute (FLOP/s) per device, from vendor data sheets;
+# "cpu" is a conservative server-socket figure. Used only where no measured profile exists.
+DEVICE_SPECS = {
+    "H100": (3.35e12, 989e12), "H200": (4.8e12, 989e12), "A100": (1.555e12, 312e12), "A10G": (0.6e12, 125e12),
+    "L40S": (0.864e12, 362e12), "L4": (0.3e12, 121e12), "V100": (0.9e12, 125e12), "T4": (0.32e12, 65e12),
+    "cpu": (20e9, 1e12),
+}
+
+
+@dataclass
+class EstimatedThroughput:
+    """Roofline estimate for unprofiled GPUs: a batch of `prompt_tokens` + `decode_seqs` tokens per layer costs
+    max(weights / bandwidth, 2 * params * tokens / compute), at `efficiency` of the data-sheet peaks."""
+
+    prompt_tokens: int = 750
+    decode_seqs: int = 32
+    efficiency: float = 0.5
+    name: str = "estimate"
+
+    def node_capacity(self, node: NodeSpec, cluster: ClusterSpec, model: ModelSpec) -> NodeCapacity:
+        if node.gpu not in DEVICE_SPECS:
+            raise ClusterSpecError(f"node {node.name!r}: no estimate for GPU {node.gpu!r}; known: {sorted(DEVICE_SPECS)}")
+        bandwidth, flops = (x * node.gpu_count * self.efficiency for x in DEVICE_SPECS[node.gpu])
+        tokens = self.prompt_tokens + self.decode_seqs
+        params = model.layer_bytes / 2  # 16-bit weights
+        per_layer = max(model.layer_bytes / bandwidth, 2 * params * tokens / flops)
+        k_max = max_layers_in_vram(node, model)
+        kv_per_token = max(model.kv_bytes_per_token_layer, 1)
+        kv_room = [max(0.0, 0.9 * node.vram_bytes - k * model.layer_bytes) for k in range(1, k_max + 1)]
+        return NodeCapacity(
+            tuple(tokens / (k * per_layer) for k in range(1, k_max + 1)),
+            tuple(int(room / kv_per_token) for room in kv_room),  # token-layer slots
+        )
+
+
 def _first_of_type(cluster: ClusterSpec, gpu_type: str) -> NodeSpec:
     return next(n for n in cluster.nodes if n.gpu_type == gpu_type)
 
 
-THROUGHPUT_SOURCES: dict[str, type] = {"reference": ReferenceThroughput, "profile": ProfileThroughput}
+THROUGHPUT_SOURCES: dict[str, type] = {
+    "reference": ReferenceThroughput, "profile": ProfileThroughput, "estimate": EstimatedThroughput,
+}
 
 
 def get_source(name: str | ThroughputSource) -> ThroughputSource:

@@ -1,0 +1,162 @@
+"""The coordinator's side of a Helix cluster: bring the nodes up, route requests, move batches.
+
+Used by HelixExecutor (batches) and HelixScheduler (admission), which run in the same engine-core
+process; `current()` is how the scheduler finds the coordinator the executor created.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from vllm_helix.errors import FrameRejected, HelixError
+from vllm_helix.executor import protocol as p
+from vllm_helix.executor.batches import BatchBook
+from vllm_helix.executor.launcher import LocalWorkers, local_nodes, resolve_addresses
+from vllm_helix.executor.link import COORDINATOR_PEER, Link, open_link
+from vllm_helix.executor.routing import RouteBook
+from vllm_helix.planner.plan import Plan
+
+logger = logging.getLogger(__name__)
+_current: Coordinator | None = None
+
+
+def current() -> Coordinator:
+    if _current is None:
+        raise HelixError("the Helix scheduler needs the Helix executor (vllm serve ... --executor helix)")
+    return _current
+
+
+class Coordinator:
+    def __init__(self, plan: Plan, model_path: str, options: dict[str, Any], make_output: Any,
+                 worker_args: list[str]):
+        global _current
+        if plan.partial_inference:
+            raise HelixError("serving needs a plan with exact layer chaining (plan without --partial-inference)")
+        self.original_plan = plan
+        self.plan = resolve_addresses(plan)
+        self.options = options
+        self.book = BatchBook(make_output, options["step_timeout_s"])
+        self.routes: RouteBook | None = None
+        self.link: Link = open_link(COORDINATOR_PEER, self.plan.cluster.coordinator.address)
+        self.workers = LocalWorkers.start(self.plan, local_nodes(plan), model_path, worker_args)
+        self.kv_tokens: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._receiver: threading.Thread | None = None
+        _current = self
+
+    # ------------------------------------------------------------------ start-up
+
+    def start(self) -> None:
+        """Wait for every node's Hello (any start order), then tell them to start."""
+        nodes = {n.name: n for n in self.plan.cluster.nodes if n.name in self.plan.placement.ranges}
+        for name, node in nodes.items():
+            self.link.connect(name, node.address)
+        deadline = time.monotonic() + self.options["start_timeout_s"]
+        while set(self.kv_tokens) != set(nodes):
+            if time.monotonic() > deadline:
+                self.shutdown()
+                raise HelixError(self._missing_message(nodes))
+            self._check_local_workers()
+            received = self.link.recv(0.5)
+            if received is not None:
+                self._on_hello(received, nodes)
+        self.routes = RouteBook(self.plan, self.kv_tokens, self.options)
+        for name in nodes:
+            self.link.send(name, p.encode(p.Start()), [])
+        self._receiver = threading.Thread(target=self._receive_loop, name="helix-receiver", daemon=True)
+        self._receiver.start()
+        logger.info("Helix cluster up: %s", ", ".join(f"{n} {self.plan.placement[n]}" for n in nodes))
+
+    def _on_hello(self, received: Any, nodes: dict) -> None:
+        try:
+            message = p.decode(received.header)
+        except FrameRejected as exc:
+            logger.warning("ignored a message from %s during start-up: %s", received.peer, exc)
+            return
+        if not isinstance(message, p.Hello) or message.node not in nodes:
+            return
+        expected = self.plan.placement[message.node]
+        if message.layers != [expected.start, expected.end]:
+            raise HelixError(f"node {message.node} serves layers {message.layers}, the plan says {expected}")
+        self.kv_tokens[message.node] = message.kv_tokens
+
+    def _missing_message(self, nodes: dict) -> str:
+        missing = [n for n in nodes if n not in self.kv_tokens]
+        where = ", ".join(f"{n} at {nodes[n].address}" for n in missing)
+        return (f"Helix nodes did not come up within {self.options['start_timeout_s']:.0f} s: {where}. "
+                f"Start them with `vllm-helix worker --plan PLAN --node NAME` on their hosts.")
+
+    def _check_local_workers(self) -> None:
+        for name, status in self.workers.dead().items():
+            if name not in self.kv_tokens:
+                tail = self.workers.log_tail(name)
+                self.shutdown()
+                raise HelixError(f"local worker {name} exited with status {status} during start-up:\n{tail}")
+
+    # ------------------------------------------------------------------ batches
+
+    def submit(self, scheduler_output: Any) -> Future:
+        self._free(scheduler_output.finished_req_ids)
+        assert self.routes is not None
+        batch, steps = self.book.build(scheduler_output, self.routes.routes)
+        for hop, step in steps.items():
+            self.link.send(hop, p.encode(step), [])
+        return batch.future
+
+    def _free(self, request_ids: set[str]) -> None:
+        by_node: dict[str, list[str]] = {}
+        for rid, route in self.book.forget(set(request_ids)).items():
+            for node in route:
+                by_node.setdefault(node, []).append(rid)
+        for node, rids in by_node.items():
+            self.link.send(node, p.encode(p.Free(rids)), [])
+
+    def _receive_loop(self) -> None:
+        while not self._stop.is_set():
+            received = self.link.recv(0.2)
+            self.book.expire()
+            self._watch_local_workers()
+            if received is None:
+                continue
+            try:
+                message = p.decode(received.header)
+            except FrameRejected as exc:
+                logger.warning("dropped a message from %s: %s", received.peer, exc)
+                continue
+            if isinstance(message, p.Tokens):
+                self.book.on_tokens(message)
+            elif isinstance(message, p.Failed):
+                logger.error("node %s failed requests %s: %s", message.node, message.request_ids, message.error)
+                self.book.on_failed(message.step_id, message.request_ids, f"node {message.node}: {message.error}")
+
+    def _watch_local_workers(self) -> None:
+        for name, status in self.workers.dead().items():
+            if self.routes is not None and self.routes.node_lost(name):
+                logger.error("local worker %s exited with status %s", name, status)
+                self.book.fail_routes_through(name, f"node {name} exited (status {status})")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def check_health(self) -> None:
+        if self.routes is not None and self.routes.lost:
+            raise HelixError(f"Helix nodes lost: {sorted(self.routes.lost)}")
+
+    def shutdown(self) -> None:
+        global _current
+        self._stop.set()
+        for node in self.plan.placement.ranges:
+            try:
+                if node in self.link.peers():
+                    self.link.send(node, p.encode(p.Shutdown()), [])
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        if self._receiver is not None:
+            self._receiver.join(timeout=2)
+        self.workers.stop()
+        self.link.close()
+        if _current is self:
+            _current = None

@@ -1,0 +1,127 @@
+"""HelixExecutor: a vLLM executor whose "workers" are the partial-layer nodes of a Helix plan.
+
+It runs no model itself. `execute_model` hands each batch to the coordinator, which sends every
+request's step to the first node of its route and resolves a Future when the last nodes have sent the
+sampled tokens back; `--helix-depth` batches are kept in flight so all nodes stay busy. The scheduler's
+own KV cache is bookkeeping only (one block pool as large as the cluster's smallest per-layer KV
+capacity); the real caches live on the nodes, and HelixScheduler admits only what fits there.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+from vllm.v1.executor.abstract import Executor
+from vllm.v1.kv_cache_interface import FullAttentionSpec
+from vllm.v1.outputs import ModelRunnerOutput
+
+from vllm_helix.errors import HelixError
+from vllm_helix.executor.coordinator import Coordinator
+from vllm_helix.options import helix_options
+from vllm_helix.planner.plan import load_plan
+
+logger = logging.getLogger(__name__)
+BLOCK_SIZE = 16
+
+
+def _model_output(req_ids: list[str], sampled: list[list[int]]) -> ModelRunnerOutput:
+    return ModelRunnerOutput(req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)},
+                             sampled_token_ids=sampled)
+
+
+class HelixExecutor(Executor):
+    uses_ray = False
+    supports_pp = False
+
+    def _init_executor(self) -> None:
+        options = helix_options(self.vllm_config.additional_config)
+        if not options["plan"]:
+            raise HelixError("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`)")
+        plan = load_plan(options["plan"])
+        hf_layers = self.model_config.hf_text_config.num_hidden_layers
+        if plan.model.num_layers != hf_layers:
+            raise HelixError(f"{options['plan']}: the plan splits {plan.model.num_layers} layers, but "
+                             f"{self.model_config.model} has {hf_layers}")
+        scheduler = self.vllm_config.scheduler_config
+        worker_args = ["--max-num-batched-tokens", str(scheduler.max_num_batched_tokens),
+                       "--max-model-len", str(self.model_config.max_model_len),
+                       "--kv-fraction", str(options["kv_fraction"]),
+                       "--max-num-seqs", str(scheduler.max_num_seqs),
+                       "--start-timeout", str(options["start_timeout_s"])]
+        # Nodes hold the KV cache; the scheduler's prefix cache would skip prompt tokens they never saw.
+        self.vllm_config.cache_config.enable_prefix_caching = False
+        self.coordinator = Coordinator(plan, self.model_config.model, options, _model_output, worker_args)
+        self.coordinator.start()
+        self._last: Future | None = None
+
+    # ------------------------------------------------------------------ KV bookkeeping for vLLM
+
+    def get_kv_cache_specs(self) -> list[dict[str, Any]]:
+        text = self.model_config.hf_text_config
+        heads = text.num_attention_heads
+        spec = FullAttentionSpec(
+            block_size=BLOCK_SIZE,
+            num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+            head_size=getattr(text, "head_dim", None) or text.hidden_size // heads,
+            dtype=self.model_config.dtype if isinstance(self.model_config.dtype, torch.dtype) else torch.float32,
+        )
+        return [{"helix.cluster": spec}]
+
+    def determine_available_memory(self) -> list[int]:
+        """Bytes for as many blocks as the cluster holds tokens in its least-provisioned layer."""
+        spec = self.get_kv_cache_specs()[0]["helix.cluster"]
+        plan, tokens = self.coordinator.plan, self.coordinator.kv_tokens
+        per_layer = [sum(tokens[n] for n, r in plan.placement.ranges.items() if r.start <= layer < r.end)
+                     for layer in range(plan.model.num_layers)]
+        return [max(1, min(per_layer) // BLOCK_SIZE) * spec.page_size_bytes]
+
+    def initialize_from_config(self, kv_cache_configs: list[Any]) -> None:
+        pass  # the nodes own their caches
+
+    def compile_or_warm_up_model(self) -> None:
+        pass
+
+    def get_supported_kv_cache_layouts(self) -> list[list[str]]:
+        return [["LBHNC", "LBNHC"]]  # the coordinator holds no KV tensors; any layout will do
+
+    def set_kv_cache_layout(self, layout_name: str) -> None:
+        pass
+
+    @property
+    def supported_tasks(self) -> tuple[str, ...]:
+        return ("generate",)
+
+    # ------------------------------------------------------------------ batches
+
+    def execute_model(self, scheduler_output: Any, non_block: bool = False):
+        self._last = self.coordinator.submit(scheduler_output)
+        return self._last if non_block else self._last.result()
+
+    def sample_tokens(self, grammar_output: Any, non_block: bool = False):
+        assert self._last is not None
+        return self._last if non_block else self._last.result()
+
+    def take_draft_token_ids(self):
+        return None
+
+    def reset_mm_cache(self) -> None:
+        pass  # text-only nodes keep no multimodal cache
+
+    def reset_encoder_cache(self) -> None:
+        pass
+
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None, non_block=False):
+        name = method if isinstance(method, str) else getattr(method, "__name__", "callable")
+        raise HelixError(f"the Helix executor does not support worker RPC {name!r}")
+
+    def check_health(self) -> None:
+        self.coordinator.check_health()
+
+    def shutdown(self) -> None:
+        coordinator = getattr(self, "coordinator", None)
+        if coordinator is not None:
+            coordinator.shutdown()
+            self.coordinator = None

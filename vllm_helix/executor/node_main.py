@@ -1,0 +1,43 @@
+"""`vllm-helix worker --plan P --node N --model M`: run one node of a plan until the coordinator stops it."""
+
+from __future__ import annotations
+
+import logging
+
+from vllm_helix.errors import HelixError
+from vllm_helix.executor.link import COORDINATOR_PEER, open_link
+from vllm_helix.executor.node_server import NodeServer
+from vllm_helix.planner.plan import load_plan
+
+logger = logging.getLogger(__name__)
+
+
+def run_worker(plan_path: str, node: str, model: str, *, bind: str | None = None, kv_fraction: float = 0.05,
+               max_num_batched_tokens: int = 2048, max_num_seqs: int = 256, max_model_len: int | None = None,
+               start_timeout_s: float = 180.0) -> None:
+    plan = load_plan(plan_path)
+    layers = plan.placement[node]
+    if layers is None:
+        raise HelixError(f"{plan_path}: node {node!r} holds no layers in this plan "
+                         f"(used nodes: {', '.join(plan.placement.ranges)})")
+    address = bind or plan.cluster.node(node).address
+    coordinator = plan.cluster.coordinator.address
+    for what, value in (("node " + node, address), ("the coordinator", coordinator)):
+        if value == "local":
+            raise HelixError(f"{plan_path}: {what} has address 'local'; local nodes are started by "
+                             "`vllm serve --executor helix` itself, or give --bind HOST:PORT")
+    from vllm_helix.executor.partial_worker import PartialLayerWorker
+
+    worker = PartialLayerWorker(model, (layers.start, layers.end), num_layers_total=plan.model.num_layers,
+                                memory_fraction=kv_fraction, max_num_batched_tokens=max_num_batched_tokens,
+                                max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+    link = open_link(node, address)
+    try:
+        link.connect(COORDINATOR_PEER, coordinator)
+        addresses = {n.name: n.address for n in plan.cluster.nodes}
+        server = NodeServer(node, worker, link, addresses, max_num_batched_tokens, max_num_seqs)
+        logger.info("node %s: layers %s, listening on %s, coordinator %s", node, layers, address, coordinator)
+        server.wait_for_start(start_timeout_s)
+        server.serve_forever()
+    finally:
+        link.close()

@@ -1,0 +1,193 @@
+"""One cluster node (`vllm-helix worker --plan P --node N`): a partial-layer worker behind the transport.
+
+Loop: say Hello to the coordinator until it answers Start (so start order does not matter); then take
+every queued Step (possibly from several previous hops and several in-flight batches), run them as one
+batch on the partial-layer worker, and send each request's output to the next node of its route — the
+sampled tokens to the coordinator on the last range. A failing batch is reported as Failed for its
+requests; the node keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllm_helix.errors import FrameRejected, HelixError
+from vllm_helix.executor import protocol as p
+from vllm_helix.executor.link import COORDINATOR_PEER, Link, Received
+
+logger = logging.getLogger(__name__)
+HELLO_INTERVAL_S = 0.5
+
+
+@dataclass
+class _Pending:
+    """Steps taken from the queue for one worker batch."""
+
+    items: list[Any] = field(default_factory=list)  # worker StepItems
+    step_of: dict[str, int] = field(default_factory=dict)  # request id -> step id
+    tokens: int = 0
+
+
+class NodeServer:
+    def __init__(self, name: str, worker: Any, link: Link, addresses: dict[str, str], token_budget: int,
+                 seq_budget: int):
+        self.name, self.worker, self.link = name, worker, link
+        self.addresses = addresses  # peer name -> transport address
+        self.token_budget, self.seq_budget = token_budget, seq_budget
+        self.routes: dict[str, list[str]] = {}
+        self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
+        self.deferred: list[Received] = []
+        self.running = True
+
+    # ------------------------------------------------------------------ start-up
+
+    def hello(self) -> p.Hello:
+        stats = self.worker.kv_stats()
+        return p.Hello(self.name, [self.worker.start, self.worker.end], stats.total_tokens, self.worker.hidden_size)
+
+    def wait_for_start(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.link.send(COORDINATOR_PEER, p.encode(self.hello()), [])
+            received = self.link.recv(HELLO_INTERVAL_S)
+            if received is None:
+                continue
+            message = p.decode(received.header)
+            if isinstance(message, p.Start):
+                logger.info("node %s: cluster started", self.name)
+                return
+            if isinstance(message, p.Shutdown):
+                raise HelixError("coordinator shut down before start")
+            self.deferred.append(received)
+        raise HelixError(f"node {self.name}: no coordinator at {self.addresses.get(COORDINATOR_PEER)} "
+                         f"after {timeout_s:.0f} s")
+
+    # ------------------------------------------------------------------ serving
+
+    def serve_forever(self) -> None:
+        while self.running:
+            batch = self._collect(timeout_s=1.0)
+            if batch.items:
+                self._run(batch)
+
+    def _collect(self, timeout_s: float) -> _Pending:
+        """Merge queued steps into one batch, never two steps of the same request (order matters)."""
+        batch = _Pending()
+        wait = timeout_s
+        while True:
+            received = self.deferred.pop(0) if self.deferred else self.link.recv(wait)
+            if received is None:
+                return batch
+            wait = 0.0
+            try:
+                message = p.decode(received.header)
+            except FrameRejected as exc:
+                logger.warning("node %s: dropped a message from %s: %s", self.name, received.peer, exc)
+                continue
+            if isinstance(message, p.Step):
+                if not self._merge(batch, message, received):
+                    self.deferred.insert(0, received)
+                    return batch
+            elif isinstance(message, p.Free):
+                self._free(message.request_ids)
+            elif isinstance(message, p.Shutdown):
+                self.running = False
+                return batch
+            elif isinstance(message, p.Start):
+                continue
+
+    def _merge(self, batch: _Pending, step: p.Step, received: Received) -> bool:
+        tokens = sum(item.num_tokens for item in step.items)
+        clash = any(item.request_id in batch.step_of for item in step.items)
+        too_big = batch.tokens + tokens > self.token_budget or len(batch.items) + len(step.items) > self.seq_budget
+        if batch.items and (clash or too_big):
+            return False
+        hidden, residual = self._payload(step, received)
+        from vllm_helix.executor.types import StepItem
+
+        for i, item in enumerate(step.items):
+            if item.new is not None and item.request_id not in self.routes:
+                self.routes[item.request_id] = item.new.route
+                if not self.worker.is_last:
+                    self._introduce[item.request_id] = item.new
+                self.worker.add_request(item.request_id, item.new.prompt_token_ids,
+                                        p.decode_sampling(item.new.sampling))
+            batch.items.append(StepItem(item.request_id, item.start_position, item.num_tokens,
+                                        list(item.token_ids), hidden[i] if hidden else None,
+                                        residual[i] if residual else None))
+            batch.step_of[item.request_id] = step.step_id
+        batch.tokens += tokens
+        return True
+
+    def _payload(self, step: p.Step, received: Received):
+        if not received.payloads:
+            return None, None
+        if len(received.payloads) != 2:
+            raise FrameRejected(f"a step carries hidden states and residuals, got {len(received.payloads)} payloads")
+        counts = [item.num_tokens for item in step.items]
+        width = self.worker.hidden_size
+        return tuple(p.unpack_rows(p.tensor_from_bytes(buf, step.dtype, width), counts)
+                     for buf in received.payloads)
+
+    def _run(self, batch: _Pending) -> None:
+        try:
+            results = self.worker.execute(batch.items)
+        except Exception as exc:  # noqa: BLE001 - any failure fails these requests, not the node
+            logger.exception("node %s: batch failed", self.name)
+            for step_id, rids in _group(batch.step_of).items():
+                self.link.send(COORDINATOR_PEER, p.encode(p.Failed(step_id, rids, self.name, repr(exc))), [])
+            return
+        if self.worker.is_last:
+            self._send_tokens(batch, results)
+        else:
+            self._forward(batch, results)
+
+    def _send_tokens(self, batch: _Pending, results: list[Any]) -> None:
+        by_step: dict[int, list[p.TokenOut]] = {}
+        for result in results:
+            by_step.setdefault(batch.step_of[result.request_id], []).append(
+                p.TokenOut(result.request_id, result.token_id, result.logprobs))
+        for step_id, outs in by_step.items():
+            self.link.send(COORDINATOR_PEER, p.encode(p.Tokens(step_id, outs)), [])
+
+    def _forward(self, batch: _Pending, results: list[Any]) -> None:
+        items = {item.request_id: item for item in batch.items}
+        groups: dict[tuple[str, int], list[Any]] = {}
+        for result in results:
+            groups.setdefault((self._next_hop(result.request_id), batch.step_of[result.request_id]), []).append(result)
+        for (peer, step_id), group in groups.items():
+            self._ensure_peer(peer)
+            out_items = [self._next_item(items[r.request_id]) for r in group]
+            dtype, hidden = p.tensor_to_bytes(p.pack_rows([r.hidden_states for r in group]))
+            _, residual = p.tensor_to_bytes(p.pack_rows([r.residual for r in group]))
+            self.link.send(peer, p.encode(p.Step(step_id, out_items, dtype)), [hidden, residual])
+
+    def _next_item(self, item: Any) -> p.Item:
+        # every hop learns the decode token, as vLLM's pipeline stages do
+        return p.Item(item.request_id, item.start_position, item.num_tokens, list(item.new_token_ids),
+                      new=self._introduce.pop(item.request_id, None))
+
+    def _next_hop(self, request_id: str) -> str:
+        route = self.routes[request_id]
+        return route[route.index(self.name) + 1]
+
+    def _ensure_peer(self, peer: str) -> None:
+        if peer not in self.link.peers():
+            self.link.connect(peer, self.addresses[peer])
+
+    def _free(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            if rid in self.routes:
+                del self.routes[rid]
+                self._introduce.pop(rid, None)
+                self.worker.free_request(rid)
+
+
+def _group(step_of: dict[str, int]) -> dict[int, list[str]]:
+    groups: dict[int, list[str]] = {}
+    for rid, step_id in step_of.items():
+        groups.setdefault(step_id, []).append(rid)
+    return groups

@@ -1,0 +1,153 @@
+"""Messages between the coordinator (HelixExecutor) and the nodes (`vllm-helix worker`).
+
+A message is a msgspec-encoded header plus tensor payloads. A `Step` carries the per-request items of
+one batch for one node; the hidden states and residuals of all items travel as two payload tensors,
+concatenated in item order (rows = tokens). Nodes answer the coordinator with `Tokens` (last range)
+or `Failed`; `Hello`/`Start` bring the cluster up; `Free` releases a finished request's KV blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import torch
+
+from vllm_helix.errors import FrameRejected
+
+PROTOCOL_VERSION = 1
+
+
+class NewRequest(msgspec.Struct, frozen=True):
+    """Sent with a request's first step on each node of its route."""
+
+    prompt_token_ids: list[int]
+    route: list[str]  # node names, first hop first
+    sampling: bytes = b""  # msgpack of vllm.SamplingParams (the last node samples)
+
+
+class Item(msgspec.Struct, frozen=True):
+    request_id: str
+    start_position: int
+    num_tokens: int
+    token_ids: list[int] = []  # for the first node: the prompt chunk, or the last sampled token
+    new: NewRequest | None = None
+
+
+class Step(msgspec.Struct, tag="step", frozen=True):
+    step_id: int
+    items: list[Item]
+    dtype: str = ""  # of the two payloads (hidden states, residuals); none for the first hop
+
+
+class TokenOut(msgspec.Struct, frozen=True):
+    request_id: str
+    token_id: int | None  # None: a prefill chunk that does not finish the prompt
+    logprobs: dict[int, float] | None = None
+
+
+class Tokens(msgspec.Struct, tag="tokens", frozen=True):
+    step_id: int
+    results: list[TokenOut]
+
+
+class Failed(msgspec.Struct, tag="failed", frozen=True):
+    step_id: int
+    request_ids: list[str]
+    node: str
+    error: str
+
+
+class Free(msgspec.Struct, tag="free", frozen=True):
+    request_ids: list[str]
+
+
+class Hello(msgspec.Struct, tag="hello", frozen=True):
+    node: str
+    layers: list[int]
+    kv_tokens: int  # tokens of KV cache this node holds for each of its layers
+    hidden_size: int
+
+
+class Start(msgspec.Struct, tag="start", frozen=True):
+    pass
+
+
+class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
+    pass
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    version: int
+    body: Step | Tokens | Failed | Free | Hello | Start | Shutdown
+
+
+Message = Step | Tokens | Failed | Free | Hello | Start | Shutdown
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Envelope)
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(Envelope(PROTOCOL_VERSION, message))
+
+
+def decode(header: bytes | memoryview) -> Message:
+    """Raises FrameRejected for anything that is not a valid message of this protocol version."""
+    try:
+        envelope = _decoder.decode(header)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise FrameRejected(f"malformed helix message: {exc}") from None
+    if envelope.version != PROTOCOL_VERSION:
+        raise FrameRejected(f"helix message version {envelope.version}, expected {PROTOCOL_VERSION}")
+    return envelope.body
+
+
+# ------------------------------------------------------------------------- sampling parameters
+
+
+def encode_sampling(params: Any) -> bytes:
+    return msgspec.msgpack.encode(params) if params is not None else b""
+
+
+def decode_sampling(data: bytes) -> Any:
+    if not data:
+        return None
+    from vllm import SamplingParams
+
+    return msgspec.msgpack.decode(data, type=SamplingParams)
+
+
+# ------------------------------------------------------------------------- tensors
+
+
+def pack_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-request [n_i, hidden] tensors into one contiguous payload."""
+    return torch.cat(tensors, dim=0).contiguous() if len(tensors) > 1 else tensors[0].contiguous()
+
+
+def unpack_rows(payload: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
+    if payload.shape[0] != sum(counts):
+        raise FrameRejected(f"payload has {payload.shape[0]} rows, items need {sum(counts)}")
+    return list(torch.split(payload, counts, dim=0))
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def tensor_to_bytes(t: torch.Tensor) -> tuple[str, memoryview]:
+    """Zero-copy view of a contiguous CPU tensor, with its dtype name (bfloat16 is viewed as int16)."""
+    t = t.detach().contiguous()
+    name = str(t.dtype).removeprefix("torch.")
+    raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+    return name, memoryview(raw.numpy()).cast("B")
+
+
+def tensor_from_bytes(buffer: Any, dtype: str, hidden: int) -> torch.Tensor:
+    if dtype not in _DTYPES:
+        raise FrameRejected(f"unsupported tensor dtype {dtype!r}")
+    data = torch.frombuffer(buffer, dtype=torch.int16 if dtype == "bfloat16" else _DTYPES[dtype])
+    if dtype == "bfloat16":
+        data = data.view(torch.bfloat16)
+    if hidden <= 0 or data.numel() % hidden:
+        raise FrameRejected(f"payload of {data.numel()} values is not a multiple of hidden size {hidden}")
+    return data.view(-1, hidden)
