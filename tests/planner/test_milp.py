@@ -110,3 +110,150 @@ def test_flow_upper_bound_is_valid_and_below_u():
     bound = flow_upper_bound({n: c.tokens_per_s for n, c in capacities.items()}, 4)
     u = sum(max(k * t for k, t in enumerate(tab, 1)) for tab in tables) / 4
     assert brute_force(cluster, model, capacities) <= bound + 1e-9 <= u + 1e-9
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_model_that_does_not_fit_fails_fast_with_missing_memory():
+    cluster, model = tiny_cluster(2), tiny_model(6)
+    with pytest.raises(InfeasiblePlacement, match=r"does not fit.*GB more VRAM"):
+        solve_milp(cluster, model, caps([[10, 9], [10, 9]]), time_limit_s=5)
+
+
+def test_kv_reserve_caps_layers_by_vram():
+    cluster, model = tiny_cluster(2, vram="4GB"), tiny_model(4)  # 4 GB, half for KV -> 2 layers per node
+    result = solve_milp(cluster, model, caps([[10, 9, 8, 7], [10, 9, 8, 7]]), time_limit_s=5)
+    assert all(r.size <= 2 for r in result.placement.ranges.values())
+    with pytest.raises(InfeasiblePlacement, match="GB more VRAM"):
+        solve_milp(cluster, model, caps([[10, 9, 8, 7], [10, 9, 8, 7]]), kv_reserve_fraction=0.8, time_limit_s=5)
+
+
+def test_pins_excludes_and_layer_caps_are_respected():
+    tables = [[100, 70, 40], [90, 30, 20], [50, 45, 44], [50, 45, 44]]
+    cluster, model, capacities = tiny_cluster(4), tiny_model(4), caps(tables)
+    result = solve_milp(cluster, model, capacities, pins={"n0": (1, 3)}, excludes=["n1"], max_layers_per_node=2,
+                        time_limit_s=10)
+    ranges = result.placement.ranges
+    assert ranges["n0"] == LayerRange(1, 3) and "n1" not in ranges
+    assert all(r.size <= 2 for r in ranges.values())
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"pins": {"nX": (0, 1)}}, "unknown node"),
+    ({"pins": {"n0": (0, 9)}}, "outside the model"),
+    ({"pins": {"n0": (0, 2)}, "excludes": ["n0"]}, "both pinned and excluded"),
+    ({"max_layers_per_node": 0}, "max_layers_per_node"),
+    ({"time_limit_s": 0}, "time limit"),
+])
+def test_bad_options_raise_helix_errors(options, match):
+    with pytest.raises(InfeasiblePlacement, match=match):
+        solve_milp(tiny_cluster(3), tiny_model(4), caps([[10, 9], [10, 9], [10, 9]]), **options)
+
+
+def test_unknown_solver_is_refused():
+    with pytest.raises(SolverUnavailable, match="unknown MILP solver"):
+        solve_milp(tiny_cluster(3), tiny_model(4), caps([[10, 9], [10, 9], [10, 9]]), solver="cplex")
+
+
+# ------------------------------------------------------------------------------------ anytime paths
+
+INTERRUPT_SCRIPT = textwrap.dedent("""
+    import sys
+    from vllm_helix.planner.examples import reference_example
+    from vllm_helix.planner.place import place
+    from vllm_helix.planner.plan import save_plan
+    ex = reference_example("swarm", "3cluster24.ini")
+    print("solving", flush=True)
+    plan = place(ex.cluster, ex.model, "milp", time_limit_s=120, threads=2)
+    save_plan(plan, sys.argv[1])
+""")
+
+
+def check_plan(path: Path):
+    from vllm_helix.planner.plan import load_plan
+
+    plan = load_plan(path)
+    assert plan.flow.value > 0
+    assert plan.details["max_flow_tokens_per_s"] == pytest.approx(plan.flow.value, rel=1e-6)
+    return plan
+
+
+@pytest.mark.solver
+def test_ctrl_c_stops_the_solver_and_writes_the_best_plan(tmp_path):
+    script, out = tmp_path / "solve.py", tmp_path / "plan.yaml"
+    script.write_text(INTERRUPT_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parents[2])
+    assert proc.stdout.readline().strip() == "solving"
+    time.sleep(4)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    assert time.monotonic() - started < 10
+    plan = check_plan(out)
+    assert plan.details["stopped_by"] in ("interrupted", "solved")
+
+
+@pytest.mark.solver
+def test_time_limit_writes_a_plan_at_least_as_good_as_the_warm_start(tmp_path):
+    from vllm_helix.planner.examples import reference_example
+    from vllm_helix.planner.place import place
+    from vllm_helix.planner.plan import save_plan
+
+    ex = reference_example("swarm", "3cluster24.ini")
+    plan = place(ex.cluster, ex.model, "milp", time_limit_s=3, threads=2)
+    save_plan(plan, tmp_path / "plan.yaml")
+    plan = check_plan(tmp_path / "plan.yaml")
+    assert plan.details["stopped_by"] == "time limit"
+    assert plan.flow.value >= plan.details["warm_start_tokens_per_s"] - 1e-6
+    assert plan.flow.value > 616.38  # the Swarm layout's max flow on this cluster
+
+
+def test_single24_is_proven_optimal_by_the_clipping_bound():
+    from vllm_helix.planner.examples import reference_example
+    from vllm_helix.planner.place import place
+
+    ex = reference_example("ilp")
+    plan = place(ex.cluster, ex.model, "milp", time_limit_s=60)
+    assert plan.flow.value == pytest.approx(2045.641, abs=1e-3)
+    assert plan.details["gap"] == 0 and plan.details["status"] == "optimal"
+
+
+# ------------------------------------------------------------------------------------ gurobi
+
+
+def _gurobi_or_skip():
+    try:
+        import gurobipy
+
+        with gurobipy.Env(params={"OutputFlag": 0}):
+            pass
+    except Exception as exc:  # noqa: BLE001 - any import/license failure means: skip
+        pytest.skip(f"gurobipy unusable here: {exc}")
+
+
+@pytest.mark.solver
+def test_gurobi_solves_a_small_model():
+    _gurobi_or_skip()
+    tables, layers, slow, missing = CASES["binding links"]
+    cluster, model, capacities = tiny_cluster(len(tables), slow, missing), tiny_model(layers), caps(tables)
+    result = solve_milp(cluster, model, capacities, solver="gurobi", warm_start=False, time_limit_s=20)
+    assert result.details["solver"] == "gurobi"
+    assert result.details["max_flow_tokens_per_s"] == pytest.approx(brute_force(cluster, model, capacities), rel=1e-4)
+
+
+@pytest.mark.solver
+def test_gurobi_size_limited_license_falls_back_to_cpsat(capsys):
+    _gurobi_or_skip()
+    from vllm_helix.planner.examples import reference_example
+    from vllm_helix.planner.throughput import capacity_table
+
+    ex = reference_example("swarm", "3cluster24.ini")
+    result = solve_milp(ex.cluster, ex.model, capacity_table(ex.cluster, ex.model), solver="gurobi", time_limit_s=3)
+    if result.details["solver"] == "gurobi":
+        pytest.skip("a full Gurobi license is installed here")
+    assert result.details["solver"] == "cpsat"
+    assert "size-limited" in result.details["fallback"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "falling back to CP-SAT" in err[0]

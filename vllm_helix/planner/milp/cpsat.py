@@ -251,10 +251,10 @@ class _Callback(cp_model.CpSolverSolutionCallback):
 
 def solve_cpsat(
     form: Formulation, hint: Placement | None, verify: Verify, progress: Progress, *,
-    threads: int, time_limit_s: float, seed: int, relative_gap: float,
+    threads: int, time_limit_s: float, seed: int, relative_gap: float, variant: str = "compact",
 ) -> SolveOutcome:
     """Solve until optimal, the time limit, the gap or Ctrl-C; return the best verified placement."""
-    m, v = build_model(form)
+    m, v = build_model(form, variant)
     if hint is not None:
         add_hint(m, form, v, hint)
     solver = cp_model.CpSolver()
