@@ -404,7 +404,10 @@ void Endpoint::Impl::read_router() {
         try {
             if (n_frames == 0) throw FrameError("", "malformed message: no frames");
             auto p = parse_first(static_cast<uint8_t*>(zmq_msg_data(&first)), zmq_msg_size(&first), opt.limits);
-            senders[sender] = t;
+            auto [pos, is_new] = senders.insert_or_assign(sender, t);
+            if (is_new && p.kind != Kind::Bye)  // greet at once: the sender learns we are alive without waiting a tick
+                if (zmq_send(router, sender.data(), sender.size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0)
+                    zmq_send(router, ping.data(), ping.size(), ZMQ_DONTWAIT);
             reported_lost.erase(sender);
             if (p.kind == Kind::Ping) {
                 std::lock_guard<std::mutex> g(mu);

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +18,9 @@ def pair() -> Iterator[tuple[Endpoint, Endpoint]]:
     a, b = Endpoint("a", options=FAST), Endpoint("b", options=FAST)
     a.connect("b", b.address)
     b.connect("a", a.address)
+    deadline = time.monotonic() + 5
+    while (a.peers()["b"], b.peers()["a"]) != ("alive", "alive") and time.monotonic() < deadline:
+        time.sleep(0.005)
     yield a, b
     a.close()
     b.close()
