@@ -92,7 +92,7 @@ const char* state_name(PeerState s) {
 }
 
 struct PeerOut {
-    std::string name;
+    std::string name, address;
     void* sock = nullptr;
     std::deque<std::unique_ptr<Outgoing>> queue;  // guarded by mu
     size_t queued_bytes = 0;                      // guarded by mu
@@ -531,8 +531,14 @@ void Endpoint::Impl::heartbeat(double now) {
     st.heartbeats_sent += sent;
     const double timeout = opt.peer_timeout_s;
     for (PeerOut* p : outs)
-        if (p->state != PeerState::Lost && now - p->last_heard > timeout)
+        if (p->state != PeerState::Lost && now - p->last_heard > timeout) {
             peer_lost(p, "no heartbeat for " + std::to_string(timeout) + " s");
+            // A cut link leaves TCP in exponential retransmit back-off; a fresh connection heals as soon
+            // as the link is back. Messages still queued for the lost peer are dropped with the old one.
+            p->stalled.reset();
+            zmq_disconnect(p->sock, p->address.c_str());
+            zmq_connect(p->sock, p->address.c_str());
+        }
     for (auto it = senders.begin(); it != senders.end();) {
         if (!reading_paused && now - it->second > timeout) {
             if (reported_lost.insert(it->first).second) {
@@ -661,6 +667,7 @@ void Endpoint::connect(const std::string& peer, const std::string& address, cons
     }
     auto p = std::make_unique<PeerOut>();
     p->name = peer;
+    p->address = address;
     p->sock = s;
     p->last_heard = now_s();
     {
