@@ -65,8 +65,22 @@ def _patch_cli() -> None:
     EngineArgs.add_cli_args = staticmethod(add_cli_args)
 
 
+def _log_like_vllm() -> None:
+    """vLLM configures only its own logger; give ours (routes, cluster events) the same output."""
+    import logging
+
+    ours = logging.getLogger("vllm_helix")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("(helix) %(levelname)s %(asctime)s [%(name)s] %(message)s", "%m-%d %H:%M:%S"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
+
+
 def register() -> None:
     """Entry point; idempotent."""
+    _log_like_vllm()
     _patch_cli()
     from vllm_helix.executor.patches import apply_all
 

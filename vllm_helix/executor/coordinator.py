@@ -12,7 +12,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from vllm_helix.errors import FrameRejected, HelixError
+from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
 from vllm_helix.executor import protocol as p
 from vllm_helix.executor.batches import BatchBook
 from vllm_helix.executor.launcher import LocalWorkers, local_nodes, resolve_addresses
@@ -53,35 +53,34 @@ class Coordinator:
     def start(self) -> None:
         """Wait for every node's Hello (any start order), then tell them to start."""
         nodes = {n.name: n for n in self.plan.cluster.nodes if n.name in self.plan.placement.ranges}
-        for name, node in nodes.items():
-            self.link.connect(name, node.address)
         deadline = time.monotonic() + self.options["start_timeout_s"]
         while set(self.kv_tokens) != set(nodes):
             if time.monotonic() > deadline:
                 self.shutdown()
                 raise HelixError(self._missing_message(nodes))
             self._check_local_workers()
-            received = self.link.recv(0.5)
+            try:
+                received = self.link.recv(0.5)
+            except (FrameRejected, PeerLost) as exc:
+                logger.warning("during start-up: %s", exc)
+                continue
             if received is not None:
-                self._on_hello(received, nodes)
+                self._on_hello(received.message, nodes)
         self.routes = RouteBook(self.plan, self.kv_tokens, self.options)
         for name in nodes:
-            self.link.send(name, p.encode(p.Start()), [])
+            self.link.send(name, p.Start())
         self._receiver = threading.Thread(target=self._receive_loop, name="helix-receiver", daemon=True)
         self._receiver.start()
         logger.info("Helix cluster up: %s", ", ".join(f"{n} {self.plan.placement[n]}" for n in nodes))
 
-    def _on_hello(self, received: Any, nodes: dict) -> None:
-        try:
-            message = p.decode(received.header)
-        except FrameRejected as exc:
-            logger.warning("ignored a message from %s during start-up: %s", received.peer, exc)
-            return
+    def _on_hello(self, message: p.Message, nodes: dict) -> None:
         if not isinstance(message, p.Hello) or message.node not in nodes:
             return
         expected = self.plan.placement[message.node]
         if message.layers != [expected.start, expected.end]:
             raise HelixError(f"node {message.node} serves layers {message.layers}, the plan says {expected}")
+        if message.node not in self.kv_tokens:  # dial back only now: a silent peer counts as lost
+            self.link.connect(message.node, nodes[message.node].address)
         self.kv_tokens[message.node] = message.kv_tokens
 
     def _missing_message(self, nodes: dict) -> str:
@@ -104,7 +103,10 @@ class Coordinator:
         assert self.routes is not None
         batch, steps = self.book.build(scheduler_output, self.routes.routes)
         for hop, step in steps.items():
-            self.link.send(hop, p.encode(step), [])
+            try:
+                self.link.send(hop, step)
+            except (PeerLost, TransportTimeout) as exc:
+                self._lose(hop, str(exc))
         return batch.future
 
     def _free(self, request_ids: set[str]) -> None:
@@ -113,20 +115,28 @@ class Coordinator:
             for node in route:
                 by_node.setdefault(node, []).append(rid)
         for node, rids in by_node.items():
-            self.link.send(node, p.encode(p.Free(rids)), [])
+            if node not in self.routes.lost:
+                try:
+                    self.link.send(node, p.Free(rids))
+                except (PeerLost, TransportTimeout) as exc:
+                    self._lose(node, str(exc))
 
     def _receive_loop(self) -> None:
         while not self._stop.is_set():
-            received = self.link.recv(0.2)
-            self.book.expire()
-            self._watch_local_workers()
+            try:
+                received = self.link.recv(0.2)
+            except FrameRejected as exc:
+                logger.warning("dropped a malformed message: %s", exc)
+                continue
+            except PeerLost as exc:
+                self._lose(getattr(exc, "peer", None), str(exc))
+                continue
+            finally:
+                self.book.expire()
+                self._watch_local_workers()
             if received is None:
                 continue
-            try:
-                message = p.decode(received.header)
-            except FrameRejected as exc:
-                logger.warning("dropped a message from %s: %s", received.peer, exc)
-                continue
+            message = received.message
             if isinstance(message, p.Tokens):
                 self.book.on_tokens(message)
             elif isinstance(message, p.Failed):
@@ -135,9 +145,14 @@ class Coordinator:
 
     def _watch_local_workers(self) -> None:
         for name, status in self.workers.dead().items():
-            if self.routes is not None and self.routes.node_lost(name):
-                logger.error("local worker %s exited with status %s", name, status)
-                self.book.fail_routes_through(name, f"node {name} exited (status {status})")
+            self._lose(name, f"local worker exited with status {status}")
+
+    def _lose(self, node: str | None, reason: str) -> None:
+        """Stop routing through a lost node and fail the requests routed through it."""
+        if node is None or self.routes is None or not self.routes.node_lost(node):
+            return
+        logger.error("Helix node %s lost: %s", node, reason)
+        self.book.fail_routes_through(node, f"node {node} lost: {reason}")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -151,7 +166,7 @@ class Coordinator:
         for node in self.plan.placement.ranges:
             try:
                 if node in self.link.peers():
-                    self.link.send(node, p.encode(p.Shutdown()), [])
+                    self.link.send(node, p.Shutdown())
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
         if self._receiver is not None:

@@ -1,78 +1,70 @@
-"""The serving path's view of the transport: send to named peers, receive from any.
+"""The serving path's view of the transport: Helix messages to named peers, from any peer.
 
-`open_link(name, bind)` returns the C++ endpoint from `vllm_helix.comm` when it is built, else the
-pyzmq implementation below (same semantics: one ROUTER bound for receiving, one DEALER per peer for
-sending, identity = own name). Node names and the coordinator are the peer names.
+A Helix message (executor/protocol.py) travels in the transport header's `meta`, its tensors as the
+message payloads (zero-copy both ways). `VLLM_HELIX_TRANSPORT=pyzmq` swaps the C++ endpoint for the
+pyzmq one (same interface), for comparisons.
 """
 
 from __future__ import annotations
 
-import threading
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from vllm_helix.comm import Header, tensor_spec
+from vllm_helix.errors import TransportTimeout
+from vllm_helix.executor import protocol as p
 
 COORDINATOR_PEER = "coordinator"
+HELIX_KIND = "helix"
 
 
 @dataclass(slots=True)
 class Received:
     peer: str
-    header: bytes
-    payloads: list[Any]  # buffers torch.frombuffer can view
-
-
-class Link(Protocol):
-    def connect(self, peer: str, address: str) -> None: ...
-    def peers(self) -> set[str]: ...
-    def send(self, peer: str, header: bytes, payloads: Sequence[Any]) -> None: ...
-    def recv(self, timeout_s: float) -> Received | None: ...
-    def close(self) -> None: ...
+    message: p.Message
+    tensors: list[Any]  # torch tensors viewing the received buffers
 
 
 def tcp(address: str) -> str:
     return address if "://" in address else f"tcp://{address}"
 
 
-class ZmqLink:
-    def __init__(self, name: str, bind: str):
-        import zmq
-
-        self._zmq = zmq
-        self.name = name
-        self._context = zmq.Context()
-        self._inbox = self._context.socket(zmq.ROUTER)
-        self._inbox.setsockopt(zmq.LINGER, 0)
-        self._inbox.bind(tcp(bind))
-        self._outboxes: dict[str, Any] = {}
-        self._lock = threading.Lock()  # sends come from the executor's thread and its receiver thread
+class Link:
+    def __init__(self, endpoint: Any):
+        self.endpoint = endpoint
 
     def connect(self, peer: str, address: str) -> None:
-        socket = self._context.socket(self._zmq.DEALER)
-        socket.setsockopt(self._zmq.IDENTITY, self.name.encode())
-        socket.setsockopt(self._zmq.LINGER, 0)
-        socket.connect(tcp(address))
-        with self._lock:
-            self._outboxes[peer] = socket
+        self.endpoint.connect(peer, tcp(address))
 
     def peers(self) -> set[str]:
-        return set(self._outboxes)
+        return set(self.endpoint.peers())
 
-    def send(self, peer: str, header: bytes, payloads: Sequence[Any]) -> None:
-        with self._lock:
-            self._outboxes[peer].send_multipart([header, *payloads], copy=False)
+    def send(self, peer: str, message: p.Message, tensors: Sequence[Any] = ()) -> None:
+        """Raises PeerLost (peer gone) or TransportTimeout (its queue stayed full)."""
+        header = Header(kind=HELIX_KIND, tensors=tuple(tensor_spec(t) for t in tensors),
+                        meta={"m": p.encode(message)})
+        self.endpoint.send(peer, header, list(tensors), timeout=30.0)
 
     def recv(self, timeout_s: float) -> Received | None:
-        if not self._inbox.poll(int(timeout_s * 1000)):
+        """Next message, or None after `timeout_s`. Raises PeerLost, FrameRejected (that message only)."""
+        try:
+            raw = self.endpoint.recv(timeout_s)
+        except TransportTimeout:
             return None
-        identity, header, *payloads = self._inbox.recv_multipart(copy=False)
-        return Received(bytes(identity.buffer).decode(), bytes(header.buffer), [f.buffer for f in payloads])
+        message = p.decode(raw.header.meta.get("m", b"") if raw.header.kind == HELIX_KIND else b"")
+        return Received(raw.sender, message, [raw.tensor(i) for i in range(len(raw.header.tensors))])
 
     def close(self) -> None:
-        for socket in [self._inbox, *self._outboxes.values()]:
-            socket.close(linger=0)
-        self._context.term()
+        self.endpoint.close()
 
 
 def open_link(name: str, bind: str) -> Link:
-    return ZmqLink(name, bind)
+    if os.environ.get("VLLM_HELIX_TRANSPORT") == "pyzmq":
+        from vllm_helix.comm.pyzmq_endpoint import PyzmqEndpoint
+
+        return Link(PyzmqEndpoint(name, tcp(bind)))
+    from vllm_helix.comm import Endpoint
+
+    return Link(Endpoint(name, tcp(bind)))

@@ -34,7 +34,7 @@ def run_worker(plan_path: str, node: str, model: str, *, bind: str | None = None
     link = open_link(node, address)
     try:
         link.connect(COORDINATOR_PEER, coordinator)
-        addresses = {n.name: n.address for n in plan.cluster.nodes}
+        addresses = {n.name: n.address for n in plan.cluster.nodes} | {COORDINATOR_PEER: coordinator}
         server = NodeServer(node, worker, link, addresses, max_num_batched_tokens, max_num_seqs)
         logger.info("node %s: layers %s, listening on %s, coordinator %s", node, layers, address, coordinator)
         server.wait_for_start(start_timeout_s)

@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from vllm_helix.errors import FrameRejected, HelixError
+import torch
+
+from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
 from vllm_helix.executor import protocol as p
 from vllm_helix.executor.link import COORDINATOR_PEER, Link, Received
 
@@ -51,11 +53,19 @@ class NodeServer:
     def wait_for_start(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            self.link.send(COORDINATOR_PEER, p.encode(self.hello()), [])
-            received = self.link.recv(HELLO_INTERVAL_S)
+            try:
+                self.link.send(COORDINATOR_PEER, self.hello())  # queued until the coordinator is there
+            except (PeerLost, TransportTimeout):  # not up yet: dial again
+                self.link.connect(COORDINATOR_PEER, self.addresses[COORDINATOR_PEER])
+                time.sleep(HELLO_INTERVAL_S)
+                continue
+            try:
+                received = self.link.recv(HELLO_INTERVAL_S)
+            except (FrameRejected, PeerLost):
+                continue  # the coordinator may not be up yet
             if received is None:
                 continue
-            message = p.decode(received.header)
+            message = received.message
             if isinstance(message, p.Start):
                 logger.info("node %s: cluster started", self.name)
                 return
@@ -78,17 +88,25 @@ class NodeServer:
         batch = _Pending()
         wait = timeout_s
         while True:
-            received = self.deferred.pop(0) if self.deferred else self.link.recv(wait)
+            try:
+                received = self.deferred.pop(0) if self.deferred else self.link.recv(wait)
+            except FrameRejected as exc:
+                logger.warning("node %s: dropped a malformed message: %s", self.name, exc)
+                continue
+            except PeerLost as exc:
+                logger.warning("node %s: %s", self.name, exc)
+                continue
             if received is None:
                 return batch
             wait = 0.0
-            try:
-                message = p.decode(received.header)
-            except FrameRejected as exc:
-                logger.warning("node %s: dropped a message from %s: %s", self.name, received.peer, exc)
-                continue
+            message = received.message
             if isinstance(message, p.Step):
-                if not self._merge(batch, message, received):
+                try:
+                    merged = self._merge(batch, message, received)
+                except (FrameRejected, HelixError) as exc:  # that step fails, the node goes on
+                    self._reply_failed(message.step_id, [i.request_id for i in message.items], exc)
+                    continue
+                if not merged:
                     self.deferred.insert(0, received)
                     return batch
             elif isinstance(message, p.Free):
@@ -122,15 +140,15 @@ class NodeServer:
         batch.tokens += tokens
         return True
 
-    def _payload(self, step: p.Step, received: Received):
-        if not received.payloads:
+    @staticmethod
+    def _payload(step: p.Step, received: Received):
+        """Per-item (hidden states, residual) rows; none for the first hop."""
+        if not received.tensors:
             return None, None
-        if len(received.payloads) != 2:
-            raise FrameRejected(f"a step carries hidden states and residuals, got {len(received.payloads)} payloads")
         counts = [item.num_tokens for item in step.items]
-        width = self.worker.hidden_size
-        return tuple(p.unpack_rows(p.tensor_from_bytes(buf, step.dtype, width), counts)
-                     for buf in received.payloads)
+        if len(received.tensors) != 2 or any(t.shape[0] != sum(counts) for t in received.tensors):
+            raise FrameRejected(f"step {step.step_id}: payloads do not match its {sum(counts)} tokens")
+        return tuple(torch.split(t, counts, dim=0) for t in received.tensors)
 
     def _run(self, batch: _Pending) -> None:
         try:
@@ -138,12 +156,15 @@ class NodeServer:
         except Exception as exc:  # noqa: BLE001 - any failure fails these requests, not the node
             logger.exception("node %s: batch failed", self.name)
             for step_id, rids in _group(batch.step_of).items():
-                self.link.send(COORDINATOR_PEER, p.encode(p.Failed(step_id, rids, self.name, repr(exc))), [])
+                self._reply_failed(step_id, rids, exc)
             return
         if self.worker.is_last:
             self._send_tokens(batch, results)
         else:
             self._forward(batch, results)
+
+    def _reply_failed(self, step_id: int, request_ids: list[str], exc: Exception) -> None:
+        self.link.send(COORDINATOR_PEER, p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))
 
     def _send_tokens(self, batch: _Pending, results: list[Any]) -> None:
         by_step: dict[int, list[p.TokenOut]] = {}
@@ -151,7 +172,7 @@ class NodeServer:
             by_step.setdefault(batch.step_of[result.request_id], []).append(
                 p.TokenOut(result.request_id, result.token_id, result.logprobs))
         for step_id, outs in by_step.items():
-            self.link.send(COORDINATOR_PEER, p.encode(p.Tokens(step_id, outs)), [])
+            self.link.send(COORDINATOR_PEER, p.Tokens(step_id, outs))
 
     def _forward(self, batch: _Pending, results: list[Any]) -> None:
         items = {item.request_id: item for item in batch.items}
@@ -161,9 +182,9 @@ class NodeServer:
         for (peer, step_id), group in groups.items():
             self._ensure_peer(peer)
             out_items = [self._next_item(items[r.request_id]) for r in group]
-            dtype, hidden = p.tensor_to_bytes(p.pack_rows([r.hidden_states for r in group]))
-            _, residual = p.tensor_to_bytes(p.pack_rows([r.residual for r in group]))
-            self.link.send(peer, p.encode(p.Step(step_id, out_items, dtype)), [hidden, residual])
+            hidden = torch.cat([r.hidden_states for r in group]).contiguous()
+            residual = torch.cat([r.residual for r in group]).contiguous()
+            self.link.send(peer, p.Step(step_id, out_items), [hidden, residual])
 
     def _next_item(self, item: Any) -> p.Item:
         # every hop learns the decode token, as vLLM's pipeline stages do

@@ -1,8 +1,8 @@
 """Messages between the coordinator (HelixExecutor) and the nodes (`vllm-helix worker`).
 
-A message is a msgspec-encoded header plus tensor payloads. A `Step` carries the per-request items of
-one batch for one node; the hidden states and residuals of all items travel as two payload tensors,
-concatenated in item order (rows = tokens). Nodes answer the coordinator with `Tokens` (last range)
+A message is msgspec-encoded (it rides in the transport header) plus tensor payloads. A `Step` carries the
+per-request items of one batch for one node; the hidden states and residuals of all items travel as two
+payload tensors, concatenated in item order (rows = tokens). Nodes answer the coordinator with `Tokens` (last range)
 or `Failed`; `Hello`/`Start` bring the cluster up; `Free` releases a finished request's KV blocks.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import torch
-
 from vllm_helix.errors import FrameRejected
 
 PROTOCOL_VERSION = 1
@@ -37,7 +35,6 @@ class Item(msgspec.Struct, frozen=True):
 class Step(msgspec.Struct, tag="step", frozen=True):
     step_id: int
     items: list[Item]
-    dtype: str = ""  # of the two payloads (hidden states, residuals); none for the first hop
 
 
 class TokenOut(msgspec.Struct, frozen=True):
@@ -115,39 +112,3 @@ def decode_sampling(data: bytes) -> Any:
     from vllm import SamplingParams
 
     return msgspec.msgpack.decode(data, type=SamplingParams)
-
-
-# ------------------------------------------------------------------------- tensors
-
-
-def pack_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate per-request [n_i, hidden] tensors into one contiguous payload."""
-    return torch.cat(tensors, dim=0).contiguous() if len(tensors) > 1 else tensors[0].contiguous()
-
-
-def unpack_rows(payload: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
-    if payload.shape[0] != sum(counts):
-        raise FrameRejected(f"payload has {payload.shape[0]} rows, items need {sum(counts)}")
-    return list(torch.split(payload, counts, dim=0))
-
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def tensor_to_bytes(t: torch.Tensor) -> tuple[str, memoryview]:
-    """Zero-copy view of a contiguous CPU tensor, with its dtype name (bfloat16 is viewed as int16)."""
-    t = t.detach().contiguous()
-    name = str(t.dtype).removeprefix("torch.")
-    raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
-    return name, memoryview(raw.numpy()).cast("B")
-
-
-def tensor_from_bytes(buffer: Any, dtype: str, hidden: int) -> torch.Tensor:
-    if dtype not in _DTYPES:
-        raise FrameRejected(f"unsupported tensor dtype {dtype!r}")
-    data = torch.frombuffer(buffer, dtype=torch.int16 if dtype == "bfloat16" else _DTYPES[dtype])
-    if dtype == "bfloat16":
-        data = data.view(torch.bfloat16)
-    if hidden <= 0 or data.numel() % hidden:
-        raise FrameRejected(f"payload of {data.numel()} values is not a multiple of hidden size {hidden}")
-    return data.view(-1, hidden)
