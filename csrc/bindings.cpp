@@ -43,7 +43,9 @@ bool send(Endpoint& ep, const std::string& peer, const py::bytes& header, const 
         if (PyObject_GetBuffer(obj.ptr(), view, PyBUF_SIMPLE) != 0) {
             delete view;
             for (auto& b : bufs) release_pybuffer(b.token);
-            throw py::error_already_set();  // BufferError: not a contiguous buffer
+            py::error_already_set cause;
+            throw py::value_error("payload " + std::to_string(bufs.size()) +
+                                  " is not a C-contiguous buffer (sending never copies): " + cause.what());
         }
         bufs.push_back({view->buf, size_t(view->len), view});
     }

@@ -156,19 +156,35 @@ void check_payloads(const ParsedFirst& first, const std::vector<size_t>& sizes) 
                                      std::to_string(first.sizes[i]));
 }
 
+namespace {
+void fill_first(uint8_t* d, Kind kind, const std::vector<uint64_t>& sizes, const void* header, size_t header_len);
+size_t write_first(zmq_msg_t* m, Kind kind, const std::vector<uint64_t>& sizes, const void* header, size_t header_len) {
+    const size_t n = kPreambleBytes + 8 * sizes.size() + header_len;
+    zmq_msg_init_size(m, n);
+    fill_first(static_cast<uint8_t*>(zmq_msg_data(m)), kind, sizes, header, header_len);
+    return n;
+}
+}  // namespace
+
 std::string encode_first(Kind kind, const std::vector<uint64_t>& sizes, const void* header, size_t header_len) {
     std::string out(kPreambleBytes + 8 * sizes.size() + header_len, '\0');
-    auto* d = reinterpret_cast<uint8_t*>(out.data());
+    fill_first(reinterpret_cast<uint8_t*>(out.data()), kind, sizes, header, header_len);
+    return out;
+}
+
+namespace {
+void fill_first(uint8_t* d, Kind kind, const std::vector<uint64_t>& sizes, const void* header, size_t header_len) {
     d[0] = 'H';
     d[1] = 'X';
     d[2] = kWireVersion;
     d[3] = uint8_t(kind);
     put_u32(d + 4, uint32_t(sizes.size()));
     put_u32(d + 8, uint32_t(header_len));
+    put_u32(d + 12, 0);  // flags
     for (size_t i = 0; i < sizes.size(); ++i) put_u64(d + kPreambleBytes + 8 * i, sizes[i]);
     if (header_len) std::memcpy(d + kPreambleBytes + 8 * sizes.size(), header, header_len);
-    return out;
 }
+}  // namespace
 
 // ---------------------------------------------------------------- received message
 Received::~Received() {
@@ -205,6 +221,7 @@ struct Endpoint::Impl {
     std::vector<void*> released;
 
     std::atomic<bool> stop{false}, signaled{false};
+    std::atomic<bool> io_sleeping{false};  // the I/O thread is (about to be) inside zmq_poll
     std::thread io;
     std::mutex close_mu;
     bool terminated = false;
@@ -326,7 +343,15 @@ void Endpoint::Impl::run() {
         items.push_back({zap, 0, short(zap ? ZMQ_POLLIN : 0), 0});
         for (PeerOut* p : outs) items.push_back({p->sock, 0, short(ZMQ_POLLIN | (p->stalled ? ZMQ_POLLOUT : 0)), 0});
         long wait_ms = std::max(0L, long((next_hb - now_s()) * 1000.0) + 1);
-        if (zmq_poll(items.data(), int(items.size()), wait_ms) < 0) {
+        io_sleeping.store(true);  // senders signal only while we sleep: re-check after announcing it
+        {
+            std::lock_guard<std::mutex> g(mu);
+            for (PeerOut* p : outs)
+                if (!p->queue.empty()) wait_ms = 0;
+        }
+        const int rc = zmq_poll(items.data(), int(items.size()), wait_ms);
+        io_sleeping.store(false);
+        if (rc < 0) {
             if (zmq_errno() == ETERM) break;
             continue;  // EINTR
         }
@@ -697,12 +722,7 @@ bool Endpoint::send(const std::string& peer, const void* header, size_t header_l
         throw std::invalid_argument(err);
     }
     auto out = std::make_unique<Outgoing>(1 + payloads.size());
-    {
-        std::string first = encode_first(Kind::Data, sizes, header, header_len);
-        zmq_msg_init_size(&out->frames[0], first.size());
-        std::memcpy(zmq_msg_data(&out->frames[0]), first.data(), first.size());
-        out->bytes = first.size();
-    }
+    out->bytes = write_first(&out->frames[0], Kind::Data, sizes, header, header_len);
     for (size_t i = 0; i < payloads.size(); ++i) {
         const SendBuf& b = payloads[i];
         zmq_msg_t* f = &out->frames[1 + i];
@@ -734,11 +754,10 @@ bool Endpoint::send(const std::string& peer, const void* header, size_t header_l
     }
     if (I.closed) throw ClosedError();
     if (p->state == PeerState::Lost) throw PeerLostError(peer, p->lost_why);
-    const bool was_empty = p->queue.empty();
     p->queued_bytes += out->bytes;
     p->queue.push_back(std::move(out));
     lk.unlock();
-    if (was_empty) I.signal();
+    if (I.io_sleeping.load()) I.signal();
     return true;
 }
 

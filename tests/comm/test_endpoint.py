@@ -71,8 +71,8 @@ def test_bad_input_gets_clear_errors(pair) -> None:
         a.send("b", Header("x"), [torch.zeros(4, 4).t()])
     with pytest.raises(ValueError, match="contiguous"):
         a.send("b", Header("x"), [np.zeros((4, 4))[:, 1]])
-    with pytest.raises(TypeError):
-        a.send("b", Header("x"), [object()])
+    with pytest.raises(ValueError, match="payload 1 is not a C-contiguous buffer"):
+        a.send("b", Header("x"), [b"ok", object()])
     with pytest.raises(ValueError, match="already connected"):
         a.connect("b", "tcp://127.0.0.1:1")
     with pytest.raises(ValueError, match="exceed max_payloads"):

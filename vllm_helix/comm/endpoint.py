@@ -20,12 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import TransportTimeout
 from . import _transport
 from .messages import Header, Message, as_buffer, decode_header, encode_header
 
 _SLICE_S = 0.25  # longest wait inside C++ before Python checks for signals
 _live: weakref.WeakSet[Endpoint] = weakref.WeakSet()
+_PLAIN = {bytes, bytearray, memoryview, np.ndarray, _transport.Payload}  # buffers needing no conversion
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,26 +131,38 @@ class Endpoint:
         Raises PeerLost, TransportTimeout (queue full: back-pressure), ValueError (unknown peer, too big).
         """
         hdr = encode_header(header)
-        bufs = [as_buffer(p) for p in payloads]
-        deadline = None if timeout is None else time.monotonic() + timeout
+        bufs = [p if type(p) in _PLAIN else as_buffer(p) for p in payloads]
+        first = _SLICE_S if timeout is None or timeout > _SLICE_S else max(0.0, timeout)
+        if not self._ep.send(peer, hdr, bufs, first):  # fast path: one C++ call
+            self._send_slow(peer, hdr, bufs, timeout)
+
+    def _send_slow(self, peer: str, hdr: bytes, bufs: list[Any], timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout - _SLICE_S
         while True:
             left = _SLICE_S if deadline is None else deadline - time.monotonic()
-            if self._ep.send(peer, hdr, bufs, max(0.0, min(left, _SLICE_S))):
-                return
-            if deadline is not None and time.monotonic() >= deadline:
+            if left <= 0:
                 raise TransportTimeout(f"send to {peer!r}: queue still full after {timeout} s (peer too slow?)")
+            if self._ep.send(peer, hdr, bufs, min(left, _SLICE_S)):
+                return
 
     def recv(self, timeout: float | None = None) -> Message:
         """Next message from any peer. Raises TransportTimeout, FrameRejected (that message only), PeerLost."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        first = _SLICE_S if timeout is None or timeout > _SLICE_S else max(0.0, timeout)
+        got = self._ep.recv(first)  # fast path: one C++ call
+        if got is None:
+            got = self._recv_slow(timeout)
+        sender, hdr, payloads = got
+        return Message(sender, decode_header(hdr, sender), payloads)
+
+    def _recv_slow(self, timeout: float | None) -> tuple[str, bytes, list[Any]]:
+        deadline = None if timeout is None else time.monotonic() + timeout - _SLICE_S
         while True:
             left = _SLICE_S if deadline is None else deadline - time.monotonic()
-            got = self._ep.recv(max(0.0, min(left, _SLICE_S)))
-            if got is not None:
-                sender, hdr, payloads = got
-                return Message(sender, decode_header(hdr, sender), payloads)
-            if deadline is not None and time.monotonic() >= deadline:
+            if left <= 0:
                 raise TransportTimeout(f"no message within {timeout} s")
+            got = self._ep.recv(min(left, _SLICE_S))
+            if got is not None:
+                return got
 
     def peers(self) -> dict[str, str]:
         """Peer name -> "connecting" | "alive" | "lost"."""
