@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from vllm_helix.errors import InfeasiblePlacement, SolverUnavailable
 from vllm_helix.planner.cluster import cluster_from_dict
 from vllm_helix.planner.flow import max_flow
 from vllm_helix.planner.milp import solve_milp
-from vllm_helix.planner.milp.formulation import PlacementOptions, build_formulation, flow_upper_bound
+from vllm_helix.planner.milp.formulation import flow_upper_bound
 from vllm_helix.planner.model import ModelSpec
 from vllm_helix.planner.placement import LayerRange, Placement
 from vllm_helix.planner.throughput import NodeCapacity

@@ -13,7 +13,12 @@ from vllm_helix.planner.cluster import ClusterSpec
 from vllm_helix.planner.flow import max_flow
 from vllm_helix.planner.milp.cpsat import SolveOutcome
 from vllm_helix.planner.milp.formulation import (
-    DEFAULT_KV_RESERVE, DEFAULT_SCALE, Formulation, PlacementOptions, build_formulation, describe,
+    DEFAULT_KV_RESERVE,
+    DEFAULT_SCALE,
+    Formulation,
+    PlacementOptions,
+    build_formulation,
+    describe,
 )
 from vllm_helix.planner.milp.progress import Progress
 from vllm_helix.planner.milp.warm_start import warm_start as greedy_warm_start
