@@ -119,11 +119,13 @@ class BatchBook:
         if complete:
             self._finish(batch)
 
-    def fail_routes_through(self, node: str, error: str) -> None:
-        """A node is gone: every in-flight request routed through it fails."""
+    def fail_requests(self, request_ids: list[str], error: str) -> None:
+        """These requests cannot go on (their node is gone): fail them now and in any batch in flight."""
+        doomed = set(request_ids)
+        with self._lock:
+            self.failed_requests.update(dict.fromkeys(doomed, error))
         for batch in list(self.pending.values()):
-            lost = [rid for rid in batch.request_ids
-                    if rid not in batch.tokens and node in self.requests.get(rid, RequestState([], [], b"")).route]
+            lost = [rid for rid in batch.request_ids if rid in doomed and rid not in batch.tokens]
             if lost:
                 self.on_failed(batch.step_id, lost, error)
 

@@ -149,10 +149,11 @@ class Coordinator:
 
     def _lose(self, node: str | None, reason: str) -> None:
         """Stop routing through a lost node and fail the requests routed through it."""
-        if node is None or self.routes is None or not self.routes.node_lost(node):
+        affected = None if node is None or self.routes is None else self.routes.node_lost(node)
+        if affected is None:
             return
-        logger.error("Helix node %s lost: %s", node, reason)
-        self.book.fail_routes_through(node, f"node {node} lost: {reason}")
+        logger.error("Helix node %s lost: %s; failing %d requests routed through it", node, reason, len(affected))
+        self.book.fail_requests(affected, f"node {node} lost: {reason}")
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -76,7 +76,10 @@ class HelixExecutor(Executor):
         plan, tokens = self.coordinator.plan, self.coordinator.kv_tokens
         per_layer = [sum(tokens[n] for n, r in plan.placement.ranges.items() if r.start <= layer < r.end)
                      for layer in range(plan.model.num_layers)]
-        return [max(1, min(per_layer) // BLOCK_SIZE) * spec.page_size_bytes]
+        # + one block per sequence: vLLM rounds every request up to whole blocks, and running out here
+        # would make it preempt requests whose KV the nodes still hold
+        blocks = min(per_layer) // BLOCK_SIZE + self.vllm_config.scheduler_config.max_num_seqs
+        return [blocks * spec.page_size_bytes]
 
     def initialize_from_config(self, kv_cache_configs: list[Any]) -> None:
         pass  # the nodes own their caches

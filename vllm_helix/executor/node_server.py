@@ -180,11 +180,14 @@ class NodeServer:
         for result in results:
             groups.setdefault((self._next_hop(result.request_id), batch.step_of[result.request_id]), []).append(result)
         for (peer, step_id), group in groups.items():
-            self._ensure_peer(peer)
             out_items = [self._next_item(items[r.request_id]) for r in group]
             hidden = torch.cat([r.hidden_states for r in group]).contiguous()
             residual = torch.cat([r.residual for r in group]).contiguous()
-            self.link.send(peer, p.Step(step_id, out_items), [hidden, residual])
+            try:
+                self._ensure_peer(peer)
+                self.link.send(peer, p.Step(step_id, out_items), [hidden, residual])
+            except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: these requests fail
+                self._reply_failed(step_id, [r.request_id for r in group], exc)
 
     def _next_item(self, item: Any) -> p.Item:
         # every hop learns the decode token, as vLLM's pipeline stages do

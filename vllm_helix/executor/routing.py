@@ -19,6 +19,7 @@ logger = logging.getLogger("vllm_helix.routes")
 ROUTERS = {"maxflow": MaxFlowRouter, "random": RandomRouter, "shortest-queue": ShortestQueueRouter,
            "swarm": SwarmRouter}
 STRICT_KV = KVParams(hwm=1.0, output_ratio=1.0)
+KV_BLOCK_TOKENS = 16
 
 
 def describe(route: Route) -> str:
@@ -38,7 +39,9 @@ class RouteBook:
 
     def admit(self, request_id: str, prompt_len: int, max_tokens: int) -> bool:
         """Reserve a route with KV room on every hop; False when none has room now."""
-        route = self.router.route(request_id, prompt_len, max_tokens)
+        # nodes allocate whole blocks: reserve the request's worst case rounded up to a block
+        worst = -(-(prompt_len + max_tokens) // KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
+        route = self.router.route(request_id, prompt_len, worst - prompt_len)
         if route is None:
             return False
         self.routes[request_id] = route.nodes
@@ -57,10 +60,10 @@ class RouteBook:
         self.routes.pop(request_id, None)
         self.router.on_finish(request_id)
 
-    def node_lost(self, node: str) -> bool:
-        """Stop routing through `node`; True the first time it is reported."""
+    def node_lost(self, node: str) -> list[str] | None:
+        """Stop routing through `node`; the requests routed through it, or None if already known."""
         if node in self.lost:
-            return False
+            return None
         self.lost.add(node)
         self.router.on_node_lost(node)
-        return True
+        return [rid for rid, nodes in self.routes.items() if node in nodes]

@@ -6,7 +6,6 @@ only); incumbents are re-scored by the evaluator before they are shown or kept.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -259,7 +258,7 @@ def solve_cpsat(
         add_hint(m, form, v, hint)
     solver = cp_model.CpSolver()
     p = solver.parameters
-    p.num_workers = int(os.environ.get("HELIX_CPSAT_WORKERS", threads))
+    p.num_workers = threads
     p.max_time_in_seconds, p.random_seed = time_limit_s, seed
     p.relative_gap_limit = relative_gap
     solver.best_bound_callback = lambda bound: progress.set_bound(bound / form.scale)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -32,7 +33,7 @@ SOLVERS = ("cpsat", "gurobi")
 
 def solve_milp(
     cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, NodeCapacity], *,
-    solver: str = "cpsat", threads: int | None = None, time_limit_s: float = 60.0, seed: int = 0,
+    solver: str = "auto", threads: int | None = None, time_limit_s: float = 60.0, seed: int = 0,
     progress: bool = False, relative_gap: float = 1e-4,
     pins: Mapping[str, Sequence[int]] | None = None, excludes: Sequence[str] = (),
     max_layers_per_node: int | None = None, kv_reserve_fraction: float = DEFAULT_KV_RESERVE,
@@ -45,8 +46,10 @@ def solve_milp(
     Ctrl-C stops the solver and returns the best placement found so far. Raises InfeasiblePlacement when
     the model cannot fit (saying how much memory is missing) and SolverUnavailable for an unknown solver.
     """
+    if solver == "auto":  # gurobipy when installed (a size-limited license falls back to CP-SAT below)
+        solver = "gurobi" if importlib.util.find_spec("gurobipy") else "cpsat"
     if solver not in SOLVERS:
-        raise SolverUnavailable(f"unknown MILP solver {solver!r}; choose from {list(SOLVERS)}")
+        raise SolverUnavailable(f"unknown MILP solver {solver!r}; choose from {['auto', *SOLVERS]}")
     if formulation not in ("compact", "interval"):
         raise SolverUnavailable(f"unknown formulation {formulation!r}; choose 'compact' or 'interval'")
     if time_limit_s <= 0:
