@@ -1,8 +1,11 @@
 // Helix data-plane transport on libzmq. See transport.hpp for the socket pattern and wire format.
 //
-// Threads: the caller's thread only touches the bounded queues (under mu); ONE I/O thread per
-// Endpoint owns every zmq socket after construction (sockets made in connect() are handed over
-// under mu, which is the full memory barrier libzmq asks for when a socket changes threads).
+// Threads: the caller's thread writes a message straight into its peer's DEALER (under that
+// peer's mutex smu: the one hand-over between threads, a full memory barrier as libzmq asks);
+// ONE I/O thread per Endpoint reads the ROUTER into the bounded receive queue, answers ZAP, and
+// on every heartbeat tick takes each smu briefly to read and send heartbeats. No hop through a
+// queue on the send path: a send costs one libzmq call per frame, like pyzmq, but for the
+// whole multipart message in one Python call. Lock order: smu before mu.
 #include "transport.hpp"
 
 #include <sys/eventfd.h>
@@ -93,13 +96,13 @@ const char* state_name(PeerState s) {
 
 struct PeerOut {
     std::string name, address;
-    void* sock = nullptr;
-    std::deque<std::unique_ptr<Outgoing>> queue;  // guarded by mu
-    size_t queued_bytes = 0;                      // guarded by mu
-    PeerState state = PeerState::Connecting;      // guarded by mu
-    std::string lost_why;                         // guarded by mu
-    std::unique_ptr<Outgoing> stalled;            // I/O thread only
-    double last_heard = 0;                        // I/O thread only
+    std::mutex smu;                           // guards sock and partial
+    void* sock = nullptr;                     // nullptr once closed
+    bool partial = false;                     // a multipart message is half written: no heartbeat now
+    std::atomic<size_t> inflight{0};          // zero-copy payload bytes libzmq still holds
+    PeerState state = PeerState::Connecting;  // guarded by mu
+    std::string lost_why;                     // guarded by mu
+    double last_heard = 0;                    // I/O thread only
 };
 
 struct Item {  // one entry of the receive queue
@@ -208,9 +211,11 @@ struct Endpoint::Impl {
     std::string curve_server_key;  // raw 32 bytes of allowed keys below
     std::set<std::string> allowed;
 
-    mutable std::mutex mu;
+    std::mutex mu;
     std::condition_variable cv_send, cv_recv;
-    int send_waiters = 0, recv_waiters = 0;
+    std::atomic<int> send_waiters{0};
+    int recv_waiters = 0;
+    std::atomic<uint64_t> sent{0};
     std::map<std::string, std::unique_ptr<PeerOut>> peers;
     std::deque<Item> rq;
     size_t rq_bytes = 0;
@@ -221,7 +226,6 @@ struct Endpoint::Impl {
     std::vector<void*> released;
 
     std::atomic<bool> stop{false}, signaled{false};
-    std::atomic<bool> io_sleeping{false};  // the I/O thread is (about to be) inside zmq_poll
     std::thread io;
     std::mutex close_mu;
     bool terminated = false;
@@ -235,11 +239,18 @@ struct Endpoint::Impl {
 
     struct Hint {
         Impl* impl;
+        PeerOut* peer;
         void* token;
+        size_t size;
     };
-    static void free_fn(void*, void* hint) {
+    static void free_fn(void*, void* hint) {  // libzmq is done with a zero-copy payload
         auto* h = static_cast<Hint*>(hint);
         h->impl->give_back(h->token);
+        h->peer->inflight.fetch_sub(h->size);
+        if (h->impl->send_waiters.load()) {
+            std::lock_guard<std::mutex> g(h->impl->mu);
+            h->impl->cv_send.notify_all();
+        }
         delete h;
     }
     void give_back(void* token) {
@@ -261,7 +272,6 @@ struct Endpoint::Impl {
 
     void setup(const std::string& bind);
     void run();
-    void flush(PeerOut* p);
     void read_router();
     void read_dealer(PeerOut* p, double now);
     void serve_zap();
@@ -314,18 +324,10 @@ void Endpoint::Impl::setup(const std::string& bind) {
 
 void Endpoint::Impl::run() {
     double next_hb = now_s();
-    std::vector<zmq_pollitem_t> items;
-    std::vector<PeerOut*> outs;
     while (!stop.load()) {
         signaled.store(false);
         uint64_t drained;
         (void)!read(wake_fd, &drained, sizeof drained);
-        {
-            std::lock_guard<std::mutex> g(mu);
-            outs.clear();
-            for (auto& kv : peers) outs.push_back(kv.second.get());
-        }
-        for (PeerOut* p : outs) flush(p);
         bool can_read;
         {
             std::lock_guard<std::mutex> g(mu);
@@ -337,52 +339,23 @@ void Endpoint::Impl::run() {
             const double t = now_s();
             for (auto& kv : senders) kv.second = std::max(kv.second, t);
         }
-        items.clear();
-        items.push_back({nullptr, wake_fd, ZMQ_POLLIN, 0});
-        items.push_back({router, 0, short(can_read ? ZMQ_POLLIN : 0), 0});
-        items.push_back({zap, 0, short(zap ? ZMQ_POLLIN : 0), 0});
-        for (PeerOut* p : outs) items.push_back({p->sock, 0, short(ZMQ_POLLIN | (p->stalled ? ZMQ_POLLOUT : 0)), 0});
-        long wait_ms = std::max(0L, long((next_hb - now_s()) * 1000.0) + 1);
-        io_sleeping.store(true);  // senders signal only while we sleep: re-check after announcing it
-        {
-            std::lock_guard<std::mutex> g(mu);
-            for (PeerOut* p : outs)
-                if (!p->queue.empty()) wait_ms = 0;
-        }
-        const int rc = zmq_poll(items.data(), int(items.size()), wait_ms);
-        io_sleeping.store(false);
-        if (rc < 0) {
+        zmq_pollitem_t items[3] = {{nullptr, wake_fd, ZMQ_POLLIN, 0},
+                                   {router, 0, short(can_read ? ZMQ_POLLIN : 0), 0},
+                                   {zap, 0, short(zap ? ZMQ_POLLIN : 0), 0}};
+        const long wait_ms = std::max(0L, long((next_hb - now_s()) * 1000.0) + 1);
+        if (zmq_poll(items, 3, wait_ms) < 0) {
             if (zmq_errno() == ETERM) break;
             continue;  // EINTR
         }
         if (items[1].revents & ZMQ_POLLIN) read_router();
         if (items[2].revents & ZMQ_POLLIN) serve_zap();
         const double t = now_s();
-        for (size_t i = 0; i < outs.size(); ++i)
-            if (items[3 + i].revents & ZMQ_POLLIN) read_dealer(outs[i], t);
         if (t >= next_hb) {
             heartbeat(t);
             next_hb = t + opt.heartbeat_s;
         }
     }
     shutdown_io();
-}
-
-void Endpoint::Impl::flush(PeerOut* p) {
-    for (;;) {
-        if (!p->stalled) {
-            std::lock_guard<std::mutex> g(mu);
-            if (p->queue.empty()) return;
-            p->stalled = std::move(p->queue.front());
-            p->queue.pop_front();
-            p->queued_bytes -= p->stalled->bytes;
-            if (send_waiters) cv_send.notify_all();
-        }
-        if (!send_frames(p->sock, *p->stalled)) return;  // HWM: wait for POLLOUT
-        p->stalled.reset();
-        std::lock_guard<std::mutex> g(mu);
-        ++st.sent;
-    }
 }
 
 void Endpoint::Impl::read_router() {
@@ -463,7 +436,7 @@ void Endpoint::Impl::read_router() {
     }
 }
 
-void Endpoint::Impl::read_dealer(PeerOut* p, double now) {
+void Endpoint::Impl::read_dealer(PeerOut* p, double now) {  // caller holds p->smu
     for (int budget = 64; budget > 0; --budget) {
         zmq_msg_t m;
         zmq_msg_init(&m);
@@ -544,37 +517,50 @@ void Endpoint::Impl::heartbeat(double now) {
         std::lock_guard<std::mutex> g(mu);
         for (auto& kv : peers) outs.push_back(kv.second.get());
     }
-    uint64_t sent = 0;
-    for (PeerOut* p : outs)
-        if (!(p->stalled && p->stalled->next > 0) && zmq_send(p->sock, ping.data(), ping.size(), ZMQ_DONTWAIT) >= 0)
-            ++sent;
+    uint64_t n_sent = 0;
+    for (PeerOut* p : outs) {
+        std::lock_guard<std::mutex> sg(p->smu);
+        if (!p->sock) continue;
+        read_dealer(p, now);
+        if (!p->partial && zmq_send(p->sock, ping.data(), ping.size(), ZMQ_DONTWAIT) >= 0) ++n_sent;
+    }
     for (auto& kv : senders)
         if (zmq_send(router, kv.first.data(), kv.first.size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
             zmq_send(router, ping.data(), ping.size(), ZMQ_DONTWAIT) >= 0)
-            ++sent;
-    std::lock_guard<std::mutex> g(mu);
-    st.heartbeats_sent += sent;
-    const double timeout = opt.peer_timeout_s;
-    for (PeerOut* p : outs)
-        if (p->state != PeerState::Lost && now - p->last_heard > timeout) {
-            peer_lost(p, "no heartbeat for " + std::to_string(timeout) + " s");
-            // A cut link leaves TCP in exponential retransmit back-off; a fresh connection heals as soon
-            // as the link is back. Messages still queued for the lost peer are dropped with the old one.
-            p->stalled.reset();
-            zmq_disconnect(p->sock, p->address.c_str());
-            zmq_connect(p->sock, p->address.c_str());
-        }
-    for (auto it = senders.begin(); it != senders.end();) {
-        if (!reading_paused && now - it->second > timeout) {
-            if (reported_lost.insert(it->first).second) {
-                ++st.peers_lost;
-                push_event({Item::Lost, nullptr, it->first,
-                            "sender silent for " + std::to_string(timeout) + " s", 0});
+            ++n_sent;
+    std::vector<PeerOut*> newly_lost;
+    {
+        std::lock_guard<std::mutex> g(mu);
+        st.heartbeats_sent += n_sent;
+        const double timeout = opt.peer_timeout_s;
+        for (PeerOut* p : outs)
+            if (p->state != PeerState::Lost && now - p->last_heard > timeout) {
+                peer_lost(p, "no heartbeat for " + std::to_string(timeout) + " s");
+                newly_lost.push_back(p);
             }
-            it = senders.erase(it);
-        } else {
-            ++it;
+        for (auto it = senders.begin(); it != senders.end();) {
+            if (!reading_paused && now - it->second > timeout) {
+                auto peer = peers.find(it->first);  // same name = same node: stop sending to it too
+                if (peer != peers.end() && peer->second->state != PeerState::Lost) {
+                    peer_lost(peer->second.get(), "sender silent for " + std::to_string(timeout) + " s");
+                    newly_lost.push_back(peer->second.get());
+                } else if (reported_lost.insert(it->first).second) {
+                    ++st.peers_lost;
+                    push_event({Item::Lost, nullptr, it->first, "sender silent for " + std::to_string(timeout) + " s", 0});
+                }
+                it = senders.erase(it);
+            } else {
+                ++it;
+            }
         }
+    }
+    // A cut link leaves TCP in exponential retransmit back-off; a fresh connection heals as soon as
+    // the link is back. Messages libzmq still held for the lost peer are dropped with the old one.
+    for (PeerOut* p : newly_lost) {
+        std::lock_guard<std::mutex> sg(p->smu);
+        if (!p->sock || p->partial) continue;
+        zmq_disconnect(p->sock, p->address.c_str());
+        zmq_connect(p->sock, p->address.c_str());
     }
 }
 
@@ -584,29 +570,19 @@ void Endpoint::Impl::shutdown_io() {
         std::lock_guard<std::mutex> g(mu);
         for (auto& kv : peers) outs.push_back(kv.second.get());
     }
-    // Best effort: hand queued messages to libzmq until the linger budget runs out.
-    const double deadline = now_s() + opt.linger_s;
-    for (;;) {
-        std::vector<zmq_pollitem_t> items;
-        for (PeerOut* p : outs) {
-            flush(p);
-            if (p->stalled) items.push_back({p->sock, 0, ZMQ_POLLOUT, 0});
-        }
-        const double left = deadline - now_s();
-        if (items.empty() || left <= 0) break;
-        zmq_poll(items.data(), int(items.size()), long(left * 1000) + 1);
-    }
-    const int linger_ms = std::max(0, int((deadline - now_s()) * 1000));
+    // Messages already handed to libzmq get linger_s to leave; lost peers get none.
+    const int linger_ms = int(opt.linger_s * 1000);
     for (PeerOut* p : outs) {
+        std::lock_guard<std::mutex> sg(p->smu);
         bool lost;
         {
             std::lock_guard<std::mutex> g(mu);
             lost = p->state == PeerState::Lost;
         }
-        if (!lost && !(p->stalled && p->stalled->next > 0)) zmq_send(p->sock, bye.data(), bye.size(), ZMQ_DONTWAIT);
-        p->stalled.reset();
-        set_int(p->sock, ZMQ_LINGER, lost ? 0 : linger_ms);  // nobody left to flush to
+        if (!lost && !p->partial) zmq_send(p->sock, bye.data(), bye.size(), ZMQ_DONTWAIT);
+        set_int(p->sock, ZMQ_LINGER, lost ? 0 : linger_ms);
         zmq_close(p->sock);
+        p->sock = nullptr;
     }
     for (auto& kv : senders)
         if (zmq_send(router, kv.first.data(), kv.first.size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0)
@@ -614,11 +590,6 @@ void Endpoint::Impl::shutdown_io() {
     set_int(router, ZMQ_LINGER, std::min(linger_ms, 200));
     zmq_close(router);
     if (zap) zmq_close(zap);
-    std::lock_guard<std::mutex> g(mu);
-    for (auto& kv : peers) {  // unsent messages: their tokens go back via free_fn
-        kv.second->queue.clear();
-        kv.second->queued_bytes = 0;
-    }
 }
 
 // ---------------------------------------------------------------- public API
@@ -672,7 +643,7 @@ void Endpoint::connect(const std::string& peer, const std::string& address, cons
     if (!s) zmq_fail("zmq_socket");
     try {
         if (zmq_setsockopt(s, ZMQ_ROUTING_ID, I.name.data(), I.name.size()) != 0) zmq_fail("ZMQ_ROUTING_ID");
-        set_int(s, ZMQ_SNDHWM, I.opt.zmq_hwm_msgs);
+        set_int(s, ZMQ_SNDHWM, int(std::min<size_t>(I.opt.send_queue_msgs, 1 << 30)));
         set_int(s, ZMQ_RCVHWM, I.opt.zmq_hwm_msgs);
         set_int(s, ZMQ_RECONNECT_IVL, 100);
         set_int(s, ZMQ_RECONNECT_IVL_MAX, 1000);
@@ -705,60 +676,84 @@ void Endpoint::connect(const std::string& peer, const std::string& address, cons
 bool Endpoint::send(const std::string& peer, const void* header, size_t header_len, const std::vector<SendBuf>& payloads,
                     double timeout_s) {
     Impl& I = *impl_;
-    auto give_all = [&] {
+    PeerOut* p = nullptr;
+    try {
+        std::lock_guard<std::mutex> g(I.mu);
+        if (I.closed) throw ClosedError();
+        auto it = I.peers.find(peer);
+        if (it == I.peers.end()) throw std::invalid_argument("unknown peer '" + peer + "': call connect(name, address) first");
+        p = it->second.get();
+        if (p->state == PeerState::Lost) throw PeerLostError(peer, p->lost_why);
+        const Limits& lim = I.opt.limits;
+        if (header_len > lim.max_header_bytes)
+            throw std::invalid_argument("header of " + std::to_string(header_len) + " bytes exceeds max_header_bytes");
+        if (payloads.size() > lim.max_payloads)
+            throw std::invalid_argument(std::to_string(payloads.size()) + " payloads exceed max_payloads");
+        for (auto& b : payloads)
+            if (b.size > lim.max_payload_bytes)
+                throw std::invalid_argument("payload of " + std::to_string(b.size) + " bytes exceeds max_payload_bytes");
+    } catch (...) {
         for (auto& b : payloads) I.give_back(b.token);
-    };
-    const Limits& lim = I.opt.limits;
-    std::string err;
-    if (header_len > lim.max_header_bytes) err = "header of " + std::to_string(header_len) + " bytes exceeds max_header_bytes";
-    if (payloads.size() > lim.max_payloads) err = std::to_string(payloads.size()) + " payloads exceed max_payloads";
-    std::vector<uint64_t> sizes;
-    for (auto& b : payloads) {
-        if (b.size > lim.max_payload_bytes) err = "payload of " + std::to_string(b.size) + " bytes exceeds max_payload_bytes";
-        sizes.push_back(b.size);
+        throw;
     }
-    if (!err.empty()) {
-        give_all();
-        throw std::invalid_argument(err);
-    }
-    auto out = std::make_unique<Outgoing>(1 + payloads.size());
-    out->bytes = write_first(&out->frames[0], Kind::Data, sizes, header, header_len);
+    std::vector<uint64_t> sizes(payloads.size());
+    for (size_t i = 0; i < payloads.size(); ++i) sizes[i] = payloads[i].size;
+    Outgoing out(1 + payloads.size());  // destroyed last, no lock held: unsent payloads go back via free_fn
+    write_first(&out.frames[0], Kind::Data, sizes, header, header_len);
+    size_t mine = 0;  // zero-copy bytes of this message
     for (size_t i = 0; i < payloads.size(); ++i) {
         const SendBuf& b = payloads[i];
-        zmq_msg_t* f = &out->frames[1 + i];
+        zmq_msg_t* f = &out.frames[1 + i];
         if (b.size < I.opt.copy_below) {
             zmq_msg_init_size(f, b.size);
             if (b.size) std::memcpy(zmq_msg_data(f), b.data, b.size);
             I.give_back(b.token);
         } else {
-            auto* hint = new Impl::Hint{&I, b.token};
-            zmq_msg_init_data(f, const_cast<void*>(b.data), b.size, &Impl::free_fn, hint);
+            p->inflight.fetch_add(b.size);
+            mine += b.size;
+            zmq_msg_init_data(f, const_cast<void*>(b.data), b.size, &Impl::free_fn,
+                              new Impl::Hint{&I, p, b.token, b.size});
         }
-        out->bytes += b.size;
     }
-    std::unique_lock<std::mutex> lk(I.mu);
-    if (I.closed) throw ClosedError();
-    auto it = I.peers.find(peer);
-    if (it == I.peers.end()) throw std::invalid_argument("unknown peer '" + peer + "': call connect(name, address) first");
-    PeerOut* p = it->second.get();
-    auto ready = [&] {
-        return I.closed || p->state == PeerState::Lost ||
-               (p->queue.size() < I.opt.send_queue_msgs &&
-                (p->queue.empty() || p->queued_bytes + out->bytes <= I.opt.send_queue_bytes));
-    };
-    if (!ready()) {
-        ++I.send_waiters;
-        bool ok = I.cv_send.wait_for(lk, std::chrono::duration<double>(std::max(0.0, timeout_s)), ready);
-        --I.send_waiters;
-        if (!ok) return false;
+    const double deadline = now_s() + std::max(0.0, timeout_s);
+    std::unique_lock<std::mutex> sl(p->smu);
+    for (;;) {
+        if (!p->sock) throw ClosedError();
+        {
+            std::lock_guard<std::mutex> g(I.mu);
+            if (I.closed) throw ClosedError();
+            if (p->state == PeerState::Lost && out.next == 0) throw PeerLostError(peer, p->lost_why);
+        }
+        const size_t others = p->inflight.load() - mine;  // back-pressure in bytes (zero-copy payloads)
+        const bool room = out.next > 0 || others == 0 || others + mine <= I.opt.send_queue_bytes;
+        if (room && send_frames(p->sock, out)) {
+            p->partial = false;
+            I.sent.fetch_add(1);
+            return true;
+        }
+        p->partial = out.next > 0;
+        const double left = deadline - now_s();
+        if (left <= 0 && out.next == 0) return false;  // nothing sent; tokens come back via free_fn
+        const long slice_ms = std::max(1L, std::min(10L, long(left * 1000)));
+        if (!room) {  // too many bytes in flight: wait for free_fn to report progress
+            sl.unlock();
+            {
+                std::unique_lock<std::mutex> lk(I.mu);
+                I.send_waiters.fetch_add(1);
+                I.cv_send.wait_for(lk, std::chrono::milliseconds(slice_ms));
+                I.send_waiters.fetch_sub(1);
+            }
+            sl.lock();
+        } else {  // libzmq's queue for this peer is full (send_queue_msgs): wait until it drains
+            zmq_pollitem_t it{p->sock, 0, ZMQ_POLLOUT, 0};
+            zmq_poll(&it, 1, slice_ms);
+            if (!(it.revents & ZMQ_POLLOUT)) {  // let the heartbeat in between slices
+                sl.unlock();
+                std::this_thread::yield();
+                sl.lock();
+            }
+        }
     }
-    if (I.closed) throw ClosedError();
-    if (p->state == PeerState::Lost) throw PeerLostError(peer, p->lost_why);
-    p->queued_bytes += out->bytes;
-    p->queue.push_back(std::move(out));
-    lk.unlock();
-    if (I.io_sleeping.load()) I.signal();
-    return true;
 }
 
 std::shared_ptr<Received> Endpoint::recv(double timeout_s) {
@@ -805,7 +800,9 @@ std::map<std::string, std::string> Endpoint::peers() const {
 
 Stats Endpoint::stats() const {
     std::lock_guard<std::mutex> g(impl_->mu);
-    return impl_->st;
+    Stats s = impl_->st;
+    s.sent = impl_->sent.load();
+    return s;
 }
 
 void Endpoint::close() {

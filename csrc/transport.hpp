@@ -73,11 +73,11 @@ struct Options {
     double heartbeat_s = 0.5;       // heartbeat interval
     double peer_timeout_s = 3.0;    // silence after which a peer is reported lost
     double linger_s = 1.0;          // how long close() may wait to flush queued messages
-    size_t send_queue_msgs = 1024;  // per peer, before send() blocks (back-pressure)
-    size_t send_queue_bytes = size_t(256) << 20;
+    size_t send_queue_msgs = 1024;  // per peer: messages libzmq may queue (SNDHWM) before send() blocks
+    size_t send_queue_bytes = size_t(256) << 20;  // per peer: zero-copy bytes in flight before send() blocks
     size_t recv_queue_msgs = 4096;  // before the I/O thread stops reading (back-pressure to senders)
     size_t recv_queue_bytes = size_t(256) << 20;
-    int zmq_hwm_msgs = 1000;        // libzmq's own per-pipe queue (messages)
+    int zmq_hwm_msgs = 1000;        // libzmq's receive queue per sender (RCVHWM, messages)
     size_t copy_below = 64 * 1024;  // payloads smaller than this are copied (cheaper than tracking)
     Limits limits;
     std::string curve_public;       // Z85 (40 chars); all three empty = plain TCP
@@ -124,7 +124,8 @@ class Endpoint {
     const std::string& name() const;
     const std::string& address() const;  // resolved bind address (tcp://host:port)
     void connect(const std::string& peer, const std::string& address, const std::string& server_key);
-    // Queue a message for `peer`. Returns false on timeout (nothing sent; tokens still released).
+    // Hand a message for `peer` to libzmq, waiting up to timeout_s while the peer's queue is full.
+    // Returns false on timeout (nothing sent; tokens still released).
     // Throws PeerLostError, ClosedError, std::invalid_argument.
     bool send(const std::string& peer, const void* header, size_t header_len, const std::vector<SendBuf>& payloads,
               double timeout_s);

@@ -15,7 +15,7 @@ def start_peer(*args: str, netns: str | None = None) -> tuple[subprocess.Popen, 
     cmd = [sys.executable, str(PEER_SCRIPT), *args]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # noqa: SIM115
     line = proc.stdout.readline().strip()
     if not line.startswith("tcp://"):
         proc.kill()
