@@ -159,7 +159,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_worker(args.plan, args.node, args.model, bind=args.bind, kv_fraction=args.kv_fraction,
                max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-               max_model_len=args.max_model_len, start_timeout_s=args.start_timeout)
+               max_model_len=args.max_model_len, start_timeout_s=args.start_timeout, dtype=args.dtype)
     return 0
 
 
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, default=256, help="requests per batch on this node")
     p.add_argument("--max-model-len", type=int, default=None, help="longest sequence (default: the model's)")
     p.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for the coordinator")
+    p.add_argument("--dtype", default="auto", help="weights/activations dtype; must match `vllm serve --dtype`")
     p.set_defaults(handler=cmd_worker)
     return parser
 

@@ -32,11 +32,12 @@ def current() -> Coordinator:
 
 class Coordinator:
     def __init__(self, plan: Plan, model_path: str, options: dict[str, Any], make_output: Any,
-                 worker_args: list[str]):
+                 worker_args: list[str], dtype: str):
         global _current
         if plan.partial_inference:
             raise HelixError("serving needs a plan with exact layer chaining (plan without --partial-inference)")
         self.original_plan = plan
+        self.dtype = dtype
         self.plan = resolve_addresses(plan)
         self.options = options
         self.book = BatchBook(make_output, options["step_timeout_s"])
@@ -79,6 +80,10 @@ class Coordinator:
         expected = self.plan.placement[message.node]
         if message.layers != [expected.start, expected.end]:
             raise HelixError(f"node {message.node} serves layers {message.layers}, the plan says {expected}")
+        if message.dtype != self.dtype:
+            self.shutdown()
+            raise HelixError(f"node {message.node} runs {message.dtype}, this server {self.dtype}: "
+                             f"start it with `vllm-helix worker ... --dtype {self.dtype}`")
         if message.node not in self.kv_tokens:  # dial back only now: a silent peer counts as lost
             self.link.connect(message.node, nodes[message.node].address)
         self.kv_tokens[message.node] = message.kv_tokens

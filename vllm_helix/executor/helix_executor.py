@@ -46,14 +46,15 @@ class HelixExecutor(Executor):
             raise HelixError(f"{options['plan']}: the plan splits {plan.model.num_layers} layers, but "
                              f"{self.model_config.model} has {hf_layers}")
         scheduler = self.vllm_config.scheduler_config
-        worker_args = ["--max-num-batched-tokens", str(scheduler.max_num_batched_tokens),
+        dtype = str(self.model_config.dtype).removeprefix("torch.")
+        worker_args = ["--dtype", dtype, "--max-num-batched-tokens", str(scheduler.max_num_batched_tokens),
                        "--max-model-len", str(self.model_config.max_model_len),
                        "--kv-fraction", str(options["kv_fraction"]),
                        "--max-num-seqs", str(scheduler.max_num_seqs),
                        "--start-timeout", str(options["start_timeout_s"])]
         # Nodes hold the KV cache; the scheduler's prefix cache would skip prompt tokens they never saw.
         self.vllm_config.cache_config.enable_prefix_caching = False
-        self.coordinator = Coordinator(plan, self.model_config.model, options, _model_output, worker_args)
+        self.coordinator = Coordinator(plan, self.model_config.model, options, _model_output, worker_args, dtype)
         self.coordinator.start()
         self._last: Future | None = None
 

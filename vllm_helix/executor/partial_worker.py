@@ -109,6 +109,11 @@ class PartialLayerWorker:
         return seam.hidden_size(self.vllm_config)
 
     @property
+    def dtype(self) -> str:
+        """Weights/activations dtype, e.g. 'bfloat16' (every node of a cluster must agree)."""
+        return str(self.vllm_config.model_config.dtype).removeprefix("torch.")
+
+    @property
     def model(self) -> torch.nn.Module:
         return seam.model_of(self._worker)
 

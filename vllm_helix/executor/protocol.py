@@ -64,6 +64,7 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
     layers: list[int]
     kv_tokens: int  # tokens of KV cache this node holds for each of its layers
     hidden_size: int
+    dtype: str  # of its weights and activations; must match the server's
 
 
 class Start(msgspec.Struct, tag="start", frozen=True):

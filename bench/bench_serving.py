@@ -1,0 +1,148 @@
+"""Serving benchmark, one run, four setups side by side (README "Serving benchmark").
+
+    .venv/bin/python bench/bench_serving.py [--requests 32] [--max-tokens 48]
+
+Model: a local random Llama (8 layers, hidden 1024). This machine has 2 CPU cores; each stage/node is
+pinned to its own core (vLLM's VLLM_CPU_OMP_THREADS_BIND for its pipeline ranks, `taskset` for Helix
+workers), so the two stages really run in parallel:
+
+(a) plain vLLM, one engine on both cores;
+(b) vLLM pipeline parallelism, 2 stages, layers [0,4) [4,8);
+(c) Helix, 2 nodes with the same split;
+(d) heterogeneous: a CPU hog halves core 1. vLLM PP keeps the even split (b*); Helix (d) serves the split
+    its planner chose for a cluster that says node 1 is half as fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from vllm_helix.executor.launcher import free_port
+from vllm_helix.launch import VllmServer
+from vllm_helix.models.tiny import build_tiny_llama
+
+COMMON = ["--max-model-len", "1024", "--max-num-batched-tokens", "512", "--max-num-seqs", "64",
+          "--dtype", "float32"]
+PROMPT = "Large language models are served on clusters of graphics processors connected by networks. " * 4
+
+
+def load(url: str, model: str, requests: int, max_tokens: int) -> dict[str, float]:
+    """`requests` concurrent streaming completions: output tokens/s, mean TTFT and TPOT."""
+
+    def one(i: int) -> tuple[float, float, int]:
+        body = {"model": model, "prompt": f"{i}. {PROMPT}", "max_tokens": max_tokens, "temperature": 0,
+                "ignore_eos": True, "stream": True}
+        request = urllib.request.Request(url + "/completions", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        start, first, tokens = time.monotonic(), None, 0
+        with urllib.request.urlopen(request, timeout=600) as response:
+            for line in response:
+                if line.startswith(b"data: {"):
+                    tokens += 1
+                    first = first or time.monotonic()
+        end = time.monotonic()
+        return first - start, (end - first) / max(tokens - 1, 1), tokens
+
+    start = time.monotonic()
+    with cf.ThreadPoolExecutor(requests) as pool:
+        results = list(pool.map(one, range(requests)))
+    wall = time.monotonic() - start
+    return {"tokens_per_s": sum(r[2] for r in results) / wall, "ttft_s": statistics.mean(r[0] for r in results),
+            "tpot_s": statistics.mean(r[1] for r in results)}
+
+
+@contextlib.contextmanager
+def hog(core: int):
+    """A busy loop pinned to `core`: that core runs everything else at about half speed."""
+    process = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], speeds: list[int]):
+    """A plan for two pinned workers on 127.0.0.1 (started here, like remote hosts), and the workers."""
+    ports = [free_port() for _ in range(3)]
+    cluster = {"name": "bench", "coordinator": {"address": f"127.0.0.1:{ports[0]}"},
+               "nodes": [{"name": f"node{i}", "gpu": "cpu", "gpus": speeds[i], "vram": "8GB",
+                          "address": f"127.0.0.1:{ports[i + 1]}"} for i in range(2)],
+               "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"}}
+    (workdir / "cluster.yaml").write_text(yaml.safe_dump(cluster))
+    plan = workdir / "plan.yaml"
+    if split:
+        (workdir / "placement.yaml").write_text(yaml.safe_dump({f"node{i}": list(r) for i, r in enumerate(split)}))
+        extra = ["--placement", str(workdir / "placement.yaml")]
+    else:
+        extra = ["--method", "milp", "--time-limit", "10"]
+    subprocess.run([sys.executable, "-m", "vllm_helix.cli", "plan", "--cluster", str(workdir / "cluster.yaml"),
+                    "--model", str(model), "--throughput", "estimate", "-o", str(plan), *extra],
+                   check=True, capture_output=True)
+    layers = [n["layers"] for n in yaml.safe_load(plan.read_text())["nodes"]]
+    workers = [subprocess.Popen(["taskset", "-c", str(i), sys.executable, "-m", "vllm_helix.cli", "worker",
+                                 "--plan", str(plan), "--node", f"node{i}", "--model", str(model),
+                                 "--kv-fraction", "0.02", "--max-model-len", "1024", "--dtype", "float32",
+                                 "--max-num-batched-tokens", "512", "--max-num-seqs", "64"],
+                                stdout=open(workdir / f"node{i}.log", "w"), stderr=subprocess.STDOUT,
+                                env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=str(i)))
+               for i in range(2)]
+    try:
+        yield plan, layers
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait(30)
+
+
+def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, workdir: Path) -> dict:
+    with VllmServer(model, [*COMMON, *args], env=env, log_path=workdir / f"{name}.log") as url:
+        load(url, str(model), 4, 4)  # warm-up
+        result = load(url, str(model), opts.requests, opts.max_tokens)
+    print(f"{name:<44}{result['tokens_per_s']:>10.1f}{result['ttft_s']:>10.2f}{result['tpot_s'] * 1e3:>10.1f}",
+          flush=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    opts = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="helix-bench-"))
+    model = build_tiny_llama(workdir / "model", hidden_size=1024, heads=16, kv_heads=4, intermediate=2816)
+    pp = {"VLLM_PP_LAYER_PARTITION": "4,4", "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    pp_args = ["--pipeline-parallel-size", "2", "--distributed-executor-backend", "mp"]
+    print(f"{opts.requests} concurrent requests x {opts.max_tokens} output tokens, prompt ~{len(PROMPT.split())} words")
+    print(f"{'setup':<44}{'out tok/s':>10}{'TTFT s':>10}{'TPOT ms':>10}")
+    rows = {"a": run("(a) plain vLLM, 1 engine", model, [], {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}, opts, workdir),
+            "b": run("(b) vLLM PP=2, [0,4) [4,8)", model, pp_args, pp, opts, workdir)}
+    with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1]) as (plan, _):
+        rows["c"] = run("(c) Helix 2 nodes, [0,4) [4,8)", model, ["--executor", "helix", "--helix-plan", str(plan)],
+                        {}, opts, workdir)
+    with hog(1):
+        rows["b*"] = run("(b*) vLLM PP=2 even split, core 1 at 1/2", model, pp_args, pp, opts, workdir)
+        with helix_workers(workdir / "d", model, [], [2, 1]) as (plan, layers):
+            rows["d"] = run(f"(d) Helix planned {layers}, core 1 at 1/2", model,
+                            ["--executor", "helix", "--helix-plan", str(plan)], {}, opts, workdir)
+    print(f"\n(c)/(b) = {rows['c']['tokens_per_s'] / rows['b']['tokens_per_s']:.2f}   "
+          f"(d)/(b*) = {rows['d']['tokens_per_s'] / rows['b*']['tokens_per_s']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Emulated hosts for multi-host tests: network namespaces joined to the root namespace by shaped veth links.
+
+Host i lives in namespace `<tag>h<i>` at 10.<net>.<i>.2; the root side of its link is 10.<net>.<i>.1 and is
+its default gateway, and the root namespace forwards between hosts, so every host reaches every other one
+across two shaped links. Traffic stays on addresses inside namespaces this fixture made.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+NEEDS_ROOT = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(shutil.which("ip") is None or shutil.which("tc") is None, reason="needs iproute2 (ip, tc)"),
+]
+
+
+def sh(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+@dataclass(frozen=True)
+class Host:
+    ns: str
+    address: str  # inside the namespace
+    gateway: str  # the root side of its link
+    shaping: str
+
+    def command(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *argv]
+
+
+def shape(dev: str, ns: str | None, rate: str, delay_ms: float) -> str:
+    pre = ["ip", "netns", "exec", ns] if ns else []
+    try:
+        sh(*pre, "tc", "qdisc", "add", "dev", dev, "root", "netem", "rate", rate, "delay", f"{delay_ms}ms")
+        return f"netem rate {rate} delay {delay_ms}ms"
+    except subprocess.CalledProcessError:  # a kernel without sch_netem: bandwidth only
+        sh(*pre, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kb", "latency", "100ms")
+        return f"tbf rate {rate} (no netem in this kernel)"
+
+
+@pytest.fixture
+def make_host() -> Iterator[Callable[[str, float], Host]]:
+    tag, net = f"hx{os.getpid() % 10000}", 80 + os.getpid() % 40
+    made: list[str] = []
+    forward = open("/proc/sys/net/ipv4/ip_forward").read().strip()
+
+    def make(rate: str = "1gbit", delay_ms: float = 1.0) -> Host:
+        i = len(made) + 1
+        ns, root_dev, ns_dev = f"{tag}h{i}", f"{tag}r{i}", f"{tag}n{i}"
+        gateway, address = f"10.{net}.{i}.1", f"10.{net}.{i}.2"
+        sh("ip", "netns", "add", ns)
+        made.append(ns)
+        sh("ip", "link", "add", root_dev, "type", "veth", "peer", "name", ns_dev)
+        sh("ip", "link", "set", ns_dev, "netns", ns)
+        sh("ip", "addr", "add", f"{gateway}/24", "dev", root_dev)
+        sh("ip", "link", "set", root_dev, "up")
+        for argv in (["ip", "addr", "add", f"{address}/24", "dev", ns_dev], ["ip", "link", "set", ns_dev, "up"],
+                     ["ip", "link", "set", "lo", "up"], ["ip", "route", "add", "default", "via", gateway]):
+            sh("ip", "netns", "exec", ns, *argv)
+        shaping = shape(root_dev, None, rate, delay_ms)
+        shape(ns_dev, ns, rate, delay_ms)
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write("1")
+        return Host(ns, address, gateway, shaping)
+
+    yield make
+    for ns in made:  # deleting a namespace deletes its veth pair too
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+        f.write(forward)

@@ -1,0 +1,56 @@
+"""Shared pieces of the serving tests (tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import yaml
+
+# float32: bf16 rounding depends on batch shape, and nodes batch differently from one engine
+COMMON = ["--max-model-len", "512", "--max-num-batched-tokens", "64", "--max-num-seqs", "32", "--dtype", "float32"]
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time there was a little robot who liked to count the stars in the night sky.",
+    "One, two, three, four, five, six, seven, eight, nine, ten, eleven, twelve, thirteen. " * 3,
+    "Hello!",
+    "Placement is a maximum flow problem: nodes, links, a source and a sink with capacities. " * 5,
+]
+CLUSTER = {
+    "name": "branch",
+    "coordinator": {"address": "local"},
+    "nodes": [
+        {"name": "head", "gpu": "cpu", "gpus": 4, "vram": "4GB", "address": "local"},
+        {"name": "fast", "gpu": "cpu", "gpus": 2, "vram": "4GB", "address": "local"},
+        {"name": "slow", "gpu": "cpu", "gpus": 1, "vram": "4GB", "address": "local"},
+    ],
+    "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"},
+}
+PLACEMENT = {"head": [0, 2], "fast": [2, 8], "slow": [2, 8]}
+
+
+def write_plan(tmp, model, cluster=CLUSTER, placement=PLACEMENT):
+    (tmp / "cluster.yaml").write_text(yaml.safe_dump(cluster))
+    (tmp / "placement.yaml").write_text(yaml.safe_dump(placement))
+    subprocess.run([sys.executable, "-m", "vllm_helix.cli", "plan", "--cluster", tmp / "cluster.yaml", "--model", model, "--throughput",
+                    "estimate", "--placement", tmp / "placement.yaml", "-o", tmp / "plan.yaml"],
+                   check=True, capture_output=True)
+    return tmp / "plan.yaml"
+
+
+def post(url, path, body, timeout=300):
+    request = urllib.request.Request(url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        if body.get("stream"):
+            return [json.loads(line[6:]) for line in response.read().decode().splitlines()
+                    if line.startswith("data: {")]
+        return json.load(response)
+
+
+def completion_tokens(url, model, **extra):
+    body = {"model": str(model), "prompt": PROMPTS, "max_tokens": 24, "temperature": 0, "return_token_ids": True,
+            **extra}
+    out = post(url, "/completions", body)
+    return [c["token_ids"] for c in sorted(out["choices"], key=lambda c: c["index"])]

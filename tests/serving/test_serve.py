@@ -1,0 +1,143 @@
+"""`vllm serve MODEL --executor helix` end to end: a real 3-node local cluster vs plain `vllm serve`.
+
+The Helix plan branches: node `head` [0, 2) feeds `fast` and `slow` (both [2, 8)), whose max-flow arc
+flows are 2:1 — so routes can be checked against the plan. Both servers chunk prefills at 64 tokens.
+Node KV caches are made small (--helix-kv-fraction) so that a burst of requests must queue for KV room.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import re
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+from serve_helpers import CLUSTER, COMMON, PROMPTS, completion_tokens, post, write_plan
+
+from vllm_helix.errors import HelixError
+from vllm_helix.launch import VllmServer
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+@pytest.fixture(scope="module")
+def helix(tiny_llama_path, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("helix")
+    plan = write_plan(tmp, tiny_llama_path)
+    server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan),
+                                          "--helix-route-log", str(tmp / "routes.log"),
+                                          "--helix-kv-fraction", "0.0003", *COMMON], log_path=tmp / "serve.log")
+    with server as url:
+        yield url, tmp / "routes.log", server
+
+
+def test_greedy_completions_match_plain_vllm(helix, plain, tiny_llama_path):
+    ours = completion_tokens(helix[0], tiny_llama_path)
+    assert ours == completion_tokens(plain, tiny_llama_path)
+    assert all(len(t) == 24 for t in ours)
+
+
+def test_streaming_completion_and_chat_match_plain_vllm(helix, plain, tiny_llama_path):
+    def stream_text(url, path, body):
+        chunks = post(url, path, {**body, "stream": True})
+        return "".join((c["choices"][0].get("text") or c["choices"][0].get("delta", {}).get("content") or "")
+                       for c in chunks if c.get("choices"))
+
+    completion = {"model": str(tiny_llama_path), "prompt": PROMPTS[1], "max_tokens": 20, "temperature": 0}
+    chat = {"model": str(tiny_llama_path), "messages": [{"role": "user", "content": "Hello! How are you today?"}],
+            "max_tokens": 20, "temperature": 0}
+    for path, body in (("/completions", completion), ("/chat/completions", chat)):
+        assert stream_text(helix[0], path, body) == stream_text(plain, path, body)
+    assert (post(helix[0], "/chat/completions", chat)["choices"][0]["message"]
+            == post(plain, "/chat/completions", chat)["choices"][0]["message"])
+
+
+def test_burst_of_mixed_requests_all_complete_while_kv_is_full(helix, tiny_llama_path):
+    """40 concurrent requests: node KV admits only some at once; the rest queue (none is dropped)."""
+    url = helix[0]
+    waiting, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10) as response:
+                text = response.read().decode()
+            waiting.append(float(re.search(r"^vllm:num_requests_waiting\{[^}]*\} (\S+)", text, re.M).group(1)))
+            time.sleep(0.2)
+
+    def call(i):
+        prompt = ("one two three four five six seven " * 12)[: 15 + 23 * (i % 13)]
+        out = post(url, "/completions", {"model": str(tiny_llama_path), "prompt": prompt,
+                                         "max_tokens": 4 + i % 29, "temperature": 0})
+        return out["choices"][0]["finish_reason"], out["usage"]["completion_tokens"] == 4 + i % 29
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with cf.ThreadPoolExecutor(40) as pool:
+            results = list(pool.map(call, range(40)))
+    finally:
+        done.set()
+        watcher.join()
+    assert results == [("length", True)] * 40
+    assert max(waiting) > 0, "the burst should have exceeded the nodes' KV room and queued"
+
+
+def test_routes_are_logged_and_follow_the_plan_flows(helix):
+    lines = helix[1].read_text().splitlines()
+    assert len(lines) >= 40
+    pattern = re.compile(r"^route \S+: coordinator -> head \[0, 2\) -> (fast|slow) \[2, 8\) -> coordinator$")
+    chosen = [pattern.match(line).group(1) for line in lines]
+    share_fast = chosen.count("fast") / len(chosen)
+    assert 0.5 < share_fast < 0.85, f"arc flows are 2:1, routes went {share_fast:.0%} through fast"
+
+
+def test_over_long_prompt_is_http_400(helix, tiny_llama_path):
+    body = {"model": str(tiny_llama_path), "prompt": "word " * 600, "max_tokens": 5}
+    with pytest.raises(urllib.error.HTTPError) as info:
+        post(helix[0], "/completions", body)
+    assert info.value.code == 400
+
+
+def test_a_lost_node_fails_its_requests_and_the_rest_go_on(helix, tiny_llama_path):
+    """Kill `slow` mid-burst: its requests end with an error, nothing hangs, later ones route via `fast`."""
+    url, routes_log, server = helix
+    outcomes = []
+
+    def call(i):
+        body = {"model": str(tiny_llama_path), "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 60,
+                "temperature": 0}
+        try:
+            outcomes.append(post(url, "/completions", body, timeout=120)["choices"][0]["finish_reason"])
+        except urllib.error.HTTPError as exc:
+            outcomes.append(f"http {exc.code}")
+
+    with cf.ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(call, i) for i in range(12)]
+        time.sleep(1.5)
+        subprocess.run(["pkill", "-f", "--", "--node slow"], check=False)
+        cf.wait(futures, timeout=150)
+    assert len(outcomes) == 12  # every request answered: none hangs
+    assert set(outcomes) <= {"length", "error", "http 500"}
+    before = len(routes_log.read_text().splitlines())
+    after = completion_tokens(url, tiny_llama_path)
+    assert all(len(t) == 24 for t in after)
+    new_routes = routes_log.read_text().splitlines()[before:]
+    assert new_routes and all("slow" not in line for line in new_routes)
+    assert "Helix node slow lost" in server.log_path.read_text()
+
+
+def test_a_worker_that_never_comes_up_is_a_clear_start_up_error(tiny_llama_path, tmp_path):
+    cluster = yaml.safe_load(yaml.safe_dump(CLUSTER))
+    cluster["nodes"][2]["address"] = "127.0.0.1:1"  # a remote node nobody starts
+    plan = write_plan(tmp_path, tiny_llama_path, cluster)
+    server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan),
+                                          "--helix-start-timeout", "8", *COMMON], log_path=tmp_path / "serve.log")
+    with pytest.raises(HelixError, match="exited with status"):
+        server.start()
+    log = server.log_path.read_text()
+    assert "Helix nodes did not come up within 8 s: slow at 127.0.0.1:1" in log
+    assert "vllm-helix worker --plan PLAN --node NAME" in log
