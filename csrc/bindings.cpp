@@ -69,6 +69,23 @@ py::object recv(Endpoint& ep, double timeout_s) {
     return py::make_tuple(lenient_str(r->sender), py::bytes(r->header), payloads);
 }
 
+py::list recv_many(Endpoint& ep, size_t max_n, double timeout_s) {
+    ep.drain_released();
+    std::vector<std::shared_ptr<Received>> got;
+    {
+        py::gil_scoped_release nogil;
+        got = ep.recv_many(max_n, timeout_s);
+    }
+    py::list out(got.size());
+    for (size_t k = 0; k < got.size(); ++k) {
+        auto& r = got[k];
+        py::list payloads(r->n_payloads());
+        for (size_t i = 0; i < r->n_payloads(); ++i) payloads[i] = py::cast(Payload{r, i});
+        out[k] = py::make_tuple(lenient_str(r->sender), py::bytes(r->header), payloads);
+    }
+    return out;
+}
+
 py::tuple parse_message(const std::vector<py::bytes>& frames, const Limits& lim) {
     if (frames.empty()) throw FrameError("", "malformed message: no frames");
     std::string_view first(frames[0]);
@@ -137,6 +154,7 @@ PYBIND11_MODULE(_transport, m) {
              py::call_guard<py::gil_scoped_release>())
         .def("send", &send, py::arg("peer"), py::arg("header"), py::arg("payloads"), py::arg("timeout_s"))
         .def("recv", &recv, py::arg("timeout_s"))
+        .def("recv_many", &recv_many, py::arg("max_n"), py::arg("timeout_s"))
         .def("peers", &Endpoint::peers)
         .def("stats",
              [](const Endpoint& ep) {

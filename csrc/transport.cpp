@@ -781,6 +781,24 @@ std::shared_ptr<Received> Endpoint::recv(double timeout_s) {
     return std::move(it.msg);
 }
 
+std::vector<std::shared_ptr<Received>> Endpoint::recv_many(size_t max_n, double timeout_s) {
+    std::vector<std::shared_ptr<Received>> out;
+    auto first = recv(timeout_s);
+    if (!first) return out;
+    out.push_back(std::move(first));
+    Impl& I = *impl_;
+    std::unique_lock<std::mutex> lk(I.mu);
+    const bool was_full = !I.rq_has_room();
+    while (out.size() < max_n && !I.rq.empty() && I.rq.front().type == Item::Message) {
+        I.rq_bytes -= I.rq.front().bytes;
+        out.push_back(std::move(I.rq.front().msg));
+        I.rq.pop_front();
+    }
+    lk.unlock();
+    if (was_full) I.signal();
+    return out;
+}
+
 void Endpoint::drain_released() {
     std::vector<void*> toks;
     {

@@ -131,6 +131,9 @@ class Endpoint {
               double timeout_s);
     // Next message, or nullptr on timeout. Throws FrameError / PeerLostError for queued events.
     std::shared_ptr<Received> recv(double timeout_s);
+    // Up to max_n queued messages in one call (waits like recv for the first). Stops before an
+    // error/loss event, which the next call raises; empty on timeout.
+    std::vector<std::shared_ptr<Received>> recv_many(size_t max_n, double timeout_s);
     void drain_released();  // call release_token on every token libzmq has let go of
     std::map<std::string, std::string> peers() const;  // name -> "connecting" | "alive" | "lost"
     Stats stats() const;

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vllm_helix.comm import Endpoint, EndpointOptions, Header, tensor_spec
-from vllm_helix.errors import HelixError, PeerLost, TransportTimeout
+from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
 
 from comm_helpers import FAST, start_peer
 
@@ -176,3 +176,18 @@ def test_exit_without_close_mid_traffic_is_clean() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert (r.returncode, r.stdout.strip()) == (0, "ok"), r.stderr
     assert time.monotonic() - t0 < 20
+
+
+def test_recv_many_drains_in_order_and_keeps_what_follows_a_bad_header(pair) -> None:
+    a, b = pair
+    for i in range(50):
+        a.send("b", Header("seq", meta={"i": i}), [b"x"])
+    a._ep.send("b", b"\xc1not msgpack", [], 1.0)  # a header only the Python layer can reject
+    a.send("b", Header("seq", meta={"i": 50}))
+    got: list[int] = []
+    while len(got) < 50:
+        got += [m.header.meta["i"] for m in b.recv_many(max_n=16, timeout=2)]
+    assert got == list(range(50))
+    with pytest.raises(FrameRejected, match="malformed message header"):
+        b.recv_many(timeout=2)
+    assert [m.header.meta["i"] for m in b.recv_many(timeout=2)] == [50]

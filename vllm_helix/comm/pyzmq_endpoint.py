@@ -62,6 +62,18 @@ class PyzmqEndpoint:
         sender = frames[0].bytes.decode(errors="replace")
         return Message(sender, decode_header(frames[1].bytes, sender), [f.buffer for f in frames[2:]])
 
+    def recv_many(self, max_n: int = 256, timeout: float | None = None) -> list[Message]:
+        """The first message as recv, then whatever else is already queued (NOBLOCK), up to max_n."""
+        out = [self.recv(timeout)]
+        while len(out) < max_n:
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            sender = frames[0].bytes.decode(errors="replace")
+            out.append(Message(sender, decode_header(frames[1].bytes, sender), [f.buffer for f in frames[2:]]))
+        return out
+
     def peers(self) -> dict[str, str]:
         return {p: "connected" for p in self._dealers}
 
