@@ -38,7 +38,7 @@ def _sender(impl: str, address: str, kind: str, size: int, count: int, ctrl) -> 
     ep.connect("recv", address)
     payload = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
     if kind == "latency":
-        for i in range(count):
+        for _i in range(count):
             ep.send("recv", Header("lat", meta={"t": time.monotonic_ns()}), [payload])
             t_next = time.monotonic() + 200e-6
             while time.monotonic() < t_next:
@@ -114,11 +114,15 @@ def main() -> None:
             print(f"| {label} p50 | {a['p50_us']:.1f} µs | {b['p50_us']:.1f} µs | {b['p50_us'] / a['p50_us']:.2f}x | |")
             print(f"| {label} p99 | {a['p99_us']:.1f} µs | {b['p99_us']:.1f} µs | {b['p99_us'] / a['p99_us']:.2f}x | |")
         elif "small" in label:
-            print(f"| {label} | {a['msgs_per_s']:,.0f} msg/s | {b['msgs_per_s']:,.0f} msg/s "
-                  f"| {a['msgs_per_s'] / b['msgs_per_s']:.2f}x | {a['cpu_us']:.1f} / {b['cpu_us']:.1f} |")
+            print(
+                f"| {label} | {a['msgs_per_s']:,.0f} msg/s | {b['msgs_per_s']:,.0f} msg/s "
+                f"| {a['msgs_per_s'] / b['msgs_per_s']:.2f}x | {a['cpu_us']:.1f} / {b['cpu_us']:.1f} |"
+            )
         else:
-            print(f"| {label} | {a['gb_per_s']:.2f} GB/s | {b['gb_per_s']:.2f} GB/s "
-                  f"| {a['gb_per_s'] / b['gb_per_s']:.2f}x | {a['cpu_us']:.0f} / {b['cpu_us']:.0f} |")
+            print(
+                f"| {label} | {a['gb_per_s']:.2f} GB/s | {b['gb_per_s']:.2f} GB/s "
+                f"| {a['gb_per_s'] / b['gb_per_s']:.2f}x | {a['cpu_us']:.0f} / {b['cpu_us']:.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from vllm_helix.comm import EndpointOptions
 
 FAST = EndpointOptions(heartbeat_s=0.05, peer_timeout_s=0.6, linger_s=0.5)
 PEER_SCRIPT = Path(__file__).with_name("peer_echo.py")
+
+
 def start_peer(*args: str, netns: str | None = None) -> tuple[subprocess.Popen, str]:
     """Start tests/comm/peer_echo.py (optionally inside a network namespace); returns (process, its address)."""
     cmd = [sys.executable, str(PEER_SCRIPT), *args]

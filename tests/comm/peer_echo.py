@@ -6,6 +6,7 @@ Prints its bound address on the first line. Connects back lazily to each sender 
 `hello` message carrying meta={"reply_to": address}. Exits on a `quit` message or when stdin closes.
 """
 
+import contextlib
 import sys
 import threading
 
@@ -30,10 +31,8 @@ def main() -> None:
         if "reply_to" in m.header.meta and m.sender not in ep.peers():
             ep.connect(m.sender, m.header.meta["reply_to"])
         if m.sender in ep.peers():
-            try:
+            with contextlib.suppress(PeerLost):
                 ep.send(m.sender, m.header, m.payloads, timeout=5.0)
-            except PeerLost:
-                pass
     ep.close()
 
 

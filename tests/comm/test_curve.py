@@ -34,8 +34,10 @@ def test_unknown_key_is_refused_and_the_sender_sees_the_peer_lost() -> None:
     server_keys = CurveKeys.generate()
     friend, stranger = CurveKeys.generate(), CurveKeys.generate((server_keys.public,))
     server_keys = CurveKeys(server_keys.public, server_keys.secret, (friend.public,))
-    with Endpoint("srv", options=OPTS, curve=server_keys) as srv, \
-            Endpoint("stranger", options=OPTS, curve=stranger) as bad:
+    with (
+        Endpoint("srv", options=OPTS, curve=server_keys) as srv,
+        Endpoint("stranger", options=OPTS, curve=stranger) as bad,
+    ):
         bad.connect("srv", srv.address, public_key=server_keys.public)
         bad.send("srv", Header("let me in"))
         with pytest.raises(TransportTimeout):
@@ -62,18 +64,26 @@ def test_curve_configuration_errors_are_clear() -> None:
         Endpoint("x", options=OPTS, curve=keys)
     with pytest.raises(ValueError, match="Z85"):
         Endpoint("x", options=OPTS, curve=CurveKeys("short", keys.secret, (keys.public,)))
-    with Endpoint("x", options=OPTS, curve=CurveKeys(keys.public, keys.secret, (keys.public,))) as ep:
-        with pytest.raises(ValueError, match="needs the peer's public key"):
-            ep.connect("y", "tcp://127.0.0.1:9")
+    curve_on = CurveKeys(keys.public, keys.secret, (keys.public,))
+    with Endpoint("x", options=OPTS, curve=curve_on) as ep, pytest.raises(ValueError, match="needs the peer's"):
+        ep.connect("y", "tcp://127.0.0.1:9")
     with Endpoint("p", options=OPTS) as ep, pytest.raises(ValueError, match="no CURVE keys"):
         ep.connect("y", "tcp://127.0.0.1:9", public_key=keys.public)
 
 
-@pytest.mark.parametrize(("address", "warns"), [
-    ("tcp://127.0.0.1:5555", False), ("tcp://10.77.0.2:5555", False), ("tcp://192.168.1.4:1", False),
-    ("tcp://localhost:5555", False), ("tcp://8.8.8.8:5555", True), ("tcp://*:5555", True),
-    ("tcp://0.0.0.0:5555", True), ("tcp://[2001:4860::8888]:1", True),
-])
+@pytest.mark.parametrize(
+    ("address", "warns"),
+    [
+        ("tcp://127.0.0.1:5555", False),
+        ("tcp://10.77.0.2:5555", False),
+        ("tcp://192.168.1.4:1", False),
+        ("tcp://localhost:5555", False),
+        ("tcp://8.8.8.8:5555", True),
+        ("tcp://*:5555", True),
+        ("tcp://0.0.0.0:5555", True),
+        ("tcp://[2001:4860::8888]:1", True),
+    ],
+)
 def test_plain_tcp_on_a_public_address_warns(address: str, warns: bool) -> None:
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")

@@ -11,11 +11,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from comm_helpers import FAST, start_peer
 
 from vllm_helix.comm import Endpoint, EndpointOptions, Header, tensor_spec
 from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
-
-from comm_helpers import FAST, start_peer
 
 
 def test_message_crosses_with_numpy_torch_and_bytes_payloads(pair) -> None:
@@ -99,8 +98,7 @@ def test_recv_times_out_and_releases_the_gil(pair) -> None:
 
 
 def test_back_pressure_blocks_the_sender_and_loses_nothing() -> None:
-    small = EndpointOptions(heartbeat_s=0.05, peer_timeout_s=2.0, send_queue_msgs=4, recv_queue_msgs=4,
-                            zmq_hwm_msgs=4)
+    small = EndpointOptions(heartbeat_s=0.05, peer_timeout_s=2.0, send_queue_msgs=4, recv_queue_msgs=4, zmq_hwm_msgs=4)
     with Endpoint("rx", options=small) as rx, Endpoint("tx", options=small) as tx:
         tx.connect("rx", rx.address)
         payload = np.zeros(256 << 10, dtype=np.uint8)  # fills socket buffers quickly

@@ -53,8 +53,9 @@ def test_bad_frames_are_rejected_with_a_reason(frames: list[bytes], match: str) 
 
 
 def test_header_roundtrip_and_size() -> None:
-    h = Header("step", request_ids=("r1", "r2"), route=("a", "b"), tensors=(TensorSpec("bfloat16", (2, 8)),),
-               meta={"pos": 3})
+    h = Header(
+        "step", request_ids=("r1", "r2"), route=("a", "b"), tensors=(TensorSpec("bfloat16", (2, 8)),), meta={"pos": 3}
+    )
     data = encode_header(h)
     assert decode_header(data) == h
     assert len(encode_header(Header("x"))) < 16

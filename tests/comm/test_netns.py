@@ -8,6 +8,7 @@ surface as PeerLost, and the peer must come back when the link does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -93,10 +94,8 @@ def echo_rtt(ep: Endpoint, peer: str, payload: np.ndarray) -> float:
 def wait_alive(ep: Endpoint, peer: str, within_s: float = 2.0) -> None:
     deadline = time.monotonic() + within_s
     while ep.peers()[peer] != "alive" and time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(TransportTimeout, PeerLost):
             ep.recv(timeout=0.1)
-        except (TransportTimeout, PeerLost):
-            pass
     assert ep.peers()[peer] == "alive"
 
 

@@ -15,8 +15,9 @@ from vllm_helix.comm import _transport as T
 from vllm_helix.comm.messages import encode_header
 from vllm_helix.errors import FrameRejected, TransportTimeout
 
-LIMITED = EndpointOptions(heartbeat_s=0.05, peer_timeout_s=5.0, max_header_bytes=256,
-                          max_payload_bytes=64 << 10, max_payloads=4)
+LIMITED = EndpointOptions(
+    heartbeat_s=0.05, peer_timeout_s=5.0, max_header_bytes=256, max_payload_bytes=64 << 10, max_payloads=4
+)
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_random_wire_traffic_never_kills_the_endpoint(target) -> None:
             if op == 0 and f:
                 f[rng.randrange(len(f))] = rng.randrange(256)
             elif op == 1:
-                del f[rng.randrange(len(f) + 1):]
+                del f[rng.randrange(len(f) + 1) :]
             elif op == 2:
                 f.extend(rng.randbytes(rng.randint(1, 40)))
             elif op == 3:

@@ -6,5 +6,13 @@
 from .endpoint import CurveKeys, Endpoint, EndpointOptions
 from .messages import HEADER_VERSION, Header, Message, TensorSpec, tensor_spec
 
-__all__ = ["HEADER_VERSION", "CurveKeys", "Endpoint", "EndpointOptions", "Header", "Message", "TensorSpec",
-           "tensor_spec"]
+__all__ = [
+    "HEADER_VERSION",
+    "CurveKeys",
+    "Endpoint",
+    "EndpointOptions",
+    "Header",
+    "Message",
+    "TensorSpec",
+    "tensor_spec",
+]

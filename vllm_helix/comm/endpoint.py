@@ -66,12 +66,24 @@ class CurveKeys:
 
 def _native_options(o: EndpointOptions, curve: CurveKeys | None) -> _transport.Options:
     n = _transport.Options()
-    for name in ("heartbeat_s", "peer_timeout_s", "linger_s", "send_queue_msgs", "send_queue_bytes",
-                 "recv_queue_msgs", "recv_queue_bytes", "zmq_hwm_msgs", "copy_below"):
+    for name in (
+        "heartbeat_s",
+        "peer_timeout_s",
+        "linger_s",
+        "send_queue_msgs",
+        "send_queue_bytes",
+        "recv_queue_msgs",
+        "recv_queue_bytes",
+        "zmq_hwm_msgs",
+        "copy_below",
+    ):
         setattr(n, name, getattr(o, name))
     lim = _transport.Limits()
     lim.max_header_bytes, lim.max_payload_bytes, lim.max_payloads = (
-        o.max_header_bytes, o.max_payload_bytes, o.max_payloads)
+        o.max_header_bytes,
+        o.max_payload_bytes,
+        o.max_payloads,
+    )
     n.limits = lim
     if curve is not None:
         if not curve.allowed_peers:
@@ -84,7 +96,7 @@ def warn_if_exposed(address: str, encrypted: bool) -> None:
     """Warn when plain TCP would carry data over a non-loopback, non-private address."""
     if encrypted or not address.startswith("tcp://"):
         return
-    host = address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
     if host in ("*", "0.0.0.0", "::"):
         exposed = True
     else:
@@ -97,15 +109,25 @@ def warn_if_exposed(address: str, encrypted: bool) -> None:
                 ips = []
         exposed = any(not (ip.is_loopback or ip.is_private or ip.is_link_local) for ip in ips)
     if exposed:
-        warnings.warn(f"plain TCP on {address} may leave the private network: pass curve=CurveKeys(...) "
-                      "to encrypt and authenticate", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"plain TCP on {address} may leave the private network: pass curve=CurveKeys(...) "
+            "to encrypt and authenticate",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 class Endpoint:
     """One node of the data plane: binds a receiving socket, sends to peers named with connect()."""
 
-    def __init__(self, name: str, bind: str = "tcp://127.0.0.1:*", *,
-                 options: EndpointOptions | None = None, curve: CurveKeys | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        bind: str = "tcp://127.0.0.1:*",
+        *,
+        options: EndpointOptions | None = None,
+        curve: CurveKeys | None = None,
+    ) -> None:
         self.options = options or EndpointOptions()
         self._curve = curve is not None
         warn_if_exposed(bind, self._curve)
@@ -184,7 +206,7 @@ class Endpoint:
             try:
                 out.append(Message(sender, decode_header(hdr, sender), payloads))
             except FrameRejected:
-                self._pending.extendleft(reversed(got[k + 1:]))  # keep the rest for the next call
+                self._pending.extendleft(reversed(got[k + 1 :]))  # keep the rest for the next call
                 if out:
                     self._pending.appendleft((sender, hdr, payloads))
                     return out
