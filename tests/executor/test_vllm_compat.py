@@ -112,3 +112,33 @@ def test_kv_cache_and_loader_helpers_exist():
         f.name for f in dataclasses.fields(ModelRunnerOutput)
     }
     assert {"logprob_token_ids", "logprobs"} <= set(LogprobsLists._fields)
+
+
+# --- what the serving path (plugin, HelixScheduler, HelixExecutor) relies on
+
+
+def test_scheduler_hooks_the_helix_scheduler_overrides():
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.request import FinishReason, RequestStatus
+
+    source = inspect.getsource(Scheduler)
+    # failed requests are finished through this set in update_from_output
+    assert "self.encoder_cache_mismatch_reqs" in source and "RequestStatus.FINISHED_ERROR" in source
+    assert {"request"} <= _params(Scheduler._free_request)
+    assert callable(Scheduler.schedule) and callable(Scheduler.update_from_output)
+    assert RequestStatus.FINISHED_ERROR.name and FinishReason.ERROR
+
+
+def test_executor_seams():
+    from vllm.config import VllmConfig
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.executor.abstract import Executor
+    from vllm.v1.outputs import ModelRunnerOutput
+
+    assert isinstance(VllmConfig.max_concurrent_batches, property)
+    assert "resolve_obj_by_qualname" in inspect.getsource(Executor.get_class)
+    assert {"scheduler_output", "non_block"} <= _params(Executor.execute_model)
+    assert {"grammar_output", "non_block"} <= _params(Executor.sample_tokens)
+    assert {"req_ids", "req_id_to_index", "sampled_token_ids"} <= {f.name for f in dataclasses.fields(ModelRunnerOutput)}
+    assert {"distributed_executor_backend", "scheduler_cls", "additional_config"} <= {
+        f.name for f in dataclasses.fields(EngineArgs)}

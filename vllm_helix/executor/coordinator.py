@@ -45,6 +45,7 @@ class Coordinator:
         self.link: Link = open_link(COORDINATOR_PEER, self.plan.cluster.coordinator.address)
         self.workers = LocalWorkers.start(self.plan, local_nodes(plan), model_path, worker_args)
         self.kv_tokens: dict[str, int] = {}
+        self.kv_block_tokens = 1
         self._stop = threading.Event()
         self._receiver: threading.Thread | None = None
         _current = self
@@ -67,7 +68,7 @@ class Coordinator:
                 continue
             if received is not None:
                 self._on_hello(received.message, nodes)
-        self.routes = RouteBook(self.plan, self.kv_tokens, self.options)
+        self.routes = RouteBook(self.plan, self.kv_tokens, self.kv_block_tokens, self.options)
         for name in nodes:
             self.link.send(name, p.Start())
         self._receiver = threading.Thread(target=self._receive_loop, name="helix-receiver", daemon=True)
@@ -87,6 +88,7 @@ class Coordinator:
         if message.node not in self.kv_tokens:  # dial back only now: a silent peer counts as lost
             self.link.connect(message.node, nodes[message.node].address)
         self.kv_tokens[message.node] = message.kv_tokens
+        self.kv_block_tokens = max(self.kv_block_tokens, message.kv_block_tokens)
 
     def _missing_message(self, nodes: dict) -> str:
         missing = [n for n in nodes if n not in self.kv_tokens]

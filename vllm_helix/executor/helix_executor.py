@@ -24,7 +24,6 @@ from vllm_helix.options import helix_options
 from vllm_helix.planner.plan import load_plan
 
 logger = logging.getLogger(__name__)
-BLOCK_SIZE = 16
 
 
 def _model_output(req_ids: list[str], sampled: list[list[int]]) -> ModelRunnerOutput:
@@ -64,7 +63,7 @@ class HelixExecutor(Executor):
         text = self.model_config.hf_text_config
         heads = text.num_attention_heads
         spec = FullAttentionSpec(
-            block_size=BLOCK_SIZE,
+            block_size=self.cache_config.block_size,
             num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
             head_size=getattr(text, "head_dim", None) or text.hidden_size // heads,
             dtype=self.model_config.dtype if isinstance(self.model_config.dtype, torch.dtype) else torch.float32,
@@ -74,12 +73,13 @@ class HelixExecutor(Executor):
     def determine_available_memory(self) -> list[int]:
         """Bytes for as many blocks as the cluster holds tokens in its least-provisioned layer."""
         spec = self.get_kv_cache_specs()[0]["helix.cluster"]
+        block = spec.block_size
         plan, tokens = self.coordinator.plan, self.coordinator.kv_tokens
         per_layer = [sum(tokens[n] for n, r in plan.placement.ranges.items() if r.start <= layer < r.end)
                      for layer in range(plan.model.num_layers)]
         # + one block per sequence: vLLM rounds every request up to whole blocks, and running out here
         # would make it preempt requests whose KV the nodes still hold
-        blocks = min(per_layer) // BLOCK_SIZE + self.vllm_config.scheduler_config.max_num_seqs
+        blocks = min(per_layer) // block + self.vllm_config.scheduler_config.max_num_seqs
         return [blocks * spec.page_size_bytes]
 
     def initialize_from_config(self, kv_cache_configs: list[Any]) -> None:

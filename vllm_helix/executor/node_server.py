@@ -48,8 +48,8 @@ class NodeServer:
 
     def hello(self) -> p.Hello:
         stats = self.worker.kv_stats()
-        return p.Hello(self.name, [self.worker.start, self.worker.end], stats.total_tokens, self.worker.hidden_size,
-                       self.worker.dtype)
+        return p.Hello(self.name, [self.worker.start, self.worker.end], stats.total_tokens, stats.block_size,
+                       self.worker.hidden_size, self.worker.dtype)
 
     def wait_for_start(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -63,6 +63,7 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
     node: str
     layers: list[int]
     kv_tokens: int  # tokens of KV cache this node holds for each of its layers
+    kv_block_tokens: int  # it allocates KV in blocks of this many tokens (128 on vLLM's CPU backend)
     hidden_size: int
     dtype: str  # of its weights and activations; must match the server's
 

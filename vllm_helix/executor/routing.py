@@ -19,7 +19,6 @@ logger = logging.getLogger("vllm_helix.routes")
 ROUTERS = {"maxflow": MaxFlowRouter, "random": RandomRouter, "shortest-queue": ShortestQueueRouter,
            "swarm": SwarmRouter}
 STRICT_KV = KVParams(hwm=1.0, output_ratio=1.0)
-KV_BLOCK_TOKENS = 16
 
 
 def describe(route: Route) -> str:
@@ -29,10 +28,11 @@ def describe(route: Route) -> str:
 
 
 class RouteBook:
-    def __init__(self, plan: Plan, kv_tokens: dict[str, int], options: dict[str, Any]):
+    def __init__(self, plan: Plan, kv_tokens: dict[str, int], block_tokens: int, options: dict[str, Any]):
         slots = {n: kv_tokens[n] * plan.placement[n].size for n in kv_tokens}  # token-layer slots
         kwargs = {"kv_params": STRICT_KV, "improved": True} if options["router"] == "maxflow" else {}
         self.router = ROUTERS[options["router"]].from_plan(plan, slots, **kwargs)
+        self.block_tokens = block_tokens  # the largest KV block of any node
         self.routes: dict[str, list[str]] = {}
         self.lost: set[str] = set()
         self._log_path = options.get("route_log")
@@ -40,7 +40,7 @@ class RouteBook:
     def admit(self, request_id: str, prompt_len: int, max_tokens: int) -> bool:
         """Reserve a route with KV room on every hop; False when none has room now."""
         # nodes allocate whole blocks: reserve the request's worst case rounded up to a block
-        worst = -(-(prompt_len + max_tokens) // KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
+        worst = -(-(prompt_len + max_tokens) // self.block_tokens) * self.block_tokens
         route = self.router.route(request_id, prompt_len, worst - prompt_len)
         if route is None:
             return False

@@ -28,9 +28,10 @@ class HelixScheduler(Scheduler):
                 continue
             if not routes.admit(rid, request.num_prompt_tokens, request.max_tokens):
                 (impossible if routes.never_fits() else held).append(request)
-        if impossible:
+        if impossible:  # held out of this schedule, finished with an error at the next update
             logger.error("requests %s need more KV cache than the cluster has", [r.request_id for r in impossible])
             self._fail_next_update(r.request_id for r in impossible)
+            held += impossible
         if held:
             self.waiting.remove_requests(held)
         try:

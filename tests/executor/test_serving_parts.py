@@ -1,0 +1,76 @@
+"""Serving-path parts that need no engine: plugin options, wire protocol, route book."""
+
+import pytest
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+from vllm_helix.errors import FrameRejected
+from vllm_helix.executor import protocol as p
+from vllm_helix.executor.routing import RouteBook
+from vllm_helix.options import EXECUTOR_CLASS, SCHEDULER_CLASS, helix_options
+from vllm_helix.planner.cluster import cluster_from_dict
+from vllm_helix.planner.model import ModelSpec
+from vllm_helix.planner.placement import LayerRange, Placement
+from vllm_helix.planner.plan import evaluate_plan
+from vllm_helix.plugin import add_helix_args
+
+
+def test_executor_helix_maps_onto_vllms_own_settings():
+    parser = add_helix_args(FlexibleArgumentParser())
+    args = parser.parse_args(["--executor", "helix", "--helix-plan", "p.yaml", "--helix-depth", "6"])
+    assert args.distributed_executor_backend == EXECUTOR_CLASS and args.scheduler_cls == SCHEDULER_CLASS
+    options = helix_options(args.additional_config)
+    assert options["plan"] == "p.yaml" and options["depth"] == 6 and options["enabled"]
+    assert options["router"] == "maxflow"  # defaults filled in
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--helix-router", "fastest"])
+
+
+def test_messages_round_trip_and_bad_frames_are_rejected():
+    step = p.Step(3, [p.Item("r1", 0, 5, [], p.NewRequest([1, 2, 3, 4, 5], ["a", "b"], b"")), p.Item("r2", 9, 1, [42])])
+    assert p.decode(p.encode(step)) == step
+    hello = p.Hello("a", [0, 2], 1024, 128, 256, "float32")
+    assert p.decode(p.encode(hello)) == hello
+    for bad in (b"", b"\x00garbage", p.encode(step)[:-3]):
+        with pytest.raises(FrameRejected):
+            p.decode(bad)
+    future = p.Envelope(p.PROTOCOL_VERSION + 1, p.Start())
+    with pytest.raises(FrameRejected, match="version"):
+        p.decode(p._encoder.encode(future))
+
+
+def _route_book(kv_tokens, block=16):
+    cluster = cluster_from_dict({
+        # a head four times as fast as x or y: the max flow needs both branches
+        "nodes": [{"name": n, "gpu": "cpu", "gpus": g, "vram": "4GB"} for n, g in (("head", 4), ("x", 1), ("y", 1))],
+        "default_link": {"bandwidth": "10Gbps", "latency": "1ms"}})
+    model = ModelSpec("m", num_layers=4, hidden_size=64, layer_bytes=1e6, activation_bytes_per_token=128,
+                      kv_bytes_per_token_layer=256)
+    placement = Placement({"head": LayerRange(0, 2), "x": LayerRange(2, 4), "y": LayerRange(2, 4)})
+    plan = evaluate_plan(cluster, model, placement, "fixed", throughput="estimate")
+    return RouteBook(plan, kv_tokens, block, {"router": "maxflow", "route_log": None})
+
+
+def test_admission_reserves_whole_blocks_and_queues_when_full():
+    book = _route_book({"head": 1024, "x": 256, "y": 256}, block=128)
+    # each request needs one 128-token block on x or y: two fit on each, the fifth waits
+    admitted = [book.admit(f"r{i}", 20, 10) for i in range(5)]
+    assert admitted == [True] * 4 + [False]
+    assert not book.never_fits()
+    book.release("r0")
+    assert book.admit("r4", 20, 10)
+    assert all(book.routes[r][0] == "head" and book.routes[r][1] in ("x", "y") for r in book.routes)
+
+
+def test_a_request_larger_than_any_node_never_fits():
+    book = _route_book({"head": 1024, "x": 256, "y": 256})
+    assert not book.admit("huge", 300, 50)
+    assert book.never_fits()
+
+
+def test_a_lost_node_returns_its_requests_and_is_avoided():
+    book = _route_book({"head": 4096, "x": 4096, "y": 4096})
+    for i in range(6):
+        assert book.admit(f"r{i}", 10, 10)
+    through_x = [r for r, nodes in book.routes.items() if "x" in nodes]
+    assert sorted(book.node_lost("x")) == sorted(through_x) and book.node_lost("x") is None
+    assert book.admit("after", 10, 10) and "x" not in book.routes["after"]
