@@ -48,8 +48,9 @@ def _sender(impl: str, address: str, kind: str, size: int, count: int, ctrl) -> 
         c0 = time.process_time()
         for _ in range(count):
             ep.send("recv", hdr, [payload])
-        ctrl.send(time.process_time() - c0)  # CPU of every thread of this process, I/O threads included
-    ctrl.recv()  # keep the endpoint open until everything arrived
+    ctrl.recv()  # everything arrived
+    if kind != "latency":  # CPU of every thread of this process (I/O threads too) until then
+        ctrl.send(time.process_time() - c0)
     ep.close()
 
 
@@ -73,9 +74,9 @@ def run_case(impl: str, kind: str, size: int, count: int, warmup: int) -> dict[s
                 lat.append((time.monotonic_ns() - m.header.meta["t"]) / 1e3)
             del m
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    parent.send("done")
     if kind != "latency":
         cpu += parent.recv()
-    parent.send("done")
     proc.join(60)
     ep.close()
     if kind == "latency":
