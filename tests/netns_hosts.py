@@ -51,7 +51,8 @@ def shape(dev: str, ns: str | None, rate: str, delay_ms: float) -> str:
 def make_host() -> Iterator[Callable[[str, float], Host]]:
     tag, net = f"hx{os.getpid() % 10000}", 80 + os.getpid() % 40
     made: list[str] = []
-    forward = open("/proc/sys/net/ipv4/ip_forward").read().strip()
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        forward = f.read().strip()
 
     def make(rate: str = "1gbit", delay_ms: float = 1.0) -> Host:
         i = len(made) + 1

@@ -72,7 +72,8 @@ def _log_like_vllm() -> None:
     ours = logging.getLogger("vllm_helix")
     if not ours.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("(helix) %(levelname)s %(asctime)s [%(name)s] %(message)s", "%m-%d %H:%M:%S"))
+        fmt = "(helix) %(levelname)s %(asctime)s [%(name)s] %(message)s"
+        handler.setFormatter(logging.Formatter(fmt, "%m-%d %H:%M:%S"))
         ours.addHandler(handler)
         ours.setLevel(logging.INFO)
         ours.propagate = False

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from netns_hosts import NEEDS_ROOT, make_host  # noqa: F401 - make_host is a fixture
+from netns_hosts import NEEDS_ROOT
 from serve_helpers import COMMON, completion_tokens, write_plan
 
 from vllm_helix.launch import VllmServer
@@ -32,11 +32,10 @@ def test_workers_in_namespaces_behind_netem_serve_the_same_tokens(tiny_llama_pat
     plan = write_plan(tmp_path, tiny_llama_path, cluster, {"near": [0, 3], "far": [3, 8]})
 
     def worker(host, name):
-        log = open(tmp_path / f"{name}.log", "w")
-        return subprocess.Popen(host.command(sys.executable, "-m", "vllm_helix.cli", "worker", "--plan", str(plan),
-                                             "--node", name, "--model", str(tiny_llama_path), "--kv-fraction", "0.01", "--dtype", "float32",
-                                             "--max-model-len", "512"),
-                                stdout=log, stderr=subprocess.STDOUT)
+        argv = [sys.executable, "-m", "vllm_helix.cli", "worker", "--plan", str(plan), "--node", name, "--model",
+                str(tiny_llama_path), "--kv-fraction", "0.01", "--dtype", "float32", "--max-model-len", "512"]
+        with open(tmp_path / f"{name}.log", "w") as log:
+            return subprocess.Popen(host.command(*argv), stdout=log, stderr=subprocess.STDOUT)
 
     workers = [worker(near, "near")]
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan),

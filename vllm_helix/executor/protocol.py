@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+
 from vllm_helix.errors import FrameRejected
 
 PROTOCOL_VERSION = 1

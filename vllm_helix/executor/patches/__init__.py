@@ -1,8 +1,9 @@
 """Monkey-patches of vLLM that vllm-helix cannot avoid: one per file, each listed here.
 
-| file | target | why | upstream |
-|---|---|---|---|
-| max_concurrent_batches.py | `VllmConfig.max_concurrent_batches` | EngineCore keeps `max_concurrent_batches` batches in flight but derives it only from pipeline-parallel size; the Helix executor needs `--helix-depth` in flight to keep all nodes busy. | none yet: an executor-provided depth would remove it |
+- `max_concurrent_batches.py` patches `VllmConfig.max_concurrent_batches`.
+  Why: EngineCore keeps that many batches in flight but derives it only from the pipeline-parallel size;
+  the Helix executor needs `--helix-depth` batches in flight to keep every node busy.
+  Upstream: none yet; an executor-provided depth would remove it.
 """
 
 from __future__ import annotations

@@ -13,12 +13,17 @@ def apply() -> None:
         return
 
     def max_concurrent_batches(self) -> int:
-        backend = self.parallel_config.distributed_executor_backend
-        name = backend if isinstance(backend, str) else f"{backend.__module__}.{backend.__qualname__}" if backend else ""
-        if name == EXECUTOR_CLASS:
+        if _backend_name(self.parallel_config.distributed_executor_backend) == EXECUTOR_CLASS:
             return max(1, int(helix_options(self.additional_config)["depth"]))
         return original.fget(self)
 
     patched = property(max_concurrent_batches)
     patched.fget._vllm_helix = True  # type: ignore[attr-defined]
     VllmConfig.max_concurrent_batches = patched
+
+
+def _backend_name(backend: object) -> str:
+    """The executor backend as a qualified name (it may be given as a string or as the class)."""
+    if isinstance(backend, type):
+        return f"{backend.__module__}.{backend.__qualname__}"
+    return backend if isinstance(backend, str) else ""
