@@ -31,6 +31,7 @@ class Host:
     ns: str
     address: str  # inside the namespace
     gateway: str  # the root side of its link
+    root_dev: str  # the root side's veth (`ip link set <root_dev> down` cuts the host off)
     shaping: str
 
     def command(self, *argv: str) -> list[str]:
@@ -71,7 +72,7 @@ def make_host() -> Iterator[Callable[[str, float], Host]]:
         shape(ns_dev, ns, rate, delay_ms)
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1")
-        return Host(ns, address, gateway, shaping)
+        return Host(ns, address, gateway, root_dev, shaping)
 
     yield make
     for ns in made:  # deleting a namespace deletes its veth pair too
