@@ -56,6 +56,20 @@ def test_streaming_completion_and_chat_match_plain_vllm(helix, plain, tiny_llama
             == post(plain, "/chat/completions", chat)["choices"][0]["message"])
 
 
+def test_logprobs_match_plain_vllm(helix, plain, tiny_llama_path):
+    body = {"model": str(tiny_llama_path), "prompt": PROMPTS[:3], "max_tokens": 8, "temperature": 0, "logprobs": 3}
+
+    def top(url):
+        choices = sorted(post(url, "/completions", body)["choices"], key=lambda c: c["index"])
+        return [(c["logprobs"]["tokens"], c["logprobs"]["top_logprobs"]) for c in choices]
+
+    for (tokens, tops), (want_tokens, want_tops) in zip(top(helix[0]), top(plain), strict=True):
+        assert tokens == want_tokens
+        for got, want in zip(tops, want_tops, strict=True):
+            assert got.keys() == want.keys()
+            assert all(abs(got[t] - want[t]) < 1e-3 for t in want)
+
+
 def test_burst_of_mixed_requests_all_complete_while_kv_is_full(helix, tiny_llama_path):
     """40 concurrent requests: node KV admits only some at once; the rest queue (none is dropped)."""
     url = helix[0]

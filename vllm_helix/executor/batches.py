@@ -139,11 +139,10 @@ class BatchBook:
     def _finish(self, batch: PendingBatch) -> None:
         with self._lock:
             self.pending.pop(batch.step_id, None)
-        sampled = []
-        for rid in batch.request_ids:
-            out = batch.tokens.get(rid)
-            sampled.append([out.token_id] if out is not None and out.token_id is not None else [])
-        batch.future.set_result(self._make_output(batch.request_ids, sampled))
+        outs = [batch.tokens.get(rid) for rid in batch.request_ids]
+        sampled = [[o.token_id] if o is not None and o.token_id is not None else [] for o in outs]
+        rows = [o.logprob_row if o is not None and o.token_id is not None else None for o in outs]
+        batch.future.set_result(self._make_output(batch.request_ids, sampled, rows))
 
     def take_failed(self) -> dict[str, str]:
         with self._lock:

@@ -13,10 +13,11 @@ import logging
 from concurrent.futures import Future
 from typing import Any
 
+import numpy as np
 import torch
 from vllm.v1.executor.abstract import Executor
 from vllm.v1.kv_cache_interface import FullAttentionSpec
-from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 
 from vllm_helix.errors import HelixError
 from vllm_helix.executor.coordinator import Coordinator
@@ -26,9 +27,25 @@ from vllm_helix.planner.plan import load_plan
 logger = logging.getLogger(__name__)
 
 
-def _model_output(req_ids: list[str], sampled: list[list[int]]) -> ModelRunnerOutput:
+def _model_output(req_ids: list[str], sampled: list[list[int]], rows: list[Any]) -> ModelRunnerOutput:
     return ModelRunnerOutput(req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)},
-                             sampled_token_ids=sampled)
+                             sampled_token_ids=sampled, logprobs=_logprobs_lists(sampled, rows))
+
+
+def _logprobs_lists(sampled: list[list[int]], rows: list[Any]) -> LogprobsLists | None:
+    """vLLM's batch logprobs: row i for request i (its one sampled token), padded to the widest top-k."""
+    if not any(rows):
+        return None
+    width = max(len(r[0]) for r in rows if r)
+    ids, lps, ranks = [], [], []
+    for tokens, row in zip(sampled, rows, strict=True):
+        row = row or ([tokens[0] if tokens else 0], [0.0], 1)  # unread: no logprobs asked, or no token yet
+        pad = width - len(row[0])
+        ids.append(row[0] + [0] * pad)
+        lps.append(row[1] + [float("-inf")] * pad)
+        ranks.append(row[2])
+    return LogprobsLists(np.array(ids, dtype=np.int64), np.array(lps, dtype=np.float32),
+                         np.array(ranks, dtype=np.int64))
 
 
 class HelixExecutor(Executor):

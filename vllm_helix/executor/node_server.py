@@ -171,7 +171,7 @@ class NodeServer:
         by_step: dict[int, list[p.TokenOut]] = {}
         for result in results:
             by_step.setdefault(batch.step_of[result.request_id], []).append(
-                p.TokenOut(result.request_id, result.token_id, result.logprobs))
+                p.TokenOut(result.request_id, result.token_id, result.logprob_row))
         for step_id, outs in by_step.items():
             self.link.send(COORDINATOR_PEER, p.Tokens(step_id, outs))
 

@@ -271,11 +271,9 @@ class PartialLayerWorker:
             token = int(sampled[-1])
             state.output_token_ids.append(token)
             reason = self._finish_reason(state, token)
-            results.append(
-                TokenResult(
-                    item.request_id, token, _logprobs_row(out.logprobs, i), reason is not None, reason
-                )
-            )
+            row = _logprob_row(out.logprobs, i)
+            logprobs = {t: lp for t, lp in zip(row[0], row[1], strict=True)} if row else None
+            results.append(TokenResult(item.request_id, token, logprobs, reason is not None, reason, row))
         return results
 
     def _finish_reason(self, state: _Request, token: int) -> str | None:
@@ -292,11 +290,11 @@ class PartialLayerWorker:
         return None
 
 
-def _logprobs_row(lists: Any, i: int) -> dict[int, float] | None:
+def _logprob_row(lists: Any, i: int) -> tuple[list[int], list[float], int] | None:
     if lists is None:
         return None
     ids, lps = lists.logprob_token_ids[i], lists.logprobs[i]
-    return {int(t): float(lp) for t, lp in zip(ids, lps, strict=True)}
+    return [int(t) for t in ids], [float(lp) for lp in lps], int(lists.sampled_token_ranks[i])
 
 
 def _check_range(layer_range: tuple[int, int], total: int, num_layers_total: int | None) -> tuple[int, int]:

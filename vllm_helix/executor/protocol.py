@@ -41,7 +41,7 @@ class Step(msgspec.Struct, tag="step", frozen=True):
 class TokenOut(msgspec.Struct, frozen=True):
     request_id: str
     token_id: int | None  # None: a prefill chunk that does not finish the prompt
-    logprobs: dict[int, float] | None = None
+    logprob_row: tuple[list[int], list[float], int] | None = None  # ids, logprobs, rank of the sampled token
 
 
 class Tokens(msgspec.Struct, tag="tokens", frozen=True):

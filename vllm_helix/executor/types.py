@@ -47,6 +47,8 @@ class TokenResult:
     logprobs: dict[int, float] | None = None  # token id -> logprob: the sampled one + top-k asked for
     finished: bool = False
     finish_reason: str | None = None  # "stop" (eos or a stop token) or "length"
+    # vLLM's row as sampled: ids and logprobs of [sampled, top-1, ..., top-k], and the sampled token's rank
+    logprob_row: tuple[list[int], list[float], int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
