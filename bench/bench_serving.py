@@ -20,6 +20,7 @@ import concurrent.futures as cf
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def hog(core: int):
 @contextlib.contextmanager
 def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], speeds: list[int]):
     """A plan for two pinned workers on 127.0.0.1 (started here, like remote hosts), and the workers."""
+    workdir.mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in range(3)]
     cluster = {"name": "bench", "coordinator": {"address": f"127.0.0.1:{ports[0]}"},
                "nodes": [{"name": f"node{i}", "gpu": "cpu", "gpus": speeds[i], "vram": "8GB",
@@ -94,13 +96,14 @@ def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], spee
                     "--model", str(model), "--throughput", "estimate", "-o", str(plan), *extra],
                    check=True, capture_output=True)
     layers = [n["layers"] for n in yaml.safe_load(plan.read_text())["nodes"]]
-    workers = [subprocess.Popen(["taskset", "-c", str(i), sys.executable, "-m", "vllm_helix.cli", "worker",
-                                 "--plan", str(plan), "--node", f"node{i}", "--model", str(model),
-                                 "--kv-fraction", "0.02", "--max-model-len", "1024", "--dtype", "float32",
-                                 "--max-num-batched-tokens", "512", "--max-num-seqs", "64"],
-                                stdout=open(workdir / f"node{i}.log", "w"), stderr=subprocess.STDOUT,
-                                env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=str(i)))
-               for i in range(2)]
+    workers = []
+    for i in range(2):
+        argv = ["taskset", "-c", str(i), sys.executable, "-m", "vllm_helix.cli", "worker", "--plan", str(plan),
+                "--node", f"node{i}", "--model", str(model), "--kv-fraction", "0.02", "--max-model-len", "1024",
+                "--dtype", "float32", "--max-num-batched-tokens", "512", "--max-num-seqs", "64"]
+        with open(workdir / f"node{i}.log", "w") as log:
+            workers.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                            env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=str(i))))
     try:
         yield plan, layers
     finally:
@@ -110,7 +113,8 @@ def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], spee
 
 
 def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, workdir: Path) -> dict:
-    with VllmServer(model, [*COMMON, *args], env=env, log_path=workdir / f"{name}.log") as url:
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", name.split(")")[0])
+    with VllmServer(model, [*COMMON, *args], env=env, log_path=workdir / f"{slug}.log") as url:
         load(url, str(model), 4, 4)  # warm-up
         result = load(url, str(model), opts.requests, opts.max_tokens)
     print(f"{name:<44}{result['tokens_per_s']:>10.1f}{result['ttft_s']:>10.2f}{result['tpot_s'] * 1e3:>10.1f}",
@@ -122,6 +126,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--setups", default="a,b,c,b*,d", help="which of a, b, c, b*, d to run")
     opts = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="helix-bench-"))
     model = build_tiny_llama(workdir / "model", hidden_size=1024, heads=16, kv_heads=4, intermediate=2816)
@@ -129,18 +134,26 @@ def main() -> int:
     pp_args = ["--pipeline-parallel-size", "2", "--distributed-executor-backend", "mp"]
     print(f"{opts.requests} concurrent requests x {opts.max_tokens} output tokens, prompt ~{len(PROMPT.split())} words")
     print(f"{'setup':<44}{'out tok/s':>10}{'TTFT s':>10}{'TPOT ms':>10}")
-    rows = {"a": run("(a) plain vLLM, 1 engine", model, [], {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}, opts, workdir),
-            "b": run("(b) vLLM PP=2, [0,4) [4,8)", model, pp_args, pp, opts, workdir)}
-    with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1]) as (plan, _):
-        rows["c"] = run("(c) Helix 2 nodes, [0,4) [4,8)", model, ["--executor", "helix", "--helix-plan", str(plan)],
-                        {}, opts, workdir)
+    want = set(opts.setups.split(","))
+    rows = {}
+    if "a" in want:
+        rows["a"] = run("(a) plain vLLM, 1 engine", model, [], {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}, opts, workdir)
+    if "b" in want:
+        rows["b"] = run("(b) vLLM PP=2, [0,4) [4,8)", model, pp_args, pp, opts, workdir)
+    if "c" in want:
+        with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1]) as (plan, _):
+            rows["c"] = run("(c) Helix 2 nodes, [0,4) [4,8)", model, ["--executor", "helix", "--helix-plan", str(plan)],
+                            {}, opts, workdir)
     with hog(1):
-        rows["b*"] = run("(b*) vLLM PP=2 even split, core 1 at 1/2", model, pp_args, pp, opts, workdir)
-        with helix_workers(workdir / "d", model, [], [2, 1]) as (plan, layers):
-            rows["d"] = run(f"(d) Helix planned {layers}, core 1 at 1/2", model,
-                            ["--executor", "helix", "--helix-plan", str(plan)], {}, opts, workdir)
-    print(f"\n(c)/(b) = {rows['c']['tokens_per_s'] / rows['b']['tokens_per_s']:.2f}   "
-          f"(d)/(b*) = {rows['d']['tokens_per_s'] / rows['b*']['tokens_per_s']:.2f}")
+        if "b*" in want:
+            rows["b*"] = run("(b*) vLLM PP=2 even split, core 1 at 1/2", model, pp_args, pp, opts, workdir)
+        if "d" in want:
+            with helix_workers(workdir / "d", model, [], [2, 1]) as (plan, layers):
+                rows["d"] = run(f"(d) Helix planned {layers}, core 1 at 1/2", model,
+                                ["--executor", "helix", "--helix-plan", str(plan)], {}, opts, workdir)
+    for ours, theirs in (("c", "b"), ("d", "b*")):
+        if ours in rows and theirs in rows:
+            print(f"({ours})/({theirs}) = {rows[ours]['tokens_per_s'] / rows[theirs]['tokens_per_s']:.2f}")
     return 0
 
 

@@ -28,7 +28,8 @@ OPTIONS = (
     Option("--helix-plan", "plan", str, None, "plan YAML from `vllm-helix plan` (nodes, layers, addresses, flows)"),
     Option("--helix-router", "router", str, "maxflow", "per-request route choice",
            ("maxflow", "random", "shortest-queue", "swarm")),
-    Option("--helix-depth", "depth", int, 4, "batches in flight through the cluster (keeps every node busy)"),
+    Option("--helix-depth", "depth", int, 0,
+           "batches in flight through the cluster; 0 = the number of nodes on the plan's longest route"),
     Option("--helix-start-timeout", "start_timeout_s", float, 180.0,
            "seconds to wait for every worker of the plan to come up"),
     Option("--helix-step-timeout", "step_timeout_s", float, 120.0,
@@ -43,3 +44,22 @@ def helix_options(additional_config: Any) -> dict[str, Any]:
     """The helix options with defaults filled in, from `VllmConfig.additional_config`."""
     given = (additional_config or {}).get(CONFIG_KEY, {}) if isinstance(additional_config, dict) else {}
     return {opt.key: given.get(opt.key, opt.default) for opt in OPTIONS} | {"enabled": bool(given.get("enabled"))}
+
+
+def pipeline_depth(options: dict[str, Any]) -> int:
+    """Batches to keep in flight: --helix-depth, or one per node on the plan's longest route."""
+    if options["depth"] > 0:
+        return options["depth"]
+    if not options["plan"]:
+        return 1
+    from vllm_helix.planner.plan import load_plan
+
+    plan = load_plan(options["plan"])
+    ranges = plan.placement.ranges
+
+    def longest_from(node: str) -> int:  # routes only move to later layers, so this terminates
+        nexts = [b for (a, b), flow in plan.flow.arc_flow.items() if a == node and b in ranges and flow > 0]
+        return 1 + max((longest_from(b) for b in nexts), default=0)
+
+    starts = [n for n, r in ranges.items() if r.start == 0]
+    return max((longest_from(n) for n in starts), default=1)
