@@ -1,16 +1,16 @@
 """Max-flow evaluation: the reference numbers, hand-computable clusters, and invariants."""
 
 import pytest
-
-from vllm_helix.errors import InfeasiblePlacement
 from checks import PUBLISHED, check_flow
 
+from vllm_helix.errors import InfeasiblePlacement
 from vllm_helix.planner.cluster import cluster_from_dict
 from vllm_helix.planner.examples import REFERENCE_METHODS, reference_example
 from vllm_helix.planner.flow import compatible_arcs, max_flow
 from vllm_helix.planner.model import ModelSpec
 from vllm_helix.planner.placement import LayerRange, Placement
 from vllm_helix.planner.throughput import NodeCapacity
+
 
 @pytest.mark.parametrize("method", REFERENCE_METHODS)
 @pytest.mark.parametrize("graph", ["split", "planner"])

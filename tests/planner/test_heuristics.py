@@ -10,7 +10,6 @@ from vllm_helix.planner.examples import reference_example
 from vllm_helix.planner.place import place
 
 
-
 @pytest.mark.parametrize("method", ["petals", "swarm", "homogeneous"])
 def test_heuristics_reproduce_reference_layouts(method):
     ref = reference_example(method)
