@@ -58,6 +58,7 @@ class ComputeNode:
         self.cpu_tokens = 0
         self.pos = layers.end - 1  # last layer run
         self.batch: tuple[list[Iteration], int, int] | None = None
+        self.wake_pending = False
         self.busy_s = 0.0
         self.batches = 0
         self.forward: Callable[[Iteration], None] = lambda it: None  # set by the coordinator
@@ -71,8 +72,14 @@ class ComputeNode:
         step = it.query.path[it.hop]
         self.queues[step.entry].append(it)
         self.cpu_tokens += it.tokens
-        if self.batch is None:
-            self._start()
+        if self.batch is None and not self.wake_pending:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Pick the next batch after the other events of this instant (the reference's StartExecution event),
+        so requests arriving at the same time join it."""
+        self.wake_pending = True
+        self.loop.at(self.loop.now, self._start)
 
     def _next_entry(self) -> int | None:
         entries = self.entries
@@ -81,7 +88,10 @@ class ComputeNode:
         after = [e for e in entries if e > self.pos] + [e for e in entries if e <= self.pos]
         return next((e for e in after if self.queues[e]), None)
 
-    def _start(self) -> None:
+    def _start(self, _=None) -> None:
+        self.wake_pending = False
+        if self.batch is not None:
+            return
         entry = self._next_entry()
         if entry is None:
             return
@@ -139,4 +149,5 @@ class ComputeNode:
             self.queues[seg_end].extend(batch)
         self.pos = seg_end - 1
         self.batch = None
-        self._start()
+        if not self.wake_pending:
+            self._wake()

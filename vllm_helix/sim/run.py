@@ -15,7 +15,7 @@ from typing import Any
 
 from vllm_helix.errors import ClusterSpecError, InfeasiblePlacement
 from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec
-from vllm_helix.planner.flow import compatible_arcs, max_flow
+from vllm_helix.planner.flow import max_flow
 from vllm_helix.planner.kv_expectation import OFFLINE_KV, ONLINE_KV, KVParams
 from vllm_helix.planner.plan import Plan
 from vllm_helix.planner.profiles import load_profile
@@ -272,8 +272,10 @@ def _run_with_progress(loop: EventLoop, coord: Coordinator, sampler: _Sampler, u
         bar.start()
         task = bar.add_task("simulating", total=window[1])
     try:
-        while loop.now < until:
-            loop.run(min(loop.now + sampler.interval, until))
+        target = loop.now
+        while target < until:
+            target = min(target + sampler.interval, until)
+            loop.run(target)
             if bar is not None:
                 bar.update(task, completed=min(loop.now, window[1]), description=(
                     f"t={loop.now:7.1f}s  active={coord.active}  finished={coord.finished}"))
