@@ -1,7 +1,7 @@
 """Fixtures: tiny hand-computable plans (see tiny_plans.py)."""
 
 import pytest
-from tiny_plans import COORDINATOR as C
+from vllm_helix.planner.cluster import COORDINATOR as C
 from tiny_plans import make_plan
 
 
