@@ -26,6 +26,7 @@ class KVParams:
 
 OFFLINE_KV = KVParams(0.85, 1.0)  # reference simulator, offline
 ONLINE_KV = KVParams(0.9, 0.6)  # reference simulator, online
+IMPROVED_KV = KVParams(0.95, 1.0)  # improved mode: exact own lengths allow a higher watermark
 
 
 class KVExpectation:

@@ -16,7 +16,7 @@ from typing import Any
 from vllm_helix.errors import ClusterSpecError, InfeasiblePlacement
 from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec
 from vllm_helix.planner.flow import max_flow
-from vllm_helix.planner.kv_expectation import OFFLINE_KV, ONLINE_KV, KVParams
+from vllm_helix.planner.kv_expectation import IMPROVED_KV, OFFLINE_KV, ONLINE_KV, KVParams
 from vllm_helix.planner.plan import Plan
 from vllm_helix.planner.profiles import load_profile
 from vllm_helix.planner.router import ROUTERS, ShortestQueueRouter, SwarmRouter, default_kv_capacity
@@ -43,8 +43,9 @@ class SimConfig:
     trace: str | tuple[Arrival, ...] | None = None  # online: a CSV/JSONL path or arrivals (else generated)
     dataset: str = "azure_conv"  # length dataset for generated traces and the offline feeder
     initial_queries: int | None = None  # offline: 20 for maxflow, 240 for the baselines (reference)
-    feed_hwm: float = 0.8  # offline maxflow feeder: launch while expected KV bottleneck <= this
-    kv_params: KVParams | None = None  # default (0.85, 1.0) offline, (0.9, 0.6) online
+    feed_hwm: float | None = None  # offline maxflow feeder: launch while expected KV bottleneck <= this
+    #   (default 0.8, 0.9 improved)
+    kv_params: KVParams | None = None  # default (0.85, 1.0) offline, (0.9, 0.6) online, (0.95, 1.0) improved
     disk_bytes_per_s: float = 1e9  # model loading speed; t0 = ceil(max load time) + 1
     sample_interval_s: float = 10.0  # series resolution (throughput, utilization, KV usage)
     max_time_s: float = 1e6  # online: give up draining after this much simulated time
@@ -59,6 +60,11 @@ class SimConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ClusterSpecError(f"{name} must be > 0, got {value}")
+
+    @classmethod
+    def improved_s1(cls, **overrides: Any) -> SimConfig:
+        """S1 with the improved MaxFlow scheduling (same node model and quirks, for a fair comparison)."""
+        return replace(cls.reference_s1(improved=True, kv_params=None, feed_hwm=None), **overrides)
 
     @classmethod
     def reference_s1(cls, **overrides: Any) -> SimConfig:
@@ -172,7 +178,8 @@ def _build(plan: Plan, config: SimConfig, kv_capacity: dict[str, int], loop: Eve
 
 
 def _router(plan: Plan, config: SimConfig, kv_capacity: dict[str, int], nodes: dict[str, ComputeNode]):
-    kv_params = config.kv_params or (OFFLINE_KV if config.mode == "offline" else ONLINE_KV)
+    kv_params = config.kv_params or (IMPROVED_KV if config.improved else
+                                     OFFLINE_KV if config.mode == "offline" else ONLINE_KV)
     rng = named_rng(config.seed, "router")
     cls = ROUTERS[config.scheduler]
     kwargs: dict[str, Any] = {"rng": rng}
@@ -211,7 +218,7 @@ def simulate(plan: Plan, config: SimConfig | None = None, kv_capacity: dict[str,
     lengths = LengthSampler(config.dataset, named_rng(config.seed, "lengths") if not config.reference_compat
                             else __import__("random").Random(config.seed))
     coord = Coordinator(loop, router, nodes, links, metrics, offline=offline, feed_until=window[1],
-                        feed_hwm=config.feed_hwm, lengths=lengths if offline else None,
+                        feed_hwm=config.feed_hwm or (0.9 if config.improved else 0.8), lengths=lengths if offline else None,
                         reference_compat=config.reference_compat, own_lengths=config.improved)
     expected = None
     if offline:
