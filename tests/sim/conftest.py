@@ -1,8 +1,9 @@
 """Fixtures: tiny hand-computable plans (see tiny_plans.py)."""
 
 import pytest
-from vllm_helix.planner.cluster import COORDINATOR as C
 from tiny_plans import make_plan
+
+from vllm_helix.planner.cluster import COORDINATOR as C
 
 
 @pytest.fixture

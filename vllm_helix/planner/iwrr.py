@@ -20,7 +20,7 @@ class IWRR:
     def choose(self, work: float, allowed: Sequence[bool]) -> int:
         """Index of the allowed candidate with the smallest load after taking `work`; -1 if none allowed."""
         best, best_load = -1, math.inf
-        for i, (weight, load, ok) in enumerate(zip(self.weights, self.loads, allowed)):
+        for i, (weight, load, ok) in enumerate(zip(self.weights, self.loads, allowed, strict=False)):
             if ok and load + work / weight < best_load:
                 best, best_load = i, load + work / weight
         if best >= 0:

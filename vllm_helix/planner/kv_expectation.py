@@ -62,7 +62,7 @@ class KVExpectation:
             for layer in range(rng.start, rng.end):
                 free[layer] += f
                 total[layer] += t
-        return max(1 - f / t for f, t in zip(free, total) if t > 0)
+        return max(1 - f / t for f, t in zip(free, total, strict=False) if t > 0)
 
     def node_usage(self, node: str) -> float:
         return 1 - self.avail[node] / self.total[node]

@@ -187,7 +187,7 @@ class MaxFlowRouter:
         flows = [self.topo.flow[(node, v)] for v in targets]
         floor = FLOW_FLOOR * sum(flows)
         allowed = []
-        for v, f in zip(targets, flows):
+        for v, f in zip(targets, flows, strict=False):
             ok = not f < floor and v not in self.lost
             if ok and v != COORDINATOR:
                 ok = prompt_len <= self.max_prompt[v] and self.kv.can_add(v, length)
@@ -302,7 +302,7 @@ class ShortestQueueRouter(_HopByHopRouter):
         if COORDINATOR in targets:
             return COORDINATOR
         lengths = [self.queue_length(v) for v in targets]
-        best = [v for v, q in zip(targets, lengths) if q == min(lengths)]
+        best = [v for v, q in zip(targets, lengths, strict=False) if q == min(lengths)]
         return best[self.rng.randrange(len(best))] if len(best) > 1 else best[0]
 
 

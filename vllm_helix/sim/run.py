@@ -7,6 +7,7 @@ ILP layout, its simulator cluster's link order and KV capacities); `SimConfig.re
 from __future__ import annotations
 
 import math
+import random
 import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -215,10 +216,12 @@ def simulate(plan: Plan, config: SimConfig | None = None, kv_capacity: dict[str,
     metrics = Metrics(*window, config.sample_interval_s)
     nodes, links = _build(plan, config, kv_capacity, loop)
     router = _router(plan, config, kv_capacity, nodes)
-    lengths = LengthSampler(config.dataset, named_rng(config.seed, "lengths") if not config.reference_compat
-                            else __import__("random").Random(config.seed))
+    # reference_compat: the reference seeds the global random with `seed` before sampling offline lengths
+    length_rng = random.Random(config.seed) if config.reference_compat else named_rng(config.seed, "lengths")
+    lengths = LengthSampler(config.dataset, length_rng)
+    feed_hwm = config.feed_hwm or (0.9 if config.improved else 0.8)
     coord = Coordinator(loop, router, nodes, links, metrics, offline=offline, feed_until=window[1],
-                        feed_hwm=config.feed_hwm or (0.9 if config.improved else 0.8), lengths=lengths if offline else None,
+                        feed_hwm=feed_hwm, lengths=lengths if offline else None,
                         reference_compat=config.reference_compat, own_lengths=config.improved)
     expected = None
     if offline:
@@ -300,7 +303,7 @@ def _report(plan, config, metrics, coord, nodes, sampler, window, cost) -> SimRe
     total = metrics.tokens_in_window / duration
     node_stats = {}
     for name, node in nodes.items():
-        utils = [u for t, u in zip(sampler.times, sampler.util[name]) if window[0] < t <= window[1]]
+        utils = [u for t, u in zip(sampler.times, sampler.util[name], strict=False) if window[0] < t <= window[1]]
         node_stats[name] = {"layers": f"{node.start}-{node.end}", "utilization": sum(utils) / len(utils) if utils
                             else 0.0, "kv_peak_usage": node.kv.peak / node.kv.capacity if node.kv.capacity else 0.0,
                             "kv_overflows": node.kv.overflows, "batches": node.batches}
