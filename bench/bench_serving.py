@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_serving.py [--requests 32] [--max-tokens 48]
 
-Model: a local random Llama (8 layers, hidden 1024). This machine has 2 CPU cores; each stage/node is
+Model: a local random Llama (8 layers, hidden 2048 by default). This machine has 2 CPU cores; each stage/node is
 pinned to its own core (vLLM's VLLM_CPU_OMP_THREADS_BIND for its pipeline ranks, `taskset` for Helix
 workers), so the two stages really run in parallel:
 
@@ -127,9 +127,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--setups", default="a,b,c,b*,d", help="which of a, b, c, b*, d to run")
+    parser.add_argument("--hidden", type=int, default=2048, help="hidden size of the 8-layer random model")
     opts = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="helix-bench-"))
-    model = build_tiny_llama(workdir / "model", hidden_size=1024, heads=16, kv_heads=4, intermediate=2816)
+    model = build_tiny_llama(workdir / "model", hidden_size=opts.hidden, heads=opts.hidden // 64, kv_heads=4,
+                             intermediate=opts.hidden * 11 // 4)
     pp = {"VLLM_PP_LAYER_PARTITION": "4,4", "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
     pp_args = ["--pipeline-parallel-size", "2", "--distributed-executor-backend", "mp"]
     print(f"{opts.requests} concurrent requests x {opts.max_tokens} output tokens, prompt ~{len(PROMPT.split())} words")

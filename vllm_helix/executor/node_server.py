@@ -56,8 +56,7 @@ class NodeServer:
         while time.monotonic() < deadline:
             try:
                 self.link.send(COORDINATOR_PEER, self.hello())  # queued until the coordinator is there
-            except (PeerLost, TransportTimeout):  # not up yet: dial again
-                self.link.connect(COORDINATOR_PEER, self.addresses[COORDINATOR_PEER])
+            except (PeerLost, TransportTimeout):  # not up yet; the transport keeps re-dialling it
                 time.sleep(HELLO_INTERVAL_S)
                 continue
             try:
