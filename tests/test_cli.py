@@ -88,5 +88,28 @@ def test_bad_placement_yaml(tmp_path):
 
 
 def test_help_on_every_command():
-    for command in ("flow", "plan", "import-ini", "demo"):
+    for command in ("flow", "plan", "import-ini", "demo", "simulate", "worker"):
         assert "usage: vllm-helix " + command in run(command, "--help").stdout
+
+
+def test_simulate_a_plan_online_with_plots(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    run("plan", "--cluster", SINGLE24, "--method", "swarm", "-o", plan)
+    out = json.loads(run("simulate", "--cluster", SINGLE24, "--plan", plan, "--mode", "online", "--duration", "60",
+                         "--rate", "300", "--json", "--plot", tmp_path / "plots").stdout)
+    assert out["queries"]["finished"] == out["queries"]["issued"] > 0
+    assert 0 < out["total_throughput"] and out["prompt_latency"]["p99"] >= out["prompt_latency"]["p50"] > 0
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "kv_usage.png", "latency_cdf.png", "throughput.png", "utilization.png"]
+
+
+def test_simulate_rejects_a_plan_for_another_cluster(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    run("plan", "--cluster", SINGLE24, "--method", "swarm", "-o", plan)
+    other = REF / "3cluster24.ini"
+    bad = tmp_path / "c.yaml"
+    bad.write_text("nodes: [{name: a, gpu: A100, vram: 40GB}]\ndefault_link: {bandwidth: 1GB/s}\n")
+    proc = run("simulate", "--cluster", bad, "--plan", plan, ok=False)
+    assert proc.returncode == 2 and "which the cluster does not have" in proc.stderr
+    proc = run("simulate", "--cluster", other, "--plan", plan, ok=False)  # same node names, other GPUs
+    assert proc.returncode == 2 and "is a L4 but the cluster says A100" in proc.stderr

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vllm_helix.errors import HelixError
+from vllm_helix.errors import ClusterSpecError, HelixError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -151,6 +151,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from vllm_helix.sim.run import SimConfig, reference_s1_setup, simulate
+
+    if args.reference_s1:  # the reference's examples/simulation run (helix-spec §8.3 S1)
+        plan, kv = reference_s1_setup()
+        config, cluster = (SimConfig.improved_s1() if args.improved else SimConfig.reference_s1()), None
+    else:
+        if not (args.plan and args.cluster):
+            raise ClusterSpecError("simulate needs --cluster and --plan (or --reference-s1)")
+        from vllm_helix.planner.cluster import load_cluster
+        from vllm_helix.planner.plan import load_plan
+
+        plan, kv, cluster = load_plan(args.plan), None, load_cluster(args.cluster)
+        config = SimConfig(mode=args.mode, scheduler=args.scheduler, improved=args.improved,
+                           reference_compat=args.reference_compat, seed=args.seed, duration_s=args.duration,
+                           token_rate=args.rate, trace=args.trace, dataset=args.dataset)
+    import dataclasses
+
+    report = simulate(plan, dataclasses.replace(config, progress=not args.json), kv, cluster)
+    if args.plot:
+        from vllm_helix.sim.plots import write_plots
+
+        Path(args.plot).mkdir(parents=True, exist_ok=True)
+        written = write_plots(report, args.plot)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.summary())
+        if args.plot:
+            print("plots: " + ", ".join(map(str, written)))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
@@ -215,6 +248,27 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Plan and evaluate the bundled reference cluster (24 GPUs, LLaMA-2-70B).")
     p.add_argument("--time-limit", type=float, default=20.0, help="MILP time limit, seconds")
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("simulate", help="simulate serving a plan (discrete-event)",
+                       description="Simulate a plan on its cluster: throughput, latency, per-node utilization and KV.")
+    p.add_argument("--cluster", help="cluster YAML or reference .ini the plan was made for")
+    p.add_argument("--plan", help="plan YAML from `vllm-helix plan`")
+    p.add_argument("--mode", default="offline", choices=["offline", "online"],
+                   help="offline: keep the cluster full; online: requests arrive at --rate or from --trace")
+    p.add_argument("--scheduler", default="maxflow", choices=["maxflow", "swarm", "random", "shortest-queue"])
+    p.add_argument("--improved", action="store_true", help="improved max-flow scheduling (see docs/simulator.md)")
+    p.add_argument("--reference-compat", action="store_true", help="keep the reference simulator's quirks")
+    p.add_argument("--reference-s1", action="store_true",
+                   help="the reference's published example run (single24, its ILP layout, offline maxflow)")
+    p.add_argument("--rate", type=float, help="online: target tokens/s (default: half the plan's max flow)")
+    p.add_argument("--trace", help="online: CSV/JSONL of arrival_time_s,input_tokens,output_tokens")
+    p.add_argument("--dataset", default="azure_conv", help="request lengths: azure_conv, azure_code, alpaca, "
+                                                            "shared_gpt")
+    p.add_argument("--duration", type=float, help="measured seconds (default 600 offline, 1800 online)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--plot", metavar="DIR", help="write PNG charts to this directory")
+    p.set_defaults(handler=cmd_simulate)
 
     p = sub.add_parser("worker", help="run one node of a plan (partial-layer vLLM engine)",
                        description="Serve the layers a plan gives NODE; waits for the coordinator "
