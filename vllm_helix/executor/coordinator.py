@@ -36,7 +36,6 @@ class Coordinator:
         global _current
         if plan.partial_inference:
             raise HelixError("serving needs a plan with exact layer chaining (plan without --partial-inference)")
-        self.original_plan = plan
         self.dtype = dtype
         self.plan = resolve_addresses(plan)
         self.options = options

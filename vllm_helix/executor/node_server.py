@@ -19,6 +19,7 @@ import torch
 from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
 from vllm_helix.executor import protocol as p
 from vllm_helix.executor.link import COORDINATOR_PEER, Link, Received
+from vllm_helix.executor.types import StepItem
 
 logger = logging.getLogger(__name__)
 HELLO_INTERVAL_S = 0.5
@@ -124,8 +125,6 @@ class NodeServer:
         if batch.items and (clash or too_big):
             return False
         hidden, residual = self._payload(step, received)
-        from vllm_helix.executor.types import StepItem
-
         for i, item in enumerate(step.items):
             if item.new is not None and item.request_id not in self.routes:
                 self.routes[item.request_id] = item.new.route
