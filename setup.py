@@ -59,7 +59,7 @@ setup(
         "rich",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "gurobipy"],  # gurobipy: the fallback tests
         "gurobi": ["gurobipy"],
     },
     entry_points={
