@@ -128,6 +128,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--setups", default="a,b,c,b*,d", help="which of a, b, c, b*, d to run")
     parser.add_argument("--hidden", type=int, default=2048, help="hidden size of the 8-layer random model")
+    parser.add_argument("--helix-depth", type=int, default=0, help="--helix-depth for (c) and (d); 0 = auto")
     opts = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="helix-bench-"))
     model = build_tiny_llama(workdir / "model", hidden_size=opts.hidden, heads=opts.hidden // 64, kv_heads=4,
@@ -137,6 +138,7 @@ def main() -> int:
     print(f"{opts.requests} concurrent requests x {opts.max_tokens} output tokens, prompt ~{len(PROMPT.split())} words")
     print(f"{'setup':<44}{'out tok/s':>10}{'TTFT s':>10}{'TPOT ms':>10}")
     want = set(opts.setups.split(","))
+    helix = ["--executor", "helix", "--helix-depth", str(opts.helix_depth)]
     rows = {}
     if "a" in want:
         rows["a"] = run("(a) plain vLLM, 1 engine", model, [], {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}, opts, workdir)
@@ -144,7 +146,7 @@ def main() -> int:
         rows["b"] = run("(b) vLLM PP=2, [0,4) [4,8)", model, pp_args, pp, opts, workdir)
     if "c" in want:
         with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1]) as (plan, _):
-            rows["c"] = run("(c) Helix 2 nodes, [0,4) [4,8)", model, ["--executor", "helix", "--helix-plan", str(plan)],
+            rows["c"] = run("(c) Helix 2 nodes, [0,4) [4,8)", model, [*helix, "--helix-plan", str(plan)],
                             {}, opts, workdir)
     with hog(1):
         if "b*" in want:
@@ -152,7 +154,7 @@ def main() -> int:
         if "d" in want:
             with helix_workers(workdir / "d", model, [], [2, 1]) as (plan, layers):
                 rows["d"] = run(f"(d) Helix planned {layers}, core 1 at 1/2", model,
-                                ["--executor", "helix", "--helix-plan", str(plan)], {}, opts, workdir)
+                                [*helix, "--helix-plan", str(plan)], {}, opts, workdir)
     for ours, theirs in (("c", "b"), ("d", "b*")):
         if ours in rows and theirs in rows:
             print(f"({ours})/({theirs}) = {rows[ours]['tokens_per_s'] / rows[theirs]['tokens_per_s']:.2f}")
