@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 from vllm.v1.core.sched.scheduler import Scheduler
-from vllm.v1.request import RequestStatus
 
 from vllm_helix.executor.coordinator import current
 
@@ -56,5 +55,3 @@ class HelixScheduler(Scheduler):
         current().routes.release(request.request_id)
         return super()._free_request(request, *args, **kwargs)
 
-
-__all__ = ["HelixScheduler", "RequestStatus"]
