@@ -7,6 +7,7 @@ across two shaped links. Traffic stays on addresses inside namespaces this fixtu
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -23,7 +24,15 @@ NEEDS_ROOT = [
 
 
 def sh(*cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done
+
+
+# Host numbers run on across the whole test process: the kernel frees a deleted namespace's veth pair
+# asynchronously, so reusing a name right after teardown can fail with "File exists".
+_host_numbers = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,7 @@ def shape(dev: str, ns: str | None, rate: str, delay_ms: float) -> str:
     try:
         sh(*pre, "tc", "qdisc", "add", "dev", dev, "root", "netem", "rate", rate, "delay", f"{delay_ms}ms")
         return f"netem rate {rate} delay {delay_ms}ms"
-    except subprocess.CalledProcessError:  # a kernel without sch_netem: bandwidth only
+    except RuntimeError:  # a kernel without sch_netem: bandwidth only
         sh(*pre, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kb", "latency", "100ms")
         return f"tbf rate {rate} (no netem in this kernel)"
 
@@ -51,16 +60,16 @@ def shape(dev: str, ns: str | None, rate: str, delay_ms: float) -> str:
 @pytest.fixture
 def make_host() -> Iterator[Callable[[str, float], Host]]:
     tag, net = f"hx{os.getpid() % 10000}", 80 + os.getpid() % 40
-    made: list[str] = []
+    made: list[tuple[str, str]] = []
     with open("/proc/sys/net/ipv4/ip_forward") as f:
         forward = f.read().strip()
 
     def make(rate: str = "1gbit", delay_ms: float = 1.0) -> Host:
-        i = len(made) + 1
+        i = next(_host_numbers)
         ns, root_dev, ns_dev = f"{tag}h{i}", f"{tag}r{i}", f"{tag}n{i}"
         gateway, address = f"10.{net}.{i}.1", f"10.{net}.{i}.2"
         sh("ip", "netns", "add", ns)
-        made.append(ns)
+        made.append((ns, root_dev))
         sh("ip", "link", "add", root_dev, "type", "veth", "peer", "name", ns_dev)
         sh("ip", "link", "set", ns_dev, "netns", ns)
         sh("ip", "addr", "add", f"{gateway}/24", "dev", root_dev)
@@ -75,7 +84,8 @@ def make_host() -> Iterator[Callable[[str, float], Host]]:
         return Host(ns, address, gateway, root_dev, shaping)
 
     yield make
-    for ns in made:  # deleting a namespace deletes its veth pair too
+    for ns, root_dev in made:  # deleting the root end first frees the pair now, not when the kernel gets to it
+        subprocess.run(["ip", "link", "del", root_dev], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
         f.write(forward)
