@@ -9,8 +9,10 @@ workers), so the two stages really run in parallel:
 (a) plain vLLM, one engine on both cores;
 (b) vLLM pipeline parallelism, 2 stages, layers [0,4) [4,8);
 (c) Helix, 2 nodes with the same split;
-(d) heterogeneous: a CPU hog halves core 1. vLLM PP keeps the even split (b*); Helix (d) serves the split
-    its planner chose for a cluster that says node 1 is half as fast.
+(d) heterogeneous: the second machine is half as fast — the process on core 1 (vLLM's PP rank 1 in (b*),
+    Helix node 1 in (d)) is capped at half a core by a CPU cgroup (a hard cap, like a slower GPU; where
+    cgroups are not writable, a busy loop on core 1 shares it instead). vLLM PP keeps the even split (b*);
+    Helix (d) serves the placement its planner chose for a cluster that says node 1 is half as fast.
 """
 
 from __future__ import annotations
@@ -65,19 +67,41 @@ def load(url: str, model: str, requests: int, max_tokens: int) -> dict[str, floa
             "tpot_s": statistics.mean(r[1] for r in results)}
 
 
+CGROUP = Path("/sys/fs/cgroup/cpu/helix-bench-slow")  # cgroup v1 cpu controller
+
+
 @contextlib.contextmanager
-def hog(core: int):
-    """A busy loop pinned to `core`: that core runs everything else at about half speed."""
-    process = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
+def half_speed_core(core: int):
+    """Yields `slow(pid)`, which caps a process at half a CPU (cgroup CFS quota). Without writable cgroups,
+    `slow` does nothing and a busy loop pinned to `core` halves that core for everything on it instead."""
     try:
-        yield
+        CGROUP.mkdir(exist_ok=True)
+        (CGROUP / "cpu.cfs_period_us").write_text("100000")
+        (CGROUP / "cpu.cfs_quota_us").write_text("50000")
+    except OSError:
+        print(f"(no writable cgroup at {CGROUP}: a busy loop on core {core} emulates the slow machine)")
+        hog = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
+        try:
+            yield lambda pid: None
+        finally:
+            hog.kill()
+            hog.wait()
+        return
+    try:
+        yield lambda pid: (CGROUP / "cgroup.procs").write_text(str(pid))
     finally:
-        process.kill()
-        process.wait()
+        for pid in (CGROUP / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                Path("/sys/fs/cgroup/cpu/cgroup.procs").write_text(pid)
+        CGROUP.rmdir()
+
+
+def pid_of(pattern: str) -> int:
+    return int(subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=True).stdout.split()[0])
 
 
 @contextlib.contextmanager
-def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], speeds: list[int]):
+def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], speeds: list[int], slow=None):
     """A plan for two pinned workers on 127.0.0.1 (started here, like remote hosts), and the workers."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in range(3)]
@@ -104,6 +128,8 @@ def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], spee
         with open(workdir / f"node{i}.log", "w") as log:
             workers.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                             env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=str(i))))
+    if slow is not None:
+        slow(workers[1].pid)  # taskset execs the worker: same pid
     try:
         yield plan, layers
     finally:
@@ -112,12 +138,14 @@ def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], spee
             w.wait(30)
 
 
-def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, workdir: Path) -> dict:
+def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, workdir: Path, started=None) -> dict:
     slug = re.sub(r"[^A-Za-z0-9]+", "_", name.split(")")[0])
     with VllmServer(model, [*COMMON, *args], env=env, log_path=workdir / f"{slug}.log") as url:
+        if started is not None:
+            started()
         load(url, str(model), 4, 4)  # warm-up
         result = load(url, str(model), opts.requests, opts.max_tokens)
-    print(f"{name:<44}{result['tokens_per_s']:>10.1f}{result['ttft_s']:>10.2f}{result['tpot_s'] * 1e3:>10.1f}",
+    print(f"{name:<52}{result['tokens_per_s']:>10.1f}{result['ttft_s']:>10.2f}{result['tpot_s'] * 1e3:>10.1f}",
           flush=True)
     return result
 
@@ -136,7 +164,7 @@ def main() -> int:
     pp = {"VLLM_PP_LAYER_PARTITION": "4,4", "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
     pp_args = ["--pipeline-parallel-size", "2", "--distributed-executor-backend", "mp"]
     print(f"{opts.requests} concurrent requests x {opts.max_tokens} output tokens, prompt ~{len(PROMPT.split())} words")
-    print(f"{'setup':<44}{'out tok/s':>10}{'TTFT s':>10}{'TPOT ms':>10}")
+    print(f"{'setup':<52}{'out tok/s':>10}{'TTFT s':>10}{'TPOT ms':>10}")
     want = set(opts.setups.split(","))
     helix = ["--executor", "helix", "--helix-depth", str(opts.helix_depth)]
     rows = {}
@@ -148,12 +176,13 @@ def main() -> int:
         with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1]) as (plan, _):
             rows["c"] = run("(c) Helix 2 nodes, [0,4) [4,8)", model, [*helix, "--helix-plan", str(plan)],
                             {}, opts, workdir)
-    with hog(1):
+    with half_speed_core(1) as slow:
         if "b*" in want:
-            rows["b*"] = run("(b*) vLLM PP=2 even split, core 1 at 1/2", model, pp_args, pp, opts, workdir)
+            rows["b*"] = run("(b*) vLLM PP=2 even split, rank 1 at 1/2", model, pp_args, pp, opts, workdir,
+                             started=lambda: slow(pid_of("VLLM::Worker_PP1")))
         if "d" in want:
-            with helix_workers(workdir / "d", model, [], [2, 1]) as (plan, layers):
-                rows["d"] = run(f"(d) Helix planned {layers}, core 1 at 1/2", model,
+            with helix_workers(workdir / "d", model, [], [2, 1], slow) as (plan, layers):
+                rows["d"] = run(f"(d) Helix planned {layers}, node 1 at 1/2", model,
                                 [*helix, "--helix-plan", str(plan)], {}, opts, workdir)
     for ours, theirs in (("c", "b"), ("d", "b*")):
         if ours in rows and theirs in rows:

@@ -34,8 +34,8 @@ PLACEMENT = {"head": [0, 2], "fast": [2, 8], "slow": [2, 8]}
 def write_plan(tmp, model, cluster=CLUSTER, placement=PLACEMENT):
     (tmp / "cluster.yaml").write_text(yaml.safe_dump(cluster))
     (tmp / "placement.yaml").write_text(yaml.safe_dump(placement))
-    subprocess.run([sys.executable, "-m", "vllm_helix.cli", "plan", "--cluster", tmp / "cluster.yaml", "--model", model, "--throughput",
-                    "estimate", "--placement", tmp / "placement.yaml", "-o", tmp / "plan.yaml"],
+    subprocess.run([sys.executable, "-m", "vllm_helix.cli", "plan", "--cluster", tmp / "cluster.yaml", "--model", model,
+                    "--throughput", "estimate", "--placement", tmp / "placement.yaml", "-o", tmp / "plan.yaml"],
                    check=True, capture_output=True)
     return tmp / "plan.yaml"
 

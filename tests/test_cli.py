@@ -98,7 +98,7 @@ def test_simulate_a_plan_online_with_plots(tmp_path):
     out = json.loads(run("simulate", "--cluster", SINGLE24, "--plan", plan, "--mode", "online", "--duration", "60",
                          "--rate", "300", "--json", "--plot", tmp_path / "plots").stdout)
     assert out["queries"]["finished"] == out["queries"]["issued"] > 0
-    assert 0 < out["total_throughput"] and out["prompt_latency"]["p99"] >= out["prompt_latency"]["p50"] > 0
+    assert out["total_throughput"] > 0 and out["prompt_latency"]["p99"] >= out["prompt_latency"]["p50"] > 0
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
         "kv_usage.png", "latency_cdf.png", "throughput.png", "utilization.png"]
 

@@ -192,7 +192,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_worker(args.plan, args.node, args.model, bind=args.bind, kv_fraction=args.kv_fraction,
                max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-               max_model_len=args.max_model_len, start_timeout_s=args.start_timeout, dtype=args.dtype)
+               max_model_len=args.max_model_len, start_timeout_s=args.start_timeout, dtype=args.dtype,
+               enforce_eager=args.enforce_eager)
     return 0
 
 
@@ -283,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=None, help="longest sequence (default: the model's)")
     p.add_argument("--start-timeout", type=float, default=180.0, help="seconds to wait for the coordinator")
     p.add_argument("--dtype", default="auto", help="weights/activations dtype; must match `vllm serve --dtype`")
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="run the layers eagerly (default: vLLM's torch.compile, as `vllm serve` does)")
     p.set_defaults(handler=cmd_worker)
     return parser
 

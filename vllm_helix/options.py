@@ -29,7 +29,7 @@ OPTIONS = (
     Option("--helix-router", "router", str, "maxflow", "per-request route choice",
            ("maxflow", "random", "shortest-queue", "swarm")),
     Option("--helix-depth", "depth", int, 0,
-           "batches in flight through the cluster; 0 = the number of nodes on the plan's longest route"),
+           "batches in flight through the cluster; 0 = one per node of the plan"),
     Option("--helix-start-timeout", "start_timeout_s", float, 180.0,
            "seconds to wait for every worker of the plan to come up"),
     Option("--helix-step-timeout", "step_timeout_s", float, 120.0,
@@ -47,19 +47,12 @@ def helix_options(additional_config: Any) -> dict[str, Any]:
 
 
 def pipeline_depth(options: dict[str, Any]) -> int:
-    """Batches to keep in flight: --helix-depth, or one per node on the plan's longest route."""
+    """Batches to keep in flight: --helix-depth, or one per node of the plan (each node can be busy with one
+    while the others are; batches of different routes then run side by side)."""
     if options["depth"] > 0:
         return options["depth"]
     if not options["plan"]:
         return 1
     from vllm_helix.planner.plan import load_plan
 
-    plan = load_plan(options["plan"])
-    ranges = plan.placement.ranges
-
-    def longest_from(node: str) -> int:  # routes only move to later layers, so this terminates
-        nexts = [b for (a, b), flow in plan.flow.arc_flow.items() if a == node and b in ranges and flow > 0]
-        return 1 + max((longest_from(b) for b in nexts), default=0)
-
-    starts = [n for n, r in ranges.items() if r.start == 0]
-    return max((longest_from(n) for n in starts), default=1)
+    return max(1, len(load_plan(options["plan"]).placement.ranges))

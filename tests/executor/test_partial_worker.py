@@ -149,6 +149,26 @@ def test_chain_seeded_sampling_and_logprobs_equal_whole_model_vllm(tiny_llama_pa
             assert all(abs(row[int(t)] - lp) < 1e-4 for t, lp in ref_row.items())
 
 
+def test_warm_up_fits_a_short_max_model_len_on_the_last_range(tiny_llama_path):
+    from vllm_helix.executor.partial_worker import PartialLayerWorker
+
+    last = PartialLayerWorker(str(tiny_llama_path), (3, 8), kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED,
+                              max_model_len=BATCHED)
+    last.warm_up()
+    assert last.kv_usage() == 0
+
+
+def test_warm_up_leaves_no_request_or_kv_behind(tiny_llama_path, reference):
+    workers = [_worker(tiny_llama_path, r) for r in CHAINS[2]]
+    for w in workers:
+        w.warm_up()
+        assert w.kv_usage() == 0
+    from vllm_helix.executor.local_chain import LocalChain
+
+    out = LocalChain(workers).generate(_prompts(), _params(_greedy_params()), max_num_batched_tokens=BATCHED)
+    assert [g.token_ids for g in out] == [r["token_ids"] for r in reference["greedy"]]
+
+
 def test_stop_token_and_max_tokens_end_a_request(tiny_llama_path):
     chain = _chain(tiny_llama_path, 2)
     prompt = _prompts()[1]

@@ -139,6 +139,18 @@ def test_executor_seams():
     assert "resolve_obj_by_qualname" in inspect.getsource(Executor.get_class)
     assert {"scheduler_output", "non_block"} <= _params(Executor.execute_model)
     assert {"grammar_output", "non_block"} <= _params(Executor.sample_tokens)
-    assert {"req_ids", "req_id_to_index", "sampled_token_ids"} <= {f.name for f in dataclasses.fields(ModelRunnerOutput)}
+    fields = {f.name for f in dataclasses.fields(ModelRunnerOutput)}
+    assert {"req_ids", "req_id_to_index", "sampled_token_ids"} <= fields
     assert {"distributed_executor_backend", "scheduler_cls", "additional_config"} <= {
         f.name for f in dataclasses.fields(EngineArgs)}
+
+
+def test_nodes_with_different_layers_get_different_compile_cache_keys(tiny_llama_path):
+    """vLLM keys its torch.compile cache on the config hash: two ranges of one model must not share it."""
+    kwargs = dict(max_num_batched_tokens=64, max_num_seqs=8, max_model_len=256, kv_cache_bytes=1 << 24,
+                  dtype="float32", seed=0, enforce_eager=False)
+    first = seam.make_vllm_config(str(tiny_llama_path), layers=(0, 3), **kwargs)
+    second = seam.make_vllm_config(str(tiny_llama_path), layers=(3, 8), **kwargs)
+    again = seam.make_vllm_config(str(tiny_llama_path), layers=(0, 3), **kwargs)
+    assert first.compute_hash() != second.compute_hash()
+    assert first.compute_hash() == again.compute_hash()

@@ -54,8 +54,9 @@ def brute_force(cluster, model, capacities, partial=False) -> float:
                          for s in range(model.num_layers - k + 1)] for n in names]
     best = 0.0
     for combo in itertools.product(*options):
-        ranges = {n: r for n, r in zip(names, combo) if r is not None}
-        if not any(r.start == 0 for r in ranges.values()) or not any(r.end == model.num_layers for r in ranges.values()):
+        ranges = {n: r for n, r in zip(names, combo, strict=True) if r is not None}
+        spans = ranges.values()
+        if not any(r.start == 0 for r in spans) or not any(r.end == model.num_layers for r in spans):
             continue
         value = max_flow(cluster, model, Placement(ranges), capacities=capacities, partial_inference=partial).value
         best = max(best, value)

@@ -14,7 +14,8 @@ logger = logging.getLogger(__name__)
 
 def run_worker(plan_path: str, node: str, model: str, *, bind: str | None = None, kv_fraction: float = 0.05,
                max_num_batched_tokens: int = 2048, max_num_seqs: int = 256, max_model_len: int | None = None,
-               start_timeout_s: float = 180.0, dtype: str = "auto") -> None:
+               start_timeout_s: float = 180.0, dtype: str = "auto",
+               enforce_eager: bool = False) -> None:
     plan = load_plan(plan_path)
     layers = plan.placement[node]
     if layers is None:
@@ -30,7 +31,9 @@ def run_worker(plan_path: str, node: str, model: str, *, bind: str | None = None
 
     worker = PartialLayerWorker(model, (layers.start, layers.end), num_layers_total=plan.model.num_layers,
                                 memory_fraction=kv_fraction, max_num_batched_tokens=max_num_batched_tokens,
-                                max_num_seqs=max_num_seqs, max_model_len=max_model_len, dtype=dtype)
+                                max_num_seqs=max_num_seqs, max_model_len=max_model_len, dtype=dtype,
+                                enforce_eager=enforce_eager)
+    worker.warm_up()  # also compiles, unless enforce_eager
     link = open_link(node, address)
     try:
         link.connect(COORDINATOR_PEER, coordinator)

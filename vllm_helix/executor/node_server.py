@@ -23,6 +23,33 @@ from vllm_helix.executor.types import StepItem
 
 logger = logging.getLogger(__name__)
 HELLO_INTERVAL_S = 0.5
+STATS_INTERVAL_S = 10.0
+
+
+@dataclass
+class _Stats:
+    """How busy the node was since the last report: the first thing to look at when a cluster is slow."""
+
+    since: float = field(default_factory=time.monotonic)
+    busy_s: float = 0.0
+    batches: int = 0
+    tokens: int = 0
+
+    def add(self, seconds: float, tokens: int) -> None:
+        self.busy_s += seconds
+        self.batches += 1
+        self.tokens += tokens
+
+    def report(self, node: str) -> _Stats:
+        """Log and start over, every STATS_INTERVAL_S while there is work."""
+        wall = time.monotonic() - self.since
+        if wall < STATS_INTERVAL_S:
+            return self
+        if self.batches:
+            logger.info("node %s: busy %.0f%% of the last %.0f s, %d batches, %.0f tokens/s, %.1f ms per batch",
+                        node, 100 * self.busy_s / wall, wall, self.batches, self.tokens / wall,
+                        1e3 * self.busy_s / self.batches)
+        return _Stats()
 
 
 @dataclass
@@ -44,6 +71,7 @@ class NodeServer:
         self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
         self.deferred: list[Received] = []
         self.running = True
+        self.stats = _Stats()
 
     # ------------------------------------------------------------------ start-up
 
@@ -83,6 +111,7 @@ class NodeServer:
             batch = self._collect(timeout_s=1.0)
             if batch.items:
                 self._run(batch)
+            self.stats = self.stats.report(self.name)
 
     def _collect(self, timeout_s: float) -> _Pending:
         """Merge queued steps into one batch, never two steps of the same request (order matters)."""
@@ -150,8 +179,10 @@ class NodeServer:
         return tuple(torch.split(t, counts, dim=0) for t in received.tensors)
 
     def _run(self, batch: _Pending) -> None:
+        started = time.monotonic()
         try:
             results = self.worker.execute(batch.items)
+            self.stats.add(time.monotonic() - started, batch.tokens)
         except Exception as exc:  # noqa: BLE001 - any failure fails these requests, not the node
             logger.exception("node %s: batch failed", self.name)
             for step_id, rids in _group(batch.step_of).items():

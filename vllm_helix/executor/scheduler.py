@@ -4,6 +4,10 @@ The shape of vllm-spyre's scheduler: before `schedule()`, waiting requests the r
 with KV room on every hop are set aside, vLLM schedules the rest, and they are put back in order.
 Routes are released when requests finish or abort (`_free_request`). Requests whose node failed are
 finished with an error through vLLM's own error path (FINISHED_ERROR -> finish_reason "error").
+
+Each batch carries the requests of one route (its "lane"): a batch finishes when its slowest request
+does, so mixing a fast replica's requests with a slow one's would hold the fast nodes back. With the
+completion-order batch queue (patches/batch_queue.py) every route then runs at its own pace.
 """
 
 from __future__ import annotations
@@ -30,14 +34,40 @@ class HelixScheduler(Scheduler):
         if impossible:  # held out of this schedule, finished with an error at the next update
             logger.error("requests %s need more KV cache than the cluster has", [r.request_id for r in impossible])
             self._fail_next_update(r.request_id for r in impossible)
-            held += impossible
-        if held:
-            self.waiting.remove_requests(held)
+        held = self._other_lanes(routes.routes, set(held) | set(impossible))
+        running = self.running
+        if held["running"]:
+            self.running = [r for r in running if r not in held["running"]]
+        if held["waiting"]:
+            self.waiting.remove_requests(held["waiting"])
         try:
             return super().schedule(*args, **kwargs)
         finally:
-            if held:
-                self.waiting.prepend_requests(held)
+            if held["running"]:  # hidden ones keep their places; newly admitted ones go last, as in vLLM
+                still = set(self.running)
+                self.running = [r for r in running if r in held["running"] or r in still] + [
+                    r for r in self.running if r not in set(running)]
+            if held["waiting"]:
+                self.waiting.prepend_requests(held["waiting"])
+
+    def _other_lanes(self, routes: dict[str, list[str]], unroutable: set) -> dict[str, list]:
+        """Requests to hide from this schedule: those of other routes than the chosen one (idle routes
+        first), unroutable ones, and waiting ones beyond the free running slots (vLLM counts only visible
+        ones)."""
+        ready = [r for r in self.running if _schedulable(r)] + [r for r in self.waiting if r not in unroutable]
+        busy = [routes.get(r.request_id) for r in self.running if not _schedulable(r)]
+        # the first request (in vLLM's order) on a route with no batch in flight, else the first one
+        first = next((r for r in ready if routes.get(r.request_id) not in busy), ready[0] if ready else None)
+        lane = routes.get(first.request_id) if first is not None else None
+        running = [r for r in self.running if lane is not None and routes.get(r.request_id) != lane]
+        room = self.max_num_running_reqs - len(self.running)
+        waiting = []
+        for request in self.waiting:
+            if request in unroutable or routes.get(request.request_id) != lane or room <= 0:
+                waiting.append(request)
+            else:
+                room -= 1
+        return {"running": running, "waiting": waiting}
 
     def update_from_output(self, scheduler_output, model_runner_output):
         failed = current().book.take_failed()
@@ -55,3 +85,7 @@ class HelixScheduler(Scheduler):
         current().routes.release(request.request_id)
         return super()._free_request(request, *args, **kwargs)
 
+
+def _schedulable(request) -> bool:
+    """It has tokens to compute now (not all of them sent off in a batch still in flight)."""
+    return request.num_computed_tokens < request.num_tokens

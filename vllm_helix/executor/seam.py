@@ -71,15 +71,23 @@ def make_vllm_config(
     kv_cache_bytes: int,
     dtype: str,
     seed: int,
+    enforce_eager: bool,
+    layers: tuple[int, int],
 ) -> Any:
-    """The VllmConfig a whole-model vLLM engine would get (eager, no prefix caching, sync scheduling)."""
+    """The VllmConfig a whole-model vLLM engine would get (no prefix caching, sync scheduling).
+
+    Without enforce_eager the layers run through vLLM's torch.compile, as in `vllm serve`. The layer range
+    goes into additional_config because vLLM keys its compile cache on the config's hash: without it two
+    nodes with different ranges of one model would share (and run) each other's compiled graph.
+    """
     from vllm.engine.arg_utils import EngineArgs
 
     args = EngineArgs(
         model=model_path,
         dtype=dtype,
         seed=seed,
-        enforce_eager=True,
+        enforce_eager=enforce_eager,
+        additional_config={"helix_layers": list(layers)},
         max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=max_num_seqs,
         max_model_len=max_model_len,

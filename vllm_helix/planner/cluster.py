@@ -308,7 +308,8 @@ def cluster_to_dict(cluster: ClusterSpec) -> dict[str, Any]:
             for n in cluster.nodes
         ],
         "links": [
-            {"from": lk.src, "to": lk.dst, "bandwidth": _bw(lk.bandwidth_bytes_per_s), "latency": f"{lk.latency_s:.10g}s"}
+            {"from": lk.src, "to": lk.dst, "bandwidth": _bw(lk.bandwidth_bytes_per_s),
+             "latency": f"{lk.latency_s:.10g}s"}
             for lk in cluster.links
         ],
     }

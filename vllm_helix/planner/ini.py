@@ -72,7 +72,8 @@ class _Ini:
         text = self.raw(section, key)
         match = _VALUE.match(text)
         if not match or (match.group(2) and match.group(2) not in _UNITS):
-            raise self.error(section, key, f"cannot read {text!r}; expected 'NUMBER * UNIT' with UNIT in {list(_UNITS)}")
+            raise self.error(section, key,
+                             f"cannot read {text!r}; expected 'NUMBER * UNIT' with UNIT in {list(_UNITS)}")
         return float(match.group(1)) * _UNITS.get(match.group(2) or "Byte", 1.0)
 
     def literal(self, section: str, key: str, kind: type) -> object:
@@ -156,7 +157,8 @@ def read_cluster_ini(path: str | Path, machine_profile: str | Path | None = None
         section = f"ComputeNode-{i}"
         gpu_type = ini.word(section, "type")
         if gpu_type not in machines:
-            raise ini.error(section, "type", f"unknown GPU type {gpu_type!r}; the machine profile has {sorted(machines)}")
+            raise ini.error(section, "type",
+                            f"unknown GPU type {gpu_type!r}; the machine profile has {sorted(machines)}")
         gpu, gpus = _split_gpu_type(gpu_type)
         m = machines[gpu_type]
         nodes.append(NodeSpec(node_name(i), gpu, m.vram_bytes, gpus, m.nic_in_bytes_per_s, m.nic_out_bytes_per_s))

@@ -191,7 +191,8 @@ class EstimatedThroughput:
 
     def node_capacity(self, node: NodeSpec, cluster: ClusterSpec, model: ModelSpec) -> NodeCapacity:
         if node.gpu not in DEVICE_SPECS:
-            raise ClusterSpecError(f"node {node.name!r}: no estimate for GPU {node.gpu!r}; known: {sorted(DEVICE_SPECS)}")
+            raise ClusterSpecError(
+                f"node {node.name!r}: no estimate for GPU {node.gpu!r}; known: {sorted(DEVICE_SPECS)}")
         bandwidth, flops = (x * node.gpu_count * self.efficiency for x in DEVICE_SPECS[node.gpu])
         tokens = self.prompt_tokens + self.decode_seqs
         params = model.layer_bytes / 2  # 16-bit weights

@@ -6,6 +6,7 @@ only); incumbents are re-scored by the evaluator before they are shown or kept.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -164,7 +165,7 @@ def _layer_cuts(m: cp_model.CpModel, form: Formulation, v: _Vars) -> None:
     covering: list[list] = [[] for _ in range(form.num_layers)]
     ending: list[list] = [[] for _ in range(form.num_layers + 1)]
     starting: list[list] = [[] for _ in range(form.num_layers + 1)]
-    for (n, s, k), g in v.g.items():
+    for (_node, s, k), g in v.g.items():
         for layer in range(s, s + k):
             covering[layer].append(g)
         ending[s + k].append(g)
@@ -184,7 +185,7 @@ def _symmetry(m: cp_model.CpModel, form: Formulation, v: _Vars) -> None:
     for group in form.symmetry_classes:
         width = max(len(form.throughput[n]) for n in group) + 2
         keys = [_key(form, v, n, width) for n in group]
-        for a, b in zip(keys, keys[1:]):
+        for a, b in itertools.pairwise(keys):
             m.Add(a >= b)
 
 

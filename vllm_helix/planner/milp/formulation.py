@@ -146,7 +146,8 @@ def check_fits(model: ModelSpec, max_k: Mapping[str, int], options: PlacementOpt
         )
     for name, (start, end) in options.pins.items():
         if not 0 <= start < end <= model.num_layers:
-            raise InfeasiblePlacement(f"pin {name}: layers [{start}, {end}) outside the model's [0, {model.num_layers})")
+            raise InfeasiblePlacement(
+                f"pin {name}: layers [{start}, {end}) outside the model's [0, {model.num_layers})")
         if end - start > max_k.get(name, 0):
             raise InfeasiblePlacement(
                 f"pin {name}: {end - start} layers do not fit; the node holds at most {max_k.get(name, 0)}")
@@ -184,7 +185,8 @@ def _choices(name: str, max_k: int, num_layers: int, pins: Mapping[str, tuple[in
 # ------------------------------------------------------------------------------------ links and arcs
 
 
-def _links(cluster: ClusterSpec, model: ModelSpec, prune: tuple[int, int, float] | None) -> dict[tuple[str, str], float]:
+def _links(cluster: ClusterSpec, model: ModelSpec,
+           prune: tuple[int, int, float] | None) -> dict[tuple[str, str], float]:
     """Tokens/s each physical link carries, as the evaluator's split graph counts bytes per token."""
     kept = prune_links(cluster, *prune) if prune else None
     hop = model.token_bytes + model.activation_bytes_per_token

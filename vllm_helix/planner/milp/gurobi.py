@@ -7,6 +7,8 @@ caller falls back to CP-SAT with a one-line explanation.
 
 from __future__ import annotations
 
+import itertools
+
 from vllm_helix.errors import SolverUnavailable
 from vllm_helix.planner.cluster import COORDINATOR
 from vllm_helix.planner.milp.cpsat import SolveOutcome, Verify
@@ -83,7 +85,7 @@ def _build(gp, m, form: Formulation):
     for group in form.symmetry_classes:
         width = max(len(form.throughput[n]) for n in group) + 1
         keys = [gp.quicksum((1 + s * width + k) * x[n, s, k] for s, k in form.choices[n]) for n in group]
-        for a, b in zip(keys, keys[1:]):
+        for a, b in itertools.pairwise(keys):
             m.addConstr(a >= b)
     m.setObjective(total, grb.MAXIMIZE)
     return x, d, f
@@ -115,7 +117,7 @@ def _layer_cuts(gp, m, form: Formulation, g, total) -> None:
     covering = [[] for _ in range(form.num_layers)]
     ending = [[] for _ in range(form.num_layers + 1)]
     starting = [[] for _ in range(form.num_layers + 1)]
-    for (n, s, k), var in g.items():
+    for (_node, s, k), var in g.items():
         for layer in range(s, s + k):
             covering[layer].append(var)
         ending[s + k].append(var)
@@ -144,7 +146,7 @@ def _callback(gp, form: Formulation, x, verify: Verify, progress: Progress, stat
     def callback(model, where) -> None:
         if where == gp.GRB.Callback.MIPSOL:
             values = model.cbGetSolution(variables)
-            chosen = {key[0]: (key[1], key[2]) for key, v in zip(keys, values) if v > 0.5}
+            chosen = {key[0]: (key[1], key[2]) for key, v in zip(keys, values, strict=True) if v > 0.5}
             placement = placement_of({n: chosen.get(n) for n in form.nodes})
             flow = verify(placement)
             if flow > state["flow"]:
