@@ -34,40 +34,43 @@ class HelixScheduler(Scheduler):
         if impossible:  # held out of this schedule, finished with an error at the next update
             logger.error("requests %s need more KV cache than the cluster has", [r.request_id for r in impossible])
             self._fail_next_update(r.request_id for r in impossible)
-        held = self._other_lanes(routes.routes, set(held) | set(impossible))
+        hidden_running, hidden_waiting = self._other_lanes(routes.routes, set(held) | set(impossible))
         running = self.running
-        if held["running"]:
-            self.running = [r for r in running if r not in held["running"]]
-        if held["waiting"]:
-            self.waiting.remove_requests(held["waiting"])
+        if hidden_running:
+            self.running = [r for r in running if r not in hidden_running]
+        if hidden_waiting:
+            self.waiting.remove_requests(hidden_waiting)
         try:
             return super().schedule(*args, **kwargs)
         finally:
-            if held["running"]:  # hidden ones keep their places; newly admitted ones go last, as in vLLM
-                still = set(self.running)
-                self.running = [r for r in running if r in held["running"] or r in still] + [
-                    r for r in self.running if r not in set(running)]
-            if held["waiting"]:
-                self.waiting.prepend_requests(held["waiting"])
+            if hidden_running:  # hidden ones keep their places; newly admitted ones go last, as in vLLM
+                still, before = set(self.running), set(running)
+                self.running = [r for r in running if r in hidden_running or r in still] + [
+                    r for r in self.running if r not in before]
+            if hidden_waiting:
+                self.waiting.prepend_requests(hidden_waiting)
 
-    def _other_lanes(self, routes: dict[str, list[str]], unroutable: set) -> dict[str, list]:
-        """Requests to hide from this schedule: those of other routes than the chosen one (idle routes
-        first), unroutable ones, and waiting ones beyond the free running slots (vLLM counts only visible
-        ones)."""
+    def _other_lanes(self, routes: dict[str, list[str]], unroutable: set) -> tuple[set, list]:
+        """Requests to hide from this schedule: running and waiting ones of other routes than the chosen
+        one (a route with no batch in flight first), unroutable ones, and waiting ones beyond the free
+        running slots (vLLM counts only the running requests it sees)."""
+        def lane(request) -> tuple[str, ...] | None:
+            route = routes.get(request.request_id)
+            return tuple(route) if route else None
+
         ready = [r for r in self.running if _schedulable(r)] + [r for r in self.waiting if r not in unroutable]
-        busy = [routes.get(r.request_id) for r in self.running if not _schedulable(r)]
-        # the first request (in vLLM's order) on a route with no batch in flight, else the first one
-        first = next((r for r in ready if routes.get(r.request_id) not in busy), ready[0] if ready else None)
-        lane = routes.get(first.request_id) if first is not None else None
-        running = [r for r in self.running if lane is not None and routes.get(r.request_id) != lane]
+        busy = {lane(r) for r in self.running if not _schedulable(r)}
+        first = next((r for r in ready if lane(r) not in busy), ready[0] if ready else None)
+        chosen = lane(first) if first is not None else None
+        hidden_running = {r for r in self.running if chosen is not None and lane(r) != chosen}
         room = self.max_num_running_reqs - len(self.running)
-        waiting = []
-        for request in self.waiting:
-            if request in unroutable or routes.get(request.request_id) != lane or room <= 0:
-                waiting.append(request)
+        hidden_waiting = []
+        for request in self.waiting:  # in queue order, so that prepending them back keeps it
+            if request in unroutable or lane(request) != chosen or room <= 0:
+                hidden_waiting.append(request)
             else:
                 room -= 1
-        return {"running": running, "waiting": waiting}
+        return hidden_running, hidden_waiting
 
     def update_from_output(self, scheduler_output, model_runner_output):
         failed = current().book.take_failed()
