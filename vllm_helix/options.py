@@ -30,7 +30,7 @@ OPTIONS = (
            ("maxflow", "random", "shortest-queue", "swarm")),
     Option("--helix-depth", "depth", int, 0,
            "batches in flight through the cluster; 0 = one per node of the plan"),
-    Option("--helix-start-timeout", "start_timeout_s", float, 180.0,
+    Option("--helix-start-timeout", "start_timeout_s", float, 600.0,
            "seconds to wait for every worker of the plan to come up"),
     Option("--helix-step-timeout", "step_timeout_s", float, 120.0,
            "seconds a batch may take through the cluster before its requests fail"),

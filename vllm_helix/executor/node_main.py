@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 def run_worker(plan_path: str, node: str, model: str, *, bind: str | None = None, kv_fraction: float = 0.05,
                max_num_batched_tokens: int = 2048, max_num_seqs: int = 256, max_model_len: int | None = None,
-               start_timeout_s: float = 180.0, dtype: str = "auto",
+               start_timeout_s: float = 600.0, dtype: str = "auto",
                enforce_eager: bool = False) -> None:
     plan = load_plan(plan_path)
     layers = plan.placement[node]
