@@ -100,13 +100,20 @@ def test_burst_of_mixed_requests_all_complete_while_kv_is_full(helix, tiny_llama
     assert max(waiting) > 0, "the burst should have exceeded the nodes' KV room and queued"
 
 
-def test_routes_are_logged_and_follow_the_plan_flows(helix):
-    lines = helix[1].read_text().splitlines()
-    assert len(lines) >= 40
+def test_routes_are_logged_and_follow_the_plan_flows(helix, tiny_llama_path):
+    url, log, _ = helix
     pattern = re.compile(r"^route \S+: coordinator -> head \[0, 2\) -> (fast|slow) \[2, 8\) -> coordinator$")
-    chosen = [pattern.match(line).group(1) for line in lines]
+    assert all(pattern.match(line) for line in log.read_text().splitlines())  # every route, the burst's too
+    # waves small enough that KV room never decides the route: the split is the router's alone
+    before = len(log.read_text().splitlines())
+    with cf.ThreadPoolExecutor(6) as pool:
+        for _ in range(4):
+            list(pool.map(lambda i: post(url, "/completions", {"model": str(tiny_llama_path), "prompt": f"{i} + 1 =",
+                                                                "max_tokens": 2, "temperature": 0}), range(6)))
+    chosen = [pattern.match(line).group(1) for line in log.read_text().splitlines()[before:]]
+    assert len(chosen) == 24
     share_fast = chosen.count("fast") / len(chosen)
-    assert 0.5 < share_fast < 0.85, f"arc flows are 2:1, routes went {share_fast:.0%} through fast"
+    assert 0.55 < share_fast < 0.8, f"arc flows are 2:1, routes went {share_fast:.0%} through fast"
 
 
 def test_over_long_prompt_is_http_400(helix, tiny_llama_path):
