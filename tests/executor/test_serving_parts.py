@@ -1,5 +1,7 @@
 """Serving-path parts that need no engine: plugin options, wire protocol, route book."""
 
+from pathlib import Path
+
 import pytest
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -13,16 +15,27 @@ from vllm_helix.planner.placement import LayerRange, Placement
 from vllm_helix.planner.plan import evaluate_plan
 from vllm_helix.plugin import add_helix_args
 
+LOCAL3 = str(Path(__file__).resolve().parents[2] / "examples" / "local3.yaml")
+
 
 def test_executor_helix_maps_onto_vllms_own_settings():
     parser = add_helix_args(FlexibleArgumentParser())
-    args = parser.parse_args(["--executor", "helix", "--helix-plan", "p.yaml", "--helix-depth", "6"])
+    args = parser.parse_args(["--executor", "helix", "--helix-plan", LOCAL3, "--helix-depth", "6"])
     assert args.distributed_executor_backend == EXECUTOR_CLASS and args.scheduler_cls == SCHEDULER_CLASS
     options = helix_options(args.additional_config)
-    assert options["plan"] == "p.yaml" and options["depth"] == 6 and options["enabled"]
+    assert options["plan"] == LOCAL3 and options["depth"] == 6 and options["enabled"]
     assert options["router"] == "maxflow"  # defaults filled in
     with pytest.raises(SystemExit):
         parser.parse_args(["--helix-router", "fastest"])
+
+
+def test_a_missing_or_malformed_plan_is_a_usage_error(tmp_path, capsys):
+    parser = add_helix_args(FlexibleArgumentParser())
+    (tmp_path / "bad.yaml").write_text("nodes: [")
+    for plan in (tmp_path / "missing.yaml", tmp_path / "bad.yaml"):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(["--executor", "helix", "--helix-plan", str(plan)])
+        assert exit_.value.code == 2 and f"--helix-plan: {plan}" in capsys.readouterr().err
 
 
 def test_messages_round_trip_and_bad_frames_are_rejected():
