@@ -56,7 +56,22 @@ def add_helix_args(parser: Any) -> Any:
         action = group.add_argument(opt.flag, type=opt.type, choices=opt.choices, action=_StoreHelixOption,
                                     dest=f"helix_{opt.key}", default=opt.default, help=opt.help)
         action.metavar_key = opt.key
+    _require_plan(parser)
     return parser
+
+
+def _require_plan(parser: Any) -> None:
+    """`--executor helix` without `--helix-plan` is a usage error at parse time, not a traceback from the engine."""
+    parse_known_args = parser.parse_known_args
+
+    def checked(args=None, namespace=None):
+        namespace, rest = parse_known_args(args, namespace)
+        helix = (getattr(namespace, "additional_config", None) or {}).get(CONFIG_KEY, {})
+        if helix.get("enabled") and not helix.get("plan"):
+            parser.error("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`)")
+        return namespace, rest
+
+    parser.parse_known_args = checked
 
 
 def _patch_cli() -> None:

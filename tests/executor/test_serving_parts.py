@@ -36,6 +36,9 @@ def test_a_missing_or_malformed_plan_is_a_usage_error(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             parser.parse_args(["--executor", "helix", "--helix-plan", str(plan)])
         assert exit_.value.code == 2 and f"--helix-plan: {plan}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--executor", "helix"])
+    assert exit_.value.code == 2 and "needs --helix-plan" in capsys.readouterr().err
 
 
 def test_messages_round_trip_and_bad_frames_are_rejected():
