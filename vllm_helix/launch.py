@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from vllm_helix.errors import HelixError
 
@@ -17,7 +19,8 @@ class VllmServer:
     """`with VllmServer(model, ["--executor", "helix", ...]) as url:` -> 'http://127.0.0.1:PORT/v1'."""
 
     def __init__(self, model: str | Path, args: list[str] = (), *, port: int | None = None,
-                 log_path: str | Path | None = None, env: dict[str, str] | None = None, timeout_s: float = 600):
+                 log_path: str | Path | None = None, env: dict[str, str] | None = None, timeout_s: float = 600,
+                 on_log_line: Callable[[str], None] | None = None):
         from vllm_helix.executor.launcher import free_port
 
         self.port = port or free_port()
@@ -26,6 +29,8 @@ class VllmServer:
         self.env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "1", **os.environ, **(env or {})}
         self.log_path = Path(log_path or f"/tmp/vllm-serve-{self.port}.log")
         self.timeout_s = timeout_s
+        self.on_log_line = on_log_line  # sees each line the server logs while it starts
+        self._partial = ""
         self.process: subprocess.Popen | None = None
 
     @property
@@ -37,17 +42,33 @@ class VllmServer:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                             start_new_session=True)
         deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise HelixError(f"`vllm serve` exited with status {self.process.returncode} during start-up; "
-                                 f"last lines of {self.log_path}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+        with open(self.log_path, errors="replace") as follow:
+            while time.monotonic() < deadline:
+                self._pass_on(follow)
+                if self._poll_started():
+                    self._pass_on(follow)
                     return self.url
-            except OSError:
-                time.sleep(1)
         self.stop()
         raise HelixError(f"`vllm serve` did not answer within {self.timeout_s:.0f} s; see {self.log_path}")
+
+    def _pass_on(self, follow: TextIO) -> None:
+        if self.on_log_line is None:
+            return
+        self._partial += follow.read()
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            self.on_log_line(line)
+
+    def _poll_started(self) -> bool:
+        if self.process.poll() is not None:
+            raise HelixError(f"`vllm serve` exited with status {self.process.returncode} during start-up; "
+                             f"last lines of {self.log_path}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+                return True
+        except OSError:
+            time.sleep(1)
+            return False
 
     def log_tail(self, lines: int = 25) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

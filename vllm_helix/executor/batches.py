@@ -51,6 +51,8 @@ class BatchBook:
         self._timeout = step_timeout_s
         self._lock = threading.Lock()
         self._next_step = 0
+        self.serving_s = 0.0  # time with at least one batch in flight: what node busy shares are out of
+        self._serving_since = 0.0
 
     # ------------------------------------------------------------------ outgoing
 
@@ -69,8 +71,10 @@ class BatchBook:
             for rid, count in scheduler_output.num_scheduled_tokens.items():
                 state = self.requests[rid]
                 by_hop.setdefault(state.route[0], []).append(self._item(rid, state, computed[rid], count))
-            batch = PendingBatch(step_id, list(scheduler_output.num_scheduled_tokens),
-                                 time.monotonic() + self._timeout)
+            now = time.monotonic()
+            batch = PendingBatch(step_id, list(scheduler_output.num_scheduled_tokens), now + self._timeout)
+            if not self.pending:
+                self._serving_since = now
             self.pending[step_id] = batch
         if not batch.request_ids:
             self._finish(batch)
@@ -138,7 +142,8 @@ class BatchBook:
 
     def _finish(self, batch: PendingBatch) -> None:
         with self._lock:
-            self.pending.pop(batch.step_id, None)
+            if self.pending.pop(batch.step_id, None) is not None and not self.pending:
+                self.serving_s += time.monotonic() - self._serving_since
         outs = [batch.tokens.get(rid) for rid in batch.request_ids]
         sampled = [[o.token_id] if o is not None and o.token_id is not None else [] for o in outs]
         rows = [o.logprob_row if o is not None and o.token_id is not None else None for o in outs]

@@ -45,6 +45,10 @@ class Coordinator:
         self.workers = LocalWorkers.start(self.plan, local_nodes(plan), model_path, worker_args)
         self.kv_tokens: dict[str, int] = {}
         self.kv_block_tokens = 1
+        self.busy: dict[str, p.Busy] = {}  # each node's latest report
+        self._served = False  # batches ran since the last summary
+        self._busy_lock = threading.Lock()
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._receiver: threading.Thread | None = None
         _current = self
@@ -72,9 +76,12 @@ class Coordinator:
             self.link.send(name, p.Start())
         self._receiver = threading.Thread(target=self._receive_loop, name="helix-receiver", daemon=True)
         self._receiver.start()
-        logger.info("Helix cluster up: %s", ", ".join(f"{n} {self.plan.placement[n]}" for n in nodes))
+        logger.info("Helix cluster up in %.1f s: %s", time.monotonic() - self._started,
+                    ", ".join(f"{n} {self.plan.placement[n]}" for n in nodes))
 
     def _on_hello(self, message: p.Message, nodes: dict) -> None:
+        if isinstance(message, p.Progress) and message.node in nodes:
+            logger.info(message.line())  # the node's own start-up line, here for remote nodes too
         if not isinstance(message, p.Hello) or message.node not in nodes:
             return
         expected = self.plan.placement[message.node]
@@ -108,6 +115,8 @@ class Coordinator:
         self._free(scheduler_output.finished_req_ids)
         assert self.routes is not None
         batch, steps = self.book.build(scheduler_output, self.routes.routes)
+        if steps:
+            self._start_serving()
         for hop, step in steps.items():
             try:
                 self.link.send(hop, step)
@@ -145,9 +154,30 @@ class Coordinator:
             message = received.message
             if isinstance(message, p.Tokens):
                 self.book.on_tokens(message)
+            elif isinstance(message, p.Busy):
+                self._on_busy(message)
             elif isinstance(message, p.Failed):
                 logger.error("node %s failed requests %s: %s", message.node, message.request_ids, message.error)
                 self.book.on_failed(message.step_id, message.request_ids, f"node {message.node}: {message.error}")
+
+    def _start_serving(self) -> None:
+        with self._busy_lock:
+            if not self._served:  # reports from before this work began do not say when it ends
+                self._served = True
+                self.busy.clear()
+
+    def _on_busy(self, message: p.Busy) -> None:
+        """Once every node has gone idle after some serving, log how busy each was: the run's summary."""
+        live = set(self.plan.placement.ranges) - self.routes.lost
+        with self._busy_lock:
+            self.busy[message.node] = message
+            idle = all(n in self.busy and self.busy[n].idle for n in live)
+            if not (self._served and idle and not self.book.requests):
+                return
+            self._served = False
+        shares = ", ".join(f"{n} {100 * s:.0f}%" for n, s in self.busy_shares().items())
+        logger.info("Helix cluster idle; node busy share since start: %s of %.2f s with batches in flight",
+                    shares, self.book.serving_s)
 
     def _watch_local_workers(self) -> None:
         for name, status in self.workers.dead().items():
@@ -166,6 +196,13 @@ class Coordinator:
     def check_health(self) -> None:
         if self.routes is not None and self.routes.lost:
             raise HelixError(f"Helix nodes lost: {sorted(self.routes.lost)}")
+
+    def busy_shares(self) -> dict[str, float]:
+        """Each node's compute time as a share of the time the cluster had batches in flight."""
+        serving = self.book.serving_s
+        with self._busy_lock:
+            busy = sorted(self.busy.items())
+        return {n: b.busy_s / serving for n, b in busy} if serving > 0 else {}
 
     def shutdown(self) -> None:
         global _current

@@ -8,6 +8,7 @@ the plan (every address filled in) is what local workers read.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from vllm_helix.planner.cluster import ClusterSpec
 from vllm_helix.planner.plan import Plan, save_plan
 
 LOCAL = "local"
+logger = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -64,6 +66,8 @@ class LocalWorkers:
             with open(logs[name], "w") as log:
                 processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                    start_new_session=True)
+        if names:
+            logger.info("Helix: started local nodes %s (logs: %s/<node>.log)", ", ".join(names), workdir)
         return cls(processes, logs)
 
     def dead(self) -> dict[str, int]:

@@ -9,6 +9,7 @@ requests; the node keeps serving.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,11 +41,12 @@ class _Stats:
         self.batches += 1
         self.tokens += tokens
 
+    def due(self) -> bool:
+        return time.monotonic() - self.since >= STATS_INTERVAL_S
+
     def report(self, node: str) -> _Stats:
-        """Log and start over, every STATS_INTERVAL_S while there is work."""
+        """Log and start over (every STATS_INTERVAL_S)."""
         wall = time.monotonic() - self.since
-        if wall < STATS_INTERVAL_S:
-            return self
         if self.batches:
             logger.info("node %s: busy %.0f%% of the last %.0f s, %d batches, %.0f tokens/s, %.1f ms per batch",
                         node, 100 * self.busy_s / wall, wall, self.batches, self.tokens / wall,
@@ -71,7 +73,8 @@ class NodeServer:
         self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
         self.deferred: list[Received] = []
         self.running = True
-        self.stats = _Stats()
+        self.stats = _Stats()  # since the last report
+        self.served = _Stats()  # since the start, reported to the coordinator
 
     # ------------------------------------------------------------------ start-up
 
@@ -111,7 +114,15 @@ class NodeServer:
             batch = self._collect(timeout_s=1.0)
             if batch.items:
                 self._run(batch)
-            self.stats = self.stats.report(self.name)
+            if self.stats.due():
+                self.stats = self.stats.report(self.name)
+                self._report_busy()
+
+    def _report_busy(self) -> None:
+        served = self.served
+        busy = p.Busy(self.name, served.busy_s, served.batches, served.tokens, idle=not self.routes)
+        with contextlib.suppress(PeerLost, TransportTimeout):  # the coordinator is gone: nobody to tell
+            self.link.send(COORDINATOR_PEER, busy)
 
     def _collect(self, timeout_s: float) -> _Pending:
         """Merge queued steps into one batch, never two steps of the same request (order matters)."""
@@ -182,7 +193,9 @@ class NodeServer:
         started = time.monotonic()
         try:
             results = self.worker.execute(batch.items)
-            self.stats.add(time.monotonic() - started, batch.tokens)
+            busy = time.monotonic() - started
+            for stats in (self.stats, self.served):
+                stats.add(busy, batch.tokens)
         except Exception as exc:  # noqa: BLE001 - any failure fails these requests, not the node
             logger.exception("node %s: batch failed", self.name)
             for step_id, rids in _group(batch.step_of).items():
@@ -233,11 +246,13 @@ class NodeServer:
             self.link.connect(peer, self.addresses[peer])
 
     def _free(self, request_ids: list[str]) -> None:
-        for rid in request_ids:
-            if rid in self.routes:
-                del self.routes[rid]
-                self._introduce.pop(rid, None)
-                self.worker.free_request(rid)
+        freed = [rid for rid in request_ids if rid in self.routes]
+        for rid in freed:
+            del self.routes[rid]
+            self._introduce.pop(rid, None)
+            self.worker.free_request(rid)
+        if freed and not self.routes:
+            self._report_busy()  # gone idle: the coordinator sums up the run
 
 
 def _group(step_of: dict[str, int]) -> dict[int, list[str]]:

@@ -17,7 +17,7 @@ vLLM's own pipeline stages exchange it, so a chain is bit-identical to the whole
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,10 +162,11 @@ class PartialLayerWorker:
         params = sampling_params if (self.is_last and sampling_params is not None) else self._greedy
         self._requests[request_id] = _Request(list(prompt_token_ids), params)
 
-    def warm_up(self) -> None:
+    def warm_up(self, on_phase: Callable[[str], None] = lambda phase: None) -> None:
         """Run one full-size prefill and a decode step of a throw-away request, as vLLM's own workers do at
         start-up: the first batch of a shape pays for kernel selection and first-touch memory (~25 % of a
-        512-token prefill on CPU), which would otherwise land on the first user's request."""
+        512-token prefill on CPU), which would otherwise land on the first user's request. The first batch
+        also runs torch.compile (unless enforce_eager); ``on_phase`` hears "compiling" and "warming up"."""
         config = self.vllm_config
         # the prefill and the decode step each sample a token on the last range: n + 2 <= max_model_len
         tokens = min(config.scheduler_config.max_num_batched_tokens, config.model_config.max_model_len - 2,
@@ -179,9 +180,13 @@ class PartialLayerWorker:
             rows = None if self.is_first else torch.zeros(count, hidden, dtype=dtype)
             return StepItem(rid, start, count, [] if start == 0 else [0], rows, rows)
 
+        compiled = not config.model_config.enforce_eager
         self.add_request(rid, [0] * tokens)
         try:
+            on_phase("compiling" if compiled else "warming up")
             self.execute([step(0, tokens)])
+            if compiled:
+                on_phase("warming up")
             self.execute([step(tokens, 1)])
         except Exception as err:
             raise EngineStartError(f"layers [{self.start}, {self.end}) failed their warm-up batch: {err}") from err

@@ -3,7 +3,8 @@
 A message is msgspec-encoded (it rides in the transport header) plus tensor payloads. A `Step` carries the
 per-request items of one batch for one node; the hidden states and residuals of all items travel as two
 payload tensors, concatenated in item order (rows = tokens). Nodes answer the coordinator with `Tokens` (last range)
-or `Failed`; `Hello`/`Start` bring the cluster up; `Free` releases a finished request's KV blocks.
+or `Failed`; `Hello`/`Start` bring the cluster up (`Progress` reports each start-up phase on the way);
+`Free` releases a finished request's KV blocks; `Busy` reports a node's compute time.
 """
 
 from __future__ import annotations
@@ -69,6 +70,29 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
     dtype: str  # of its weights and activations; must match the server's
 
 
+class Progress(msgspec.Struct, tag="progress", frozen=True):
+    """A node entered a start-up phase: loading, compiling, warming up, ready."""
+
+    node: str
+    layers: list[int]
+    phase: str
+    elapsed_s: float  # since the node's process started
+
+    def line(self) -> str:
+        """The same line in the node's log and in the coordinator's (`vllm serve`'s)."""
+        return f"node {self.node} [{self.layers[0]}, {self.layers[1]}): {self.phase:<10} {self.elapsed_s:6.1f} s"
+
+
+class Busy(msgspec.Struct, tag="busy", frozen=True):
+    """A node's compute since it started serving: sent every stats interval and when it goes idle."""
+
+    node: str
+    busy_s: float  # seconds spent running batches
+    batches: int
+    tokens: int
+    idle: bool  # no request is routed through the node now
+
+
 class Start(msgspec.Struct, tag="start", frozen=True):
     pass
 
@@ -79,10 +103,10 @@ class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
 
 class Envelope(msgspec.Struct, frozen=True):
     version: int
-    body: Step | Tokens | Failed | Free | Hello | Start | Shutdown
+    body: Step | Tokens | Failed | Free | Hello | Progress | Busy | Start | Shutdown
 
 
-Message = Step | Tokens | Failed | Free | Hello | Start | Shutdown
+Message = Step | Tokens | Failed | Free | Hello | Progress | Busy | Start | Shutdown
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
 

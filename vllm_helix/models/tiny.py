@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -147,8 +148,9 @@ def trained_tiny_llama(cache_dir: str | Path | None = None, *, steps: int = TRAI
     import torch
 
     cache = Path(cache_dir or os.environ.get("VLLM_HELIX_CACHE") or Path.home() / ".cache" / "vllm-helix")
-    inputs = {"corpus": CORPUS.read_text(), "recipe": TRAINING_RECIPE, "steps": steps, "seed": seed,
-              "model": sorted(model_args.items()), "torch": torch.__version__}
+    defaults = {k: v.default for k, v in inspect.signature(build_tiny_llama).parameters.items() if v.default != v.empty}
+    model = {**defaults, **model_args, "seed": seed, "train_steps": steps}
+    inputs = {"corpus": CORPUS.read_text(), "recipe": TRAINING_RECIPE, "model": model, "torch": torch.__version__}
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     target = cache / f"tiny-llama-{key}"
     if (target / "config.json").exists():
@@ -156,7 +158,7 @@ def trained_tiny_llama(cache_dir: str | Path | None = None, *, steps: int = TRAI
     cache.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=cache))
     try:
-        build_tiny_llama(scratch, seed=seed, train_steps=steps, **model_args)
+        build_tiny_llama(scratch, **model)
         scratch.rename(target)  # atomic: a concurrent build of the same key leaves one complete copy
     except OSError:
         if not (target / "config.json").exists():
