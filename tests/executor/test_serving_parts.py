@@ -44,8 +44,10 @@ def test_a_missing_or_malformed_plan_is_a_usage_error(tmp_path, capsys):
 def test_messages_round_trip_and_bad_frames_are_rejected():
     step = p.Step(3, [p.Item("r1", 0, 5, [], p.NewRequest([1, 2, 3, 4, 5], ["a", "b"], b"")), p.Item("r2", 9, 1, [42])])
     assert p.decode(p.encode(step)) == step
-    hello = p.Hello("a", [0, 2], 1024, 128, 256, "float32")
-    assert p.decode(p.encode(hello)) == hello
+    for message in (p.Hello("a", [0, 2], 1024, 128, 256, "float32"), p.Progress("a", [0, 2], "compiling", 4.25),
+                    p.Busy("a", 1.5, 12, 300, idle=True)):
+        assert p.decode(p.encode(message)) == message
+    assert p.Progress("a", [0, 2], "compiling", 4.25).line() == "node a [0, 2): compiling     4.2 s"
     for bad in (b"", b"\x00garbage", p.encode(step)[:-3]):
         with pytest.raises(FrameRejected):
             p.decode(bad)
