@@ -12,7 +12,7 @@ from pathlib import Path
 from openai import OpenAI
 
 from vllm_helix.launch import VllmServer
-from vllm_helix.models.tiny import trained_tiny_llama
+from vllm_helix.models.tiny import cached_tiny_llama_path, trained_tiny_llama
 
 HERE = Path(__file__).resolve().parent
 QUESTION = "Hello! How are you today?"
@@ -54,14 +54,16 @@ def from_log(server: VllmServer, marker: str, wait_s: float = 0.0) -> str:
 
 def main() -> int:
     started = time.monotonic()
-    model = trained_tiny_llama()  # trained on vllm_helix/models/tiny_corpus.txt once, then cached
-    print(f"model: {model} (the tiny Llama, trained on the bundled text in {time.monotonic() - started:.0f} s)")
+    if not (cached_tiny_llama_path() / "config.json").exists():
+        print("training the tiny Llama on vllm_helix/models/tiny_corpus.txt (once; about a CPU-minute)", flush=True)
+    model = trained_tiny_llama()
+    print(f"model: {model} ({time.monotonic() - started:.0f} s)")
     args = ["--executor", "helix", "--helix-plan", str(HERE / "local3.yaml"), "--max-model-len", "512",
             "--dtype", "float32"]
     print(f"starting `vllm serve MODEL {' '.join(args[:4])}` (3 local nodes)", flush=True)
     server = VllmServer(model, args, on_log_line=show_start_up)
     with server as url:
-        print(f"server ready after {time.monotonic() - started:.0f} s\n")
+        print(f"server ready after {time.monotonic() - started:.0f} s\n", flush=True)
         answer, tokens, ttft, seconds = ask(url, model)
         print(f"user:      {QUESTION}\nassistant: {answer}")
         print(f"route:     {from_log(server, 'route ').split(': ', 1)[-1]}\n")

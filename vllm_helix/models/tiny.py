@@ -138,23 +138,12 @@ def build_tiny_llama(
 
 def trained_tiny_llama(cache_dir: str | Path | None = None, *, steps: int = TRAIN_STEPS, seed: int = 0,
                        **model_args: int) -> Path:
-    """The tiny model trained on the bundled text, built once and cached.
-
-    The cache entry is ``<cache_dir>/tiny-llama-<key>``, the key a hash of everything training reads
-    (text, recipe version, steps, seed, model arguments, torch version); building again with the same
-    inputs returns it untouched. ``cache_dir`` defaults to ``$VLLM_HELIX_CACHE`` or
-    ``~/.cache/vllm-helix``.
-    """
-    import torch
-
-    cache = Path(cache_dir or os.environ.get("VLLM_HELIX_CACHE") or Path.home() / ".cache" / "vllm-helix")
-    defaults = {k: v.default for k, v in inspect.signature(build_tiny_llama).parameters.items() if v.default != v.empty}
-    model = {**defaults, **model_args, "seed": seed, "train_steps": steps}
-    inputs = {"corpus": CORPUS.read_text(), "recipe": TRAINING_RECIPE, "model": model, "torch": torch.__version__}
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-    target = cache / f"tiny-llama-{key}"
+    """The tiny model trained on the bundled text, built once and cached (see ``cached_tiny_llama_path``)."""
+    target = cached_tiny_llama_path(cache_dir, steps=steps, seed=seed, **model_args)
     if (target / "config.json").exists():
         return target
+    cache = target.parent
+    model = {**model_args, "seed": seed, "train_steps": steps}
     cache.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=cache))
     try:
@@ -166,6 +155,20 @@ def trained_tiny_llama(cache_dir: str | Path | None = None, *, steps: int = TRAI
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def cached_tiny_llama_path(cache_dir: str | Path | None = None, *, steps: int = TRAIN_STEPS, seed: int = 0,
+                           **model_args: int) -> Path:
+    """``<cache_dir>/tiny-llama-<key>``, the key a hash of everything training reads (text, recipe version,
+    steps, seed, model arguments, torch version). ``cache_dir`` defaults to ``$VLLM_HELIX_CACHE`` or
+    ``~/.cache/vllm-helix``."""
+    import torch
+
+    cache = Path(cache_dir or os.environ.get("VLLM_HELIX_CACHE") or Path.home() / ".cache" / "vllm-helix")
+    defaults = {k: v.default for k, v in inspect.signature(build_tiny_llama).parameters.items() if v.default != v.empty}
+    model = {**defaults, **model_args, "seed": seed, "train_steps": steps}
+    inputs = {"corpus": CORPUS.read_text(), "recipe": TRAINING_RECIPE, "model": model, "torch": torch.__version__}
+    return cache / f"tiny-llama-{hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
 def _train(model, documents: list[list[int]], steps: int, seed: int, pad_id: int) -> None:
