@@ -1,4 +1,4 @@
-"""Drift checks: the vLLM symbols and signatures ``vllm_helix.executor.seam`` relies on still exist."""
+"""Drift checks: the vLLM symbols and signatures ``vllm_helix.node.seam`` relies on still exist."""
 
 import dataclasses
 import inspect
@@ -6,7 +6,7 @@ import inspect
 import pytest
 
 from vllm_helix.errors import EngineStartError
-from vllm_helix.executor import seam
+from vllm_helix.node import seam
 
 
 def test_installed_vllm_is_in_the_supported_range():

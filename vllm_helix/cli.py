@@ -187,7 +187,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
-    from vllm_helix.executor.node_main import run_worker
+    from vllm_helix.node.main import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_worker(args.plan, args.node, args.model, bind=args.bind, kv_fraction=args.kv_fraction,

@@ -1,6 +1,6 @@
 """The serving path's view of the transport: Helix messages to named peers, from any peer.
 
-A Helix message (executor/protocol.py) travels in the transport header's `meta`, its tensors as the
+A Helix message (vllm_helix/wire.py) travels in the transport header's `meta`, its tensors as the
 message payloads (zero-copy both ways). `VLLM_HELIX_TRANSPORT=pyzmq` swaps the C++ endpoint for the
 pyzmq one (same interface), for comparisons.
 """
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vllm_helix import wire as p
 from vllm_helix.comm import Header, tensor_spec
 from vllm_helix.errors import TransportTimeout
-from vllm_helix.executor import protocol as p
 
 COORDINATOR_PEER = "coordinator"
 HELIX_KIND = "helix"

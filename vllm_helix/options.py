@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-EXECUTOR_CLASS = "vllm_helix.executor.helix_executor.HelixExecutor"
-SCHEDULER_CLASS = "vllm_helix.executor.scheduler.HelixScheduler"
+EXECUTOR_CLASS = "vllm_helix.coordinator.executor.HelixExecutor"
+SCHEDULER_CLASS = "vllm_helix.coordinator.scheduler.HelixScheduler"
 CONFIG_KEY = "helix"
 
 

@@ -5,7 +5,7 @@ vLLM calls `register()` in every process, possibly more than once, before it bui
    Helix executor and scheduler (by qualified name, vLLM's own seams `distributed_executor_backend`
    and `scheduler_cls`); the `--helix-*` options (table in `vllm_helix.options`) go into
    `additional_config["helix"]`, which reaches the engine-core process with the rest of the config;
-2. applies the patches in `vllm_helix.executor.patches` (see the ledger there).
+2. applies the patches in `vllm_helix.coordinator.patches` (see the ledger there).
 Nothing heavy is imported at module level.
 """
 
@@ -106,6 +106,6 @@ def register() -> None:
     """Entry point; idempotent."""
     _log_like_vllm()
     _patch_cli()
-    from vllm_helix.executor.patches import apply_all
+    from vllm_helix.coordinator.patches import apply_all
 
     apply_all()

@@ -18,7 +18,7 @@ class VllmServer:
 
     def __init__(self, model: str | Path, args: list[str] = (), *, port: int | None = None,
                  log_path: str | Path | None = None, env: dict[str, str] | None = None, timeout_s: float = 600):
-        from vllm_helix.executor.launcher import free_port
+        from vllm_helix.coordinator.local_nodes import free_port
 
         self.port = port or free_port()
         self.command = [str(Path(sys.executable).with_name("vllm")), "serve", str(model), "--port", str(self.port),

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+from vllm_helix import wire as p
+from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import FrameRejected
-from vllm_helix.executor import protocol as p
-from vllm_helix.executor.routing import RouteBook
 from vllm_helix.options import EXECUTOR_CLASS, SCHEDULER_CLASS, helix_options
 from vllm_helix.planner.cluster import cluster_from_dict
 from vllm_helix.planner.model import ModelSpec

@@ -12,12 +12,12 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
+from vllm_helix import wire as p
+from vllm_helix.coordinator.batches import BatchBook
+from vllm_helix.coordinator.local_nodes import LocalWorkers, local_nodes, resolve_addresses
+from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
-from vllm_helix.executor import protocol as p
-from vllm_helix.executor.batches import BatchBook
-from vllm_helix.executor.launcher import LocalWorkers, local_nodes, resolve_addresses
-from vllm_helix.executor.link import COORDINATOR_PEER, Link, open_link
-from vllm_helix.executor.routing import RouteBook
+from vllm_helix.link import COORDINATOR_PEER, Link, open_link
 from vllm_helix.planner.plan import Plan
 
 logger = logging.getLogger(__name__)

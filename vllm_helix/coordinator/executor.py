@@ -19,8 +19,8 @@ from vllm.v1.executor.abstract import Executor
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 
+from vllm_helix.coordinator.coordinator import Coordinator
 from vllm_helix.errors import HelixError
-from vllm_helix.executor.coordinator import Coordinator
 from vllm_helix.options import helix_options
 from vllm_helix.planner.plan import load_plan
 

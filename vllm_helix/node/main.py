@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from vllm_helix.errors import HelixError
-from vllm_helix.executor.link import COORDINATOR_PEER, open_link
-from vllm_helix.executor.node_server import NodeServer
+from vllm_helix.link import COORDINATOR_PEER, open_link
+from vllm_helix.node.server import NodeServer
 from vllm_helix.planner.plan import load_plan
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def run_worker(plan_path: str, node: str, model: str, *, bind: str | None = None
         if value == "local":
             raise HelixError(f"{plan_path}: {what} has address 'local'; local nodes are started by "
                              "`vllm serve --executor helix` itself, or give --bind HOST:PORT")
-    from vllm_helix.executor.partial_worker import PartialLayerWorker
+    from vllm_helix.node.partial_worker import PartialLayerWorker
 
     worker = PartialLayerWorker(model, (layers.start, layers.end), num_layers_total=plan.model.num_layers,
                                 memory_fraction=kv_fraction, max_num_batched_tokens=max_num_batched_tokens,

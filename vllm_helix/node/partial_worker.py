@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from vllm_helix.errors import EngineStartError, HelixError
-from vllm_helix.executor import seam
-from vllm_helix.executor.kv_blocks import BlockAllocator, blocks_for
-from vllm_helix.executor.types import HiddenResult, KVStats, StepItem, TokenResult
+from vllm_helix.node import seam
+from vllm_helix.node.kv_blocks import BlockAllocator, blocks_for
+from vllm_helix.node.types import HiddenResult, KVStats, StepItem, TokenResult
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The one place that touches vLLM internals (everything else in vllm_helix uses this module).
 
-Ledger of what we rely on (checked by ``tests/executor/test_vllm_compat.py``):
+Ledger of what we rely on (checked by ``tests/test_seams.py``):
 
 * ``EngineArgs.create_engine_config`` builds the ``VllmConfig`` with the platform's adjustments.
 * ``WorkerWrapperBase.init_worker`` builds the platform's worker (``CPUWorker`` here, the CUDA

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
+from vllm_helix import wire as p
 from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
-from vllm_helix.executor import protocol as p
-from vllm_helix.executor.link import COORDINATOR_PEER, Link, Received
-from vllm_helix.executor.types import StepItem
+from vllm_helix.link import COORDINATOR_PEER, Link, Received
+from vllm_helix.node.types import StepItem
 
 logger = logging.getLogger(__name__)
 HELLO_INTERVAL_S = 0.5
