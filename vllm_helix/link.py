@@ -31,7 +31,7 @@ def tcp(address: str) -> str:
     return address if "://" in address else f"tcp://{address}"
 
 
-class Link:
+class Channel:
     def __init__(self, endpoint: Any):
         self.endpoint = endpoint
 
@@ -60,11 +60,11 @@ class Link:
         self.endpoint.close()
 
 
-def open_link(name: str, bind: str) -> Link:
+def open_channel(name: str, bind: str) -> Channel:
     if os.environ.get("VLLM_HELIX_TRANSPORT") == "pyzmq":
         from vllm_helix.comm.pyzmq_endpoint import PyzmqEndpoint
 
-        return Link(PyzmqEndpoint(name, tcp(bind)))
+        return Channel(PyzmqEndpoint(name, tcp(bind)))
     from vllm_helix.comm import Endpoint
 
-    return Link(Endpoint(name, tcp(bind)))
+    return Channel(Endpoint(name, tcp(bind)))

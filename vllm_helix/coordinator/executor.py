@@ -19,7 +19,7 @@ from vllm.v1.executor.abstract import Executor
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 
-from vllm_helix.coordinator.coordinator import Coordinator
+from vllm_helix.coordinator.coordinator import ServingCoordinator
 from vllm_helix.errors import HelixError
 from vllm_helix.options import helix_options
 from vllm_helix.planner.plan import load_plan
@@ -72,7 +72,7 @@ class HelixExecutor(Executor):
             worker_args.append("--enforce-eager")
         # Nodes hold the KV cache; the scheduler's prefix cache would skip prompt tokens they never saw.
         self.vllm_config.cache_config.enable_prefix_caching = False
-        self.coordinator = Coordinator(plan, self.model_config.model, options, _model_output, worker_args, dtype)
+        self.coordinator = ServingCoordinator(plan, self.model_config.model, options, _model_output, worker_args, dtype)
         self.coordinator.start()
         self._last: Future | None = None
 

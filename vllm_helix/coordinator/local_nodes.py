@@ -44,14 +44,14 @@ def local_nodes(original: Plan) -> list[str]:
 
 
 @dataclasses.dataclass
-class LocalWorkers:
+class LocalNodes:
     """Subprocess workers for the plan's local nodes; logs go to one file per node."""
 
     processes: dict[str, subprocess.Popen]
     logs: dict[str, Path]
 
     @classmethod
-    def start(cls, plan: Plan, names: list[str], model: str, extra_args: list[str]) -> LocalWorkers:
+    def start(cls, plan: Plan, names: list[str], model: str, extra_args: list[str]) -> LocalNodes:
         workdir = Path(tempfile.mkdtemp(prefix="vllm-helix-"))
         plan_path = workdir / "plan.yaml"
         save_plan(plan, plan_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from vllm_helix.errors import HelixError
-from vllm_helix.link import COORDINATOR_PEER, open_link
+from vllm_helix.link import COORDINATOR_PEER, open_channel
 from vllm_helix.node.server import NodeServer
 from vllm_helix.planner.plan import load_plan
 
@@ -34,13 +34,13 @@ def run_worker(plan_path: str, node: str, model: str, *, bind: str | None = None
                                 max_num_seqs=max_num_seqs, max_model_len=max_model_len, dtype=dtype,
                                 enforce_eager=enforce_eager)
     worker.warm_up()  # also compiles, unless enforce_eager
-    link = open_link(node, address)
+    channel = open_channel(node, address)
     try:
-        link.connect(COORDINATOR_PEER, coordinator)
+        channel.connect(COORDINATOR_PEER, coordinator)
         addresses = {n.name: n.address for n in plan.cluster.nodes} | {COORDINATOR_PEER: coordinator}
-        server = NodeServer(node, worker, link, addresses, max_num_batched_tokens, max_num_seqs)
+        server = NodeServer(node, worker, channel, addresses, max_num_batched_tokens, max_num_seqs)
         logger.info("node %s: layers %s, listening on %s, coordinator %s", node, layers, address, coordinator)
         server.wait_for_start(start_timeout_s)
         server.serve_forever()
     finally:
-        link.close()
+        channel.close()
