@@ -1,20 +1,32 @@
-"""Messages between the coordinator (HelixExecutor) and the nodes (`vllm-helix worker`).
+"""The wire protocol between the coordinator (HelixExecutor, in `vllm serve`) and the nodes (`vllm-helix worker`).
 
-A message is msgspec-encoded (it rides in the transport header) plus tensor payloads. A `Step` carries the
+Both processes import this one module: the messages, how they ride the transport, and `Channel`, the
+serving path's view of an endpoint (Helix messages to named peers, from any peer).
+
+A message is the transport header's `meta` (msgspec structs as msgpack, one encoding for the whole
+header) with `kind` = "helix/<version>", plus tensor payloads (zero-copy both ways). A `Step` carries the
 per-request items of one batch for one node; the hidden states and residuals of all items travel as two
-payload tensors, concatenated in item order (rows = tokens). Nodes answer the coordinator with `Tokens` (last range)
-or `Failed`; `Hello`/`Start` bring the cluster up; `Free` releases a finished request's KV blocks.
+payload tensors, concatenated in item order (rows = tokens). Nodes answer the coordinator with `Tokens`
+(last range) or `Failed`; `Hello`/`Start` bring the cluster up; `Free` releases a finished request's KV
+blocks. `VLLM_HELIX_TRANSPORT=pyzmq` swaps the C++ endpoint for the pyzmq one (same interface), for
+comparisons.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from vllm_helix.errors import FrameRejected
+from vllm_helix.comm import Header, tensor_spec
+from vllm_helix.errors import FrameRejected, TransportTimeout
 
 PROTOCOL_VERSION = 1
+KIND = f"helix/{PROTOCOL_VERSION}"
+COORDINATOR_PEER = "coordinator"  # the coordinator's name on the transport
 
 
 class NewRequest(msgspec.Struct, frozen=True):
@@ -77,29 +89,26 @@ class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
     pass
 
 
-class Envelope(msgspec.Struct, frozen=True):
-    version: int
-    body: Step | Tokens | Failed | Free | Hello | Start | Shutdown
-
-
 Message = Step | Tokens | Failed | Free | Hello | Start | Shutdown
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Envelope)
 
 
-def encode(message: Message) -> bytes:
-    return _encoder.encode(Envelope(PROTOCOL_VERSION, message))
+def encode(message: Message, tensors: Sequence[Any] = ()) -> Header:
+    """The transport header of `message` with these payload tensors."""
+    return Header(kind=KIND, tensors=tuple(tensor_spec(t) for t in tensors),
+                  meta=msgspec.to_builtins(message, builtin_types=(bytes,)))
 
 
-def decode(header: bytes | memoryview) -> Message:
+def decode(header: Header) -> Message:
     """Raises FrameRejected for anything that is not a valid message of this protocol version."""
+    if header.kind != KIND:
+        if header.kind.startswith("helix/"):
+            raise FrameRejected(f"helix message version {header.kind.removeprefix('helix/')}, "
+                                f"expected {PROTOCOL_VERSION}")
+        raise FrameRejected(f"not a helix message: kind {header.kind!r}")
     try:
-        envelope = _decoder.decode(header)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return msgspec.convert(header.meta, Message)
+    except msgspec.ValidationError as exc:
         raise FrameRejected(f"malformed helix message: {exc}") from None
-    if envelope.version != PROTOCOL_VERSION:
-        raise FrameRejected(f"helix message version {envelope.version}, expected {PROTOCOL_VERSION}")
-    return envelope.body
 
 
 # ------------------------------------------------------------------------- sampling parameters
@@ -115,3 +124,53 @@ def decode_sampling(data: bytes) -> Any:
     from vllm import SamplingParams
 
     return msgspec.msgpack.decode(data, type=SamplingParams)
+
+
+# ------------------------------------------------------------------------- the channel
+
+
+@dataclass(slots=True)
+class Received:
+    peer: str
+    message: Message
+    tensors: list[Any]  # torch tensors viewing the received buffers
+
+
+def tcp(address: str) -> str:
+    return address if "://" in address else f"tcp://{address}"
+
+
+class Channel:
+    def __init__(self, endpoint: Any):
+        self.endpoint = endpoint
+
+    def connect(self, peer: str, address: str) -> None:
+        self.endpoint.connect(peer, tcp(address))
+
+    def peers(self) -> set[str]:
+        return set(self.endpoint.peers())
+
+    def send(self, peer: str, message: Message, tensors: Sequence[Any] = ()) -> None:
+        """Raises PeerLost (peer gone) or TransportTimeout (its queue stayed full)."""
+        self.endpoint.send(peer, encode(message, tensors), list(tensors), timeout=30.0)
+
+    def recv(self, timeout_s: float) -> Received | None:
+        """Next message, or None after `timeout_s`. Raises PeerLost, FrameRejected (that message only)."""
+        try:
+            raw = self.endpoint.recv(timeout_s)
+        except TransportTimeout:
+            return None
+        return Received(raw.sender, decode(raw.header), [raw.tensor(i) for i in range(len(raw.header.tensors))])
+
+    def close(self) -> None:
+        self.endpoint.close()
+
+
+def open_channel(name: str, bind: str) -> Channel:
+    if os.environ.get("VLLM_HELIX_TRANSPORT") == "pyzmq":
+        from vllm_helix.comm.pyzmq_endpoint import PyzmqEndpoint
+
+        return Channel(PyzmqEndpoint(name, tcp(bind)))
+    from vllm_helix.comm import Endpoint
+
+    return Channel(Endpoint(name, tcp(bind)))

@@ -6,6 +6,7 @@ import pytest
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 from vllm_helix import wire as p
+from vllm_helix.comm.messages import Header, decode_header, encode_header
 from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import FrameRejected
 from vllm_helix.options import EXECUTOR_CLASS, SCHEDULER_CLASS, helix_options
@@ -42,16 +43,25 @@ def test_a_missing_or_malformed_plan_is_a_usage_error(tmp_path, capsys):
 
 
 def test_messages_round_trip_and_bad_frames_are_rejected():
-    step = p.Step(3, [p.Item("r1", 0, 5, [], p.NewRequest([1, 2, 3, 4, 5], ["a", "b"], b"")), p.Item("r2", 9, 1, [42])])
-    assert p.decode(p.encode(step)) == step
+    def over_the_wire(frame):
+        return p.decode(decode_header(frame if isinstance(frame, bytes) else encode_header(frame)))
+
+    new = p.NewRequest([1, 2, 3, 4, 5], ["a", "b"], b"\x01")
+    step = p.Step(3, [p.Item("r1", 0, 5, [], new), p.Item("r2", 9, 1, [42])])
+    assert over_the_wire(p.encode(step)) == step
     hello = p.Hello("a", [0, 2], 1024, 128, 256, "float32")
-    assert p.decode(p.encode(hello)) == hello
-    for bad in (b"", b"\x00garbage", p.encode(step)[:-3]):
+    assert over_the_wire(p.encode(hello)) == hello
+    good = encode_header(p.encode(step))
+    for bad in (b"", b"\x00garbage", good[:-3]):
         with pytest.raises(FrameRejected):
-            p.decode(bad)
-    future = p.Envelope(p.PROTOCOL_VERSION + 1, p.Start())
+            over_the_wire(bad)
+    for bad_meta in ({}, {"type": "step"}, {"type": "step", "step_id": "x", "items": []}, {"type": "nope"}):
+        with pytest.raises(FrameRejected, match="malformed"):
+            over_the_wire(Header(kind=p.KIND, meta=bad_meta))
+    with pytest.raises(FrameRejected, match="not a helix message"):
+        over_the_wire(Header(kind="other", meta=p.encode(step).meta))
     with pytest.raises(FrameRejected, match="version"):
-        p.decode(p._encoder.encode(future))
+        over_the_wire(Header(kind=f"helix/{p.PROTOCOL_VERSION + 1}", meta=p.encode(step).meta))
 
 
 def _route_book(kv_tokens, block=16):

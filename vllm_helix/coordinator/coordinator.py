@@ -17,8 +17,8 @@ from vllm_helix.coordinator.batches import BatchBook
 from vllm_helix.coordinator.local_nodes import LocalNodes, local_nodes, resolve_addresses
 from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
-from vllm_helix.link import COORDINATOR_PEER, Channel, open_channel
 from vllm_helix.planner.plan import Plan
+from vllm_helix.wire import COORDINATOR_PEER, Channel, open_channel
 
 logger = logging.getLogger(__name__)
 _current: ServingCoordinator | None = None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from vllm_helix.errors import HelixError
-from vllm_helix.link import COORDINATOR_PEER, open_channel
 from vllm_helix.node.server import NodeServer
 from vllm_helix.planner.plan import load_plan
+from vllm_helix.wire import COORDINATOR_PEER, open_channel
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch
 
 from vllm_helix import wire as p
 from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
-from vllm_helix.link import COORDINATOR_PEER, Channel, Received
 from vllm_helix.node.types import StepItem
+from vllm_helix.wire import COORDINATOR_PEER, Channel, Received
 
 logger = logging.getLogger(__name__)
 HELLO_INTERVAL_S = 0.5
