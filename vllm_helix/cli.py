@@ -283,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, default=256, help="requests per batch on this node")
     p.add_argument("--max-model-len", type=int, default=None, help="longest sequence (default: the model's)")
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for the coordinator")
-    p.add_argument("--dtype", default="auto", help="weights/activations dtype; must match `vllm serve --dtype`")
+    p.add_argument("--dtype", default="auto",
+                   help="weights/activations dtype; must match the server's (auto: float32 on a host without a "
+                        "CUDA GPU, where bfloat16 CPU kernels crash on some x86 CPUs)")
     p.add_argument("--enforce-eager", action="store_true",
                    help="run the layers eagerly (default: vLLM's torch.compile, as `vllm serve` does)")
     p.set_defaults(handler=cmd_worker)

@@ -5,6 +5,7 @@ vLLM calls `register()` in every process, possibly more than once, before it bui
    Helix executor and scheduler (by qualified name, vLLM's own seams `distributed_executor_backend`
    and `scheduler_cls`); the `--helix-*` options (table in `vllm_helix.options`) go into
    `additional_config["helix"]`, which reaches the engine-core process with the rest of the config;
+   on a host without a CUDA GPU, `--executor helix` makes `--dtype auto` float32 (`vllm_helix.host`);
 2. applies the patches in `vllm_helix.coordinator.patches` (see the ledger there).
 Nothing heavy is imported at module level.
 """
@@ -31,6 +32,10 @@ class _SelectExecutor(argparse.Action):
         namespace.distributed_executor_backend = EXECUTOR_CLASS
         namespace.scheduler_cls = SCHEDULER_CLASS
         _helix_config(namespace)["enabled"] = True
+        if getattr(namespace, "dtype", None) == "auto":  # a --dtype given later still wins
+            from vllm_helix.host import resolve_dtype
+
+            namespace.dtype = resolve_dtype("auto")
 
 
 class _StoreHelixOption(argparse.Action):

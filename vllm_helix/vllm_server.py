@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from vllm_helix.errors import HelixError
+from vllm_helix.host import shared_host_env
 
 
 class VllmServer:
@@ -23,7 +24,7 @@ class VllmServer:
         self.port = port or free_port()
         self.command = [str(Path(sys.executable).with_name("vllm")), "serve", str(model), "--port", str(self.port),
                         "--host", "127.0.0.1", *args]
-        self.env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "1", **os.environ, **(env or {})}
+        self.env = {"VLLM_CPU_KVCACHE_SPACE": "1", **shared_host_env(), **(env or {})}
         self.log_path = Path(log_path or f"/tmp/vllm-serve-{self.port}.log")
         self.timeout_s = timeout_s
         self.process: subprocess.Popen | None = None

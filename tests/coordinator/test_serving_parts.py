@@ -9,6 +9,7 @@ from vllm_helix import wire as p
 from vllm_helix.comm.messages import Header, decode_header, encode_header
 from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import FrameRejected
+from vllm_helix.host import has_cuda, resolve_dtype, shared_host_env
 from vllm_helix.options import EXECUTOR_CLASS, SCHEDULER_CLASS, helix_options
 from vllm_helix.planner.cluster import cluster_from_dict
 from vllm_helix.planner.model import ModelSpec
@@ -28,6 +29,24 @@ def test_executor_helix_maps_onto_vllms_own_settings():
     assert options["router"] == "maxflow"  # defaults filled in
     with pytest.raises(SystemExit):
         parser.parse_args(["--helix-router", "fastest"])
+
+
+@pytest.mark.skipif(has_cuda(), reason="on a GPU host `auto` stays vLLM's choice")
+def test_executor_helix_runs_float32_on_a_cpu_host_unless_a_dtype_is_given():
+    from vllm.engine.arg_utils import EngineArgs
+
+    parser = add_helix_args(EngineArgs.add_cli_args(FlexibleArgumentParser()))
+    helix = ["--executor", "helix", "--helix-plan", LOCAL3]
+    assert parser.parse_args(helix).dtype == "float32"
+    assert parser.parse_args([*helix, "--dtype", "bfloat16"]).dtype == "bfloat16"
+    assert parser.parse_args(["--dtype", "bfloat16", *helix]).dtype == "bfloat16"
+    assert parser.parse_args([]).dtype == "auto"  # plain vLLM is left alone
+    assert resolve_dtype("auto") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
+
+
+def test_processes_sharing_the_host_do_not_bind_threads_unless_told():
+    assert shared_host_env({})["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert shared_host_env({"VLLM_CPU_OMP_THREADS_BIND": "0-1"})["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
 
 
 def test_a_missing_or_malformed_plan_is_a_usage_error(tmp_path, capsys):

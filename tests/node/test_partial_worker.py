@@ -16,6 +16,7 @@ from vllm_helix.errors import EngineStartError, HelixError
 
 pytestmark = pytest.mark.engine
 
+DTYPE = "float32"  # as reference_generate.py: equality is claimed in float32
 BATCHED = 64  # small token budget: the long prompts need chunked prefill
 KV_BYTES = 64 << 20
 PROMPT_LENS = [3, 17, 64, 150, 9, 40, 130]
@@ -74,7 +75,7 @@ def _worker(path: Path, layer_range: tuple[int, int]):
     key = (str(path), layer_range)
     if key not in _workers:
         _workers[key] = PartialLayerWorker(
-            str(path), layer_range, kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED
+            str(path), layer_range, kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED, dtype=DTYPE
         )
     return _workers[key]
 
@@ -129,7 +130,7 @@ def test_last_range_batches_requests_arriving_from_different_previous_hops(tiny_
             )
 
     replica = PartialLayerWorker(
-        str(tiny_llama_path), (0, 3), kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED
+        str(tiny_llama_path), (0, 3), kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED, dtype=DTYPE
     )
     chain = TwoFirstHops([_worker(tiny_llama_path, (0, 3)), _worker(tiny_llama_path, (3, 8))])
     chain.workers.insert(1, replica)
@@ -153,7 +154,7 @@ def test_warm_up_fits_a_short_max_model_len_on_the_last_range(tiny_llama_path):
     from vllm_helix.node.partial_worker import PartialLayerWorker
 
     last = PartialLayerWorker(str(tiny_llama_path), (3, 8), kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED,
-                              max_model_len=BATCHED)
+                              max_model_len=BATCHED, dtype=DTYPE)
     last.warm_up()
     assert last.kv_usage() == 0
 

@@ -83,7 +83,8 @@ class ServingCoordinator:
         if message.dtype != self.dtype:
             self.shutdown()
             raise HelixError(f"node {message.node} runs {message.dtype}, this server {self.dtype}: "
-                             f"start it with `vllm-helix worker ... --dtype {self.dtype}`")
+                             f"start it with `vllm-helix worker ... --dtype {self.dtype}`, or give `vllm serve` "
+                             f"--dtype {message.dtype}")
         if message.node not in self.kv_tokens:  # dial back only now: a silent peer counts as lost
             self.channel.connect(message.node, nodes[message.node].address)
         self.kv_tokens[message.node] = message.kv_tokens

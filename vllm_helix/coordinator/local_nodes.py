@@ -8,13 +8,13 @@ the plan (every address filled in) is what local workers read.
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from vllm_helix.host import shared_host_env
 from vllm_helix.planner.cluster import ClusterSpec
 from vllm_helix.planner.plan import Plan, save_plan
 
@@ -55,7 +55,7 @@ class LocalNodes:
         workdir = Path(tempfile.mkdtemp(prefix="vllm-helix-"))
         plan_path = workdir / "plan.yaml"
         save_plan(plan, plan_path)
-        env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"))
+        env = shared_host_env()  # the local nodes share this host
         processes, logs = {}, {}
         for name in names:
             logs[name] = workdir / f"{name}.log"

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from vllm_helix import host
 from vllm_helix.errors import EngineStartError, HelixError
 from vllm_helix.node import seam
 from vllm_helix.node.kv_blocks import BlockAllocator, blocks_for
@@ -369,7 +370,7 @@ def _load_config(path: str, batched: int, seqs: int, max_len: int | None, kv: in
             max_num_seqs=seqs,
             max_model_len=max_len,
             kv_cache_bytes=kv,
-            dtype=dtype,
+            dtype=host.resolve_dtype(dtype),
             seed=seed,
             enforce_eager=enforce_eager,
             layers=layers,
