@@ -5,6 +5,10 @@ class HelixError(Exception):
     """Base class of every error vllm-helix raises on purpose."""
 
 
+class ConfigError(HelixError, ValueError):
+    """An option or setting is invalid (message names the option, its value and what it accepts)."""
+
+
 class ClusterSpecError(HelixError, ValueError):
     """A cluster, model, profile, plan or trace description is malformed (message says file and field)."""
 

@@ -8,17 +8,21 @@ import json
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from vllm_helix.errors import EngineStartError, HelixError
+from vllm_helix.node.config import WorkerConfig
 
 pytestmark = pytest.mark.engine
 
-DTYPE = "float32"  # as reference_generate.py: equality is claimed in float32
 BATCHED = 64  # small token budget: the long prompts need chunked prefill
 KV_BYTES = 64 << 20
+# float32 as reference_generate.py (equality is claimed in float32); eager, as the reference
+CONFIG = WorkerConfig(kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED, max_num_seqs=64, max_model_len=1024,
+                      dtype="float32", enforce_eager=True)
 PROMPT_LENS = [3, 17, 64, 150, 9, 40, 130]
 CHAINS = {
     2: [(0, 3), (3, 8)],
@@ -75,7 +79,7 @@ def _worker(path: Path, layer_range: tuple[int, int]):
     key = (str(path), layer_range)
     if key not in _workers:
         _workers[key] = PartialLayerWorker(
-            str(path), layer_range, kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED, dtype=DTYPE
+            str(path), layer_range, CONFIG
         )
     return _workers[key]
 
@@ -130,7 +134,7 @@ def test_last_range_batches_requests_arriving_from_different_previous_hops(tiny_
             )
 
     replica = PartialLayerWorker(
-        str(tiny_llama_path), (0, 3), kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED, dtype=DTYPE
+        str(tiny_llama_path), (0, 3), CONFIG
     )
     chain = TwoFirstHops([_worker(tiny_llama_path, (0, 3)), _worker(tiny_llama_path, (3, 8))])
     chain.workers.insert(1, replica)
@@ -153,8 +157,7 @@ def test_chain_seeded_sampling_and_logprobs_equal_whole_model_vllm(tiny_llama_pa
 def test_warm_up_fits_a_short_max_model_len_on_the_last_range(tiny_llama_path):
     from vllm_helix.node.partial_worker import PartialLayerWorker
 
-    last = PartialLayerWorker(str(tiny_llama_path), (3, 8), kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED,
-                              max_model_len=BATCHED, dtype=DTYPE)
+    last = PartialLayerWorker(str(tiny_llama_path), (3, 8), replace(CONFIG, max_model_len=BATCHED))
     last.warm_up()
     assert last.kv_usage() == 0
 
@@ -246,25 +249,25 @@ def test_range_outside_the_model_is_refused_at_start(tiny_llama_path, layer_rang
     from vllm_helix.node.partial_worker import PartialLayerWorker
 
     with pytest.raises(EngineStartError, match="outside the model's 8 layers"):
-        PartialLayerWorker(str(tiny_llama_path), layer_range, kv_cache_bytes=KV_BYTES)
+        PartialLayerWorker(str(tiny_llama_path), layer_range, CONFIG)
 
 
 def test_model_vllm_cannot_load_is_refused_at_start(tmp_path):
     from vllm_helix.node.partial_worker import PartialLayerWorker
 
     with pytest.raises(EngineStartError, match="cannot load"):
-        PartialLayerWorker(str(tmp_path / "missing"), (0, 1), kv_cache_bytes=KV_BYTES)
+        PartialLayerWorker(str(tmp_path / "missing"), (0, 1), CONFIG)
     (tmp_path / "config.json").write_text(
         json.dumps({"architectures": ["NoSuchForCausalLM"], "model_type": "nosuch"})
     )
     with pytest.raises(EngineStartError, match="cannot load"):
-        PartialLayerWorker(str(tmp_path), (0, 1), kv_cache_bytes=KV_BYTES)
+        PartialLayerWorker(str(tmp_path), (0, 1), CONFIG)
 
 
 def test_kv_cache_that_does_not_fit_is_refused_at_start(tiny_llama_path):
     from vllm_helix.node.partial_worker import PartialLayerWorker
 
     with pytest.raises(EngineStartError, match="does not fit"):
-        PartialLayerWorker(str(tiny_llama_path), (0, 4), kv_cache_bytes=1 << 50)
+        PartialLayerWorker(str(tiny_llama_path), (0, 4), replace(CONFIG, kv_cache_bytes=1 << 50))
     with pytest.raises(EngineStartError, match="cannot hold one 1024-token sequence"):
-        PartialLayerWorker(str(tiny_llama_path), (0, 4), kv_cache_bytes=1 << 16)
+        PartialLayerWorker(str(tiny_llama_path), (0, 4), replace(CONFIG, kv_cache_bytes=1 << 16))

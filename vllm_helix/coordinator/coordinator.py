@@ -17,6 +17,7 @@ from vllm_helix.coordinator.batches import BatchBook
 from vllm_helix.coordinator.local_nodes import LocalNodes, local_nodes, resolve_addresses
 from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
+from vllm_helix.node.config import WorkerConfig
 from vllm_helix.planner.plan import Plan
 from vllm_helix.wire import COORDINATOR_PEER, Channel, open_channel
 
@@ -32,17 +33,17 @@ def current() -> ServingCoordinator:
 
 class ServingCoordinator:
     def __init__(self, plan: Plan, model_path: str, options: dict[str, Any], make_output: Any,
-                 worker_args: list[str], dtype: str):
+                 local_node_config: WorkerConfig):
         global _current
         if plan.partial_inference:
             raise HelixError("serving needs a plan with exact layer chaining (plan without --partial-inference)")
-        self.dtype = dtype
+        self.dtype = local_node_config.dtype  # every node must run it
         self.plan = resolve_addresses(plan)
         self.options = options
         self.book = BatchBook(make_output, options["step_timeout_s"])
         self.routes: RouteBook | None = None
         self.channel: Channel = open_channel(COORDINATOR_PEER, self.plan.cluster.coordinator.address)
-        self.workers = LocalNodes.start(self.plan, local_nodes(plan), model_path, worker_args)
+        self.workers = LocalNodes.start(self.plan, local_nodes(plan), model_path, local_node_config)
         self.kv_tokens: dict[str, int] = {}
         self.kv_block_tokens = 1
         self._stop = threading.Event()

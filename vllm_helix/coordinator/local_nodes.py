@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from vllm_helix.host import shared_host_env
+from vllm_helix.node.config import WorkerConfig
 from vllm_helix.planner.cluster import ClusterSpec
 from vllm_helix.planner.plan import Plan, save_plan
 
@@ -51,7 +52,7 @@ class LocalNodes:
     logs: dict[str, Path]
 
     @classmethod
-    def start(cls, plan: Plan, names: list[str], model: str, extra_args: list[str]) -> LocalNodes:
+    def start(cls, plan: Plan, names: list[str], model: str, config: WorkerConfig) -> LocalNodes:
         workdir = Path(tempfile.mkdtemp(prefix="vllm-helix-"))
         plan_path = workdir / "plan.yaml"
         save_plan(plan, plan_path)
@@ -60,7 +61,7 @@ class LocalNodes:
         for name in names:
             logs[name] = workdir / f"{name}.log"
             command = [sys.executable, "-m", "vllm_helix.cli", "worker", "--plan", str(plan_path), "--node", name,
-                       "--model", model, *extra_args]
+                       "--model", model, *config.cli_args()]
             with open(logs[name], "w") as log:
                 processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                    start_new_session=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from vllm_helix.errors import HelixError
+from vllm_helix.node.config import WorkerConfig
 from vllm_helix.node.server import NodeServer
 from vllm_helix.planner.plan import load_plan
 from vllm_helix.wire import COORDINATOR_PEER, open_channel
@@ -12,10 +13,7 @@ from vllm_helix.wire import COORDINATOR_PEER, open_channel
 logger = logging.getLogger(__name__)
 
 
-def run_worker(plan_path: str, node: str, model: str, *, bind: str | None = None, kv_fraction: float = 0.05,
-               max_num_batched_tokens: int = 2048, max_num_seqs: int = 256, max_model_len: int | None = None,
-               start_timeout_s: float = 600.0, dtype: str = "auto",
-               enforce_eager: bool = False) -> None:
+def run_worker(plan_path: str, node: str, model: str, config: WorkerConfig, *, bind: str | None = None) -> None:
     plan = load_plan(plan_path)
     layers = plan.placement[node]
     if layers is None:
@@ -29,18 +27,15 @@ def run_worker(plan_path: str, node: str, model: str, *, bind: str | None = None
                              "`vllm serve --executor helix` itself, or give --bind HOST:PORT")
     from vllm_helix.node.partial_worker import PartialLayerWorker
 
-    worker = PartialLayerWorker(model, (layers.start, layers.end), num_layers_total=plan.model.num_layers,
-                                memory_fraction=kv_fraction, max_num_batched_tokens=max_num_batched_tokens,
-                                max_num_seqs=max_num_seqs, max_model_len=max_model_len, dtype=dtype,
-                                enforce_eager=enforce_eager)
+    worker = PartialLayerWorker(model, (layers.start, layers.end), config, num_layers_total=plan.model.num_layers)
     worker.warm_up()  # also compiles, unless enforce_eager
     channel = open_channel(node, address)
     try:
         channel.connect(COORDINATOR_PEER, coordinator)
         addresses = {n.name: n.address for n in plan.cluster.nodes} | {COORDINATOR_PEER: coordinator}
-        server = NodeServer(node, worker, channel, addresses, max_num_batched_tokens, max_num_seqs)
+        server = NodeServer(node, worker, channel, addresses)
         logger.info("node %s: layers %s, listening on %s, coordinator %s", node, layers, address, coordinator)
-        server.wait_for_start(start_timeout_s)
+        server.wait_for_start(config.start_timeout_s)
         server.serve_forever()
     finally:
         channel.close()

@@ -62,11 +62,12 @@ class _Pending:
 
 
 class NodeServer:
-    def __init__(self, name: str, worker: Any, channel: Channel, addresses: dict[str, str], token_budget: int,
-                 seq_budget: int):
+    def __init__(self, name: str, worker: Any, channel: Channel, addresses: dict[str, str]):
         self.name, self.worker, self.channel = name, worker, channel
         self.addresses = addresses  # peer name -> transport address
-        self.token_budget, self.seq_budget = token_budget, seq_budget
+        # a batch stays within the worker's own vLLM limits
+        self.token_budget = worker.config.max_num_batched_tokens
+        self.seq_budget = worker.config.max_num_seqs
         self.routes: dict[str, list[str]] = {}
         self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
         self.deferred: list[Received] = []
