@@ -40,7 +40,10 @@ class _SelectExecutor(argparse.Action):
 
 class _StoreHelixOption(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
-        if self.metavar_key == "plan":  # a bad plan is a usage error here, not a traceback from the engine
+        problem = self.helix_option.problem(value)
+        if problem:  # a bad value is a usage error here, not a traceback from the engine
+            parser.error(f"{option_string}: {problem}, got {value}")
+        if self.metavar_key == "plan":
             from vllm_helix.errors import HelixError
             from vllm_helix.planner.plan import load_plan
 
@@ -60,7 +63,7 @@ def add_helix_args(parser: Any) -> Any:
     for opt in OPTIONS:
         action = group.add_argument(opt.flag, type=opt.type, choices=opt.choices, action=_StoreHelixOption,
                                     dest=f"helix_{opt.key}", default=opt.default, help=opt.help)
-        action.metavar_key = opt.key
+        action.metavar_key, action.helix_option = opt.key, opt
     _require_plan(parser)
     return parser
 

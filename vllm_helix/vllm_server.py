@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from vllm_helix.errors import HelixError
+from vllm_helix.errors import StartupError
 from vllm_helix.host import shared_host_env
 
 
@@ -40,7 +40,7 @@ class VllmServer:
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise HelixError(f"`vllm serve` exited with status {self.process.returncode} during start-up; "
+                raise StartupError(f"`vllm serve` exited with status {self.process.returncode} during start-up; "
                                  f"last lines of {self.log_path}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
@@ -48,7 +48,7 @@ class VllmServer:
             except OSError:
                 time.sleep(1)
         self.stop()
-        raise HelixError(f"`vllm serve` did not answer within {self.timeout_s:.0f} s; see {self.log_path}")
+        raise StartupError(f"`vllm serve` did not answer within {self.timeout_s:.0f} s; see {self.log_path}")
 
     def log_tail(self, lines: int = 25) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

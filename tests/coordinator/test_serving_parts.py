@@ -61,6 +61,17 @@ def test_a_missing_or_malformed_plan_is_a_usage_error(tmp_path, capsys):
     assert exit_.value.code == 2 and "needs --helix-plan" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value, problem", [("--helix-kv-fraction", "1.5", "must be in (0, 1]"),
+                                                    ("--helix-depth", "-1", "must be >= 0"),
+                                                    ("--helix-step-timeout", "0", "must be > 0")])
+def test_a_bad_helix_option_value_is_a_usage_error(option, value, problem, capsys):
+    parser = add_helix_args(FlexibleArgumentParser())
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--executor", "helix", "--helix-plan", LOCAL3, option, value])
+    assert exit_.value.code == 2 and f"{option}: {problem}, got {float(value) if '.' in value else value}" in (
+        capsys.readouterr().err)
+
+
 def test_messages_round_trip_and_bad_frames_are_rejected():
     def over_the_wire(frame):
         return p.decode(decode_header(frame if isinstance(frame, bytes) else encode_header(frame)))

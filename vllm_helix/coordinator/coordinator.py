@@ -16,7 +16,14 @@ from vllm_helix import wire as p
 from vllm_helix.coordinator.batches import BatchBook
 from vllm_helix.coordinator.local_nodes import LocalNodes, local_nodes, resolve_addresses
 from vllm_helix.coordinator.routing import RouteBook
-from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
+from vllm_helix.errors import (
+    ConfigError,
+    FrameRejected,
+    NodeError,
+    PeerLost,
+    StartupError,
+    TransportTimeout,
+)
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.planner.plan import Plan
 from vllm_helix.wire import COORDINATOR_PEER, Channel, open_channel
@@ -27,7 +34,7 @@ _current: ServingCoordinator | None = None
 
 def current() -> ServingCoordinator:
     if _current is None:
-        raise HelixError("the Helix scheduler needs the Helix executor (vllm serve ... --executor helix)")
+        raise ConfigError("the Helix scheduler needs the Helix executor (vllm serve ... --executor helix)")
     return _current
 
 
@@ -36,7 +43,7 @@ class ServingCoordinator:
                  local_node_config: WorkerConfig):
         global _current
         if plan.partial_inference:
-            raise HelixError("serving needs a plan with exact layer chaining (plan without --partial-inference)")
+            raise ConfigError("serving needs a plan with exact layer chaining (plan without --partial-inference)")
         self.dtype = local_node_config.dtype  # every node must run it
         self.plan = resolve_addresses(plan)
         self.options = options
@@ -59,7 +66,7 @@ class ServingCoordinator:
         while set(self.kv_tokens) != set(nodes):
             if time.monotonic() > deadline:
                 self.shutdown()
-                raise HelixError(self._missing_message(nodes))
+                raise StartupError(self._missing_message(nodes))
             self._check_local_workers()
             try:
                 received = self.channel.recv(0.5)
@@ -80,10 +87,11 @@ class ServingCoordinator:
             return
         expected = self.plan.placement[message.node]
         if message.layers != [expected.start, expected.end]:
-            raise HelixError(f"node {message.node} serves layers {message.layers}, the plan says {expected}")
+            raise StartupError(f"node {message.node} serves layers {message.layers}, the plan says {expected}: "
+                               "start it with the plan file `vllm serve` was given")
         if message.dtype != self.dtype:
             self.shutdown()
-            raise HelixError(f"node {message.node} runs {message.dtype}, this server {self.dtype}: "
+            raise StartupError(f"node {message.node} runs {message.dtype}, this server {self.dtype}: "
                              f"start it with `vllm-helix worker ... --dtype {self.dtype}`, or give `vllm serve` "
                              f"--dtype {message.dtype}")
         if message.node not in self.kv_tokens:  # dial back only now: a silent peer counts as lost
@@ -102,7 +110,7 @@ class ServingCoordinator:
             if name not in self.kv_tokens:
                 tail = self.workers.log_tail(name)
                 self.shutdown()
-                raise HelixError(f"local worker {name} exited with status {status} during start-up:\n{tail}")
+                raise StartupError(f"local worker {name} exited with status {status} during start-up:\n{tail}")
 
     # ------------------------------------------------------------------ batches
 
@@ -167,7 +175,7 @@ class ServingCoordinator:
 
     def check_health(self) -> None:
         if self.routes is not None and self.routes.lost:
-            raise HelixError(f"Helix nodes lost: {sorted(self.routes.lost)}")
+            raise NodeError(f"Helix nodes lost: {sorted(self.routes.lost)}")
 
     def shutdown(self) -> None:
         global _current

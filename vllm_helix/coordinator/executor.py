@@ -20,10 +20,11 @@ from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 
 from vllm_helix.coordinator.coordinator import ServingCoordinator
-from vllm_helix.errors import HelixError
+from vllm_helix.errors import ConfigError, HelixError
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.options import helix_options
 from vllm_helix.planner.plan import load_plan
+from vllm_helix.seams import check_vllm_version
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +55,14 @@ class HelixExecutor(Executor):
     supports_pp = False
 
     def _init_executor(self) -> None:
+        check_vllm_version()
         options = helix_options(self.vllm_config.additional_config)
         if not options["plan"]:
-            raise HelixError("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`)")
+            raise ConfigError("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`)")
         plan = load_plan(options["plan"])
         hf_layers = self.model_config.hf_text_config.num_hidden_layers
         if plan.model.num_layers != hf_layers:
-            raise HelixError(f"{options['plan']}: the plan splits {plan.model.num_layers} layers, but "
+            raise ConfigError(f"{options['plan']}: the plan splits {plan.model.num_layers} layers, but "
                              f"{self.model_config.model} has {hf_layers}")
         scheduler = self.vllm_config.scheduler_config
         dtype = str(self.model_config.dtype).removeprefix("torch.")

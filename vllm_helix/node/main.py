@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from vllm_helix.errors import HelixError
+from vllm_helix.errors import ConfigError
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.node.server import NodeServer
 from vllm_helix.planner.plan import load_plan
@@ -17,13 +17,13 @@ def run_worker(plan_path: str, node: str, model: str, config: WorkerConfig, *, b
     plan = load_plan(plan_path)
     layers = plan.placement[node]
     if layers is None:
-        raise HelixError(f"{plan_path}: node {node!r} holds no layers in this plan "
+        raise ConfigError(f"{plan_path}: node {node!r} holds no layers in this plan "
                          f"(used nodes: {', '.join(plan.placement.ranges)})")
     address = bind or plan.cluster.node(node).address
     coordinator = plan.cluster.coordinator.address
     for what, value in (("node " + node, address), ("the coordinator", coordinator)):
         if value == "local":
-            raise HelixError(f"{plan_path}: {what} has address 'local'; local nodes are started by "
+            raise ConfigError(f"{plan_path}: {what} has address 'local'; local nodes are started by "
                              "`vllm serve --executor helix` itself, or give --bind HOST:PORT")
     from vllm_helix.node.partial_worker import PartialLayerWorker
 

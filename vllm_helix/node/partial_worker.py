@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from vllm_helix import host
-from vllm_helix.errors import EngineStartError, HelixError
+from vllm_helix import host, seams
+from vllm_helix.errors import EngineStartError, NodeError
 from vllm_helix.node import seam
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.node.kv_blocks import BlockAllocator, blocks_for
@@ -59,7 +59,7 @@ class PartialLayerWorker:
         *,
         num_layers_total: int | None = None,
     ) -> None:
-        seam.check_vllm_version()
+        seams.check_vllm_version()
         self.model_path = str(model_path)
         self.config = config = config or WorkerConfig()
         budget = config.kv_cache_bytes if config.kv_cache_bytes is not None else _memory_budget(config.kv_fraction)
@@ -149,9 +149,9 @@ class PartialLayerWorker:
         ``sampling_params`` (a ``vllm.SamplingParams``) matters on the last range only.
         """
         if request_id in self._requests:
-            raise HelixError(f"request {request_id!r} is already on this node")
+            raise NodeError(f"request {request_id!r} is already on this node")
         if not prompt_token_ids:
-            raise HelixError(f"request {request_id!r} has an empty prompt")
+            raise NodeError(f"request {request_id!r} has an empty prompt")
         params = sampling_params if (self.is_last and sampling_params is not None) else self._greedy
         self._requests[request_id] = _Request(list(prompt_token_ids), params)
 
@@ -241,26 +241,26 @@ class PartialLayerWorker:
     def _state(self, item: StepItem) -> _Request:
         state = self._requests.get(item.request_id)
         if state is None:
-            raise HelixError(f"request {item.request_id!r} is not on this node; call add_request first")
+            raise NodeError(f"request {item.request_id!r} is not on this node; call add_request first")
         if item.start_position != state.num_computed:
-            raise HelixError(
+            raise NodeError(
                 f"request {item.request_id!r}: step starts at position {item.start_position} but this "
                 f"node has {state.num_computed} of its tokens cached"
             )
         if item.num_tokens < 1:
-            raise HelixError(f"request {item.request_id!r}: a step needs at least one token")
+            raise NodeError(f"request {item.request_id!r}: a step needs at least one token")
         return state
 
     def _incoming(self, item: StepItem) -> dict[str, torch.Tensor]:
         if item.hidden_states is None or item.residual is None:
-            raise HelixError(
+            raise NodeError(
                 f"request {item.request_id!r}: layers [{self.start}, {self.end}) need hidden_states and "
                 "residual from the previous node"
             )
         expected = (item.num_tokens, self.hidden_size)
         for name, t in (("hidden_states", item.hidden_states), ("residual", item.residual)):
             if tuple(t.shape) != expected:
-                raise HelixError(
+                raise NodeError(
                     f"request {item.request_id!r}: {name} has shape {tuple(t.shape)}, expected {expected}"
                 )
         return {"hidden_states": item.hidden_states, "residual": item.residual}

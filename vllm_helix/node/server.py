@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from vllm_helix import wire as p
-from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
+from vllm_helix.errors import FrameRejected, HelixError, PeerLost, StartupError, TransportTimeout
 from vllm_helix.node.types import StepItem
 from vllm_helix.wire import COORDINATOR_PEER, Channel, Received
 
@@ -100,9 +100,9 @@ class NodeServer:
                 logger.info("node %s: cluster started", self.name)
                 return
             if isinstance(message, p.Shutdown):
-                raise HelixError("coordinator shut down before start")
+                raise StartupError(f"node {self.name}: the coordinator shut down before the cluster started")
             self.deferred.append(received)
-        raise HelixError(f"node {self.name}: no coordinator at {self.addresses.get(COORDINATOR_PEER)} "
+        raise StartupError(f"node {self.name}: no coordinator at {self.addresses.get(COORDINATOR_PEER)} "
                          f"after {timeout_s:.0f} s")
 
     # ------------------------------------------------------------------ serving
