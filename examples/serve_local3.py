@@ -11,8 +11,8 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from vllm_helix.launch import VllmServer
 from vllm_helix.models.tiny import cached_tiny_llama_path, trained_tiny_llama
+from vllm_helix.vllm_server import VllmServer
 
 HERE = Path(__file__).resolve().parent
 QUESTION = "Hello! How are you today?"
@@ -58,8 +58,7 @@ def main() -> int:
         print("training the tiny Llama on vllm_helix/models/tiny_corpus.txt (once; about a CPU-minute)", flush=True)
     model = trained_tiny_llama()
     print(f"model: {model} ({time.monotonic() - started:.0f} s)")
-    args = ["--executor", "helix", "--helix-plan", str(HERE / "local3.yaml"), "--max-model-len", "512",
-            "--dtype", "float32"]
+    args = ["--executor", "helix", "--helix-plan", str(HERE / "local3.yaml"), "--max-model-len", "512"]
     print(f"starting `vllm serve MODEL {' '.join(args[:4])}` (3 local nodes)", flush=True)
     server = VllmServer(model, args, on_log_line=show_start_up)
     with server as url:
