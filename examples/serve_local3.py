@@ -4,6 +4,7 @@ question through the OpenAI API, print the answer, its route and a few numbers f
     .venv/bin/python examples/serve_local3.py
 """
 
+import os
 import re
 import sys
 import time
@@ -55,11 +56,14 @@ def from_log(server: VllmServer, marker: str, wait_s: float = 0.0) -> str:
 def main() -> int:
     started = time.monotonic()
     if not (cached_tiny_llama_path() / "config.json").exists():
-        print("training the tiny Llama on vllm_helix/models/tiny_corpus.txt (once; about a CPU-minute)", flush=True)
+        print("training the tiny Llama on vllm_helix/models/tiny_corpus.txt (first run only; ~30 CPU-seconds)",
+              flush=True)
     model = trained_tiny_llama()
     print(f"model: {model} ({time.monotonic() - started:.0f} s)")
-    args = ["--executor", "helix", "--helix-plan", str(HERE / "local3.yaml"), "--max-model-len", "512"]
-    print(f"starting `vllm serve MODEL {' '.join(args[:4])}` (3 local nodes)", flush=True)
+    plan = HERE / "local3.yaml"
+    args = ["--executor", "helix", "--helix-plan", str(plan), "--max-model-len", "512"]
+    print(f"starting `vllm serve MODEL --executor helix --helix-plan {os.path.relpath(plan)}` (3 local nodes)",
+          flush=True)
     server = VllmServer(model, args, on_log_line=show_start_up)
     with server as url:
         print(f"server ready after {time.monotonic() - started:.0f} s\n", flush=True)
