@@ -29,7 +29,7 @@ class Option:
 
 
 def _fraction(value: float) -> str | None:
-    return None if 0 < value <= 1 else "must be in (0, 1]"
+    return None if 0 < value < 1 else "must be in (0, 1)"
 
 
 def _positive(value: float) -> str | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vllm_helix.options import CONFIG_KEY, EXECUTOR_CLASS, OPTIONS, SCHEDULER_CLASS
+from vllm_helix.options import CONFIG_KEY, EXECUTOR_CLASS, OPTIONS, SCHEDULER_CLASS, Option
 
 _MARK = "_vllm_helix_patched"
 
@@ -39,6 +39,8 @@ class _SelectExecutor(argparse.Action):
 
 
 class _StoreHelixOption(argparse.Action):
+    metavar_key: str  # set by add_helix_args
+    helix_option: Option
     def __call__(self, parser, namespace, value, option_string=None):
         problem = self.helix_option.problem(value)
         if problem:  # a bad value is a usage error here, not a traceback from the engine

@@ -286,7 +286,7 @@ def _run_with_progress(loop: EventLoop, coord: Coordinator, sampler: _Sampler, u
         while target < until:
             target = min(target + sampler.interval, until)
             loop.run(target)
-            if bar is not None:
+            if bar is not None and task is not None:
                 bar.update(task, completed=min(loop.now, window[1]), description=(
                     f"t={loop.now:7.1f}s  active={coord.active}  finished={coord.finished}"))
             if expected is not None and coord.finished + coord.rejected >= expected:
