@@ -98,7 +98,7 @@ class PartialLayerWorker:
             raise EngineStartError(
                 f"KV cache of {budget / 2**20:.1f} MiB cannot hold one {max_len}-token sequence on "
                 f"layers [{self.start}, {self.end}) ({need / 2**20:.1f} MiB needed); give the worker "
-                "more kv_cache_bytes / memory_fraction or lower max_model_len"
+                "more kv_cache_bytes / kv_fraction or lower max_model_len"
             )
         with self._range.active():
             config = seam.kv_cache_config(self._worker, spec, budget)
