@@ -55,6 +55,9 @@ OPTIONS = (
            "seconds a batch may take through the cluster before its requests fail", problem=_positive),
     Option("--helix-kv-fraction", "kv_fraction", float, _NODE.kv_fraction,
            "fraction of each local worker's free memory for its KV cache (local nodes only)", problem=_fraction),
+    Option("--helix-kv-cache-bytes", "kv_cache_bytes", int, _NODE.kv_cache_bytes,
+           "KV cache bytes of each local worker, instead of --helix-kv-fraction (local nodes only)",
+           problem=_positive),
     Option("--helix-route-log", "route_log", str, None, "append each request's route to this file"),
 )
 

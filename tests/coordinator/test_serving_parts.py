@@ -63,7 +63,8 @@ def test_a_missing_or_malformed_plan_is_a_usage_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("option, value, problem", [("--helix-kv-fraction", "1.5", "must be in (0, 1)"),
                                                     ("--helix-depth", "-1", "must be >= 0"),
-                                                    ("--helix-step-timeout", "0", "must be > 0")])
+                                                    ("--helix-step-timeout", "0", "must be > 0"),
+                                                    ("--helix-kv-cache-bytes", "0", "must be > 0")])
 def test_a_bad_helix_option_value_is_a_usage_error(option, value, problem, capsys):
     parser = add_helix_args(FlexibleArgumentParser())
     with pytest.raises(SystemExit) as exit_:

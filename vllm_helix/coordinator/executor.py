@@ -71,7 +71,7 @@ class HelixExecutor(Executor):
         scheduler = self.vllm_config.scheduler_config
         dtype = str(self.model_config.dtype).removeprefix("torch.")
         # local nodes follow the server's own settings
-        local_nodes = WorkerConfig(kv_fraction=options["kv_fraction"],
+        local_nodes = WorkerConfig(kv_fraction=options["kv_fraction"], kv_cache_bytes=options["kv_cache_bytes"],
                                    max_num_batched_tokens=scheduler.max_num_batched_tokens,
                                    max_num_seqs=scheduler.max_num_seqs, max_model_len=self.model_config.max_model_len,
                                    dtype=dtype, enforce_eager=self.model_config.enforce_eager,
