@@ -21,40 +21,16 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _load_inputs(args: argparse.Namespace):
-    from vllm_helix.planner.cluster import load_cluster
+    from vllm_helix.planner.files import load_cluster
     from vllm_helix.planner.model import load_model
 
     return load_cluster(args.cluster), load_model(args.model)
 
 
 def _load_placement(path: str, cluster):
-    """A reference `*_sol.ini`, a plan file, or a YAML mapping `node: [start, end]`."""
-    import yaml
+    from vllm_helix.planner.files import load_placement
 
-    from vllm_helix.errors import ClusterSpecError
-    from vllm_helix.planner.ini import read_solution_ini
-    from vllm_helix.planner.placement import LayerRange, Placement
-    from vllm_helix.planner.plan import load_plan
-
-    if path.endswith(".ini"):
-        return read_solution_ini(path, cluster)
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ClusterSpecError(f"{path}: cannot read placement ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ClusterSpecError(f"{path}: not valid YAML: {exc}") from None
-    if isinstance(data, dict) and "helix_plan" in data:
-        return load_plan(path).placement
-    if not isinstance(data, dict):
-        raise ClusterSpecError(f"{path}: expected a mapping 'node: [start, end]'")
-    ranges = {}
-    for name, value in data.items():
-        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
-            raise ClusterSpecError(f"{path}: {name}: expected [start, end] layer indices, got {value!r}")
-        cluster.node(str(name))
-        ranges[str(name)] = LayerRange(*value)
-    return Placement(ranges)
+    return load_placement(path, cluster)
 
 
 def _print_json(data: Any) -> None:
@@ -160,8 +136,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         if not (args.plan and args.cluster):
             raise ClusterSpecError("simulate needs --cluster and --plan (or --reference-s1)")
-        from vllm_helix.planner.cluster import load_cluster
-        from vllm_helix.planner.plan import load_plan
+        from vllm_helix.planner.files import load_cluster, load_plan
 
         plan, kv, cluster = load_plan(args.plan), None, load_cluster(args.cluster)
         config = SimConfig(mode=args.mode, scheduler=args.scheduler, improved=args.improved,

@@ -53,6 +53,6 @@ def pipeline_depth(options: dict[str, Any]) -> int:
         return options["depth"]
     if not options["plan"]:
         return 1
-    from vllm_helix.planner.plan import load_plan
+    from vllm_helix.planner.files import load_plan
 
     return max(1, len(load_plan(options["plan"]).placement.ranges))

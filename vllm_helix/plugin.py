@@ -37,7 +37,7 @@ class _StoreHelixOption(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
         if self.metavar_key == "plan":  # a bad plan is a usage error here, not a traceback from the engine
             from vllm_helix.errors import HelixError
-            from vllm_helix.planner.plan import load_plan
+            from vllm_helix.planner.files import load_plan
 
             try:
                 load_plan(value)

@@ -22,7 +22,7 @@ from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 from vllm_helix.errors import HelixError
 from vllm_helix.executor.coordinator import Coordinator
 from vllm_helix.options import helix_options
-from vllm_helix.planner.plan import load_plan
+from vllm_helix.planner.files import load_plan
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import logging
 from vllm_helix.errors import HelixError
 from vllm_helix.executor.link import COORDINATOR_PEER, open_link
 from vllm_helix.executor.node_server import NodeServer
-from vllm_helix.planner.plan import load_plan
+from vllm_helix.planner.files import load_plan
 
 logger = logging.getLogger(__name__)
 

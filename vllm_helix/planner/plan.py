@@ -79,21 +79,6 @@ def save_plan(plan: Plan, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(plan_to_dict(plan), sort_keys=False, width=120))
 
 
-def load_plan(path: str | Path) -> Plan:
-    """Read a plan file; errors name the file and field."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ClusterSpecError(f"{path}: cannot read plan ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ClusterSpecError(f"{path}: not valid YAML: {exc}") from None
-    try:
-        return plan_from_dict(data, str(path))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ClusterSpecError(f"{path}: malformed plan: {exc!r}") from None
-
-
 def plan_from_dict(data: Any, source: str) -> Plan:
     if not isinstance(data, dict) or data.get("helix_plan") != PLAN_VERSION:
         raise ClusterSpecError(f"{source}: not a vllm-helix plan (expected 'helix_plan: {PLAN_VERSION}')")
