@@ -1,6 +1,7 @@
 """The `vllm-helix` command as users run it: numbers out, files written, bad input -> one error line."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -113,3 +114,16 @@ def test_simulate_rejects_a_plan_for_another_cluster(tmp_path):
     assert proc.returncode == 2 and "which the cluster does not have" in proc.stderr
     proc = run("simulate", "--cluster", other, "--plan", plan, ok=False)  # same node names, other GPUs
     assert proc.returncode == 2 and "is a L4 but the cluster says A100" in proc.stderr
+
+
+def test_the_same_plan_is_written_byte_identical_whatever_the_hash_seed(tmp_path):
+    # Petals on 3cluster24 has many equal max flows; networkx's preflow-push picked one by hash order.
+    written = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"plan{seed}.yaml"
+        proc = subprocess.run([sys.executable, "-m", "vllm_helix.cli", "plan", "--cluster", REF / "3cluster24.ini",
+                               "--method", "petals", "-o", out], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONHASHSEED": seed})
+        assert proc.returncode == 0, proc.stderr
+        written.append(out.read_bytes())
+    assert written[0] == written[1]

@@ -10,9 +10,13 @@ Two graphs, same connectivity rule (`placement.arc_allowed`):
 * ``"planner"`` (the reference MILP's graph, §3.2): one capacity per node, T_i(k) already capped by its NIC;
   links carry bw/activation between nodes and bw/token on coordinator hops.
 
-networkx's preflow-push runs on capacities scaled to integers (`scale` units per token/s, 1e6 by default)
-because float capacities make its result depend on rounding; pass ``scale=None`` for the reference's raw
-floats (bit-compatible routing weights).
+A max flow is rarely unique, and its per-arc flows become the router's weights, so we choose one on
+purpose: the min-cost max flow whose cost is each link's latency plus its per-token transfer time (in µs,
+plus 1 per hop), so among equal max flows the flow takes short, fast routes. It runs networkx's network
+simplex on capacities scaled to integers (`scale` units per token/s, 1e6 by default), whose result depends
+only on the insertion order of the graph (cluster and placement order), never on Python's hash order: the
+same placement always writes the same plan. ``scale=None`` runs the reference's preflow-push on raw floats
+instead (its bit-compatible routing weights, e.g. for the S1 reproduction).
 
 Example:
     >>> from vllm_helix.planner.examples import reference_example
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 from networkx.algorithms.flow import preflow_push
+from networkx.algorithms.flow.mincost import max_flow_min_cost
 
 from vllm_helix.errors import InfeasiblePlacement
 from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec
@@ -125,7 +130,8 @@ def _split_graph(cluster, model, placement, capacities, arcs):
     for src, dst in arcs:
         size = token if COORDINATOR in (src, dst) else hop
         edge = ((src, "out"), (dst, "in"))
-        g.add_edge(*edge, capacity=cluster.link(src, dst).bandwidth_bytes_per_s / size)
+        link = cluster.link(src, dst)
+        g.add_edge(*edge, capacity=link.bandwidth_bytes_per_s / size, weight=_hop_cost(link, size))
         arc_edges[(src, dst)] = edge
     return g, arc_edges, node_edges
 
@@ -146,9 +152,14 @@ def _planner_graph(cluster, model, placement, capacities, arcs):
         else:
             edge = ((src, "out"), (dst, "in"))
         size = model.token_bytes if COORDINATOR in (src, dst) else model.activation_bytes_per_token
-        g.add_edge(*edge, capacity=bandwidth / size)
+        g.add_edge(*edge, capacity=bandwidth / size, weight=_hop_cost(cluster.link(src, dst), size))
         arc_edges[(src, dst)] = edge
     return g, arc_edges, node_edges
+
+
+def _hop_cost(link, token_size: float) -> int:
+    """A hop's cost per unit of flow: its latency plus one token's transfer time, in µs, plus 1 per hop."""
+    return round(1e6 * (link.latency_s + token_size / link.bandwidth_bytes_per_s)) + 1
 
 
 # ------------------------------------------------------------------------------------ solving
@@ -159,26 +170,31 @@ def _solve(g: nx.DiGraph, arc_edges, node_edges, scale, bound: float, graph: str
                        "through all layers back to it",), graph)
     if SOURCE not in g or SINK not in g or not nx.has_path(g, SOURCE, SINK):
         return _with_arcs(empty, g, arc_edges, node_edges)
-    if scale is not None:
+    unit = scale or 1.0
+    if scale is None:  # the reference's algorithm on raw floats
+        residual = preflow_push(g, SOURCE, SINK)
+        value = residual.graph["flow_value"]
+        flows = {u: {v: max(0.0, d["flow"]) for v, d in nbrs.items()} for u, nbrs in residual.adj.items()}
+    else:
         for _, _, data in g.edges(data=True):
             data["capacity"] = round(data["capacity"] * scale)
-    residual = preflow_push(g, SOURCE, SINK)
-    unit = scale or 1.0
+        flows = max_flow_min_cost(g, SOURCE, SINK)
+        value = sum(flows[SOURCE].values())
 
     def flow(edge) -> float:
-        return max(0.0, residual[edge[0]][edge[1]]["flow"]) / unit
+        return flows[edge[0]][edge[1]] / unit
 
     def capacity(edge) -> float:
         return g.edges[edge]["capacity"] / unit
 
     return FlowResult(
-        value=residual.graph["flow_value"] / unit,
+        value=value / unit,
         upper_bound=bound,
         node_flow={n: flow(e) for n, e in node_edges.items()},
         node_capacity={n: capacity(e) for n, e in node_edges.items()},
         arc_flow={a: flow(e) for a, e in arc_edges.items()},
         arc_capacity={a: capacity(e) for a, e in arc_edges.items()},
-        min_cut=_min_cut(g, residual, arc_edges, node_edges),
+        min_cut=_min_cut(g, flows, arc_edges, node_edges),
         graph=graph,
     )
 
@@ -190,13 +206,15 @@ def _with_arcs(result: FlowResult, g, arc_edges, node_edges) -> FlowResult:
                       dict.fromkeys(arc_edges, 0.0), caps, result.min_cut, result.graph)
 
 
-def _min_cut(g: nx.DiGraph, residual, arc_edges, node_edges) -> tuple[str, ...]:
+def _min_cut(g: nx.DiGraph, flows, arc_edges, node_edges) -> tuple[str, ...]:
     """Saturated edges from the source side to the sink side of the residual graph."""
     reachable, stack = {SOURCE}, [SOURCE]
     while stack:
         u = stack.pop()
-        for v, data in residual[u].items():
-            if v not in reachable and data["flow"] < data["capacity"]:
+        forward = [v for v, d in g.succ[u].items() if flows[u][v] < d["capacity"]]
+        backward = [v for v in g.pred[u] if flows[v][u] > 0]
+        for v in forward + backward:
+            if v not in reachable:
                 reachable.add(v)
                 stack.append(v)
     names = {e: f"link {a[0]} -> {a[1]}" for a, e in arc_edges.items()}
