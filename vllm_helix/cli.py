@@ -33,6 +33,29 @@ def _load_placement(path: str, cluster):
     return load_placement(path, cluster)
 
 
+def _require_flow(flow, placement, model, partial_inference: bool) -> None:
+    """A placement that serves nothing is an error that says why, not a max flow of 0."""
+    from vllm_helix.errors import InfeasiblePlacement
+    from vllm_helix.planner.flow import why_no_flow
+
+    if flow.value <= 0:
+        raise InfeasiblePlacement(f"max flow 0: {why_no_flow(placement, model.num_layers, partial_inference)}")
+
+
+def _writable(path: str) -> str:
+    """argparse type of output files: a path we cannot write is a usage error before any work is done."""
+    target = Path(path)
+    existed = target.exists()
+    try:
+        with target.open("a"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {exc.strerror}") from None
+    if not existed:
+        target.unlink()
+    return path
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
@@ -48,6 +71,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
     placement = _load_placement(args.placement, cluster)
     flow = max_flow(cluster, model, placement, throughput=args.throughput, graph=args.graph,
                     partial_inference=args.partial_inference)
+    _require_flow(flow, placement, model, args.partial_inference)
     if args.plot:
         from vllm_helix.planner.plot import plot_placement
 
@@ -68,6 +92,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         plan = evaluate_plan(cluster, model, _load_placement(args.placement, cluster), "fixed",
                              throughput=args.throughput, partial_inference=args.partial_inference)
+        _require_flow(plan.flow, plan.placement, model, args.partial_inference)
         return _write_plan(args, cluster, model, plan)
     options: dict[str, Any] = {"seed": args.seed}
     if args.method == "milp":
@@ -134,14 +159,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         plan, kv = reference_s1_setup()
         config, cluster = (SimConfig.improved_s1() if args.improved else SimConfig.reference_s1()), None
     else:
-        if not (args.plan and args.cluster):
-            raise ClusterSpecError("simulate needs --cluster and --plan (or --reference-s1)")
-        from vllm_helix.planner.files import load_cluster, load_plan
-
-        plan, kv, cluster = load_plan(args.plan), None, load_cluster(args.cluster)
+        plan, kv, cluster = _simulated_plan(args)
         config = SimConfig(mode=args.mode, scheduler=args.scheduler, improved=args.improved,
                            reference_compat=args.reference_compat, seed=args.seed, duration_s=args.duration,
-                           token_rate=args.rate, trace=args.trace, dataset=args.dataset)
+                           token_rate=args.rate, trace=args.trace, dataset=args.dataset,
+                           initial_queries=args.initial_queries)
     import dataclasses
 
     report = simulate(plan, dataclasses.replace(config, progress=not args.json), kv, cluster)
@@ -157,6 +179,38 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if args.plot:
             print("plots: " + ", ".join(map(str, written)))
     return 0
+
+
+def _simulated_plan(args: argparse.Namespace):
+    """(plan, KV capacities or None, cluster to check the plan against) from --plan, --cluster and --links."""
+    from vllm_helix.planner.files import is_plan, load_cluster, load_placement, load_plan, read_yaml
+    from vllm_helix.planner.flow import max_flow
+    from vllm_helix.planner.plan import Plan
+
+    if not args.plan or not (args.cluster or args.links):
+        raise ClusterSpecError("simulate needs --plan and --cluster (or --links), or --reference-s1")
+    plan_file = not args.plan.endswith(".ini") and is_plan(read_yaml(args.plan, "plan"))
+    if args.links:  # the reference's pruned link set: its links, in its order, its KV capacities and weights
+        from vllm_helix.planner.ini import read_simulator_cluster_ini
+        from vllm_helix.planner.model import load_model
+
+        sim = read_simulator_cluster_ini(args.links)
+        model = load_plan(args.plan).model if plan_file else load_model(args.model)
+        placement = load_plan(args.plan).placement if plan_file else load_placement(args.plan, sim.cluster)
+        flow = max_flow(sim.cluster, model, placement, link_order=sim.link_order, scale=None,
+                        partial_inference=args.partial_inference)
+        plan = Plan(sim.cluster, model, placement, flow, "fixed", partial_inference=args.partial_inference)
+        return plan, dict(sim.kv_slots), load_cluster(args.cluster) if args.cluster else None
+    cluster = load_cluster(args.cluster)
+    if plan_file:
+        return load_plan(args.plan), None, cluster
+    from vllm_helix.planner.model import load_model
+    from vllm_helix.planner.plan import evaluate_plan
+
+    placement = load_placement(args.plan, cluster)
+    plan = evaluate_plan(cluster, load_model(args.model), placement, "fixed", throughput=args.throughput,
+                         partial_inference=args.partial_inference)
+    return plan, None, cluster
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -185,7 +239,7 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partial-inference", action="store_true",
                    help="let a node run only the suffix of its layers that a route still needs")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--plot", metavar="PNG", help="draw the placement to this PNG file")
+    p.add_argument("--plot", metavar="PNG", type=_writable, help="draw the placement to this PNG file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_args(p)
     p.add_argument("--method", default="milp", choices=["milp", "petals", "swarm", "homogeneous"])
     p.add_argument("--placement", help="write a plan for this fixed placement instead of searching one")
-    p.add_argument("-o", "--output", required=True, help="plan YAML to write")
+    p.add_argument("-o", "--output", required=True, type=_writable, help="plan YAML to write")
     p.add_argument("--seed", type=int, default=0, help="random seed (heuristics and solver)")
     p.add_argument("--solver", default="auto", help="MILP solver: auto, cpsat or gurobi")
     p.add_argument("--threads", type=int, default=0, help="solver threads (0 = all cores)")
@@ -217,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert a Helix reference topology .ini (bandwidths in bytes/s) to YAML.")
     p.add_argument("ini", help="reference topology file, e.g. single24.ini")
     p.add_argument("--machine-profile", help="reference machine_profile.ini (default: the bundled one)")
-    p.add_argument("-o", "--output", required=True, help="cluster YAML to write")
+    p.add_argument("-o", "--output", required=True, type=_writable, help="cluster YAML to write")
     p.set_defaults(handler=cmd_import_ini)
 
     p = sub.add_parser("demo", help="plan the bundled example cluster with every method",
@@ -228,7 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="simulate serving a plan (discrete-event)",
                        description="Simulate a plan on its cluster: throughput, latency, per-node utilization and KV.")
     p.add_argument("--cluster", help="cluster YAML or reference .ini the plan was made for")
-    p.add_argument("--plan", help="plan YAML from `vllm-helix plan`")
+    p.add_argument("--plan", help="plan YAML from `vllm-helix plan`, or a placement (reference *_sol.ini, "
+                                  "YAML 'node: [start, end]') to evaluate on --cluster")
+    p.add_argument("--links", metavar="SIMULATOR_CLUSTER_INI",
+                   help="the reference's pruned link set for the plan (its layouts/*/simulator_cluster.ini): route "
+                        "over only these links, in its order, with its KV capacities and raw-float flows")
+    p.add_argument("--model", default="llama2-70b", help="model of a --plan placement (default llama2-70b)")
+    p.add_argument("--throughput", default="reference", choices=["reference", "profile", "estimate"],
+                   help="node throughput model for a --plan placement")
+    p.add_argument("--partial-inference", action="store_true", help="a --plan placement uses partial inference")
+    p.add_argument("--initial-queries", type=int, metavar="N",
+                   help="offline: queries launched at start (default 20 for maxflow, 240 for the others, as the "
+                        "reference)")
     p.add_argument("--mode", default="offline", choices=["offline", "online"],
                    help="offline: keep the cluster full; online: requests arrive at --rate or from --trace")
     p.add_argument("--scheduler", default="maxflow", choices=["maxflow", "swarm", "random", "shortest-queue"])

@@ -234,6 +234,32 @@ def _nic_name(u, v) -> str:
     return f"inbound NIC of {u[0]}" if u[1] == "in" else f"outbound NIC of {u[0]}"
 
 
+def why_no_flow(placement: Placement, num_layers: int, partial_inference: bool) -> str:
+    """Why a placement serves nothing: layers no node holds, overlaps that need partial inference, or links."""
+    covered = set()
+    for rng in placement.ranges.values():
+        covered.update(range(rng.start, rng.end))
+    missing = [layer for layer in range(num_layers) if layer not in covered]
+    if missing:
+        return f"layers {_spans(missing)} of the model's {num_layers} are on no node"
+    if not partial_inference:
+        ends = {rng.end for rng in placement.ranges.values()} | {0}
+        overlapping = sorted(n for n, rng in placement.ranges.items() if rng.start not in ends)
+        if overlapping:
+            return (f"the layer ranges overlap (no range ends where {', '.join(overlapping[:4])} starts), so routes "
+                    f"need partial inference: pass --partial-inference")
+    return "no chain of links from the coordinator through every layer and back (see the cluster's links)"
+
+
+def _spans(layers: list[int]) -> str:
+    spans, start = [], layers[0]
+    for prev, cur in zip(layers, layers[1:] + [None], strict=True):
+        if cur != prev + 1:
+            spans.append(f"[{start}, {prev + 1})")
+            start = cur
+    return ", ".join(spans)
+
+
 def require_flow(result: FlowResult) -> FlowResult:
     """Raise InfeasiblePlacement when a placement serves nothing."""
     if result.value <= 0:
