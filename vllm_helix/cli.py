@@ -21,10 +21,14 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _load_inputs(args: argparse.Namespace):
+    """Cluster and model; resolves `--throughput auto` to the source that covers them."""
     from vllm_helix.planner.files import load_cluster
     from vllm_helix.planner.model import load_model
+    from vllm_helix.planner.throughput import choose_source
 
-    return load_cluster(args.cluster), load_model(args.model)
+    cluster, model = load_cluster(args.cluster), load_model(args.model)
+    args.throughput = choose_source(args.throughput, cluster, model)
+    return cluster, model
 
 
 def _load_placement(path: str, cluster):
@@ -98,7 +102,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.method == "milp":
         options.update(solver=args.solver, threads=args.threads, time_limit_s=args.time_limit,
                        partial_inference=args.partial_inference, progress=not args.json)
+    if args.previous:
+        return _replan(args, cluster, model, options)
     return _write_plan(args, cluster, model, place(cluster, model, args.method, throughput=args.throughput, **options))
+
+
+def _replan(args: argparse.Namespace, cluster, model, options: dict[str, Any]) -> int:
+    """`plan --previous`: the plan for the changed cluster that loads the fewest layers (planner/replan.py)."""
+    from vllm_helix.planner.files import load_plan
+    from vllm_helix.planner.replan import replan
+
+    if args.method != "milp":
+        raise ClusterSpecError("--previous re-plans with the MILP; drop --method or use --method milp")
+    options.pop("partial_inference", None)
+    result = replan(load_plan(args.previous).placement, cluster, model, throughput=args.throughput,
+                    tolerance=args.move_tolerance, partial_inference=args.partial_inference, **options)
+    if not args.json:
+        print(result.summary() + "\n")
+    return _write_plan(args, cluster, model, result.plan)
 
 
 def _write_plan(args: argparse.Namespace, cluster, model, plan) -> int:
@@ -206,9 +227,10 @@ def _simulated_plan(args: argparse.Namespace):
         return load_plan(args.plan), None, cluster
     from vllm_helix.planner.model import load_model
     from vllm_helix.planner.plan import evaluate_plan
+    from vllm_helix.planner.throughput import choose_source
 
-    placement = load_placement(args.plan, cluster)
-    plan = evaluate_plan(cluster, load_model(args.model), placement, "fixed", throughput=args.throughput,
+    model, placement = load_model(args.model), load_placement(args.plan, cluster)
+    plan = evaluate_plan(cluster, model, placement, "fixed", throughput=choose_source(args.throughput, cluster, model),
                          partial_inference=args.partial_inference)
     return plan, None, cluster
 
@@ -233,9 +255,10 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", required=True, help="cluster YAML, or a reference topology .ini")
     p.add_argument("--model", default="llama2-70b",
                    help="built-in model (llama2-70b, llama1-30b) or a Hugging Face model dir / config.json")
-    p.add_argument("--throughput", default="reference", choices=["reference", "profile", "estimate"],
+    p.add_argument("--throughput", default="auto", choices=["auto", "reference", "profile", "estimate"],
                    help="node throughput model: the reference's typical-batch model, a fixed-batch profile, "
-                        "or a roofline estimate for unprofiled GPUs/models")
+                        "or a roofline estimate for unprofiled GPUs/models; auto (default): the first of these "
+                        "that covers the cluster's GPUs and the model")
     p.add_argument("--partial-inference", action="store_true",
                    help="let a node run only the suffix of its layers that a route still needs")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -265,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", default="auto", help="MILP solver: auto, cpsat or gurobi")
     p.add_argument("--threads", type=int, default=0, help="solver threads (0 = all cores)")
     p.add_argument("--time-limit", type=float, default=60.0, help="solver time limit, seconds")
+    p.add_argument("--previous", metavar="PLAN",
+                   help="the plan serving now, for a changed cluster (nodes gone or added): keep as many of its "
+                        "layers in place as possible and report the layer loads versus planning from scratch")
+    p.add_argument("--move-tolerance", type=float, default=0.05,
+                   help="with --previous: accept up to this fraction less max flow to load fewer layers")
     p.set_defaults(handler=cmd_plan)
 
     p = sub.add_parser("import-ini", help="convert a reference cluster .ini to YAML",
@@ -288,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the reference's pruned link set for the plan (its layouts/*/simulator_cluster.ini): route "
                         "over only these links, in its order, with its KV capacities and raw-float flows")
     p.add_argument("--model", default="llama2-70b", help="model of a --plan placement (default llama2-70b)")
-    p.add_argument("--throughput", default="reference", choices=["reference", "profile", "estimate"],
+    p.add_argument("--throughput", default="auto", choices=["auto", "reference", "profile", "estimate"],
                    help="node throughput model for a --plan placement")
     p.add_argument("--partial-inference", action="store_true", help="a --plan placement uses partial inference")
     p.add_argument("--initial-queries", type=int, metavar="N",

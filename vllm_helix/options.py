@@ -26,6 +26,14 @@ class Option:
 
 OPTIONS = (
     Option("--helix-plan", "plan", str, None, "plan YAML from `vllm-helix plan` (nodes, layers, addresses, flows)"),
+    Option("--helix-cluster", "cluster", str, None,
+           "cluster YAML instead of --helix-plan: plan it at start-up, write CLUSTER.plan.yaml beside it, serve it"),
+    Option("--helix-throughput", "throughput", str, "auto",
+           "node throughput model for --helix-cluster: auto picks the reference tables for the built-in models, "
+           "the measured profiles where they cover the GPUs, else the roofline estimate",
+           ("auto", "reference", "profile", "estimate")),
+    Option("--helix-plan-time-limit", "plan_time_limit_s", float, 20.0,
+           "seconds the placement solver may take at start-up (--helix-cluster)"),
     Option("--helix-router", "router", str, "maxflow", "per-request route choice",
            ("maxflow", "random", "shortest-queue", "swarm")),
     Option("--helix-depth", "depth", int, 0,
