@@ -43,6 +43,7 @@ from vllm_helix.planner.throughput import NodeCapacity, ThroughputSource, capaci
 SOURCE, SINK = "source", "sink"
 GRAPHS = ("split", "planner")
 Arc = tuple[str, str]  # (src, dst) of a physical link; COORDINATOR at either end
+Edge = tuple[tuple[str, str], tuple[str, str]]  # an edge of the flow graph between (name, role) vertices
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +108,8 @@ def max_flow(
 
 
 # ------------------------------------------------------------------------------------ graphs
-# Each builder returns (graph with float 'capacity', physical arc -> graph edge, node -> compute edge).
+# Each builder returns (graph with float 'capacity' and integer 'weight' (cost), physical arc -> graph edge,
+# node -> its compute edges).
 
 
 def _split_graph(cluster, model, placement, capacities, arcs):
@@ -123,9 +125,8 @@ def _split_graph(cluster, model, placement, capacities, arcs):
         size_in = token if inbound[name] == {COORDINATOR} else hop
         size_out = token if outbound[name] == {COORDINATOR} else hop
         g.add_edge((name, "in"), (name, "start"), capacity=node.nic_in_bytes_per_s / size_in)
-        g.add_edge((name, "start"), (name, "end"), capacity=capacities[name].throughput(rng.size))
+        node_edges[name] = _add_compute(g, name, "start", "end", capacities[name].throughput(rng.size))
         g.add_edge((name, "end"), (name, "out"), capacity=node.nic_out_bytes_per_s / size_out)
-        node_edges[name] = ((name, "start"), (name, "end"))
     arc_edges = {}
     for src, dst in arcs:
         size = token if COORDINATOR in (src, dst) else hop
@@ -140,8 +141,7 @@ def _planner_graph(cluster, model, placement, capacities, arcs):
     g = nx.DiGraph()
     node_edges = {}
     for name, rng in placement.ranges.items():
-        g.add_edge((name, "in"), (name, "out"), capacity=capacities[name].throughput(rng.size))
-        node_edges[name] = ((name, "in"), (name, "out"))
+        node_edges[name] = _add_compute(g, name, "in", "out", capacities[name].throughput(rng.size))
     arc_edges = {}
     for src, dst in arcs:
         bandwidth = cluster.link(src, dst).bandwidth_bytes_per_s
@@ -155,6 +155,21 @@ def _planner_graph(cluster, model, placement, capacities, arcs):
         g.add_edge(*edge, capacity=bandwidth / size, weight=_hop_cost(cluster.link(src, dst), size))
         arc_edges[(src, dst)] = edge
     return g, arc_edges, node_edges
+
+
+BUSY_SHARE = 0.8  # a node's compute beyond this share of its capacity ...
+BUSY_COST = 10_000  # ... costs as much as 10 ms of route latency per unit of flow
+
+
+def _add_compute(g: nx.DiGraph, name: str, a: str, b: str, capacity: float) -> tuple[Edge, ...]:
+    """A node's compute capacity as two parallel edges: the first BUSY_SHARE free, the rest at BUSY_COST, so
+    among equal max flows the flow spreads over nodes before it saturates any (a saturated node queues:
+    in the simulator this raised decode throughput on the reference layouts, see docs/milp.md). Returns the
+    edges out of `a` that carry the node's flow."""
+    g.add_edge((name, a), (name, b), capacity=capacity * BUSY_SHARE, weight=0)
+    g.add_edge((name, a), (name, "busy"), capacity=capacity * (1 - BUSY_SHARE), weight=BUSY_COST)
+    g.add_edge((name, "busy"), (name, b), capacity=capacity * (1 - BUSY_SHARE), weight=0)
+    return ((name, a), (name, b)), ((name, a), (name, "busy"))
 
 
 def _hop_cost(link, token_size: float) -> int:
@@ -190,8 +205,8 @@ def _solve(g: nx.DiGraph, arc_edges, node_edges, scale, bound: float, graph: str
     return FlowResult(
         value=value / unit,
         upper_bound=bound,
-        node_flow={n: flow(e) for n, e in node_edges.items()},
-        node_capacity={n: capacity(e) for n, e in node_edges.items()},
+        node_flow={n: sum(map(flow, edges)) for n, edges in node_edges.items()},
+        node_capacity={n: sum(map(capacity, edges)) for n, edges in node_edges.items()},
         arc_flow={a: flow(e) for a, e in arc_edges.items()},
         arc_capacity={a: capacity(e) for a, e in arc_edges.items()},
         min_cut=_min_cut(g, flows, arc_edges, node_edges),
@@ -202,7 +217,7 @@ def _solve(g: nx.DiGraph, arc_edges, node_edges, scale, bound: float, graph: str
 def _with_arcs(result: FlowResult, g, arc_edges, node_edges) -> FlowResult:
     caps = {a: g.edges[e]["capacity"] for a, e in arc_edges.items()}
     return FlowResult(result.value, result.upper_bound, result.node_flow,
-                      {n: g.edges[e]["capacity"] for n, e in node_edges.items()},
+                      {n: sum(g.edges[e]["capacity"] for e in edges) for n, edges in node_edges.items()},
                       dict.fromkeys(arc_edges, 0.0), caps, result.min_cut, result.graph)
 
 
@@ -218,11 +233,12 @@ def _min_cut(g: nx.DiGraph, flows, arc_edges, node_edges) -> tuple[str, ...]:
                 reachable.add(v)
                 stack.append(v)
     names = {e: f"link {a[0]} -> {a[1]}" for a, e in arc_edges.items()}
-    names.update({e: f"compute of {n}" for n, e in node_edges.items()})
-    cut = []
+    for n, (main, busy) in node_edges.items():
+        names.update(dict.fromkeys((main, busy, (busy[1], main[1])), f"compute of {n}"))
+    cut = set()
     for u, v in g.edges:
         if u in reachable and v not in reachable:
-            cut.append(names.get((u, v)) or _nic_name(u, v))
+            cut.add(names.get((u, v)) or _nic_name(u, v))
     return tuple(sorted(cut))
 
 
