@@ -164,7 +164,7 @@ BUSY_COST = 10_000  # ... costs as much as 10 ms of route latency per unit of fl
 def _add_compute(g: nx.DiGraph, name: str, a: str, b: str, capacity: float) -> tuple[Edge, ...]:
     """A node's compute capacity as two parallel edges: the first BUSY_SHARE free, the rest at BUSY_COST, so
     among equal max flows the flow spreads over nodes before it saturates any (a saturated node queues:
-    in the simulator this raised decode throughput on the reference layouts, see docs/milp.md). Returns the
+    in the simulator this raised decode throughput on the reference layouts, see the README's Planning). Returns the
     edges out of `a` that carry the node's flow."""
     g.add_edge((name, a), (name, b), capacity=capacity * BUSY_SHARE, weight=0)
     g.add_edge((name, a), (name, "busy"), capacity=capacity * (1 - BUSY_SHARE), weight=BUSY_COST)

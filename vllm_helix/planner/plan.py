@@ -19,6 +19,7 @@ from vllm_helix.planner.cluster import ClusterSpec, cluster_from_dict, cluster_t
 from vllm_helix.planner.flow import FlowResult, max_flow
 from vllm_helix.planner.model import ModelSpec
 from vllm_helix.planner.placement import LayerRange, Placement
+from vllm_helix.planner.throughput import choose_source
 
 PLAN_VERSION = 1
 
@@ -40,6 +41,7 @@ def evaluate_plan(
     throughput: str = "reference", partial_inference: bool = False, details: dict[str, Any] | None = None,
 ) -> Plan:
     """Fix the placement, compute its max flow with the evaluator, and wrap it as a Plan."""
+    throughput = choose_source(throughput, cluster, model)
     flow = max_flow(cluster, model, placement, throughput=throughput, partial_inference=partial_inference)
     return Plan(cluster, model, placement, flow, method, throughput, partial_inference, dict(details or {}))
 

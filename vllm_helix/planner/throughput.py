@@ -251,7 +251,7 @@ def capacity_table(
     cluster: ClusterSpec, model: ModelSpec, source: str | ThroughputSource = "reference"
 ) -> dict[str, NodeCapacity]:
     """Per-node capacity with the NIC cap and the VRAM layer cap applied (reference `T_i(k)`)."""
-    source = get_source(source)
+    source = get_source(choose_source(source, cluster, model) if isinstance(source, str) else source)
     table = {}
     for node in cluster.nodes:
         raw = source.node_capacity(node, cluster, model)
