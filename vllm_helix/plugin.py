@@ -5,7 +5,8 @@ vLLM calls `register()` in every process, possibly more than once, before it bui
    Helix executor and scheduler (by qualified name, vLLM's own seams `distributed_executor_backend`
    and `scheduler_cls`); the `--helix-*` options (table in `vllm_helix.options`) go into
    `additional_config["helix"]`, which reaches the engine-core process with the rest of the config;
-2. applies the patches in `vllm_helix.executor.patches` (see the ledger there).
+   on a host without a CUDA GPU, `--executor helix` makes `--dtype auto` float32 (`vllm_helix.host`);
+2. applies the patches in `vllm_helix.coordinator.patches` (see the ledger there).
 Nothing heavy is imported at module level.
 """
 
@@ -31,11 +32,18 @@ class _SelectExecutor(argparse.Action):
         namespace.distributed_executor_backend = EXECUTOR_CLASS
         namespace.scheduler_cls = SCHEDULER_CLASS
         _helix_config(namespace)["enabled"] = True
+        if getattr(namespace, "dtype", None) == "auto":  # a --dtype given later still wins
+            from vllm_helix.host import resolve_dtype
+
+            namespace.dtype = resolve_dtype("auto")
 
 
 class _StoreHelixOption(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
-        if self.metavar_key in ("plan", "cluster"):  # a bad file is a usage error here, not an engine traceback
+        problem = self.helix_option.problem(value)
+        if problem:  # a bad value is a usage error here, not a traceback from the engine
+            parser.error(f"{option_string}: {problem}, got {value}")
+        if self.metavar_key in ("plan", "cluster"):  # so is a bad file
             from vllm_helix.errors import HelixError
             from vllm_helix.planner.files import load_cluster, load_plan
 
@@ -55,7 +63,7 @@ def add_helix_args(parser: Any) -> Any:
     for opt in OPTIONS:
         action = group.add_argument(opt.flag, type=opt.type, choices=opt.choices, action=_StoreHelixOption,
                                     dest=f"helix_{opt.key}", default=opt.default, help=opt.help)
-        action.metavar_key = opt.key
+        action.metavar_key, action.helix_option = opt.key, opt
     _require_plan(parser)
     return parser
 
@@ -130,6 +138,6 @@ def register() -> None:
     """Entry point; idempotent."""
     _log_like_vllm()
     _patch_cli()
-    from vllm_helix.executor.patches import apply_all
+    from vllm_helix.coordinator.patches import apply_all
 
     apply_all()

@@ -6,8 +6,8 @@ import pytest
 import yaml
 from serve_helpers import COMMON, completion_tokens
 
-from vllm_helix.launch import VllmServer
 from vllm_helix.planner.files import load_plan
+from vllm_helix.vllm_server import VllmServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ import yaml
 from serve_helpers import CLUSTER, COMMON, PROMPTS, completion_tokens, post, write_plan
 
 from vllm_helix.errors import HelixError
-from vllm_helix.launch import VllmServer
+from vllm_helix.vllm_server import VllmServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vllm_helix.errors import HelixError
-from vllm_helix.executor.partial_worker import PartialLayerWorker
-from vllm_helix.executor.types import HiddenResult, StepItem, TokenResult
+from vllm_helix.node.partial_worker import PartialLayerWorker
+from vllm_helix.node.types import HiddenResult, StepItem, TokenResult
 
 
 @dataclass(slots=True)

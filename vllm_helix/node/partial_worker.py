@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 
-from vllm_helix.errors import EngineStartError, HelixError
-from vllm_helix.executor import seam
-from vllm_helix.executor.kv_blocks import BlockAllocator, blocks_for
-from vllm_helix.executor.types import HiddenResult, KVStats, StepItem, TokenResult
+from vllm_helix import host, seams
+from vllm_helix.errors import EngineStartError, NodeError
+from vllm_helix.node import seam
+from vllm_helix.node.config import WorkerConfig
+from vllm_helix.node.kv_blocks import BlockAllocator, blocks_for
+from vllm_helix.node.types import HiddenResult, KVStats, StepItem, TokenResult
 
 logger = logging.getLogger(__name__)
 
@@ -43,35 +45,26 @@ class _Request:
 class PartialLayerWorker:
     """A vLLM model runner holding layers ``[start, end)`` of ``model_path``, with its own KV cache.
 
-    ``kv_cache_bytes`` sizes the KV cache; if None, ``memory_fraction`` of the memory available
-    after loading the weights is used. Raises EngineStartError for a range outside the model, a model
-    vLLM cannot load, or a KV cache that does not fit in memory or cannot hold one ``max_model_len``
-    sequence.
+    ``config`` holds its settings (defaults: ``WorkerConfig()``); ``config.kv_cache_bytes`` sizes the KV
+    cache, or else ``config.kv_fraction`` of the memory available. Raises EngineStartError for a range
+    outside the model, a model vLLM cannot load, or a KV cache that does not fit in memory or cannot
+    hold one ``max_model_len`` sequence.
     """
 
     def __init__(
         self,
         model_path: str,
         layer_range: tuple[int, int],
+        config: WorkerConfig | None = None,
         *,
         num_layers_total: int | None = None,
-        kv_cache_bytes: int | None = None,
-        memory_fraction: float = 0.05,
-        max_num_batched_tokens: int = 256,
-        max_num_seqs: int = 64,
-        max_model_len: int | None = 1024,
-        dtype: str = "auto",
-        seed: int = 0,
-        enforce_eager: bool = True,
     ) -> None:
-        seam.check_vllm_version()
+        seams.check_vllm_version()
         self.model_path = str(model_path)
-        budget = kv_cache_bytes if kv_cache_bytes is not None else _memory_budget(memory_fraction)
+        self.config = config = config or WorkerConfig()
+        budget = config.kv_cache_bytes if config.kv_cache_bytes is not None else _memory_budget(config.kv_fraction)
         _check_fits_in_memory(budget)
-        self.vllm_config = _load_config(
-            self.model_path, max_num_batched_tokens, max_num_seqs, max_model_len, budget, dtype, seed,
-            enforce_eager, layer_range,
-        )
+        self.vllm_config = _load_config(self.model_path, config, budget, layer_range)
         total = seam.num_hidden_layers(self.vllm_config)
         self.start, self.end = _check_range(layer_range, total, num_layers_total)
         self.num_layers_total = total
@@ -156,9 +149,9 @@ class PartialLayerWorker:
         ``sampling_params`` (a ``vllm.SamplingParams``) matters on the last range only.
         """
         if request_id in self._requests:
-            raise HelixError(f"request {request_id!r} is already on this node")
+            raise NodeError(f"request {request_id!r} is already on this node")
         if not prompt_token_ids:
-            raise HelixError(f"request {request_id!r} has an empty prompt")
+            raise NodeError(f"request {request_id!r} has an empty prompt")
         params = sampling_params if (self.is_last and sampling_params is not None) else self._greedy
         self._requests[request_id] = _Request(list(prompt_token_ids), params)
 
@@ -248,26 +241,26 @@ class PartialLayerWorker:
     def _state(self, item: StepItem) -> _Request:
         state = self._requests.get(item.request_id)
         if state is None:
-            raise HelixError(f"request {item.request_id!r} is not on this node; call add_request first")
+            raise NodeError(f"request {item.request_id!r} is not on this node; call add_request first")
         if item.start_position != state.num_computed:
-            raise HelixError(
+            raise NodeError(
                 f"request {item.request_id!r}: step starts at position {item.start_position} but this "
                 f"node has {state.num_computed} of its tokens cached"
             )
         if item.num_tokens < 1:
-            raise HelixError(f"request {item.request_id!r}: a step needs at least one token")
+            raise NodeError(f"request {item.request_id!r}: a step needs at least one token")
         return state
 
     def _incoming(self, item: StepItem) -> dict[str, torch.Tensor]:
         if item.hidden_states is None or item.residual is None:
-            raise HelixError(
+            raise NodeError(
                 f"request {item.request_id!r}: layers [{self.start}, {self.end}) need hidden_states and "
                 "residual from the previous node"
             )
         expected = (item.num_tokens, self.hidden_size)
         for name, t in (("hidden_states", item.hidden_states), ("residual", item.residual)):
             if tuple(t.shape) != expected:
-                raise HelixError(
+                raise NodeError(
                     f"request {item.request_id!r}: {name} has shape {tuple(t.shape)}, expected {expected}"
                 )
         return {"hidden_states": item.hidden_states, "residual": item.residual}
@@ -360,20 +353,10 @@ def _check_fits_in_memory(kv_cache_bytes: int) -> None:
         )
 
 
-def _load_config(path: str, batched: int, seqs: int, max_len: int | None, kv: int, dtype: str, seed: int,
-                 enforce_eager: bool, layers: tuple[int, int]):
+def _load_config(path: str, config: WorkerConfig, kv_cache_bytes: int, layers: tuple[int, int]) -> Any:
     try:
-        return seam.make_vllm_config(
-            path,
-            max_num_batched_tokens=batched,
-            max_num_seqs=seqs,
-            max_model_len=max_len,
-            kv_cache_bytes=kv,
-            dtype=dtype,
-            seed=seed,
-            enforce_eager=enforce_eager,
-            layers=layers,
-        )
+        return seam.make_vllm_config(path, config, dtype=host.resolve_dtype(config.dtype),
+                                     kv_cache_bytes=kv_cache_bytes, layers=layers)
     except Exception as err:  # vLLM raises many types here; the user needs one message
         raise EngineStartError(f"vLLM cannot load the model at {path!r}: {err}") from err
 

@@ -66,7 +66,7 @@ def apply() -> None:
         return self.__dict__.get("_helix_batch_queue")
 
     def set_(self, queue: deque | None) -> None:
-        from vllm_helix.executor.helix_executor import HelixExecutor
+        from vllm_helix.coordinator.executor import HelixExecutor
 
         if queue is not None and isinstance(getattr(self, "model_executor", None), HelixExecutor):
             queue = CompletionOrderQueue(queue, queue.maxlen, self)

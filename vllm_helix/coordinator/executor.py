@@ -19,10 +19,12 @@ from vllm.v1.executor.abstract import Executor
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 
-from vllm_helix.errors import HelixError
-from vllm_helix.executor.coordinator import Coordinator
+from vllm_helix.coordinator.coordinator import ServingCoordinator
+from vllm_helix.errors import ConfigError, HelixError
+from vllm_helix.node.config import WorkerConfig
 from vllm_helix.options import helix_options
 from vllm_helix.planner.files import load_plan
+from vllm_helix.seams import check_vllm_version
 
 logger = logging.getLogger(__name__)
 
@@ -53,26 +55,26 @@ class HelixExecutor(Executor):
     supports_pp = False
 
     def _init_executor(self) -> None:
+        check_vllm_version()
         options = helix_options(self.vllm_config.additional_config)
         if not options["plan"]:
-            raise HelixError("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`)")
+            raise ConfigError("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`)")
         plan = load_plan(options["plan"])
         hf_layers = self.model_config.hf_text_config.num_hidden_layers
         if plan.model.num_layers != hf_layers:
-            raise HelixError(f"{options['plan']}: the plan splits {plan.model.num_layers} layers, but "
+            raise ConfigError(f"{options['plan']}: the plan splits {plan.model.num_layers} layers, but "
                              f"{self.model_config.model} has {hf_layers}")
         scheduler = self.vllm_config.scheduler_config
         dtype = str(self.model_config.dtype).removeprefix("torch.")
-        worker_args = ["--dtype", dtype, "--max-num-batched-tokens", str(scheduler.max_num_batched_tokens),
-                       "--max-model-len", str(self.model_config.max_model_len),
-                       "--kv-fraction", str(options["kv_fraction"]),
-                       "--max-num-seqs", str(scheduler.max_num_seqs),
-                       "--start-timeout", str(options["start_timeout_s"])]
-        if self.model_config.enforce_eager:  # local nodes follow the server's --enforce-eager
-            worker_args.append("--enforce-eager")
+        # local nodes follow the server's own settings
+        local_nodes = WorkerConfig(kv_fraction=options["kv_fraction"],
+                                   max_num_batched_tokens=scheduler.max_num_batched_tokens,
+                                   max_num_seqs=scheduler.max_num_seqs, max_model_len=self.model_config.max_model_len,
+                                   dtype=dtype, enforce_eager=self.model_config.enforce_eager,
+                                   seed=self.model_config.seed or 0, start_timeout_s=options["start_timeout_s"])
         # Nodes hold the KV cache; the scheduler's prefix cache would skip prompt tokens they never saw.
         self.vllm_config.cache_config.enable_prefix_caching = False
-        self.coordinator = Coordinator(plan, self.model_config.model, options, _model_output, worker_args, dtype)
+        self.coordinator = ServingCoordinator(plan, self.model_config.model, options, _model_output, local_nodes)
         self.coordinator.start()
         self._last: Future | None = None
 

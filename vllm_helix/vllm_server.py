@@ -10,7 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from vllm_helix.errors import HelixError
+from vllm_helix.errors import StartupError
+from vllm_helix.host import shared_host_env
 
 
 class VllmServer:
@@ -18,12 +19,12 @@ class VllmServer:
 
     def __init__(self, model: str | Path, args: list[str] = (), *, port: int | None = None,
                  log_path: str | Path | None = None, env: dict[str, str] | None = None, timeout_s: float = 600):
-        from vllm_helix.executor.launcher import free_port
+        from vllm_helix.coordinator.local_nodes import free_port
 
         self.port = port or free_port()
         self.command = [str(Path(sys.executable).with_name("vllm")), "serve", str(model), "--port", str(self.port),
                         "--host", "127.0.0.1", *args]
-        self.env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "1", **os.environ, **(env or {})}
+        self.env = {"VLLM_CPU_KVCACHE_SPACE": "1", **shared_host_env(), **(env or {})}
         self.log_path = Path(log_path or f"/tmp/vllm-serve-{self.port}.log")
         self.timeout_s = timeout_s
         self.process: subprocess.Popen | None = None
@@ -39,7 +40,7 @@ class VllmServer:
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise HelixError(f"`vllm serve` exited with status {self.process.returncode} during start-up; "
+                raise StartupError(f"`vllm serve` exited with status {self.process.returncode} during start-up; "
                                  f"last lines of {self.log_path}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
@@ -47,7 +48,7 @@ class VllmServer:
             except OSError:
                 time.sleep(1)
         self.stop()
-        raise HelixError(f"`vllm serve` did not answer within {self.timeout_s:.0f} s; see {self.log_path}")
+        raise StartupError(f"`vllm serve` did not answer within {self.timeout_s:.0f} s; see {self.log_path}")
 
     def log_tail(self, lines: int = 25) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -13,11 +13,9 @@ from typing import Any
 from vllm_helix.planner.cluster import COORDINATOR
 from vllm_helix.planner.kv_expectation import KVParams
 from vllm_helix.planner.plan import Plan
-from vllm_helix.planner.router import MaxFlowRouter, RandomRouter, Route, ShortestQueueRouter, SwarmRouter
+from vllm_helix.planner.router import ROUTERS, Route
 
 logger = logging.getLogger("vllm_helix.routes")
-ROUTERS = {"maxflow": MaxFlowRouter, "random": RandomRouter, "shortest-queue": ShortestQueueRouter,
-           "swarm": SwarmRouter}
 STRICT_KV = KVParams(hwm=1.0, output_ratio=1.0)
 
 
