@@ -258,7 +258,8 @@ SEAMS: tuple[Seam, ...] = (
          "vLLM has no plugin hook for CLI options; `--executor helix` and `--helix-*` must be in `vllm serve`'s parser",
          "vLLM lets general plugins add CLI arguments", _check_cli_args),
     Seam("parse-known-args", "plugin._require_plan", "the parser instance's parse_known_args (wrapped)",
-         "`--executor helix` without `--helix-plan` must be a usage error at parse time, not an engine traceback",
+         "`--executor helix` without `--helix-plan` (or `--helix-cluster`, planned right there) must be a usage "
+         "error at parse time, not an engine traceback",
          "vLLM lets plugins validate parsed arguments", _check_parse_known_args),
     Seam("max-concurrent-batches", "coordinator/patches/max_concurrent_batches.py",
          "VllmConfig.max_concurrent_batches (property replaced)",

@@ -23,7 +23,7 @@ from vllm_helix.coordinator.coordinator import ServingCoordinator
 from vllm_helix.errors import ConfigError, HelixError
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.options import helix_options
-from vllm_helix.planner.plan import load_plan
+from vllm_helix.planner.files import load_plan
 from vllm_helix.seams import check_vllm_version
 from vllm_helix.wire import LogprobRow
 

@@ -57,7 +57,7 @@ class SimConfig:
             raise ClusterSpecError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.scheduler not in ROUTERS:
             raise ClusterSpecError(f"scheduler must be one of {tuple(ROUTERS)}, got {self.scheduler!r}")
-        for name in ("duration_s", "token_rate", "sample_interval_s"):
+        for name in ("duration_s", "token_rate", "sample_interval_s", "initial_queries"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ClusterSpecError(f"{name} must be > 0, got {value}")
