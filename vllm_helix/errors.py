@@ -77,6 +77,8 @@ class TransportTimeout(TransportError, TimeoutError):
 class FrameRejected(TransportError):
     """A received message was malformed, truncated, oversized or of the wrong version."""
 
+    peer: str | None = None  # who sent it, when known
+
 
 # ---------------------------------------------------------------- nodes
 

@@ -29,7 +29,7 @@ class Option:
 
 
 def _fraction(value: float) -> str | None:
-    return None if 0 < value <= 1 else "must be in (0, 1]"
+    return None if 0 < value < 1 else "must be in (0, 1)"
 
 
 def _positive(value: float) -> str | None:
@@ -45,6 +45,14 @@ _NODE = WorkerConfig()  # local nodes' defaults are the nodes' own
 
 OPTIONS = (
     Option("--helix-plan", "plan", str, None, "plan YAML from `vllm-helix plan` (nodes, layers, addresses, flows)"),
+    Option("--helix-cluster", "cluster", str, None,
+           "cluster YAML instead of --helix-plan: plan it at start-up, write CLUSTER.plan.yaml beside it, serve it"),
+    Option("--helix-throughput", "throughput", str, "auto",
+           "node throughput model for --helix-cluster: auto picks the reference tables for the built-in models, "
+           "the measured profiles where they cover the GPUs, else the roofline estimate",
+           ("auto", "reference", "profile", "estimate")),
+    Option("--helix-plan-time-limit", "plan_time_limit_s", float, 20.0,
+           "seconds the placement solver may take at start-up (--helix-cluster)", problem=_positive),
     Option("--helix-router", "router", str, "maxflow", "per-request route choice",
            ("maxflow", "random", "shortest-queue", "swarm")),
     Option("--helix-depth", "depth", int, 0,
@@ -55,6 +63,9 @@ OPTIONS = (
            "seconds a batch may take through the cluster before its requests fail", problem=_positive),
     Option("--helix-kv-fraction", "kv_fraction", float, _NODE.kv_fraction,
            "fraction of each local worker's free memory for its KV cache (local nodes only)", problem=_fraction),
+    Option("--helix-kv-cache-bytes", "kv_cache_bytes", int, _NODE.kv_cache_bytes,
+           "KV cache bytes of each local worker, instead of --helix-kv-fraction (local nodes only)",
+           problem=_positive),
     Option("--helix-route-log", "route_log", str, None, "append each request's route to this file"),
 )
 
@@ -72,6 +83,6 @@ def pipeline_depth(options: dict[str, Any]) -> int:
         return options["depth"]
     if not options["plan"]:
         return 1
-    from vllm_helix.planner.plan import load_plan
+    from vllm_helix.planner.files import load_plan
 
     return max(1, len(load_plan(options["plan"]).placement.ranges))

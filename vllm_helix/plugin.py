@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vllm_helix.options import CONFIG_KEY, EXECUTOR_CLASS, OPTIONS, SCHEDULER_CLASS
+from vllm_helix.options import CONFIG_KEY, EXECUTOR_CLASS, OPTIONS, SCHEDULER_CLASS, Option
 
 _MARK = "_vllm_helix_patched"
 
@@ -39,16 +39,18 @@ class _SelectExecutor(argparse.Action):
 
 
 class _StoreHelixOption(argparse.Action):
+    metavar_key: str  # set by add_helix_args
+    helix_option: Option
     def __call__(self, parser, namespace, value, option_string=None):
         problem = self.helix_option.problem(value)
         if problem:  # a bad value is a usage error here, not a traceback from the engine
             parser.error(f"{option_string}: {problem}, got {value}")
-        if self.metavar_key == "plan":
+        if self.metavar_key in ("plan", "cluster"):  # so is a bad file
             from vllm_helix.errors import HelixError
-            from vllm_helix.planner.plan import load_plan
+            from vllm_helix.planner.files import load_cluster, load_plan
 
             try:
-                load_plan(value)
+                (load_plan if self.metavar_key == "plan" else load_cluster)(value)
             except HelixError as exc:
                 parser.error(f"{option_string}: {exc}")
         _helix_config(namespace)[self.metavar_key] = value
@@ -69,17 +71,42 @@ def add_helix_args(parser: Any) -> Any:
 
 
 def _require_plan(parser: Any) -> None:
-    """`--executor helix` without `--helix-plan` is a usage error at parse time, not a traceback from the engine."""
+    """`--executor helix` needs exactly one of `--helix-plan` and `--helix-cluster` (a usage error at parse time,
+    not a traceback from the engine); with `--helix-cluster` the plan is made here, once, before any engine."""
     parse_known_args = parser.parse_known_args
 
     def checked(args=None, namespace=None):
         namespace, rest = parse_known_args(args, namespace)
         helix = (getattr(namespace, "additional_config", None) or {}).get(CONFIG_KEY, {})
-        if helix.get("enabled") and not helix.get("plan"):
-            parser.error("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`)")
+        if not helix.get("enabled") or helix.get("planned_from"):
+            return namespace, rest
+        if helix.get("plan") and helix.get("cluster"):
+            parser.error("give --helix-plan or --helix-cluster, not both")
+        if not helix.get("plan") and not helix.get("cluster"):
+            parser.error("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`) "
+                         "or --helix-cluster CLUSTER.yaml (planned at start-up)")
+        if helix.get("cluster"):
+            _plan_at_start(parser, namespace, helix)
         return namespace, rest
 
     parser.parse_known_args = checked
+
+
+def _plan_at_start(parser: Any, namespace: argparse.Namespace, helix: dict[str, Any]) -> None:
+    from vllm_helix.errors import HelixError
+    from vllm_helix.planner.serve_plan import plan_at_start
+
+    model = getattr(namespace, "model_tag", None) or getattr(namespace, "model", None)
+    if not model:
+        parser.error("--helix-cluster needs the model (`vllm serve MODEL`) to plan for")
+    cluster = str(helix["cluster"])
+    try:
+        path, table = plan_at_start(cluster, str(model), throughput=helix.get("throughput", "auto"),
+                                    time_limit_s=helix.get("plan_time_limit_s", 20.0))
+    except HelixError as exc:
+        parser.error(f"--helix-cluster {cluster}: {exc}")
+    print(table, flush=True)
+    helix["plan"], helix["planned_from"] = str(path), helix.pop("cluster")
 
 
 def _patch_cli() -> None:

@@ -147,6 +147,7 @@ def _check_executor_interface() -> None:
     from vllm.config import VllmConfig
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.executor.abstract import Executor
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
     from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 
     _need("resolve_obj_by_qualname" in _source(Executor.get_class), "executors are resolved by qualified name")
@@ -158,6 +159,19 @@ def _check_executor_interface() -> None:
     _need({"distributed_executor_backend", "scheduler_cls", "additional_config"} <= _fields(EngineArgs),
           "EngineArgs.distributed_executor_backend / scheduler_cls / additional_config")
     _need(callable(VllmConfig.compute_hash), "VllmConfig.compute_hash")
+    _need({"block_size", "num_kv_heads", "head_size", "dtype"} <= _fields(FullAttentionSpec),
+          "FullAttentionSpec(block_size, num_kv_heads, head_size, dtype) for the scheduler's KV bookkeeping")
+
+
+def _check_sampling_params_wire() -> None:
+    import msgspec
+    from vllm import SamplingParams
+
+    _need(issubclass(SamplingParams, msgspec.Struct), "SamplingParams is a msgspec.Struct")
+    params = SamplingParams(temperature=0.5, top_k=3, max_tokens=7, seed=1)
+    back = msgspec.msgpack.decode(msgspec.msgpack.encode(params), type=SamplingParams)
+    _need((back.temperature, back.top_k, back.max_tokens, back.seed) == (0.5, 3, 7, 1),
+          "SamplingParams survives a msgpack round trip")
 
 
 # ------------------------------------------------------------------ node side (vllm-helix worker)
@@ -244,7 +258,8 @@ SEAMS: tuple[Seam, ...] = (
          "vLLM has no plugin hook for CLI options; `--executor helix` and `--helix-*` must be in `vllm serve`'s parser",
          "vLLM lets general plugins add CLI arguments", _check_cli_args),
     Seam("parse-known-args", "plugin._require_plan", "the parser instance's parse_known_args (wrapped)",
-         "`--executor helix` without `--helix-plan` must be a usage error at parse time, not an engine traceback",
+         "`--executor helix` without `--helix-plan` (or `--helix-cluster`, planned right there) must be a usage "
+         "error at parse time, not an engine traceback",
          "vLLM lets plugins validate parsed arguments", _check_parse_known_args),
     Seam("max-concurrent-batches", "coordinator/patches/max_concurrent_batches.py",
          "VllmConfig.max_concurrent_batches (property replaced)",
@@ -267,6 +282,10 @@ SEAMS: tuple[Seam, ...] = (
          "vllm.v1.executor.abstract.Executor methods, ModelRunnerOutput, LogprobsLists",
          "the executor is vLLM's own seam for where a model runs; its interface is not a stable API",
          "a stable executor API upstream", _check_executor_interface),
+    Seam("sampling-params-wire", "wire.encode_sampling / decode_sampling",
+         "vllm.SamplingParams encoded as a msgspec Struct",
+         "a request's sampling parameters travel to its last node; msgpack of vLLM's own struct keeps them whole",
+         "never, while SamplingParams stays a msgspec Struct (else: encode its fields)", _check_sampling_params_wire),
     Seam("engine-config", "node/seam.make_vllm_config", "EngineArgs fields, VllmConfig.compute_hash",
          "a node needs the VllmConfig a whole-model engine gets, with its layer range in the compile-cache key",
          "never (public API), as long as the hash covers additional_config", _check_engine_config),

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -19,7 +19,7 @@ from vllm_helix.host import shared_host_env
 class VllmServer:
     """`with VllmServer(model, ["--executor", "helix", ...]) as url:` -> 'http://127.0.0.1:PORT/v1'."""
 
-    def __init__(self, model: str | Path, args: list[str] = (), *, port: int | None = None,
+    def __init__(self, model: str | Path, args: Sequence[str] = (), *, port: int | None = None,
                  log_path: str | Path | None = None, env: dict[str, str] | None = None, timeout_s: float = 600,
                  on_log_line: Callable[[str], None] | None = None):
         from vllm_helix.coordinator.local_nodes import free_port

@@ -17,15 +17,20 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from vllm_helix.comm import Header, tensor_spec
+from vllm_helix.comm import Header, Transport, tensor_spec
 from vllm_helix.errors import FrameRejected, TransportTimeout
+
+if TYPE_CHECKING:
+    import torch
+    from vllm import SamplingParams
 
 PROTOCOL_VERSION = 1
 KIND = f"helix/{PROTOCOL_VERSION}"
+LogprobRow = tuple[list[int], list[float], int]  # ids, logprobs, rank of the sampled token
 COORDINATOR_PEER = "coordinator"  # the coordinator's name on the transport
 
 
@@ -53,7 +58,7 @@ class Step(msgspec.Struct, tag="step", frozen=True):
 class TokenOut(msgspec.Struct, frozen=True):
     request_id: str
     token_id: int | None  # None: a prefill chunk that does not finish the prompt
-    logprob_row: tuple[list[int], list[float], int] | None = None  # ids, logprobs, rank of the sampled token
+    logprob_row: LogprobRow | None = None
 
 
 class Tokens(msgspec.Struct, tag="tokens", frozen=True):
@@ -115,7 +120,7 @@ class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
 Message = Step | Tokens | Failed | Free | Hello | Progress | Busy | Start | Shutdown
 
 
-def encode(message: Message, tensors: Sequence[Any] = ()) -> Header:
+def encode(message: Message, tensors: Sequence[torch.Tensor] = ()) -> Header:
     """The transport header of `message` with these payload tensors."""
     return Header(kind=KIND, tensors=tuple(tensor_spec(t) for t in tensors),
                   meta=msgspec.to_builtins(message, builtin_types=(bytes,)))
@@ -137,11 +142,11 @@ def decode(header: Header) -> Message:
 # ------------------------------------------------------------------------- sampling parameters
 
 
-def encode_sampling(params: Any) -> bytes:
+def encode_sampling(params: SamplingParams | None) -> bytes:
     return msgspec.msgpack.encode(params) if params is not None else b""
 
 
-def decode_sampling(data: bytes) -> Any:
+def decode_sampling(data: bytes) -> SamplingParams | None:
     if not data:
         return None
     from vllm import SamplingParams
@@ -156,7 +161,7 @@ def decode_sampling(data: bytes) -> Any:
 class Received:
     peer: str
     message: Message
-    tensors: list[Any]  # torch tensors viewing the received buffers
+    tensors: list[torch.Tensor]  # viewing the received buffers
 
 
 def tcp(address: str) -> str:
@@ -164,7 +169,9 @@ def tcp(address: str) -> str:
 
 
 class Channel:
-    def __init__(self, endpoint: Any):
+    """Helix messages to named peers, from any peer, over a Transport."""
+
+    def __init__(self, endpoint: Transport):
         self.endpoint = endpoint
 
     def connect(self, peer: str, address: str) -> None:
@@ -173,7 +180,7 @@ class Channel:
     def peers(self) -> set[str]:
         return set(self.endpoint.peers())
 
-    def send(self, peer: str, message: Message, tensors: Sequence[Any] = ()) -> None:
+    def send(self, peer: str, message: Message, tensors: Sequence[torch.Tensor] = ()) -> None:
         """Raises PeerLost (peer gone) or TransportTimeout (its queue stayed full)."""
         self.endpoint.send(peer, encode(message, tensors), list(tensors), timeout=30.0)
 

@@ -61,9 +61,42 @@ def test_a_missing_or_malformed_plan_is_a_usage_error(tmp_path, capsys):
     assert exit_.value.code == 2 and "needs --helix-plan" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option, value, problem", [("--helix-kv-fraction", "1.5", "must be in (0, 1]"),
+def test_helix_cluster_plans_at_parse_time_and_bad_uses_are_usage_errors(tmp_path, capsys, tiny_llama_path):
+    import yaml
+    from serve_helpers import CLUSTER
+
+    parser = add_helix_args(FlexibleArgumentParser())
+    parser.add_argument("model_tag", nargs="?")
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump(CLUSTER))
+    (tmp_path / "bad.yaml").write_text("nodes: [{name: a}]\n")
+    usage_errors = [
+        (["--helix-cluster", str(tmp_path / "none.yaml")], "--helix-cluster: " + str(tmp_path / "none.yaml")),
+        (["--helix-cluster", str(tmp_path / "bad.yaml")], "nodes[0] (a).gpu: is required"),
+        (["--helix-cluster", str(cluster), "--helix-plan", LOCAL3], "not both"),
+        (["--helix-cluster", str(cluster)], "needs the model"),
+        (["--helix-cluster", str(cluster), "gpt-9"], "not a built-in"),
+    ]
+    for args, message in usage_errors:
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(["--executor", "helix", *args])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err, err
+    args = parser.parse_args(["--executor", "helix", "--helix-cluster", str(cluster), "--helix-plan-time-limit", "5",
+                              str(tiny_llama_path)])
+    options = helix_options(args.additional_config)
+    assert options["plan"] == str(tmp_path / "cluster.plan.yaml")  # written beside the cluster file
+    from vllm_helix.planner.files import load_plan
+
+    plan = load_plan(options["plan"])
+    assert plan.throughput_model == "estimate" and plan.flow.value > 0  # a Hugging Face model on CPUs
+    assert "max flow:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option, value, problem", [("--helix-kv-fraction", "1.5", "must be in (0, 1)"),
                                                     ("--helix-depth", "-1", "must be >= 0"),
-                                                    ("--helix-step-timeout", "0", "must be > 0")])
+                                                    ("--helix-step-timeout", "0", "must be > 0"),
+                                                    ("--helix-kv-cache-bytes", "0", "must be > 0")])
 def test_a_bad_helix_option_value_is_a_usage_error(option, value, problem, capsys):
     parser = add_helix_args(FlexibleArgumentParser())
     with pytest.raises(SystemExit) as exit_:

@@ -29,7 +29,7 @@ def test_a_config_survives_the_trip_to_a_local_node_command_line():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("kv_fraction", 0.0, r"--kv-fraction must be in \(0, 1\]"),
+    ("kv_fraction", 0.0, r"--kv-fraction must be in \(0, 1\)"),
     ("max_num_seqs", 0, "--max-num-seqs must be >= 1"),
     ("max_model_len", -5, "--max-model-len must be >= 1"),
     ("start_timeout_s", 0.0, "--start-timeout must be > 0"),
@@ -45,4 +45,4 @@ def test_a_bad_worker_option_is_a_usage_error_of_the_worker_command(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "usage: vllm-helix worker" in proc.stderr
-    assert "vllm-helix worker: error: --kv-fraction must be in (0, 1], got 2.0" in proc.stderr
+    assert "vllm-helix worker: error: --kv-fraction must be in (0, 1), got 2.0" in proc.stderr

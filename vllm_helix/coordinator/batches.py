@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vllm_helix import wire as p
+
+if TYPE_CHECKING:
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.outputs import ModelRunnerOutput
+
+# (request ids, sampled token lists, logprob rows) -> vLLM's ModelRunnerOutput
+MakeOutput = Callable[[list[str], list[list[int]], list["p.LogprobRow | None"]], "ModelRunnerOutput"]
 
 
 @dataclass(slots=True)
@@ -31,7 +39,7 @@ class PendingBatch:
     step_id: int
     request_ids: list[str]  # in the scheduler's order
     deadline: float
-    future: Future = field(default_factory=Future)
+    future: Future[ModelRunnerOutput] = field(default_factory=Future)
     tokens: dict[str, p.TokenOut] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # request id -> error
 
@@ -43,11 +51,11 @@ class PendingBatch:
 class BatchBook:
     """Requests' token state and the batches in flight (thread-safe: the receiver thread completes them)."""
 
-    def __init__(self, make_output: Any, step_timeout_s: float):
+    def __init__(self, make_output: MakeOutput, step_timeout_s: float):
         self.requests: dict[str, RequestState] = {}
         self.pending: dict[int, PendingBatch] = {}
         self.failed_requests: dict[str, str] = {}  # for the scheduler to finish with an error
-        self._make_output = make_output  # (req_ids, sampled lists) -> vLLM ModelRunnerOutput
+        self._make_output = make_output
         self._timeout = step_timeout_s
         self._lock = threading.Lock()
         self._next_step = 0
@@ -56,7 +64,8 @@ class BatchBook:
 
     # ------------------------------------------------------------------ outgoing
 
-    def build(self, scheduler_output: Any, routes: dict[str, list[str]]) -> tuple[PendingBatch, dict[str, p.Step]]:
+    def build(self, scheduler_output: SchedulerOutput,
+              routes: dict[str, list[str]]) -> tuple[PendingBatch, dict[str, p.Step]]:
         """A pending batch and the Step to send to each first hop."""
         for new in scheduler_output.scheduled_new_reqs:
             self.requests[new.req_id] = RequestState(
@@ -120,7 +129,7 @@ class BatchBook:
                 if batch is not None:
                     batch.failed[rid] = error
             complete = batch is not None and batch.done
-        if complete:
+        if complete and batch is not None:
             self._finish(batch)
 
     def fail_requests(self, request_ids: list[str], error: str) -> None:

@@ -10,10 +10,10 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vllm_helix import wire as p
-from vllm_helix.coordinator.batches import BatchBook
+from vllm_helix.coordinator.batches import BatchBook, MakeOutput
 from vllm_helix.coordinator.local_nodes import LocalNodes, local_nodes, resolve_addresses
 from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import (
@@ -28,6 +28,10 @@ from vllm_helix.node.config import WorkerConfig
 from vllm_helix.planner.plan import Plan
 from vllm_helix.wire import COORDINATOR_PEER, Channel, open_channel
 
+if TYPE_CHECKING:
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.outputs import ModelRunnerOutput
+
 logger = logging.getLogger(__name__)
 _current: ServingCoordinator | None = None
 
@@ -39,7 +43,7 @@ def current() -> ServingCoordinator:
 
 
 class ServingCoordinator:
-    def __init__(self, plan: Plan, model_path: str, options: dict[str, Any], make_output: Any,
+    def __init__(self, plan: Plan, model_path: str, options: dict[str, Any], make_output: MakeOutput,
                  local_node_config: WorkerConfig):
         global _current
         if plan.partial_inference:
@@ -92,7 +96,7 @@ class ServingCoordinator:
             logger.info(message.line())  # the node's own start-up line, here for remote nodes too
         if not isinstance(message, p.Hello) or message.node not in nodes:
             return
-        expected = self.plan.placement[message.node]
+        expected = self.plan.placement.ranges[message.node]
         if message.layers != [expected.start, expected.end]:
             raise StartupError(f"node {message.node} serves layers {message.layers}, the plan says {expected}: "
                                "start it with the plan file `vllm serve` was given")
@@ -121,7 +125,7 @@ class ServingCoordinator:
 
     # ------------------------------------------------------------------ batches
 
-    def submit(self, scheduler_output: Any) -> Future:
+    def submit(self, scheduler_output: SchedulerOutput) -> Future[ModelRunnerOutput]:
         self._free(scheduler_output.finished_req_ids)
         assert self.routes is not None
         batch, steps = self.book.build(scheduler_output, self.routes.routes)
@@ -140,7 +144,7 @@ class ServingCoordinator:
             for node in route:
                 by_node.setdefault(node, []).append(rid)
         for node, rids in by_node.items():
-            if node not in self.routes.lost:
+            if self.routes is None or node not in self.routes.lost:
                 try:
                     self.channel.send(node, p.Free(rids))
                 except (PeerLost, TransportTimeout) as exc:
@@ -202,6 +206,12 @@ class ServingCoordinator:
         self.book.fail_requests(affected, f"node {node} lost: {reason}")
 
     # ------------------------------------------------------------------ lifecycle
+
+    def route_book(self) -> RouteBook:
+        """The routes of the requests being served (the scheduler runs only once the cluster started)."""
+        if self.routes is None:
+            raise StartupError("the Helix cluster has not started: no routes yet")
+        return self.routes
 
     def check_health(self) -> None:
         if self.routes is not None and self.routes.lost:

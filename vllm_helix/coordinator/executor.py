@@ -11,30 +11,34 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from vllm.v1.executor.abstract import Executor
-from vllm.v1.kv_cache_interface import FullAttentionSpec
+from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheSpec
 from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 
 from vllm_helix.coordinator.coordinator import ServingCoordinator
 from vllm_helix.errors import ConfigError, HelixError
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.options import helix_options
-from vllm_helix.planner.plan import load_plan
+from vllm_helix.planner.files import load_plan
 from vllm_helix.seams import check_vllm_version
+from vllm_helix.wire import LogprobRow
+
+if TYPE_CHECKING:
+    from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
 
 logger = logging.getLogger(__name__)
 
 
-def _model_output(req_ids: list[str], sampled: list[list[int]], rows: list[Any]) -> ModelRunnerOutput:
+def _model_output(req_ids: list[str], sampled: list[list[int]], rows: list[LogprobRow | None]) -> ModelRunnerOutput:
     return ModelRunnerOutput(req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)},
                              sampled_token_ids=sampled, logprobs=_logprobs_lists(sampled, rows))
 
 
-def _logprobs_lists(sampled: list[list[int]], rows: list[Any]) -> LogprobsLists | None:
+def _logprobs_lists(sampled: list[list[int]], rows: list[LogprobRow | None]) -> LogprobsLists | None:
     """vLLM's batch logprobs: row i for request i (its one sampled token), padded to the widest top-k."""
     if not any(rows):
         return None
@@ -67,7 +71,7 @@ class HelixExecutor(Executor):
         scheduler = self.vllm_config.scheduler_config
         dtype = str(self.model_config.dtype).removeprefix("torch.")
         # local nodes follow the server's own settings
-        local_nodes = WorkerConfig(kv_fraction=options["kv_fraction"],
+        local_nodes = WorkerConfig(kv_fraction=options["kv_fraction"], kv_cache_bytes=options["kv_cache_bytes"],
                                    max_num_batched_tokens=scheduler.max_num_batched_tokens,
                                    max_num_seqs=scheduler.max_num_seqs, max_model_len=self.model_config.max_model_len,
                                    dtype=dtype, enforce_eager=self.model_config.enforce_eager,
@@ -80,7 +84,7 @@ class HelixExecutor(Executor):
 
     # ------------------------------------------------------------------ KV bookkeeping for vLLM
 
-    def get_kv_cache_specs(self) -> list[dict[str, Any]]:
+    def get_kv_cache_specs(self) -> list[dict[str, KVCacheSpec]]:
         text = self.model_config.hf_text_config
         heads = text.num_attention_heads
         spec = FullAttentionSpec(
@@ -103,7 +107,7 @@ class HelixExecutor(Executor):
         blocks = min(per_layer) // block + self.vllm_config.scheduler_config.max_num_seqs
         return [blocks * spec.page_size_bytes]
 
-    def initialize_from_config(self, kv_cache_configs: list[Any]) -> None:
+    def initialize_from_config(self, kv_cache_configs: list[KVCacheConfig]) -> None:
         pass  # the nodes own their caches
 
     def compile_or_warm_up_model(self) -> None:
@@ -121,11 +125,11 @@ class HelixExecutor(Executor):
 
     # ------------------------------------------------------------------ batches
 
-    def execute_model(self, scheduler_output: Any, non_block: bool = False):
+    def execute_model(self, scheduler_output: SchedulerOutput, non_block: bool = False):
         self._last = self.coordinator.submit(scheduler_output)
         return self._last if non_block else self._last.result()
 
-    def sample_tokens(self, grammar_output: Any, non_block: bool = False):
+    def sample_tokens(self, grammar_output: GrammarOutput | None, non_block: bool = False):
         assert self._last is not None
         return self._last if non_block else self._last.result()
 
@@ -146,7 +150,6 @@ class HelixExecutor(Executor):
         self.coordinator.check_health()
 
     def shutdown(self) -> None:
-        coordinator = getattr(self, "coordinator", None)
+        coordinator = self.__dict__.pop("coordinator", None)  # shut down once
         if coordinator is not None:
             coordinator.shutdown()
-            self.coordinator = None

@@ -27,7 +27,7 @@ def describe(route: Route) -> str:
 
 class RouteBook:
     def __init__(self, plan: Plan, kv_tokens: dict[str, int], block_tokens: int, options: dict[str, Any]):
-        slots = {n: kv_tokens[n] * plan.placement[n].size for n in kv_tokens}  # token-layer slots
+        slots = {n: kv_tokens[n] * plan.placement.ranges[n].size for n in kv_tokens}  # token-layer slots
         kwargs = {"kv_params": STRICT_KV, "improved": True} if options["router"] == "maxflow" else {}
         self.router = ROUTERS[options["router"]].from_plan(plan, slots, **kwargs)
         self.block_tokens = block_tokens  # the largest KV block of any node

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request
 
 from vllm_helix.coordinator.coordinator import current
 
@@ -22,9 +23,12 @@ logger = logging.getLogger(__name__)
 
 
 class HelixScheduler(Scheduler):
+    running: list[Request]  # vLLM's (annotated for the type checker)
+
     def schedule(self, *args, **kwargs):
-        routes = current().routes
-        held, impossible = [], []
+        routes = current().route_book()
+        held: list[Request] = []
+        impossible: list[Request] = []
         for request in list(self.waiting):
             rid = request.request_id
             if rid in routes.routes:
@@ -35,7 +39,7 @@ class HelixScheduler(Scheduler):
             logger.error("requests %s need more KV cache than the cluster has", [r.request_id for r in impossible])
             self._fail_next_update(r.request_id for r in impossible)
         hidden_running, hidden_waiting = self._other_lanes(routes.routes, set(held) | set(impossible))
-        running = self.running
+        running: list[Request] = self.running
         if hidden_running:
             self.running = [r for r in running if r not in hidden_running]
         if hidden_waiting:
@@ -85,7 +89,7 @@ class HelixScheduler(Scheduler):
         self.encoder_cache_mismatch_reqs.update(rid for rid in request_ids if rid in self.requests)
 
     def _free_request(self, request, *args, **kwargs):
-        current().routes.release(request.request_id)
+        current().route_book().release(request.request_id)
         return super()._free_request(request, *args, **kwargs)
 
 

@@ -34,8 +34,8 @@ class WorkerConfig:
     start_timeout_s: float = _option(600.0, "seconds to wait for the coordinator", flag="--start-timeout")
 
     def __post_init__(self) -> None:
-        if not 0 < self.kv_fraction <= 1:
-            raise ConfigError(f"--kv-fraction must be in (0, 1], got {self.kv_fraction}")
+        if not 0 < self.kv_fraction < 1:
+            raise ConfigError(f"--kv-fraction must be in (0, 1), got {self.kv_fraction}")
         for name in ("max_num_batched_tokens", "max_num_seqs", "max_model_len", "kv_cache_bytes"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -51,7 +51,7 @@ class WorkerConfig:
             if f.type == "bool":
                 parser.add_argument(_flag(f), dest=f.name, action="store_true", help=f.metadata["help"])
             else:
-                kind = {"float": float, "int": int, "int | None": int, "str": str}[f.type]
+                kind = {"float": float, "int": int, "int | None": int, "str": str}[str(f.type)]
                 shown = "" if f.default is None else f" (default: {f.default})"
                 parser.add_argument(_flag(f), dest=f.name, type=kind, default=f.default,
                                     metavar=f.name.removesuffix("_s").upper(), help=f.metadata["help"] + shown)

@@ -9,7 +9,7 @@ import time
 from vllm_helix.errors import ConfigError, PeerLost, TransportTimeout
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.node.server import NodeServer
-from vllm_helix.planner.plan import load_plan
+from vllm_helix.planner.files import load_plan
 from vllm_helix.wire import COORDINATOR_PEER, Channel, Progress, open_channel
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,6 +29,15 @@ from vllm_helix.node import seam
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.node.kv_blocks import BlockAllocator, blocks_for
 from vllm_helix.node.types import HiddenResult, KVStats, StepItem, TokenResult
+from vllm_helix.wire import LogprobRow
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.config import VllmConfig
+    from vllm.sequence import IntermediateTensors
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
+    from vllm.v1.worker.worker_base import WorkerBase
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +45,7 @@ logger = logging.getLogger(__name__)
 @dataclass(slots=True)
 class _Request:
     prompt_token_ids: list[int]
-    params: Any  # vllm.SamplingParams
+    params: SamplingParams  # the greedy default on all but the last range
     num_computed: int = 0  # tokens whose KV lives in this node's cache
     output_token_ids: list[int] = field(default_factory=list)  # known sampled tokens
     sent_to_runner: bool = False
@@ -89,7 +98,7 @@ class PartialLayerWorker:
             raise EngineStartError(
                 f"KV cache of {budget / 2**20:.1f} MiB cannot hold one {max_len}-token sequence on "
                 f"layers [{self.start}, {self.end}) ({need / 2**20:.1f} MiB needed); give the worker "
-                "more kv_cache_bytes / memory_fraction or lower max_model_len"
+                "more kv_cache_bytes / kv_fraction or lower max_model_len"
             )
         with self._range.active():
             config = seam.kv_cache_config(self._worker, spec, budget)
@@ -142,7 +151,7 @@ class PartialLayerWorker:
         return blocks_for(num_tokens, self._block_size) <= self._blocks.total - self._blocks.used
 
     def add_request(
-        self, request_id: str, prompt_token_ids: Sequence[int], sampling_params: Any = None
+        self, request_id: str, prompt_token_ids: Sequence[int], sampling_params: SamplingParams | None = None
     ) -> None:
         """Register a request routed through this node (KV blocks are allocated as its steps run).
 
@@ -208,7 +217,7 @@ class PartialLayerWorker:
 
     # ------------------------------------------------------------ execute internals
 
-    def _prepare(self, batch: Sequence[StepItem]) -> tuple[Any, dict[str, dict[str, torch.Tensor]] | None]:
+    def _prepare(self, batch: Sequence[StepItem]) -> tuple[SchedulerOutput, dict[str, dict[str, torch.Tensor]] | None]:
         new_reqs, cached, scheduled = [], [], {}
         incoming: dict[str, dict[str, torch.Tensor]] = {}
         for item in batch:
@@ -270,7 +279,7 @@ class PartialLayerWorker:
                 )
         return {"hidden_states": item.hidden_states, "residual": item.residual}
 
-    def _split_hidden(self, batch: Sequence[StepItem], out: Any) -> list[HiddenResult]:
+    def _split_hidden(self, batch: Sequence[StepItem], out: IntermediateTensors) -> list[HiddenResult]:
         sizes = {item.request_id: item.num_tokens for item in batch}
         order = seam.batch_order(self._worker)
         offsets, pos = {}, 0
@@ -284,7 +293,7 @@ class PartialLayerWorker:
             results.append(HiddenResult(item.request_id, hidden[lo:hi].clone(), residual[lo:hi].clone()))
         return results
 
-    def _token_results(self, batch: Sequence[StepItem], out: Any) -> list[TokenResult]:
+    def _token_results(self, batch: Sequence[StepItem], out: ModelRunnerOutput) -> list[TokenResult]:
         index = out.req_id_to_index
         results = []
         for item in batch:
@@ -316,7 +325,7 @@ class PartialLayerWorker:
         return None
 
 
-def _logprob_row(lists: Any, i: int) -> tuple[list[int], list[float], int] | None:
+def _logprob_row(lists: LogprobsLists | None, i: int) -> LogprobRow | None:
     if lists is None:
         return None
     ids, lps = lists.logprob_token_ids[i], lists.logprobs[i]
@@ -337,7 +346,7 @@ def _check_range(layer_range: tuple[int, int], total: int, num_layers_total: int
 
 def _memory_budget(fraction: float) -> int:
     if not 0.0 < fraction < 1.0:
-        raise EngineStartError(f"memory_fraction must be in (0, 1), got {fraction}")
+        raise EngineStartError(f"kv_fraction must be in (0, 1), got {fraction}")
     return int(_available_memory() * fraction)
 
 
@@ -354,11 +363,11 @@ def _check_fits_in_memory(kv_cache_bytes: int) -> None:
     if kv_cache_bytes <= 0 or kv_cache_bytes > available:
         raise EngineStartError(
             f"KV cache of {kv_cache_bytes / 2**30:.2f} GiB does not fit: {available / 2**30:.2f} GiB "
-            "available on this device; lower kv_cache_bytes / memory_fraction"
+            "available on this device; lower kv_cache_bytes / kv_fraction"
         )
 
 
-def _load_config(path: str, config: WorkerConfig, kv_cache_bytes: int, layers: tuple[int, int]) -> Any:
+def _load_config(path: str, config: WorkerConfig, kv_cache_bytes: int, layers: tuple[int, int]) -> VllmConfig:
     try:
         return seam.make_vllm_config(path, config, dtype=host.resolve_dtype(config.dtype),
                                      kv_cache_bytes=kv_cache_bytes, layers=layers)
@@ -366,7 +375,7 @@ def _load_config(path: str, config: WorkerConfig, kv_cache_bytes: int, layers: t
         raise EngineStartError(f"vLLM cannot load the model at {path!r}: {err}") from err
 
 
-def _load_worker(vllm_config: Any, layer_range: seam.LayerRange, path: str) -> Any:
+def _load_worker(vllm_config: VllmConfig, layer_range: seam.LayerRange, path: str) -> WorkerBase:
     try:
         return seam.create_worker(vllm_config, layer_range)
     except Exception as err:

@@ -33,6 +33,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.config import VllmConfig
+    from vllm.distributed.parallel_state import GroupCoordinator
+    from vllm.sequence import IntermediateTensors
+    from vllm.v1.core.sched.output import NewRequestData, SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig, KVCacheSpec
+    from vllm.v1.outputs import ModelRunnerOutput
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    from vllm.v1.worker.worker_base import WorkerBase
+
     from vllm_helix.node.config import WorkerConfig
 
 _activate_lock = threading.RLock()
@@ -43,7 +53,7 @@ _activate_lock = threading.RLock()
 
 def make_vllm_config(
     model_path: str, config: WorkerConfig, *, dtype: str, kv_cache_bytes: int, layers: tuple[int, int]
-) -> Any:
+) -> VllmConfig:
     """The VllmConfig a whole-model vLLM engine would get (no prefix caching, sync scheduling).
 
     `dtype` is `config.dtype` resolved for this host. Without enforce_eager the layers run through vLLM's
@@ -71,15 +81,15 @@ def make_vllm_config(
     return args.create_engine_config()
 
 
-def num_hidden_layers(vllm_config: Any) -> int:
+def num_hidden_layers(vllm_config: VllmConfig) -> int:
     return int(vllm_config.model_config.get_total_num_hidden_layers())
 
 
-def hidden_size(vllm_config: Any) -> int:
+def hidden_size(vllm_config: VllmConfig) -> int:
     return int(vllm_config.model_config.get_hidden_size())
 
 
-def eos_token_ids(vllm_config: Any) -> set[int]:
+def eos_token_ids(vllm_config: VllmConfig) -> set[int]:
     """EOS ids from the HF config and generation_config.json (what vLLM's input processor uses)."""
     ids: set[int] = set()
     cfg = vllm_config.model_config
@@ -95,7 +105,7 @@ def eos_token_ids(vllm_config: Any) -> set[int]:
 class _RangePPGroup:
     """The real (world-size-1) PP group, except first/last rank follow the worker's layer range."""
 
-    def __init__(self, inner: Any, is_first: bool, is_last: bool) -> None:
+    def __init__(self, inner: GroupCoordinator, is_first: bool, is_last: bool) -> None:
         self._inner, self._is_first, self._is_last = inner, is_first, is_last
 
     @property
@@ -113,7 +123,7 @@ class _RangePPGroup:
 class LayerRange:
     """Context that makes vLLM see a model split so that this process holds layers [start, end)."""
 
-    def __init__(self, start: int, end: int, total: int, vllm_config: Any) -> None:
+    def __init__(self, start: int, end: int, total: int, vllm_config: VllmConfig) -> None:
         self.start, self.end, self.total = start, end, total
         self.vllm_config = vllm_config
 
@@ -146,7 +156,7 @@ class LayerRange:
 # ---------------------------------------------------------------- worker
 
 
-def create_worker(vllm_config: Any, layer_range: LayerRange) -> Any:
+def create_worker(vllm_config: VllmConfig, layer_range: LayerRange) -> WorkerBase:
     """Construct the platform's vLLM worker in this process and load the partial model."""
     from vllm.utils.network_utils import get_distributed_init_method, get_open_port
     from vllm.v1.worker.worker_base import WorkerWrapperBase
@@ -201,12 +211,12 @@ def _counting_loader() -> Iterator[dict[str, int]]:
         DefaultModelLoader.get_all_weights = original
 
 
-def loaded_weight_bytes(worker: Any) -> dict[str, int]:
+def loaded_weight_bytes(worker: WorkerBase) -> dict[str, int]:
     """Checkpoint tensor name -> bytes, for the tensors this worker's model loaded."""
     return dict(worker.helix_loaded_weights)
 
 
-def model_of(worker: Any) -> torch.nn.Module:
+def model_of(worker: WorkerBase) -> torch.nn.Module:
     return worker.model_runner.get_model()
 
 
@@ -216,13 +226,13 @@ def is_missing_layer(module: torch.nn.Module) -> bool:
     return isinstance(module, PPMissingLayer)
 
 
-def _install_gather_hook(runner: Any) -> None:
+def _install_gather_hook(runner: GPUModelRunner) -> None:
     """Non-first ranks: feed the runner the incoming per-request tensors in its own batch order."""
     from vllm.sequence import IntermediateTensors
 
     runner._helix_incoming = {}
 
-    def gather(num_tokens: int, intermediate_tensors: Any = None, sync_self: bool = False) -> Any:
+    def gather(num_tokens: int, intermediate_tensors: Any = None, sync_self: bool = False) -> IntermediateTensors:
         incoming: dict[str, dict[str, torch.Tensor]] = runner._helix_incoming
         order = runner.input_batch.req_ids
         keys = list(incoming[order[0]])
@@ -235,7 +245,7 @@ def _install_gather_hook(runner: Any) -> None:
     runner.sync_and_gather_intermediate_tensors = gather
 
 
-def empty_intermediate_tensors() -> Any:
+def empty_intermediate_tensors() -> IntermediateTensors:
     from vllm.sequence import IntermediateTensors
 
     return IntermediateTensors({})
@@ -247,7 +257,7 @@ def is_intermediate_tensors(obj: Any) -> bool:
     return isinstance(obj, IntermediateTensors)
 
 
-def batch_order(worker: Any) -> list[str]:
+def batch_order(worker: WorkerBase) -> list[str]:
     """Request ids in the order the runner laid out the last batch's tokens."""
     return list(worker.model_runner.input_batch.req_ids)
 
@@ -255,11 +265,11 @@ def batch_order(worker: Any) -> list[str]:
 # ---------------------------------------------------------------- KV cache
 
 
-def kv_cache_spec(worker: Any) -> dict[str, Any]:
+def kv_cache_spec(worker: WorkerBase) -> dict[str, KVCacheSpec]:
     return worker.get_kv_cache_spec()
 
 
-def kv_cache_config(worker: Any, spec: dict[str, Any], kv_cache_bytes: int) -> Any:
+def kv_cache_config(worker: WorkerBase, spec: dict[str, KVCacheSpec], kv_cache_bytes: int) -> KVCacheConfig:
     """Resolve the KV layout (as EngineCore does) and size the cache for the local attention layers."""
     from vllm.v1.attention.backends.utils import resolve_kv_cache_layout
     from vllm.v1.core.kv_cache_utils import get_kv_cache_configs
@@ -274,27 +284,27 @@ def kv_cache_config(worker: Any, spec: dict[str, Any], kv_cache_bytes: int) -> A
     return config
 
 
-def page_size_bytes(spec: dict[str, Any]) -> int:
+def page_size_bytes(spec: dict[str, KVCacheSpec]) -> int:
     """Bytes one KV block takes over all local attention layers."""
     return sum(s.page_size_bytes for s in spec.values())
 
 
-def block_size(vllm_config: Any) -> int:
+def block_size(vllm_config: VllmConfig) -> int:
     return int(vllm_config.cache_config.block_size)
 
 
 # ---------------------------------------------------------------- scheduler output
 
 
-def sampling_params(**kwargs: Any) -> Any:
+def sampling_params(**kwargs: Any) -> SamplingParams:
     from vllm import SamplingParams
 
     return SamplingParams(**kwargs)
 
 
 def new_request(
-    req_id: str, prompt_token_ids: list[int], params: Any, block_ids: list[int], num_computed: int
-) -> Any:
+    req_id: str, prompt_token_ids: list[int], params: SamplingParams, block_ids: list[int], num_computed: int
+) -> NewRequestData:
     from vllm.v1.core.sched.output import NewRequestData
 
     return NewRequestData(
@@ -310,7 +320,7 @@ def new_request(
 
 
 def scheduler_output(
-    new_reqs: list[Any],
+    new_reqs: list[NewRequestData],
     cached: list[tuple[str, list[int], list[int], int, int]],
     num_scheduled: dict[str, int],
     finished: set[str],
@@ -339,7 +349,8 @@ def scheduler_output(
     )
 
 
-def run_step(worker: Any, sched_out: Any, incoming: dict[str, dict[str, torch.Tensor]] | None) -> Any:
+def run_step(worker: WorkerBase, sched_out: SchedulerOutput,
+             incoming: dict[str, dict[str, torch.Tensor]] | None) -> ModelRunnerOutput | IntermediateTensors:
     """One forward: IntermediateTensors (non-last) or a ModelRunnerOutput (last, sampled)."""
     runner = worker.model_runner
     runner._helix_incoming = incoming or {}

@@ -13,14 +13,17 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from vllm_helix import wire as p
 from vllm_helix.errors import FrameRejected, HelixError, PeerLost, StartupError, TransportTimeout
-from vllm_helix.node.types import StepItem
+from vllm_helix.node.types import HiddenResult, StepItem, TokenResult
 from vllm_helix.wire import COORDINATOR_PEER, Channel, Received
+
+if TYPE_CHECKING:
+    from vllm_helix.node.partial_worker import PartialLayerWorker
 
 logger = logging.getLogger(__name__)
 HELLO_INTERVAL_S = 0.5
@@ -58,13 +61,13 @@ class _Stats:
 class _Pending:
     """Steps taken from the queue for one worker batch."""
 
-    items: list[Any] = field(default_factory=list)  # worker StepItems
+    items: list[StepItem] = field(default_factory=list)
     step_of: dict[str, int] = field(default_factory=dict)  # request id -> step id
     tokens: int = 0
 
 
 class NodeServer:
-    def __init__(self, name: str, worker: Any, channel: Channel, addresses: dict[str, str]):
+    def __init__(self, name: str, worker: PartialLayerWorker, channel: Channel, addresses: dict[str, str]):
         self.name, self.worker, self.channel = name, worker, channel
         self.addresses = addresses  # peer name -> transport address
         # a batch stays within the worker's own vLLM limits
@@ -203,14 +206,14 @@ class NodeServer:
                 self._reply_failed(step_id, rids, exc)
             return
         if self.worker.is_last:
-            self._send_tokens(batch, results)
+            self._send_tokens(batch, results)  # type: ignore[arg-type]  # the last range returns TokenResults
         else:
-            self._forward(batch, results)
+            self._forward(batch, results)  # type: ignore[arg-type]  # the others HiddenResults
 
     def _reply_failed(self, step_id: int, request_ids: list[str], exc: Exception) -> None:
         self.channel.send(COORDINATOR_PEER, p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))
 
-    def _send_tokens(self, batch: _Pending, results: list[Any]) -> None:
+    def _send_tokens(self, batch: _Pending, results: list[TokenResult]) -> None:
         by_step: dict[int, list[p.TokenOut]] = {}
         for result in results:
             by_step.setdefault(batch.step_of[result.request_id], []).append(
@@ -218,9 +221,9 @@ class NodeServer:
         for step_id, outs in by_step.items():
             self.channel.send(COORDINATOR_PEER, p.Tokens(step_id, outs))
 
-    def _forward(self, batch: _Pending, results: list[Any]) -> None:
+    def _forward(self, batch: _Pending, results: list[HiddenResult]) -> None:
         items = {item.request_id: item for item in batch.items}
-        groups: dict[tuple[str, int], list[Any]] = {}
+        groups: dict[tuple[str, int], list[HiddenResult]] = {}
         for result in results:
             groups.setdefault((self._next_hop(result.request_id), batch.step_of[result.request_id]), []).append(result)
         for (peer, step_id), group in groups.items():
@@ -233,7 +236,7 @@ class NodeServer:
             except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: these requests fail
                 self._reply_failed(step_id, [r.request_id for r in group], exc)
 
-    def _next_item(self, item: Any) -> p.Item:
+    def _next_item(self, item: StepItem) -> p.Item:
         # every hop learns the decode token, as vLLM's pipeline stages do
         return p.Item(item.request_id, item.start_position, item.num_tokens, list(item.new_token_ids),
                       new=self._introduce.pop(item.request_id, None))

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, wait
-from typing import Any
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.engine.core import EngineCore
+
+# EngineCore's entries: (output future, the batch, the execute_model future)
+Entry = tuple[Future, "SchedulerOutput", Future]
 
 logger = logging.getLogger(__name__)
 POLL_S = 0.005  # how often a blocked pop looks for new requests
@@ -25,11 +33,11 @@ class CompletionOrderQueue(deque):
     spins on them nor sits out a long batch while new requests could start on idle nodes.
     """
 
-    def __init__(self, entries: Any, maxlen: int, engine: Any):
+    def __init__(self, entries: Iterable[Entry], maxlen: int | None, engine: EngineCore):
         super().__init__(entries, maxlen=maxlen)
         self.engine = engine
 
-    def pop(self) -> Any:
+    def pop(self) -> Entry:  # type: ignore[override]  # EngineCore pops only the oldest
         while True:
             if self[-1][0].done():
                 return super().pop()
@@ -47,7 +55,7 @@ class CompletionOrderQueue(deque):
         return inputs is not None and not inputs.empty()
 
 
-def _scheduled_tokens(entry: tuple) -> int:
+def _scheduled_tokens(entry: Entry) -> int:
     return entry[1].total_num_scheduled_tokens
 
 

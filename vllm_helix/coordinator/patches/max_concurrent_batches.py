@@ -17,9 +17,8 @@ def apply() -> None:
             return pipeline_depth(helix_options(self.additional_config))
         return original.fget(self)
 
-    patched = property(max_concurrent_batches)
-    patched.fget._vllm_helix = True  # type: ignore[attr-defined]
-    VllmConfig.max_concurrent_batches = patched
+    max_concurrent_batches._vllm_helix = True  # type: ignore[attr-defined]
+    VllmConfig.max_concurrent_batches = property(max_concurrent_batches)
 
 
 def _backend_name(backend: object) -> str:
