@@ -40,13 +40,13 @@ class VllmServer:
 
     def start(self) -> str:
         with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            start_new_session=True)
+            self.process = process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                                      env=self.env, start_new_session=True)
         deadline = time.monotonic() + self.timeout_s
         with open(self.log_path, errors="replace") as follow:
             while time.monotonic() < deadline:
                 self._pass_on(follow)
-                if self._poll_started():
+                if self._poll_started(process):
                     self._pass_on(follow)
                     return self.url
         self.stop()
@@ -60,9 +60,9 @@ class VllmServer:
         for line in lines:
             self.on_log_line(line)
 
-    def _poll_started(self) -> bool:
-        if self.process.poll() is not None:
-            raise StartupError(f"`vllm serve` exited with status {self.process.returncode} during start-up; "
+    def _poll_started(self, process: subprocess.Popen) -> bool:
+        if process.poll() is not None:
+            raise StartupError(f"`vllm serve` exited with status {process.returncode} during start-up; "
                                f"last lines of {self.log_path}:\n{self.log_tail()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):

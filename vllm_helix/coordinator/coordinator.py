@@ -182,7 +182,7 @@ class ServingCoordinator:
 
     def _on_busy(self, message: p.Busy) -> None:
         """Once every node has gone idle after some serving, log how busy each was: the run's summary."""
-        live = set(self.plan.placement.ranges) - self.routes.lost
+        live = set(self.plan.placement.ranges) - (self.routes.lost if self.routes else set())
         with self._busy_lock:
             self.busy[message.node] = message
             idle = all(n in self.busy and self.busy[n].idle for n in live)
