@@ -37,6 +37,10 @@ OPTIONS = (
     Option("--helix-kv-fraction", "kv_fraction", float, 0.05,
            "fraction of each local worker's free memory for its KV cache (local nodes only)"),
     Option("--helix-route-log", "route_log", str, None, "append each request's route to this file"),
+    Option("--helix-key", "key", str, None,
+           "the coordinator's CURVE secret key file (default: <plan>.coordinator.key beside the plan)"),
+    Option("--helix-insecure", "insecure", bool, False,
+           "plain TCP on non-loopback addresses: no encryption, no authentication (logs a warning)"),
 )
 
 

@@ -35,6 +35,8 @@ class _SelectExecutor(argparse.Action):
 
 class _StoreHelixOption(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
+        if self.nargs == 0:  # a flag
+            value = True
         if self.metavar_key == "plan":  # a bad plan is a usage error here, not a traceback from the engine
             from vllm_helix.errors import HelixError
             from vllm_helix.planner.plan import load_plan
@@ -53,8 +55,9 @@ def add_helix_args(parser: Any) -> Any:
     group.add_argument("--executor", choices=["helix"], action=_SelectExecutor, dest="helix_executor",
                        help="'helix': run the model on the cluster of --helix-plan (partial-layer workers)")
     for opt in OPTIONS:
-        action = group.add_argument(opt.flag, type=opt.type, choices=opt.choices, action=_StoreHelixOption,
-                                    dest=f"helix_{opt.key}", default=opt.default, help=opt.help)
+        kind = {"nargs": 0} if opt.type is bool else {"type": opt.type, "choices": opt.choices}
+        action = group.add_argument(opt.flag, **kind, action=_StoreHelixOption, dest=f"helix_{opt.key}",
+                                    default=opt.default, help=opt.help)
         action.metavar_key = opt.key
     _require_plan(parser)
     return parser
@@ -69,9 +72,24 @@ def _require_plan(parser: Any) -> None:
         helix = (getattr(namespace, "additional_config", None) or {}).get(CONFIG_KEY, {})
         if helix.get("enabled") and not helix.get("plan"):
             parser.error("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`)")
+        if helix.get("enabled") and not helix.get("insecure"):
+            _check_keys(parser, helix)
         return namespace, rest
 
     parser.parse_known_args = checked
+
+
+def _check_keys(parser: Any, helix: dict[str, Any]) -> None:
+    """A plan that leaves this host needs the coordinator's key or --helix-insecure: an error before any engine."""
+    from vllm_helix.errors import HelixError
+    from vllm_helix.planner.cluster import COORDINATOR
+    from vllm_helix.planner.keys import identity
+    from vllm_helix.planner.plan import load_plan
+
+    try:
+        identity(load_plan(helix["plan"]), helix["plan"], COORDINATOR, helix.get("key"))
+    except HelixError as exc:
+        parser.error(str(exc))
 
 
 def _patch_cli() -> None:

@@ -18,6 +18,7 @@ from vllm_helix.executor.batches import BatchBook
 from vllm_helix.executor.launcher import LocalWorkers, local_nodes, resolve_addresses
 from vllm_helix.executor.link import COORDINATOR_PEER, Link, open_link
 from vllm_helix.executor.routing import RouteBook
+from vllm_helix.planner.keys import identity, key_path
 from vllm_helix.planner.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -37,12 +38,14 @@ class Coordinator:
         if plan.partial_inference:
             raise HelixError("serving needs a plan with exact layer chaining (plan without --partial-inference)")
         self.dtype = dtype
+        curve = identity(plan, options["plan"], COORDINATOR_PEER, options["key"], options["insecure"])
         self.plan = resolve_addresses(plan)
         self.options = options
         self.book = BatchBook(make_output, options["step_timeout_s"])
         self.routes: RouteBook | None = None
-        self.link: Link = open_link(COORDINATOR_PEER, self.plan.cluster.coordinator.address)
-        self.workers = LocalWorkers.start(self.plan, local_nodes(plan), model_path, worker_args)
+        self.link: Link = open_link(COORDINATOR_PEER, self.plan.cluster.coordinator.address, curve)
+        key_files = {n: str(key_path(options["plan"], n)) for n in local_nodes(plan)} if curve else {}
+        self.workers = LocalWorkers.start(self.plan, local_nodes(plan), model_path, worker_args, key_files)
         self.kv_tokens: dict[str, int] = {}
         self.kv_block_tokens = 1
         self._stop = threading.Event()
@@ -69,7 +72,7 @@ class Coordinator:
                 self._on_hello(received.message, nodes)
         self.routes = RouteBook(self.plan, self.kv_tokens, self.kv_block_tokens, self.options)
         for name in nodes:
-            self.link.send(name, p.Start())
+            self.link.send(name, p.Start(self.plan.public_keys if self.link.encrypted else {}))
         self._receiver = threading.Thread(target=self._receive_loop, name="helix-receiver", daemon=True)
         self._receiver.start()
         logger.info("Helix cluster up: %s", ", ".join(f"{n} {self.plan.placement[n]}" for n in nodes))
@@ -85,15 +88,17 @@ class Coordinator:
             raise HelixError(f"node {message.node} runs {message.dtype}, this server {self.dtype}: "
                              f"start it with `vllm-helix worker ... --dtype {self.dtype}`")
         if message.node not in self.kv_tokens:  # dial back only now: a silent peer counts as lost
-            self.link.connect(message.node, nodes[message.node].address)
+            self.link.connect(message.node, nodes[message.node].address, self.plan.public_keys.get(message.node))
         self.kv_tokens[message.node] = message.kv_tokens
         self.kv_block_tokens = max(self.kv_block_tokens, message.kv_block_tokens)
 
     def _missing_message(self, nodes: dict) -> str:
         missing = [n for n in nodes if n not in self.kv_tokens]
         where = ", ".join(f"{n} at {nodes[n].address}" for n in missing)
+        keys = (" with its key file (--key); a refused key is logged above with its address"
+                if self.link.encrypted else "")
         return (f"Helix nodes did not come up within {self.options['start_timeout_s']:.0f} s: {where}. "
-                f"Start them with `vllm-helix worker --plan PLAN --node NAME` on their hosts.")
+                f"Start them with `vllm-helix worker --plan PLAN --node NAME` on their hosts{keys}.")
 
     def _check_local_workers(self) -> None:
         for name, status in self.workers.dead().items():

@@ -70,6 +70,8 @@ class HelixExecutor(Executor):
                        "--start-timeout", str(options["start_timeout_s"])]
         if self.model_config.enforce_eager:  # local nodes follow the server's --enforce-eager
             worker_args.append("--enforce-eager")
+        if options["insecure"]:
+            worker_args.append("--helix-insecure")
         # Nodes hold the KV cache; the scheduler's prefix cache would skip prompt tokens they never saw.
         self.vllm_config.cache_config.enable_prefix_caching = False
         self.coordinator = Coordinator(plan, self.model_config.model, options, _model_output, worker_args, dtype)

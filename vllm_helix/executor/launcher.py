@@ -51,7 +51,8 @@ class LocalWorkers:
     logs: dict[str, Path]
 
     @classmethod
-    def start(cls, plan: Plan, names: list[str], model: str, extra_args: list[str]) -> LocalWorkers:
+    def start(cls, plan: Plan, names: list[str], model: str, extra_args: list[str],
+              key_files: dict[str, str] | None = None) -> LocalWorkers:
         workdir = Path(tempfile.mkdtemp(prefix="vllm-helix-"))
         plan_path = workdir / "plan.yaml"
         save_plan(plan, plan_path)
@@ -61,6 +62,8 @@ class LocalWorkers:
             logs[name] = workdir / f"{name}.log"
             command = [sys.executable, "-m", "vllm_helix.cli", "worker", "--plan", str(plan_path), "--node", name,
                        "--model", model, *extra_args]
+            if key_files and name in key_files:  # the resolved plan lives elsewhere: say where the key is
+                command += ["--key", key_files[name]]
             with open(logs[name], "w") as log:
                 processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                    start_new_session=True)

@@ -63,9 +63,11 @@ class _Pending:
 
 class NodeServer:
     def __init__(self, name: str, worker: Any, link: Link, addresses: dict[str, str], token_budget: int,
-                 seq_budget: int):
+                 seq_budget: int, predecessors: list[str] = (), public_keys: dict[str, str] | None = None):
         self.name, self.worker, self.link = name, worker, link
         self.addresses = addresses  # peer name -> transport address
+        self.predecessors = list(predecessors)  # nodes that may send us steps (encrypted links)
+        self.public_keys = dict(public_keys or {})  # peer name -> CURVE public key, the coordinator's at Start
         self.token_budget, self.seq_budget = token_budget, seq_budget
         self.routes: dict[str, list[str]] = {}
         self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
@@ -96,6 +98,7 @@ class NodeServer:
                 continue
             message = received.message
             if isinstance(message, p.Start):
+                self._trust(message.public_keys)
                 logger.info("node %s: cluster started", self.name)
                 return
             if isinstance(message, p.Shutdown):
@@ -103,6 +106,13 @@ class NodeServer:
             self.deferred.append(received)
         raise HelixError(f"node {self.name}: no coordinator at {self.addresses.get(COORDINATOR_PEER)} "
                          f"after {timeout_s:.0f} s")
+
+    def _trust(self, public_keys: dict[str, str]) -> None:
+        """The coordinator's keys win over this host's plan copy, so a rotated neighbour needs no copy here."""
+        if not self.link.encrypted or not public_keys:
+            return
+        self.public_keys.update(public_keys)
+        self.link.allow([self.public_keys[n] for n in (COORDINATOR_PEER, *self.predecessors)])
 
     # ------------------------------------------------------------------ serving
 
@@ -230,7 +240,7 @@ class NodeServer:
 
     def _ensure_peer(self, peer: str) -> None:
         if peer not in self.link.peers():
-            self.link.connect(peer, self.addresses[peer])
+            self.link.connect(peer, self.addresses[peer], self.public_keys.get(peer))
 
     def _free(self, request_ids: list[str]) -> None:
         for rid in request_ids:

@@ -70,7 +70,7 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
 
 
 class Start(msgspec.Struct, tag="start", frozen=True):
-    pass
+    public_keys: dict[str, str] = {}  # encrypted clusters: the coordinator's plan's keys, which nodes trust
 
 
 class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
