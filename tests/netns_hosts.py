@@ -7,10 +7,13 @@ across two shaped links. Traffic stays on addresses inside namespaces this fixtu
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
+import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -89,3 +92,28 @@ def make_host() -> Iterator[Callable[[str, float], Host]]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
         f.write(forward)
+
+
+@contextlib.contextmanager
+def sniff(dev: str, limit: int = 64 << 20) -> Iterator[bytearray]:
+    """Every byte crossing `dev` (whole frames, headers included) while the block runs: what an
+    eavesdropper on that link reads."""
+    seen = bytearray()
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+    sock.bind((dev, 0))
+    sock.settimeout(0.1)
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set() and len(seen) < limit:
+            with contextlib.suppress(TimeoutError, OSError):
+                seen.extend(sock.recv(65536))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        reader.join(2)
+        sock.close()
