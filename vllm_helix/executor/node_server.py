@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +64,7 @@ class _Pending:
 
 class NodeServer:
     def __init__(self, name: str, worker: Any, link: Link, addresses: dict[str, str], token_budget: int,
-                 seq_budget: int, predecessors: list[str] = (), public_keys: dict[str, str] | None = None):
+                 seq_budget: int, predecessors: Sequence[str] = (), public_keys: dict[str, str] | None = None):
         self.name, self.worker, self.link = name, worker, link
         self.addresses = addresses  # peer name -> transport address
         self.predecessors = list(predecessors)  # nodes that may send us steps (encrypted links)
