@@ -84,7 +84,7 @@ def test_worker_key_errors_come_before_the_model_loads(tmp_path):
     assert "cannot read key file" in cli(*worker, "--node", "far", ok=False).stderr
 
 
-def test_remote_plan_without_keys_needs_keys_or_the_insecure_flag(tmp_path):
+def test_remote_plan_without_keys_needs_keys_or_the_insecure_flag(tmp_path, caplog):
     plan_path, _ = make_plan(tmp_path)
     data = yaml.safe_load(plan_path.read_text())
     del data["public_keys"]
@@ -92,7 +92,10 @@ def test_remote_plan_without_keys_needs_keys_or_the_insecure_flag(tmp_path):
     err = cli("worker", "--plan", plan_path, "--node", "near", "--model", tmp_path / "m", ok=False).stderr
     assert "not a loopback address and the plan has no CURVE keys" in err and "vllm-helix keys --plan" in err
     assert "--helix-insecure" in err
-    assert identity(load_plan(plan_path), plan_path, "near", insecure=True) is None
+    with caplog.at_level("WARNING", logger="vllm_helix.planner.keys"):
+        assert identity(load_plan(plan_path), plan_path, "near", insecure=True) is None
+    assert "--helix-insecure: links to coordinator at 10.9.0.1:7300, near at" in caplog.text
+    assert "plain TCP" in caplog.text
 
 
 @pytest.mark.parametrize("address, loopback", [("local", True), ("127.0.0.1:5", True), ("localhost:5", True),
