@@ -1,19 +1,23 @@
 """A two-node plan on non-loopback addresses, written by the real `vllm-helix plan` (with its keys)."""
 
-import subprocess
-import sys
+import contextlib
+import io
+import types
 
 import yaml
+
+from vllm_helix.cli import main
 
 NODES = {"near": "10.9.1.2:7301", "far": "10.9.2.2:7302", "spare": "10.9.3.2:7303"}
 
 
 def cli(*args, ok=True):
-    proc = subprocess.run([sys.executable, "-m", "vllm_helix.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert (proc.returncode == 0) == ok, proc.stderr
-    return proc
+    """`vllm-helix ARGS` in this process (its exit status and output; errors must be one clear line)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main([str(a) for a in args])
+    assert (status == 0) == ok, err.getvalue()
+    return types.SimpleNamespace(returncode=status, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def make_plan(tmp_path, coordinator="10.9.0.1:7300", nodes=NODES):
