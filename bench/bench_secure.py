@@ -6,7 +6,9 @@ Setup (needs root, like the netns tests): two worker hosts in network namespaces
 by veth links shaped with netem/tbf (tests/netns_hosts.py), each worker pinned to its own core, the
 coordinator (`vllm serve --executor helix`) in the root namespace; the model and load are those of
 bench/bench_serving.py's (c) setup: an 8-layer random Llama, hidden 2048, float32, split [0,4) [4,8).
-The two modes alternate `--rounds` times with fresh clusters. First, a transport-only measure that the
+The two modes alternate `--rounds` times with fresh clusters; besides tokens/s it reports the CPU time all
+cluster processes (server, engine core, both workers) spent per output token, which a loaded machine
+disturbs less than wall-clock rates. First, a transport-only measure that the
 machine's load disturbs less: CPU time per activation-sized message (32 rows x 2048 x 2 tensors, float32),
 plain vs CURVE, between two endpoints on loopback.
 """
@@ -61,6 +63,21 @@ def transport_cost(messages: int = 400, rows: int = 32, hidden: int = 2048) -> d
     return out
 
 
+def tree_cpu_s(pids: list[int]) -> float:
+    """CPU seconds used so far by these processes and all their children (threads included)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+    return total
+
+
 @contextlib.contextmanager
 def cluster(hosts: list, plan: Path, model: Path, workdir: Path, insecure: bool, eager: bool):
     """Two pinned workers in their namespaces and `vllm serve` in the root namespace (a fresh cluster)."""
@@ -76,8 +93,9 @@ def cluster(hosts: list, plan: Path, model: Path, workdir: Path, insecure: bool,
                                             env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=str(i))))
     args = [*COMMON, "--executor", "helix", "--helix-plan", str(plan), *flag]
     try:
-        with VllmServer(model, args, log_path=workdir / f"serve-{'plain' if insecure else 'curve'}.log") as url:
-            yield url
+        server = VllmServer(model, args, log_path=workdir / f"serve-{'plain' if insecure else 'curve'}.log")
+        with server as url:
+            yield url, [server.process.pid, *(w.pid for w in workers)]
     finally:
         for w in workers:
             w.terminate()
@@ -120,21 +138,27 @@ def main() -> int:
                         "--model", str(model), "--throughput", "estimate", "--placement",
                         str(workdir / "placement.yaml"), "-o", str(plan)], check=True, capture_output=True)
         print(f"\n{opts.requests} concurrent requests x {opts.max_tokens} tokens; links {hosts[0].shaping}")
-        print(f"{'round':<8}{'mode':<30}{'out tok/s':>10}{'TTFT s':>10}{'TPOT ms':>10}")
+        print(f"{'round':<8}{'mode':<30}{'out tok/s':>10}{'TTFT s':>10}{'TPOT ms':>10}{'CPU ms/tok':>12}")
         results: dict[str, list[float]] = {"curve": [], "plain": []}
+        cpu: dict[str, list[float]] = {"curve": [], "plain": []}
         for r in range(opts.rounds):
             for insecure in (False, True):
                 mode = "plain" if insecure else "curve"
-                with cluster(hosts, plan, model, workdir, insecure, opts.enforce_eager) as url:
+                with cluster(hosts, plan, model, workdir, insecure, opts.enforce_eager) as (url, pids):
                     load(url, str(model), 4, 4)  # warm-up
+                    cpu0 = tree_cpu_s(pids)
                     out = load(url, str(model), opts.requests, opts.max_tokens)
+                    cpu_ms = (tree_cpu_s(pids) - cpu0) * 1e3 / (opts.requests * opts.max_tokens)
                 results[mode].append(out["tokens_per_s"])
+                cpu[mode].append(cpu_ms)
                 label = "--helix-insecure (plain TCP)" if insecure else "CURVE (default)"
                 print(f"{r + 1:<8}{label:<30}{out['tokens_per_s']:>10.1f}{out['ttft_s']:>10.2f}"
-                      f"{out['tpot_s'] * 1e3:>10.1f}", flush=True)
-        curve, plain = (sum(v) / len(v) for v in (results["curve"], results["plain"]))
+                      f"{out['tpot_s'] * 1e3:>10.1f}{cpu_ms:>12.1f}", flush=True)
+        (curve, plain), (curve_cpu, plain_cpu) = ([sum(v) / len(v) for v in (d["curve"], d["plain"])]
+                                                  for d in (results, cpu))
         print(f"mean: CURVE {curve:.1f} tok/s, plain {plain:.1f} tok/s: {100 * (1 - curve / plain):+.1f} % lower "
-              f"with encryption (goal < 5 %)")
+              f"with encryption (goal < 5 %); CPU per token {curve_cpu:.1f} vs {plain_cpu:.1f} ms "
+              f"({100 * (curve_cpu / plain_cpu - 1):+.1f} %)")
     finally:
         netns.close()
     return 0
