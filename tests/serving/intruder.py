@@ -15,10 +15,9 @@ import json
 import sys
 import time
 
+from vllm_helix import wire as p
 from vllm_helix.comm import CurveKeys, Endpoint, EndpointOptions
 from vllm_helix.errors import FrameRejected, HelixError, PeerLost
-from vllm_helix.executor import protocol as p
-from vllm_helix.executor.link import Link
 
 OPTIONS = EndpointOptions(heartbeat_s=0.2, peer_timeout_s=1.5, linger_s=0.2)
 MESSAGES = {
@@ -31,7 +30,8 @@ MESSAGES = {
 def attempt(spec: dict, bind_host: str, watch_s: float) -> dict:
     own = CurveKeys.generate().secret if spec["secret"] == "new" else spec["secret"]
     curve = CurveKeys.from_secret(own, (spec["target_key"],)) if own else None
-    link = Link(Endpoint(spec["name"], f"tcp://{bind_host}:*", options=OPTIONS, curve=curve), curve is not None)
+    endpoint = Endpoint(spec["name"], f"tcp://{bind_host}:*", options=OPTIONS, curve=curve)
+    link = p.Channel(endpoint, endpoint if curve is not None else None)
     got: dict = {"label": spec["label"], "received": [], "events": [], "states": [], "send_error": None}
     try:
         link.connect("target", spec["target"], spec["target_key"])

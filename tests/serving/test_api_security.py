@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from serve_helpers import COMMON, write_plan
 
-from vllm_helix.launch import VllmServer
+from vllm_helix.vllm_server import VllmServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 API_KEY = "helix-test-key-0123"

@@ -25,8 +25,8 @@ import yaml
 from netns_hosts import NEEDS_ROOT, sniff
 from serve_helpers import COMMON, completion_tokens, write_plan
 
-from vllm_helix.launch import VllmServer
 from vllm_helix.planner.keys import key_path
+from vllm_helix.vllm_server import VllmServer
 
 pytestmark = [*NEEDS_ROOT, pytest.mark.engine, pytest.mark.slow]
 INTRUDER = Path(__file__).with_name("intruder.py")

@@ -1,0 +1,44 @@
+"""`vllm-helix worker --plan P --node N --model M`: run one node of a plan until the coordinator stops it."""
+
+from __future__ import annotations
+
+import logging
+
+from vllm_helix.errors import ConfigError
+from vllm_helix.node.config import WorkerConfig
+from vllm_helix.node.server import NodeServer
+from vllm_helix.planner.files import load_plan
+from vllm_helix.planner.keys import identity, predecessors
+from vllm_helix.wire import COORDINATOR_PEER, open_channel
+
+logger = logging.getLogger(__name__)
+
+
+def run_worker(plan_path: str, node: str, model: str, config: WorkerConfig, *, bind: str | None = None) -> None:
+    plan = load_plan(plan_path)
+    layers = plan.placement[node]
+    if layers is None:
+        raise ConfigError(f"{plan_path}: node {node!r} holds no layers in this plan "
+                         f"(used nodes: {', '.join(plan.placement.ranges)})")
+    address = bind or plan.cluster.node(node).address
+    coordinator = plan.cluster.coordinator.address
+    for what, value in (("node " + node, address), ("the coordinator", coordinator)):
+        if value == "local":
+            raise ConfigError(f"{plan_path}: {what} has address 'local'; local nodes are started by "
+                             "`vllm serve --executor helix` itself, or give --bind HOST:PORT")
+    curve = identity(plan, plan_path, node, config.key, config.insecure)  # before the model loads: key errors come fast
+    from vllm_helix.node.partial_worker import PartialLayerWorker
+
+    worker = PartialLayerWorker(model, (layers.start, layers.end), config, num_layers_total=plan.model.num_layers)
+    worker.warm_up()  # also compiles, unless enforce_eager
+    channel = open_channel(node, address, curve)
+    try:
+        channel.connect(COORDINATOR_PEER, coordinator, plan.public_keys.get(COORDINATOR_PEER))
+        addresses = {n.name: n.address for n in plan.cluster.nodes} | {COORDINATOR_PEER: coordinator}
+        server = NodeServer(node, worker, channel, addresses, predecessors(plan, node), plan.public_keys)
+        logger.info("node %s: layers %s, listening on %s, coordinator %s%s", node, layers, address, coordinator,
+                    ", encrypted (CURVE)" if channel.encrypted else "")
+        server.wait_for_start(config.start_timeout_s)
+        server.serve_forever()
+    finally:
+        channel.close()

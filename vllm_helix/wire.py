@@ -1,0 +1,209 @@
+"""The wire protocol between the coordinator (HelixExecutor, in `vllm serve`) and the nodes (`vllm-helix worker`).
+
+Both processes import this one module: the messages, how they ride the transport, and `Channel`, the
+serving path's view of an endpoint (Helix messages to named peers, from any peer).
+
+A message is the transport header's `meta` (msgspec structs as msgpack, one encoding for the whole
+header) with `kind` = "helix/<version>", plus tensor payloads (zero-copy both ways). A `Step` carries the
+per-request items of one batch for one node; the hidden states and residuals of all items travel as two
+payload tensors, concatenated in item order (rows = tokens). Nodes answer the coordinator with `Tokens`
+(last range) or `Failed`; `Hello`/`Start` bring the cluster up; `Free` releases a finished request's KV
+blocks. `VLLM_HELIX_TRANSPORT=pyzmq` swaps the C++ endpoint for the pyzmq one (same interface), for
+comparisons.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from vllm_helix.comm import CurveKeys, Endpoint, Header, Transport, tensor_spec
+from vllm_helix.errors import ConfigError, FrameRejected, TransportTimeout
+
+if TYPE_CHECKING:
+    import torch
+    from vllm import SamplingParams
+
+PROTOCOL_VERSION = 1
+KIND = f"helix/{PROTOCOL_VERSION}"
+LogprobRow = tuple[list[int], list[float], int]  # ids, logprobs, rank of the sampled token
+COORDINATOR_PEER = "coordinator"  # the coordinator's name on the transport
+DENIED_CHECK_S = 1.0  # how often recv() looks for peers refused at the CURVE handshake
+logger = logging.getLogger(__name__)
+
+
+class NewRequest(msgspec.Struct, frozen=True):
+    """Sent with a request's first step on each node of its route."""
+
+    prompt_token_ids: list[int]
+    route: list[str]  # node names, first hop first
+    sampling: bytes = b""  # msgpack of vllm.SamplingParams (the last node samples)
+
+
+class Item(msgspec.Struct, frozen=True):
+    request_id: str
+    start_position: int
+    num_tokens: int
+    token_ids: list[int] = []  # for the first node: the prompt chunk, or the last sampled token
+    new: NewRequest | None = None
+
+
+class Step(msgspec.Struct, tag="step", frozen=True):
+    step_id: int
+    items: list[Item]
+
+
+class TokenOut(msgspec.Struct, frozen=True):
+    request_id: str
+    token_id: int | None  # None: a prefill chunk that does not finish the prompt
+    logprob_row: LogprobRow | None = None
+
+
+class Tokens(msgspec.Struct, tag="tokens", frozen=True):
+    step_id: int
+    results: list[TokenOut]
+
+
+class Failed(msgspec.Struct, tag="failed", frozen=True):
+    step_id: int
+    request_ids: list[str]
+    node: str
+    error: str
+
+
+class Free(msgspec.Struct, tag="free", frozen=True):
+    request_ids: list[str]
+
+
+class Hello(msgspec.Struct, tag="hello", frozen=True):
+    node: str
+    layers: list[int]
+    kv_tokens: int  # tokens of KV cache this node holds for each of its layers
+    kv_block_tokens: int  # it allocates KV in blocks of this many tokens (128 on vLLM's CPU backend)
+    hidden_size: int
+    dtype: str  # of its weights and activations; must match the server's
+
+
+class Start(msgspec.Struct, tag="start", frozen=True):
+    public_keys: dict[str, str] = {}  # encrypted clusters: the coordinator's plan's keys, which nodes trust
+
+
+class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
+    pass
+
+
+Message = Step | Tokens | Failed | Free | Hello | Start | Shutdown
+
+
+def encode(message: Message, tensors: Sequence[torch.Tensor] = ()) -> Header:
+    """The transport header of `message` with these payload tensors."""
+    return Header(kind=KIND, tensors=tuple(tensor_spec(t) for t in tensors),
+                  meta=msgspec.to_builtins(message, builtin_types=(bytes,)))
+
+
+def decode(header: Header) -> Message:
+    """Raises FrameRejected for anything that is not a valid message of this protocol version."""
+    if header.kind != KIND:
+        if header.kind.startswith("helix/"):
+            raise FrameRejected(f"helix message version {header.kind.removeprefix('helix/')}, "
+                                f"expected {PROTOCOL_VERSION}")
+        raise FrameRejected(f"not a helix message: kind {header.kind!r}")
+    try:
+        return msgspec.convert(header.meta, Message)
+    except msgspec.ValidationError as exc:
+        raise FrameRejected(f"malformed helix message: {exc}") from None
+
+
+# ------------------------------------------------------------------------- sampling parameters
+
+
+def encode_sampling(params: SamplingParams | None) -> bytes:
+    return msgspec.msgpack.encode(params) if params is not None else b""
+
+
+def decode_sampling(data: bytes) -> SamplingParams | None:
+    if not data:
+        return None
+    from vllm import SamplingParams
+
+    return msgspec.msgpack.decode(data, type=SamplingParams)
+
+
+# ------------------------------------------------------------------------- the channel
+
+
+@dataclass(slots=True)
+class Received:
+    peer: str
+    message: Message
+    tensors: list[torch.Tensor]  # viewing the received buffers
+
+
+def tcp(address: str) -> str:
+    return address if "://" in address else f"tcp://{address}"
+
+
+class Channel:
+    """Helix messages to named peers, from any peer, over a Transport (CURVE-encrypted when opened with keys)."""
+
+    def __init__(self, endpoint: Transport, curve: Endpoint | None = None):
+        self.endpoint = endpoint
+        self._curve = curve  # the same endpoint, when its links are CURVE: allow-list and refused peers
+        self._denied_checked = time.monotonic()
+
+    @property
+    def encrypted(self) -> bool:
+        return self._curve is not None
+
+    def connect(self, peer: str, address: str, public_key: str | None = None) -> None:
+        """Dial `peer`; on an encrypted channel, `public_key` is the key it must prove it holds."""
+        self.endpoint.connect(peer, tcp(address), public_key if self._curve else None)
+
+    def allow(self, public_keys: Sequence[str]) -> None:
+        """Accept connections from these keys only (encrypted channels)."""
+        if self._curve:
+            self._curve.set_allowed(public_keys)
+
+    def peers(self) -> set[str]:
+        return set(self.endpoint.peers())
+
+    def send(self, peer: str, message: Message, tensors: Sequence[torch.Tensor] = ()) -> None:
+        """Raises PeerLost (peer gone) or TransportTimeout (its queue stayed full)."""
+        self.endpoint.send(peer, encode(message, tensors), list(tensors), timeout=30.0)
+
+    def recv(self, timeout_s: float) -> Received | None:
+        """Next message, or None after `timeout_s`. Raises PeerLost, FrameRejected (that message only)."""
+        if self._curve and time.monotonic() - self._denied_checked > DENIED_CHECK_S:
+            self._log_denied(self._curve)
+        try:
+            raw = self.endpoint.recv(timeout_s)
+        except TransportTimeout:
+            return None
+        return Received(raw.sender, decode(raw.header), [raw.tensor(i) for i in range(len(raw.header.tensors))])
+
+    def _log_denied(self, curve: Endpoint) -> None:
+        self._denied_checked = time.monotonic()
+        for address, key in curve.take_denied():  # the transport reports each address once
+            logger.warning("%s: refused a connection from %s: its CURVE key %s is not one this node accepts",
+                           curve.name, address, key[:8] + "..." if key else "(none)")
+
+    def close(self) -> None:
+        self.endpoint.close()
+
+
+def open_channel(name: str, bind: str, curve: CurveKeys | None = None) -> Channel:
+    """Bind `name`'s endpoint; with `curve` (CurveKeys with an allow-list) every link is CURVE."""
+    if os.environ.get("VLLM_HELIX_TRANSPORT") == "pyzmq":
+        if curve is not None:
+            raise ConfigError("VLLM_HELIX_TRANSPORT=pyzmq has no CURVE encryption: unset it, or use --helix-insecure")
+        from vllm_helix.comm.pyzmq_endpoint import PyzmqEndpoint
+
+        return Channel(PyzmqEndpoint(name, tcp(bind)))
+    endpoint = Endpoint(name, tcp(bind), curve=curve)
+    return Channel(endpoint, endpoint if curve is not None else None)
