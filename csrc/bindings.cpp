@@ -156,6 +156,8 @@ PYBIND11_MODULE(_transport, m) {
         .def("recv", &recv, py::arg("timeout_s"))
         .def("recv_many", &recv_many, py::arg("max_n"), py::arg("timeout_s"))
         .def("peers", &Endpoint::peers)
+        .def("set_allowed", &Endpoint::set_allowed, py::arg("keys"))
+        .def("take_denied", &Endpoint::take_denied)
         .def("stats",
              [](const Endpoint& ep) {
                  Stats s = ep.stats();
@@ -184,5 +186,6 @@ PYBIND11_MODULE(_transport, m) {
         },
         py::arg("kind"), py::arg("sizes"), py::arg("header"));
     m.def("curve_keypair", &curve_keypair, "New CURVE key pair (public, secret), Z85 text.");
+    m.def("curve_public", &curve_public, py::arg("secret"), "The public key (Z85) of a Z85 secret key.");
     m.def("has_curve", &has_curve);
 }

@@ -23,6 +23,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <utility>
 
 namespace helix {
 namespace {
@@ -209,7 +210,9 @@ struct Endpoint::Impl {
     void* zap = nullptr;
     int wake_fd = -1;
     std::string curve_server_key;  // raw 32 bytes of allowed keys below
-    std::set<std::string> allowed;
+    std::set<std::string> allowed;                    // guarded by mu (ZAP runs on the I/O thread)
+    std::set<std::string> denied_seen;                // addresses refused so far (bounded)
+    std::vector<std::pair<std::string, std::string>> denied_new;  // not yet taken by take_denied()
 
     std::mutex mu;
     std::condition_variable cv_send, cv_recv;
@@ -501,10 +504,20 @@ void Endpoint::Impl::serve_zap() {
         zmq_msg_close(&m);
     }
     // request: version, request id, domain, address, routing id, mechanism, credentials...
-    const bool ok = parts.size() >= 7 && parts[5] == "CURVE" && allowed.count(parts[6]);
-    if (!ok) {
+    bool ok;
+    {
         std::lock_guard<std::mutex> g(mu);
-        ++st.auth_denied;
+        ok = parts.size() >= 7 && parts[5] == "CURVE" && allowed.count(parts[6]);
+        if (!ok) {
+            ++st.auth_denied;
+            const std::string& from = parts.size() > 3 ? parts[3] : std::string();
+            if (denied_seen.size() < 4096 && denied_seen.insert(from).second) {
+                char z85[41] = {0};
+                if (parts.size() >= 7 && parts[6].size() == 32)
+                    zmq_z85_encode(z85, reinterpret_cast<const uint8_t*>(parts[6].data()), 32);
+                denied_new.emplace_back(from, z85);
+            }
+        }
     }
     const std::string reply[6] = {"1.0", parts.size() > 1 ? parts[1] : "", ok ? "200" : "400",
                                   ok ? "OK" : "public key not in allow-list", "", ""};
@@ -837,6 +850,27 @@ void Endpoint::close() {
     I.closed = true;
     I.cv_send.notify_all();
     I.cv_recv.notify_all();
+}
+
+void Endpoint::set_allowed(const std::vector<std::string>& keys) {
+    Impl& I = *impl_;
+    if (I.opt.curve_secret.empty()) throw std::invalid_argument("an allow-list of peer keys needs CURVE keys for this endpoint");
+    std::set<std::string> raw;
+    for (auto& k : keys) raw.insert(z85_decode_key(k, "allowed peer key"));
+    std::lock_guard<std::mutex> g(I.mu);
+    I.allowed = std::move(raw);
+}
+
+std::vector<std::pair<std::string, std::string>> Endpoint::take_denied() {
+    std::lock_guard<std::mutex> g(impl_->mu);
+    return std::exchange(impl_->denied_new, {});
+}
+
+std::string curve_public(const std::string& secret) {
+    z85_decode_key(secret, "secret key");
+    char pub[41];
+    if (zmq_curve_public(pub, secret.c_str()) != 0) zmq_fail("zmq_curve_public (libzmq built without CURVE?)");
+    return pub;
 }
 
 std::pair<std::string, std::string> curve_keypair() {

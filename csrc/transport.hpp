@@ -136,6 +136,10 @@ class Endpoint {
     std::vector<std::shared_ptr<Received>> recv_many(size_t max_n, double timeout_s);
     void drain_released();  // call release_token on every token libzmq has let go of
     std::map<std::string, std::string> peers() const;  // name -> "connecting" | "alive" | "lost"
+    // Replace the CURVE allow-list (Z85 keys); connections made from now on are checked against it.
+    void set_allowed(const std::vector<std::string>& keys);
+    // Peers refused at the CURVE handshake since the last call, each address once: (address, Z85 key).
+    std::vector<std::pair<std::string, std::string>> take_denied();
     Stats stats() const;
     void close();
 
@@ -146,6 +150,7 @@ class Endpoint {
 };
 
 std::pair<std::string, std::string> curve_keypair();  // (public, secret), Z85
+std::string curve_public(const std::string& secret);  // the public key of a Z85 secret key
 bool has_curve();
 
 }  // namespace helix

@@ -7,10 +7,13 @@ across two shaped links. Traffic stays on addresses inside namespaces this fixtu
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
+import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -57,19 +60,21 @@ def shape(dev: str, ns: str | None, rate: str, delay_ms: float) -> str:
         return f"tbf rate {rate} (no netem in this kernel)"
 
 
-@pytest.fixture
-def make_host() -> Iterator[Callable[[str, float], Host]]:
-    tag, net = f"hx{os.getpid() % 10000}", 80 + os.getpid() % 40
-    made: list[tuple[str, str]] = []
-    with open("/proc/sys/net/ipv4/ip_forward") as f:
-        forward = f.read().strip()
+class NetnsHosts:
+    """Makes hosts and removes them all on close() (the `make_host` fixture; bench/bench_secure.py)."""
 
-    def make(rate: str = "1gbit", delay_ms: float = 1.0) -> Host:
+    def __init__(self) -> None:
+        self.tag, self.net = f"hx{os.getpid() % 10000}", 80 + os.getpid() % 40
+        self.made: list[tuple[str, str]] = []
+        with open("/proc/sys/net/ipv4/ip_forward") as f:
+            self.forward = f.read().strip()
+
+    def make(self, rate: str = "1gbit", delay_ms: float = 1.0) -> Host:
         i = next(_host_numbers)
-        ns, root_dev, ns_dev = f"{tag}h{i}", f"{tag}r{i}", f"{tag}n{i}"
-        gateway, address = f"10.{net}.{i}.1", f"10.{net}.{i}.2"
+        ns, root_dev, ns_dev = f"{self.tag}h{i}", f"{self.tag}r{i}", f"{self.tag}n{i}"
+        gateway, address = f"10.{self.net}.{i}.1", f"10.{self.net}.{i}.2"
         sh("ip", "netns", "add", ns)
-        made.append((ns, root_dev))
+        self.made.append((ns, root_dev))
         sh("ip", "link", "add", root_dev, "type", "veth", "peer", "name", ns_dev)
         sh("ip", "link", "set", ns_dev, "netns", ns)
         sh("ip", "addr", "add", f"{gateway}/24", "dev", root_dev)
@@ -83,9 +88,42 @@ def make_host() -> Iterator[Callable[[str, float], Host]]:
             f.write("1")
         return Host(ns, address, gateway, root_dev, shaping)
 
-    yield make
-    for ns, root_dev in made:  # deleting the root end first frees the pair now, not when the kernel gets to it
-        subprocess.run(["ip", "link", "del", root_dev], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-        f.write(forward)
+    def close(self) -> None:
+        for ns, root_dev in self.made:  # deleting the root end first frees the pair now, not when the kernel gets to it
+            subprocess.run(["ip", "link", "del", root_dev], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.made.clear()
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write(self.forward)
+
+
+@pytest.fixture
+def make_host() -> Iterator[Callable[[str, float], Host]]:
+    hosts = NetnsHosts()
+    yield hosts.make
+    hosts.close()
+
+
+@contextlib.contextmanager
+def sniff(dev: str, limit: int = 64 << 20) -> Iterator[bytearray]:
+    """Every byte crossing `dev` (whole frames, headers included) while the block runs: what an
+    eavesdropper on that link reads."""
+    seen = bytearray()
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+    sock.bind((dev, 0))
+    sock.settimeout(0.1)
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set() and len(seen) < limit:
+            with contextlib.suppress(TimeoutError, OSError):
+                seen.extend(sock.recv(65536))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        reader.join(2)
+        sock.close()

@@ -89,7 +89,7 @@ def test_bad_placement_yaml(tmp_path):
 
 
 def test_help_on_every_command():
-    for command in ("flow", "plan", "import-ini", "demo", "simulate", "worker"):
+    for command in ("flow", "plan", "keys", "import-ini", "demo", "simulate", "worker"):
         assert "usage: vllm-helix " + command in run(command, "--help").stdout
 
 

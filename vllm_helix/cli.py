@@ -124,9 +124,13 @@ def _replan(args: argparse.Namespace, cluster, model, options: dict[str, Any]) -
 
 
 def _write_plan(args: argparse.Namespace, cluster, model, plan) -> int:
+    from vllm_helix.planner.keys import issue_keys, remote_addresses
     from vllm_helix.planner.plan import plan_to_dict, save_plan
     from vllm_helix.planner.report import flow_table
 
+    key_lines: list[str] = []
+    if remote_addresses(plan):  # links leave this host: encrypted by default, so the plan comes with keys
+        plan, key_lines = issue_keys(plan, args.output)
     save_plan(plan, args.output)
     if args.plot:
         from vllm_helix.planner.plot import plot_placement
@@ -140,6 +144,28 @@ def _write_plan(args: argparse.Namespace, cluster, model, plan) -> int:
     else:
         print(flow_table(cluster, plan.placement, plan.flow))
         print(f"\nplan ({plan.method}) written to {args.output}")
+        _print_key_lines(key_lines)
+    return 0
+
+
+def _print_key_lines(lines: list[str]) -> None:
+    if lines:
+        print("CURVE secret keys (mode 0600; copy each only to its host, pass it with `vllm-helix worker --key`):")
+        print("\n".join("  " + line for line in lines))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from vllm_helix.planner.files import load_plan
+    from vllm_helix.planner.keys import issue_keys
+    from vllm_helix.planner.plan import save_plan
+
+    plan, lines = issue_keys(load_plan(args.plan), args.plan, tuple(args.rotate))
+    save_plan(plan, args.plan)
+    print(f"public keys written to {args.plan}")
+    _print_key_lines(lines)
+    if args.rotate:
+        print(f"rotated {', '.join(args.rotate)}: restart those workers with their new key files, and `vllm serve` "
+              f"with this plan; the old keys are refused from then on")
     return 0
 
 
@@ -292,6 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--move-tolerance", type=float, default=0.05,
                    help="with --previous: accept up to this fraction less max flow to load fewer layers")
     p.set_defaults(handler=cmd_plan)
+
+    p = sub.add_parser("keys", help="make or rotate the CURVE keys of a plan",
+                       description="Give the coordinator and every node of a plan a CURVE key pair: public keys "
+                                   "into the plan, each secret into <plan>.<name>.key beside it (mode 0600). "
+                                   "Existing key files are kept unless rotated.")
+    p.add_argument("--plan", required=True, help="plan YAML to add the public keys to")
+    p.add_argument("--rotate", action="append", default=[], metavar="NODE",
+                   help="re-issue this node's (or 'coordinator''s) key pair; repeatable")
+    p.set_defaults(handler=cmd_keys)
 
     p = sub.add_parser("import-ini", help="convert a reference cluster .ini to YAML",
                        description="Convert a Helix reference topology .ini (bandwidths in bytes/s) to YAML.")

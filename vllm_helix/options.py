@@ -67,6 +67,10 @@ OPTIONS = (
            "KV cache bytes of each local worker, instead of --helix-kv-fraction (local nodes only)",
            problem=_positive),
     Option("--helix-route-log", "route_log", str, None, "append each request's route to this file"),
+    Option("--helix-key", "key", str, None,
+           "the coordinator's CURVE secret key file (default: <plan>.coordinator.key beside the plan)"),
+    Option("--helix-insecure", "insecure", bool, False,
+           "plain TCP on non-loopback addresses: no encryption, no authentication (logs a warning)"),
 )
 
 

@@ -42,6 +42,8 @@ class _StoreHelixOption(argparse.Action):
     metavar_key: str  # set by add_helix_args
     helix_option: Option
     def __call__(self, parser, namespace, value, option_string=None):
+        if self.nargs == 0:  # a flag
+            value = True
         problem = self.helix_option.problem(value)
         if problem:  # a bad value is a usage error here, not a traceback from the engine
             parser.error(f"{option_string}: {problem}, got {value}")
@@ -63,8 +65,9 @@ def add_helix_args(parser: Any) -> Any:
     group.add_argument("--executor", choices=["helix"], action=_SelectExecutor, dest="helix_executor",
                        help="'helix': run the model on the cluster of --helix-plan (partial-layer workers)")
     for opt in OPTIONS:
-        action = group.add_argument(opt.flag, type=opt.type, choices=opt.choices, action=_StoreHelixOption,
-                                    dest=f"helix_{opt.key}", default=opt.default, help=opt.help)
+        kind = {"nargs": 0} if opt.type is bool else {"type": opt.type, "choices": opt.choices}
+        action = group.add_argument(opt.flag, **kind, action=_StoreHelixOption, dest=f"helix_{opt.key}",
+                                    default=opt.default, help=opt.help)
         action.metavar_key, action.helix_option = opt.key, opt
     _require_plan(parser)
     return parser
@@ -87,9 +90,24 @@ def _require_plan(parser: Any) -> None:
                          "or --helix-cluster CLUSTER.yaml (planned at start-up)")
         if helix.get("cluster"):
             _plan_at_start(parser, namespace, helix)
+        if not helix.get("insecure"):
+            _check_keys(parser, helix)
         return namespace, rest
 
     parser.parse_known_args = checked
+
+
+def _check_keys(parser: Any, helix: dict[str, Any]) -> None:
+    """A plan that leaves this host needs the coordinator's key or --helix-insecure: an error before any engine."""
+    from vllm_helix.errors import HelixError
+    from vllm_helix.planner.cluster import COORDINATOR
+    from vllm_helix.planner.files import load_plan
+    from vllm_helix.planner.keys import identity
+
+    try:
+        identity(load_plan(helix["plan"]), helix["plan"], COORDINATOR, helix.get("key"))
+    except HelixError as exc:
+        parser.error(str(exc))
 
 
 def _plan_at_start(parser: Any, namespace: argparse.Namespace, helix: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ class VllmServer:
         self.command = [str(Path(sys.executable).with_name("vllm")), "serve", str(model), "--port", str(self.port),
                         "--host", "127.0.0.1", *args]
         self.env = {"VLLM_CPU_KVCACHE_SPACE": "1", **shared_host_env(), **(env or {})}
+        self.scheme = "https" if "--ssl-certfile" in self.command else "http"
         self.log_path = Path(log_path or f"/tmp/vllm-serve-{self.port}.log")
         self.timeout_s = timeout_s
         self.on_log_line = on_log_line  # sees each line the server logs while it starts
@@ -36,7 +38,7 @@ class VllmServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.scheme}://127.0.0.1:{self.port}/v1"
 
     def start(self) -> str:
         with open(self.log_path, "w") as log:
@@ -65,7 +67,9 @@ class VllmServer:
             raise StartupError(f"`vllm serve` exited with status {process.returncode} during start-up; "
                                f"last lines of {self.log_path}:\n{self.log_tail()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+            # only "is it up?": the certificate is the caller's to check
+            context = ssl._create_unverified_context() if self.scheme == "https" else None  # noqa: S323
+            with urllib.request.urlopen(f"{self.scheme}://127.0.0.1:{self.port}/health", timeout=2, context=context):
                 return True
         except OSError:
             time.sleep(1)

@@ -14,15 +14,17 @@ the way); `Free` releases a finished request's KV blocks; `Busy` reports a node'
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from vllm_helix.comm import Header, Transport, tensor_spec
-from vllm_helix.errors import FrameRejected, TransportTimeout
+from vllm_helix.comm import CurveKeys, Endpoint, Header, Transport, tensor_spec
+from vllm_helix.errors import ConfigError, FrameRejected, TransportTimeout
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +34,8 @@ PROTOCOL_VERSION = 1
 KIND = f"helix/{PROTOCOL_VERSION}"
 LogprobRow = tuple[list[int], list[float], int]  # ids, logprobs, rank of the sampled token
 COORDINATOR_PEER = "coordinator"  # the coordinator's name on the transport
+DENIED_CHECK_S = 1.0  # how often recv() looks for peers refused at the CURVE handshake
+logger = logging.getLogger(__name__)
 
 
 class NewRequest(msgspec.Struct, frozen=True):
@@ -110,7 +114,7 @@ class Busy(msgspec.Struct, tag="busy", frozen=True):
 
 
 class Start(msgspec.Struct, tag="start", frozen=True):
-    pass
+    public_keys: dict[str, str] = {}  # encrypted clusters: the coordinator's plan's keys, which nodes trust
 
 
 class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
@@ -169,13 +173,25 @@ def tcp(address: str) -> str:
 
 
 class Channel:
-    """Helix messages to named peers, from any peer, over a Transport."""
+    """Helix messages to named peers, from any peer, over a Transport (CURVE-encrypted when opened with keys)."""
 
-    def __init__(self, endpoint: Transport):
+    def __init__(self, endpoint: Transport, curve: Endpoint | None = None):
         self.endpoint = endpoint
+        self._curve = curve  # the same endpoint, when its links are CURVE: allow-list and refused peers
+        self._denied_checked = time.monotonic()
 
-    def connect(self, peer: str, address: str) -> None:
-        self.endpoint.connect(peer, tcp(address))
+    @property
+    def encrypted(self) -> bool:
+        return self._curve is not None
+
+    def connect(self, peer: str, address: str, public_key: str | None = None) -> None:
+        """Dial `peer`; on an encrypted channel, `public_key` is the key it must prove it holds."""
+        self.endpoint.connect(peer, tcp(address), public_key if self._curve else None)
+
+    def allow(self, public_keys: Sequence[str]) -> None:
+        """Accept connections from these keys only (encrypted channels)."""
+        if self._curve:
+            self._curve.set_allowed(public_keys)
 
     def peers(self) -> set[str]:
         return set(self.endpoint.peers())
@@ -186,21 +202,31 @@ class Channel:
 
     def recv(self, timeout_s: float) -> Received | None:
         """Next message, or None after `timeout_s`. Raises PeerLost, FrameRejected (that message only)."""
+        if self._curve and time.monotonic() - self._denied_checked > DENIED_CHECK_S:
+            self._log_denied(self._curve)
         try:
             raw = self.endpoint.recv(timeout_s)
         except TransportTimeout:
             return None
         return Received(raw.sender, decode(raw.header), [raw.tensor(i) for i in range(len(raw.header.tensors))])
 
+    def _log_denied(self, curve: Endpoint) -> None:
+        self._denied_checked = time.monotonic()
+        for address, key in curve.take_denied():  # the transport reports each address once
+            logger.warning("%s: refused a connection from %s: its CURVE key %s is not one this node accepts",
+                           curve.name, address, key[:8] + "..." if key else "(none)")
+
     def close(self) -> None:
         self.endpoint.close()
 
 
-def open_channel(name: str, bind: str) -> Channel:
+def open_channel(name: str, bind: str, curve: CurveKeys | None = None) -> Channel:
+    """Bind `name`'s endpoint; with `curve` (CurveKeys with an allow-list) every link is CURVE."""
     if os.environ.get("VLLM_HELIX_TRANSPORT") == "pyzmq":
+        if curve is not None:
+            raise ConfigError("VLLM_HELIX_TRANSPORT=pyzmq has no CURVE encryption: unset it, or use --helix-insecure")
         from vllm_helix.comm.pyzmq_endpoint import PyzmqEndpoint
 
         return Channel(PyzmqEndpoint(name, tcp(bind)))
-    from vllm_helix.comm import Endpoint
-
-    return Channel(Endpoint(name, tcp(bind)))
+    endpoint = Endpoint(name, tcp(bind), curve=curve)
+    return Channel(endpoint, endpoint if curve is not None else None)

@@ -92,3 +92,35 @@ def test_plain_tcp_on_a_public_address_warns(address: str, warns: bool) -> None:
     assert len(w) == int(warns)
     if warns:
         assert "CurveKeys" in str(w[0].message)
+
+
+def test_refused_peer_is_reported_once_per_address_and_rotation_refuses_the_old_key() -> None:
+    old, new = CurveKeys.generate(), CurveKeys.generate()
+    server = CurveKeys.generate()
+    server = CurveKeys(server.public, server.secret, (old.public,))
+    with Endpoint("srv", options=OPTS, curve=server) as srv:
+        with Endpoint("n", options=OPTS, curve=CurveKeys(new.public, new.secret, (server.public,))) as n:
+            n.connect("srv", srv.address, public_key=server.public)
+            n.send("srv", Header("before rotation"))
+            with pytest.raises(TransportTimeout):
+                srv.recv(timeout=1.0)  # libzmq re-dials: several refusals, one report
+            denied = srv.take_denied()
+            assert denied == [("127.0.0.1", new.public)] and srv.stats()["auth_denied"] >= 1
+            assert srv.take_denied() == []
+        srv.set_allowed([new.public])  # rotation: the new key in, the old one out
+        with Endpoint("n", options=OPTS, curve=CurveKeys(new.public, new.secret, (server.public,))) as n:
+            n.connect("srv", srv.address, public_key=server.public)
+            n.send("srv", Header("after rotation"))
+            assert srv.recv(timeout=3).header.kind == "after rotation"
+        with Endpoint("o", options=OPTS, curve=CurveKeys(old.public, old.secret, (server.public,))) as o:
+            o.connect("srv", srv.address, public_key=server.public)
+            o.send("srv", Header("old key"))
+            with pytest.raises(TransportTimeout):
+                srv.recv(timeout=1.0)
+
+
+def test_public_key_is_derived_from_the_secret() -> None:
+    keys = CurveKeys.generate()
+    assert CurveKeys.from_secret(keys.secret).public == keys.public
+    with pytest.raises(ValueError, match="Z85"):
+        CurveKeys.from_secret("not a key")

@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pytest
 from comm_helpers import start_peer
-from netns_hosts import NEEDS_ROOT, sh
+from netns_hosts import NEEDS_ROOT, sh, sniff
 
-from vllm_helix.comm import Endpoint, EndpointOptions, Header
+from vllm_helix.comm import CurveKeys, Endpoint, EndpointOptions, Header
 from vllm_helix.errors import PeerLost, TransportTimeout
 
 pytestmark = NEEDS_ROOT
@@ -96,3 +96,28 @@ def test_cut_link_is_reported_as_peer_loss_and_heals(make_host) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_eavesdropper_on_the_link_reads_plain_tcp_but_not_curve(make_host) -> None:
+    """The check the serving test relies on, shown to see plain text: the same bytes cross the link twice."""
+    link = make_host("1gbit", 1)
+    secret_bytes = np.frombuffer(b"activation row 42 " * 512, dtype=np.uint8)
+    seen = {}
+    for mode in ("plain", "curve"):
+        me, peer = CurveKeys.generate(), CurveKeys.generate()
+        args = [peer.secret, me.public] if mode == "curve" else []
+        proc, addr = start_peer("worker", f"tcp://{link.address}:*", "0.1", "1.0", *args, netns=link.ns)
+        mine = CurveKeys(me.public, me.secret, (peer.public,)) if mode == "curve" else None
+        try:
+            with Endpoint("coord", f"tcp://{link.gateway}:*", options=OPTS, curve=mine) as ep, \
+                    sniff(link.root_dev) as wire:
+                ep.connect("worker", addr, peer.public if mine else None)
+                echo_rtt(ep, "worker", secret_bytes)
+                seen[mode] = bytes(wire)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert len(seen["curve"]) > 2 * secret_bytes.nbytes  # both directions crossed the link
+    assert b"activation row 42" in seen["plain"] and b"hello" in seen["plain"]
+    assert b"activation row 42" not in seen["curve"] and b"hello" not in seen["curve"]
+    assert b"CURVE" in seen["curve"]  # the handshake names its mechanism; everything after it is sealed

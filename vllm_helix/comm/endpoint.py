@@ -63,6 +63,11 @@ class CurveKeys:
         public, secret = _transport.curve_keypair()
         return CurveKeys(public, secret, tuple(allowed_peers))
 
+    @staticmethod
+    def from_secret(secret: str, allowed_peers: Sequence[str] = ()) -> CurveKeys:
+        """The identity of a secret key (its public key is derived from it)."""
+        return CurveKeys(_transport.curve_public(secret), secret, tuple(allowed_peers))
+
 
 def _native_options(o: EndpointOptions, curve: CurveKeys | None) -> _transport.Options:
     n = _transport.Options()
@@ -218,6 +223,14 @@ class Endpoint:
 
     def stats(self) -> dict[str, int]:
         return self._ep.stats()
+
+    def set_allowed(self, public_keys: Sequence[str]) -> None:
+        """Replace the CURVE allow-list; handshakes from now on are checked against it."""
+        self._ep.set_allowed(list(public_keys))
+
+    def take_denied(self) -> list[tuple[str, str]]:
+        """Peers refused at the CURVE handshake since the last call, each address once: (address, public key)."""
+        return self._ep.take_denied()
 
     def close(self) -> None:
         """Flush queued messages (up to linger_s), say goodbye to peers, stop the I/O thread. Idempotent."""

@@ -25,6 +25,7 @@ from vllm_helix.errors import (
     TransportTimeout,
 )
 from vllm_helix.node.config import WorkerConfig
+from vllm_helix.planner.keys import identity, key_path
 from vllm_helix.planner.plan import Plan
 from vllm_helix.wire import COORDINATOR_PEER, Channel, open_channel
 
@@ -49,12 +50,14 @@ class ServingCoordinator:
         if plan.partial_inference:
             raise ConfigError("serving needs a plan with exact layer chaining (plan without --partial-inference)")
         self.dtype = local_node_config.dtype  # every node must run it
+        curve = identity(plan, options["plan"], COORDINATOR_PEER, options["key"], options["insecure"])
         self.plan = resolve_addresses(plan)
         self.options = options
         self.book = BatchBook(make_output, options["step_timeout_s"])
         self.routes: RouteBook | None = None
-        self.channel: Channel = open_channel(COORDINATOR_PEER, self.plan.cluster.coordinator.address)
-        self.workers = LocalNodes.start(self.plan, local_nodes(plan), model_path, local_node_config)
+        self.channel: Channel = open_channel(COORDINATOR_PEER, self.plan.cluster.coordinator.address, curve)
+        key_files = {n: str(key_path(options["plan"], n)) for n in local_nodes(plan)} if curve else {}
+        self.workers = LocalNodes.start(self.plan, local_nodes(plan), model_path, local_node_config, key_files)
         self.kv_tokens: dict[str, int] = {}
         self.kv_block_tokens = 1
         self.busy: dict[str, p.Busy] = {}  # each node's latest report
@@ -85,7 +88,7 @@ class ServingCoordinator:
                 self._on_hello(received.message, nodes)
         self.routes = RouteBook(self.plan, self.kv_tokens, self.kv_block_tokens, self.options)
         for name in nodes:
-            self.channel.send(name, p.Start())
+            self.channel.send(name, p.Start(self.plan.public_keys if self.channel.encrypted else {}))
         self._receiver = threading.Thread(target=self._receive_loop, name="helix-receiver", daemon=True)
         self._receiver.start()
         logger.info("Helix cluster up in %.1f s: %s", time.monotonic() - self._started,
@@ -106,15 +109,17 @@ class ServingCoordinator:
                              f"start it with `vllm-helix worker ... --dtype {self.dtype}`, or give `vllm serve` "
                              f"--dtype {message.dtype}")
         if message.node not in self.kv_tokens:  # dial back only now: a silent peer counts as lost
-            self.channel.connect(message.node, nodes[message.node].address)
+            self.channel.connect(message.node, nodes[message.node].address, self.plan.public_keys.get(message.node))
         self.kv_tokens[message.node] = message.kv_tokens
         self.kv_block_tokens = max(self.kv_block_tokens, message.kv_block_tokens)
 
     def _missing_message(self, nodes: dict) -> str:
         missing = [n for n in nodes if n not in self.kv_tokens]
         where = ", ".join(f"{n} at {nodes[n].address}" for n in missing)
+        keys = (" with its key file (--key); a refused key is logged above with its address"
+                if self.channel.encrypted else "")
         return (f"Helix nodes did not come up within {self.options['start_timeout_s']:.0f} s: {where}. "
-                f"Start them with `vllm-helix worker --plan PLAN --node NAME` on their hosts.")
+                f"Start them with `vllm-helix worker --plan PLAN --node NAME` on their hosts{keys}.")
 
     def _check_local_workers(self) -> None:
         for name, status in self.workers.dead().items():

@@ -75,7 +75,8 @@ class HelixExecutor(Executor):
                                    max_num_batched_tokens=scheduler.max_num_batched_tokens,
                                    max_num_seqs=scheduler.max_num_seqs, max_model_len=self.model_config.max_model_len,
                                    dtype=dtype, enforce_eager=self.model_config.enforce_eager,
-                                   seed=self.model_config.seed or 0, start_timeout_s=options["start_timeout_s"])
+                                   seed=self.model_config.seed or 0, start_timeout_s=options["start_timeout_s"],
+                                   insecure=options["insecure"])
         # Nodes hold the KV cache; the scheduler's prefix cache would skip prompt tokens they never saw.
         self.vllm_config.cache_config.enable_prefix_caching = False
         self.coordinator = ServingCoordinator(plan, self.model_config.model, options, _model_output, local_nodes)

@@ -54,7 +54,8 @@ class LocalNodes:
     logs: dict[str, Path]
 
     @classmethod
-    def start(cls, plan: Plan, names: list[str], model: str, config: WorkerConfig) -> LocalNodes:
+    def start(cls, plan: Plan, names: list[str], model: str, config: WorkerConfig,
+              key_files: dict[str, str] | None = None) -> LocalNodes:
         workdir = Path(tempfile.mkdtemp(prefix="vllm-helix-"))
         plan_path = workdir / "plan.yaml"
         save_plan(plan, plan_path)
@@ -64,6 +65,8 @@ class LocalNodes:
             logs[name] = workdir / f"{name}.log"
             command = [sys.executable, "-m", "vllm_helix.cli", "worker", "--plan", str(plan_path), "--node", name,
                        "--model", model, *config.cli_args()]
+            if key_files and name in key_files:  # the resolved plan lives elsewhere: say where the key is
+                command += ["--key", key_files[name]]
             with open(logs[name], "w") as log:
                 processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                    start_new_session=True)

@@ -32,6 +32,9 @@ class WorkerConfig:
     enforce_eager: bool = _option(False, "run the layers eagerly (default: vLLM's torch.compile, as `vllm serve` does)")
     seed: int = _option(0, "sampling seed of the last node (as vLLM's --seed)")
     start_timeout_s: float = _option(600.0, "seconds to wait for the coordinator", flag="--start-timeout")
+    key: str | None = _option(None, "this node's CURVE secret key file (default: <plan>.<node>.key beside the plan)")
+    insecure: bool = _option(False, "plain TCP on non-loopback addresses: no encryption, no authentication "
+                                    "(logs a warning)", flag="--helix-insecure")
 
     def __post_init__(self) -> None:
         if not 0 < self.kv_fraction < 1:
@@ -51,7 +54,7 @@ class WorkerConfig:
             if f.type == "bool":
                 parser.add_argument(_flag(f), dest=f.name, action="store_true", help=f.metadata["help"])
             else:
-                kind = {"float": float, "int": int, "int | None": int, "str": str}[str(f.type)]
+                kind = {"float": float, "int": int, "int | None": int, "str": str, "str | None": str}[str(f.type)]
                 shown = "" if f.default is None else f" (default: {f.default})"
                 parser.add_argument(_flag(f), dest=f.name, type=kind, default=f.default,
                                     metavar=f.name.removesuffix("_s").upper(), help=f.metadata["help"] + shown)

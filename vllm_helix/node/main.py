@@ -10,6 +10,7 @@ from vllm_helix.errors import ConfigError, PeerLost, TransportTimeout
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.node.server import NodeServer
 from vllm_helix.planner.files import load_plan
+from vllm_helix.planner.keys import identity, predecessors
 from vllm_helix.wire import COORDINATOR_PEER, Channel, Progress, open_channel
 
 logger = logging.getLogger(__name__)
@@ -28,9 +29,10 @@ def run_worker(plan_path: str, node: str, model: str, config: WorkerConfig, *, b
         if value == "local":
             raise ConfigError(f"{plan_path}: {what} has address 'local'; local nodes are started by "
                              "`vllm serve --executor helix` itself, or give --bind HOST:PORT")
-    channel = open_channel(node, address)  # early, so the coordinator hears each start-up phase
+    curve = identity(plan, plan_path, node, config.key, config.insecure)  # before the model loads: key errors come fast
+    channel = open_channel(node, address, curve)  # early, so the coordinator hears each start-up phase
     try:
-        channel.connect(COORDINATOR_PEER, coordinator)
+        channel.connect(COORDINATOR_PEER, coordinator, plan.public_keys.get(COORDINATOR_PEER))
         progress = StartupProgress(node, [layers.start, layers.end], channel)
         progress("loading")
         from vllm_helix.node.partial_worker import PartialLayerWorker
@@ -38,8 +40,9 @@ def run_worker(plan_path: str, node: str, model: str, config: WorkerConfig, *, b
         worker = PartialLayerWorker(model, (layers.start, layers.end), config, num_layers_total=plan.model.num_layers)
         worker.warm_up(progress)  # reports compiling (unless enforce_eager) and warming up
         addresses = {n.name: n.address for n in plan.cluster.nodes} | {COORDINATOR_PEER: coordinator}
-        server = NodeServer(node, worker, channel, addresses)
-        logger.info("node %s: layers %s, listening on %s, coordinator %s", node, layers, address, coordinator)
+        server = NodeServer(node, worker, channel, addresses, predecessors(plan, node), plan.public_keys)
+        logger.info("node %s: layers %s, listening on %s, coordinator %s%s", node, layers, address, coordinator,
+                    ", encrypted (CURVE)" if channel.encrypted else "")
         progress("ready")
         server.wait_for_start(config.start_timeout_s)
         server.serve_forever()

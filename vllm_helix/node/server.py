@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -67,9 +68,12 @@ class _Pending:
 
 
 class NodeServer:
-    def __init__(self, name: str, worker: PartialLayerWorker, channel: Channel, addresses: dict[str, str]):
+    def __init__(self, name: str, worker: PartialLayerWorker, channel: Channel, addresses: dict[str, str],
+                 predecessors: Sequence[str] = (), public_keys: dict[str, str] | None = None):
         self.name, self.worker, self.channel = name, worker, channel
         self.addresses = addresses  # peer name -> transport address
+        self.predecessors = list(predecessors)  # nodes that may send us steps (encrypted channels)
+        self.public_keys = dict(public_keys or {})  # peer name -> CURVE public key, the coordinator's at Start
         # a batch stays within the worker's own vLLM limits
         self.token_budget = worker.config.max_num_batched_tokens
         self.seq_budget = worker.config.max_num_seqs
@@ -103,6 +107,7 @@ class NodeServer:
                 continue
             message = received.message
             if isinstance(message, p.Start):
+                self._trust(message.public_keys)
                 logger.info("node %s: cluster started", self.name)
                 return
             if isinstance(message, p.Shutdown):
@@ -110,6 +115,13 @@ class NodeServer:
             self.deferred.append(received)
         raise StartupError(f"node {self.name}: no coordinator at {self.addresses.get(COORDINATOR_PEER)} "
                          f"after {timeout_s:.0f} s")
+
+    def _trust(self, public_keys: dict[str, str]) -> None:
+        """The coordinator's keys win over this host's plan copy, so a rotated neighbour needs no copy here."""
+        if not self.channel.encrypted or not public_keys:
+            return
+        self.public_keys.update(public_keys)
+        self.channel.allow([self.public_keys[n] for n in (COORDINATOR_PEER, *self.predecessors)])
 
     # ------------------------------------------------------------------ serving
 
@@ -247,7 +259,7 @@ class NodeServer:
 
     def _ensure_peer(self, peer: str) -> None:
         if peer not in self.channel.peers():
-            self.channel.connect(peer, self.addresses[peer])
+            self.channel.connect(peer, self.addresses[peer], self.public_keys.get(peer))
 
     def _free(self, request_ids: list[str]) -> None:
         freed = [rid for rid in request_ids if rid in self.routes]

@@ -34,6 +34,7 @@ class Plan:
     throughput_model: str = "reference"
     partial_inference: bool = False
     details: dict[str, Any] = field(default_factory=dict)  # solver log summary, seed, time limit, ...
+    public_keys: dict[str, str] = field(default_factory=dict)  # CURVE, Z85, per node + coordinator (planner/keys.py)
 
 
 def evaluate_plan(
@@ -72,6 +73,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             for (a, b), f in flow.arc_flow.items()
         ],
         "details": plan.details,
+        **({"public_keys": dict(plan.public_keys)} if plan.public_keys else {}),
         "model": dataclasses.asdict(plan.model),
         "cluster": cluster_to_dict(plan.cluster),
     }
@@ -105,4 +107,11 @@ def plan_from_dict(data: Any, source: str) -> Plan:
         graph=data.get("graph", "split"),
     )
     return Plan(cluster, model, Placement(ranges), flow, data["method"], data.get("throughput_model", "reference"),
-                bool(data.get("partial_inference", False)), data.get("details") or {})
+                bool(data.get("partial_inference", False)), data.get("details") or {},
+                _public_keys(data.get("public_keys") or {}, source))
+
+
+def _public_keys(keys: Any, source: str) -> dict[str, str]:
+    if not (isinstance(keys, dict) and all(isinstance(k, str) and len(k) == 40 for k in keys.values())):
+        raise ClusterSpecError(f"{source}: public_keys: expected 'name: <40-character Z85 key>' entries")
+    return {str(name): key for name, key in keys.items()}

@@ -1,5 +1,6 @@
 """Planning at `vllm serve` start-up (`--helix-cluster`): plan the cluster for the model, write it beside
-the cluster file, and hand its path to the executor as if `--helix-plan` had named it."""
+the cluster file, and hand its path to the executor as if `--helix-plan` had named it. A cluster with
+non-loopback addresses gets its CURVE keys beside the plan too (planner/keys.py), as `vllm-helix plan` does."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def plan_at_start(cluster_path: str | Path, model_path: str | Path, *, throughpu
                   time_limit_s: float = 20.0) -> tuple[Path, str]:
     """Plan with the MILP under a short time limit; returns the written plan's path and its table."""
     from vllm_helix.planner.files import load_cluster
+    from vllm_helix.planner.keys import issue_keys, remote_addresses
     from vllm_helix.planner.model import load_model
     from vllm_helix.planner.place import place
     from vllm_helix.planner.plan import save_plan
@@ -28,9 +30,15 @@ def plan_at_start(cluster_path: str | Path, model_path: str | Path, *, throughpu
     source = choose_source(throughput, cluster, model)
     plan = place(cluster, model, "milp", throughput=source, time_limit_s=time_limit_s, progress=False)
     out = plan_path_for(cluster_path)
+    key_lines: list[str] = []
     try:
+        if remote_addresses(plan):  # links leave this host: encrypted by default, so the plan comes with keys
+            plan, key_lines = issue_keys(plan, out)
         save_plan(plan, out)
     except OSError as exc:
         raise ClusterSpecError(f"{out}: cannot write the plan beside the cluster file ({exc.strerror})") from None
     header = f"Helix plan for {cluster.name} ({source} throughput, milp, {time_limit_s:g} s limit), written to {out}:"
-    return out, header + "\n" + flow_table(cluster, plan.placement, plan.flow)
+    keys = "".join(f"\n  {line}" for line in key_lines)
+    if keys:
+        keys = "\nCURVE secret keys (mode 0600; copy each only to its host, `vllm-helix worker --key`):" + keys
+    return out, header + "\n" + flow_table(cluster, plan.placement, plan.flow) + keys
