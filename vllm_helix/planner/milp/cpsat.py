@@ -251,9 +251,13 @@ class _Callback(cp_model.CpSolverSolutionCallback):
 
 def solve_cpsat(
     form: Formulation, hint: Placement | None, verify: Verify, progress: Progress, *,
-    threads: int, time_limit_s: float, seed: int, relative_gap: float, variant: str = "compact",
+    threads: int, time_limit_s: float, seed: int, relative_gap: float, work_limit: float | None = None,
+    variant: str = "compact",
 ) -> SolveOutcome:
-    """Solve until optimal, the time limit, the gap or Ctrl-C; return the best verified placement."""
+    """Solve until optimal, the work or time limit, the gap or Ctrl-C; return the best verified placement.
+
+    With `work_limit` the search is deterministic (interleaved workers, stopped by CP-SAT's deterministic
+    time), so the same model, seed, threads and limit give the same incumbents on any machine load."""
     m, v = build_model(form, variant)
     if hint is not None:
         add_hint(m, form, v, hint)
@@ -262,6 +266,8 @@ def solve_cpsat(
     p.num_workers = threads
     p.max_time_in_seconds, p.random_seed = time_limit_s, seed
     p.relative_gap_limit = relative_gap
+    if work_limit is not None:
+        p.interleave_search, p.max_deterministic_time = True, work_limit
     solver.best_bound_callback = lambda bound: progress.set_bound(bound / form.scale)
     callback = _Callback(form, v, verify, progress)
     interrupted = False
@@ -273,6 +279,8 @@ def solve_cpsat(
     bound = solver.BestObjectiveBound() / form.scale if not interrupted else progress.bound
     if status == cp_model.OPTIMAL:
         stopped = "solved"
+    elif not interrupted and work_limit is not None and solver.ResponseProto().deterministic_time >= work_limit:
+        stopped = "work limit"
     elif interrupted or solver.WallTime() < time_limit_s - 0.5:
         stopped = "interrupted" if interrupted or name != "infeasible" else "solved"
     else:

@@ -27,21 +27,23 @@ def warm_start(form: Formulation, cluster: ClusterSpec) -> tuple[Placement, int]
     groups = _fast_groups(cluster, free)
     best, best_value = placement_of(dict(fixed)), integer_flow(form, placement_of(dict(fixed)))[0]
     for tau in sorted({t for n in free for t in form.throughput[n]}, reverse=True):
-        sizes = {n: _layers_at(form.throughput[n], tau) for n in free}
+        sizes = {n: _layers_at(form.throughput[n], tau, form.min_layers) for n in free}
         assignment = dict(fixed)
         leftover: list[str] = []
         for group in groups:
             leftover += _pack(group, sizes, form.num_layers, assignment)
         _pack(leftover, sizes, form.num_layers, assignment)
         candidate = placement_of(assignment)
+        if any(sk is not None and sk not in form.choices[n] for n, sk in assignment.items()):
+            continue  # a short last stage broke the depth bound
         value = integer_flow(form, candidate)[0]
         if value > best_value:
             best, best_value = candidate, value
     return best, best_value
 
 
-def _layers_at(throughput: tuple[int, ...], tau: int) -> int:
-    return max((k for k, t in enumerate(throughput, 1) if t >= tau), default=0)
+def _layers_at(throughput: tuple[int, ...], tau: int, min_k: int = 1) -> int:
+    return max((k for k, t in enumerate(throughput, 1) if t >= tau and k >= min_k), default=0)
 
 
 def _fast_groups(cluster: ClusterSpec, names: list[str]) -> list[list[str]]:
