@@ -151,10 +151,13 @@ def _enable(m: cp_model.CpModel, form: Formulation, v: _Vars, src: str, dst: str
 
 
 def _conservation(m: cp_model.CpModel, form: Formulation, v: _Vars) -> None:
+    share = form.options.max_node_share
     for n in form.nodes:
         through = v.node_flow[n]  # type: ignore[index]
         m.Add(sum(f for (a, b), f in v.f.items() if b == n) == through)
         m.Add(sum(f for (a, b), f in v.f.items() if a == n) == through)
+        if share is not None and share < 1:  # parallel routes: no node carries more than share * F
+            m.Add(1000 * through <= round(1000 * share) * v.total)
     m.Add(v.total == sum(f for (a, _), f in v.f.items() if a == COORDINATOR))
     m.Add(v.total == sum(f for (_, b), f in v.f.items() if b == COORDINATOR))
 

@@ -34,6 +34,7 @@ class SolverOptions:
     excludes: tuple[str, ...] = ()
     max_layers_per_node: int | None = None
     min_layers_per_node: int | None = None  # bounds pipeline depth: a route has <= ceil(L / min) stages
+    max_node_share: float | None = None  # a node carries at most this share of the total flow (parallel routes)
     kv_reserve_fraction: float = DEFAULT_KV_RESERVE
     partial_inference: bool = False
     prune: tuple[int, int, float] | None = None  # reference's (min_keep, max_keep, bandwidth threshold)
@@ -60,6 +61,8 @@ class SolverOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InfeasiblePlacement(f"{name} must be >= 1, got {value}")
+        if self.max_node_share is not None and not 0 < self.max_node_share <= 1:
+            raise InfeasiblePlacement(f"max_node_share must be in (0, 1], got {self.max_node_share}")
         if not 0 <= self.kv_reserve_fraction < 1:
             raise InfeasiblePlacement(f"kv_reserve_fraction must be in [0, 1), got {self.kv_reserve_fraction}")
 

@@ -53,8 +53,11 @@ def solve_milp(
         if start_flow >= form.flow_cap * (1 - options.relative_gap):
             outcome, used, note = _proven_by_bound(start, start_flow, form), "warm start", None
         else:
-            outcome, used, note = _run_backend(solver, form, start, verify, bar, run, options.log,
-                                               options.formulation)
+            try:
+                outcome, used, note = _run_backend(solver, form, start, verify, bar, run, options.log,
+                                                   options.formulation)
+            except KeyboardInterrupt:  # Ctrl-C before the backend's own handler runs (model building)
+                outcome, used, note = SolveOutcome(None, 0.0, "unknown", form.flow_cap, "interrupted"), solver, None
     best, best_flow = (outcome.placement, outcome.max_flow) if outcome.max_flow > start_flow else (start, start_flow)
     if best is None or best_flow <= 0:
         raise InfeasiblePlacement(_no_flow_message(outcome))

@@ -9,7 +9,7 @@ the best one wins.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import networkx as nx
 
@@ -23,9 +23,20 @@ FAST_LINK_SHARE = 0.5  # links at least half as fast as the fastest one join nod
 def warm_start(form: Formulation, cluster: ClusterSpec) -> tuple[Placement, int]:
     """Best greedy placement and its scaled max flow (0 and an empty placement if none chains)."""
     fixed = {n: form.choices[n][0] for n in form.options.pins if n in form.choices}
+    best, best_value = placement_of(dict(fixed)), integer_flow(form, placement_of(dict(fixed)))[0]
+    for _tau, candidate in greedy_pipelines(form, cluster):
+        value = integer_flow(form, candidate)[0]
+        if value > best_value:
+            best, best_value = candidate, value
+    return best, best_value
+
+
+def greedy_pipelines(form: Formulation, cluster: ClusterSpec) -> Iterator[tuple[int, Placement]]:
+    """(tau, placement) for every target throughput tau, fastest first; distinct placements only."""
+    fixed = {n: form.choices[n][0] for n in form.options.pins if n in form.choices}
     free = [n for n in form.nodes if n not in fixed]
     groups = _fast_groups(cluster, free)
-    best, best_value = placement_of(dict(fixed)), integer_flow(form, placement_of(dict(fixed)))[0]
+    seen = set()
     for tau in sorted({t for n in free for t in form.throughput[n]}, reverse=True):
         sizes = {n: _layers_at(form.throughput[n], tau, form.min_layers) for n in free}
         assignment = dict(fixed)
@@ -33,13 +44,12 @@ def warm_start(form: Formulation, cluster: ClusterSpec) -> tuple[Placement, int]
         for group in groups:
             leftover += _pack(group, sizes, form.num_layers, assignment)
         _pack(leftover, sizes, form.num_layers, assignment)
-        candidate = placement_of(assignment)
         if any(sk is not None and sk not in form.choices[n] for n, sk in assignment.items()):
             continue  # a short last stage broke the depth bound
-        value = integer_flow(form, candidate)[0]
-        if value > best_value:
-            best, best_value = candidate, value
-    return best, best_value
+        key = tuple(sorted(assignment.items()))
+        if key not in seen and len(assignment) > len(fixed):
+            seen.add(key)
+            yield tau, placement_of(assignment)
 
 
 def _layers_at(throughput: tuple[int, ...], tau: int, min_k: int = 1) -> int:

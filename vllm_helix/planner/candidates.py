@@ -1,0 +1,91 @@
+"""Diverse candidate plans for simulation-in-the-loop planning (`vllm-helix plan`, objective throughput/latency).
+
+Max flow alone favours deep pipelines whose round trips are long (see `serving_estimate`), so the search
+offers the simulator plans of different shapes, cheapest and most promising first:
+
+1. the max-flow MILP (deterministic work limit) — the bound's best plan;
+2. the reference heuristics: petals, swarm, homogeneous;
+3. the MILP warm start's greedy pipelines at every target throughput tau (from one deep pipeline over every
+   node down to a short one on the fastest nodes);
+4. the MILP under pipeline-depth bounds: every used node holds >= k layers, so a route has <= L / k stages.
+
+Every candidate is an evaluated `Plan` (the evaluator's max flow and arc flows); generation is lazy so the
+caller can stop at any time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from vllm_helix.errors import InfeasiblePlacement
+from vllm_helix.planner import heuristics
+from vllm_helix.planner.cluster import ClusterSpec
+from vllm_helix.planner.milp import solve_milp
+from vllm_helix.planner.milp.formulation import build_formulation
+from vllm_helix.planner.milp.options import SolverOptions
+from vllm_helix.planner.milp.warm_start import greedy_pipelines
+from vllm_helix.planner.model import ModelSpec
+from vllm_helix.planner.placement import Placement, PlacementResult
+from vllm_helix.planner.plan import Plan, evaluate_plan
+from vllm_helix.planner.throughput import NodeCapacity
+
+HEURISTICS = ("petals", "swarm", "homogeneous")
+MAX_DEPTH_BOUNDS = 3  # depth-bounded MILP runs (each one solver run under the work limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    label: str  # how it was made, e.g. "milp max-flow", "greedy tau=1212", "milp depth<=20"
+    plan: Plan
+
+
+def generate(cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, NodeCapacity], throughput: str,
+             options: SolverOptions) -> Iterator[Candidate]:
+    """Candidates in the order described in the module docstring; identical placements are yielded once."""
+    seen: set[tuple] = set()
+
+    def fresh(label: str, result: PlacementResult, method: str) -> Candidate | None:
+        key = tuple(sorted((n, r.start, r.end) for n, r in result.placement.ranges.items()))
+        if key in seen:
+            return None
+        seen.add(key)
+        plan = evaluate_plan(cluster, model, result.placement, method, throughput=throughput,
+                             partial_inference=result.partial_inference, details=result.details)
+        return Candidate(label, plan) if plan.flow.value > 0 else None
+
+    for label, method, make in _sources(cluster, model, capacities, options):
+        try:
+            result = make()
+        except InfeasiblePlacement:
+            continue  # this shape does not exist on this cluster (e.g. swarm stages that do not divide)
+        candidate = fresh(label, result, method)
+        if candidate is not None:
+            yield candidate
+
+
+def _sources(cluster, model, capacities, options: SolverOptions):
+    yield "milp max-flow", "milp", lambda: solve_milp(cluster, model, capacities, options)
+    for name in HEURISTICS:
+        yield name, name, lambda name=name: getattr(heuristics, name)(cluster, model, capacities, seed=options.seed)
+    form = build_formulation(cluster, model, capacities, options)
+    for tau, placement in greedy_pipelines(form, cluster):
+        yield f"greedy tau={tau / form.scale:.0f}", "greedy", lambda p=placement, t=tau: _fixed(p, options, t, form)
+    for k in depth_bounds(form.throughput, model.num_layers):
+        bounded = options.updated(min_layers_per_node=k)
+        yield (f"milp depth<={-(-model.num_layers // k)}", "milp",
+               lambda b=bounded: solve_milp(cluster, model, capacities, b))
+
+
+def _fixed(placement: Placement, options: SolverOptions, tau: int, form) -> PlacementResult:
+    return PlacementResult(placement, options.partial_inference, {"greedy_tau_tokens_per_s": tau / form.scale})
+
+
+def depth_bounds(throughput: Mapping[str, tuple[int, ...]], num_layers: int) -> list[int]:
+    """A few minimum layer counts per node (2 .. the largest that still holds the model), spread evenly."""
+    feasible = [k for k in range(2, num_layers + 1)
+                if sum(len(t) for t in throughput.values() if len(t) >= k) >= num_layers]
+    if len(feasible) <= MAX_DEPTH_BOUNDS:
+        return feasible
+    step = (len(feasible) - 1) / (MAX_DEPTH_BOUNDS - 1)
+    return sorted({feasible[round(i * step)] for i in range(MAX_DEPTH_BOUNDS)})
