@@ -20,13 +20,13 @@ from vllm_helix.planner.serving_estimate import estimate
 from vllm_helix.planner.throughput import capacity_table
 from vllm_helix.sim.run import SimConfig, simulate
 
-WINDOW = 20.0
-LAYERS = 3
+WINDOW, WARMUP = 5.0, 5.0  # simulated seconds: a 2-layer slice serves thousands of tokens/s
+LAYERS = 2
 
 
 @pytest.fixture(scope="module")
 def small():
-    """One A100, one L4, one T4 of single24 (LLaMA-2-70B profiles) serving a 3-layer slice of the model."""
+    """One A100, one L4, one T4 of single24 (LLaMA-2-70B profiles) serving a 2-layer slice of the model."""
     ex = reference_example("ilp")
     keep = {"n6", "n0", "n1"}  # A100, L4, T4
     cluster = dataclasses.replace(ex.cluster, nodes=tuple(n for n in ex.cluster.nodes if n.name in keep),
@@ -47,34 +47,33 @@ def every_plan(small):
             plan = evaluate_plan(cluster, model, Placement(ranges), "enumerated", throughput="profile")
             if plan.flow.value > 0:
                 plans.append(Candidate(f"p{len(plans)}", plan))
-    assert len(plans) > 10
-    return plans
+    return plans[::3]  # 17 of the 49, to keep the test short
 
 
-def brute_force_offline(plans):
-    return max(plans, key=lambda c: simulate(c.plan, SimConfig(duration_s=WINDOW)).decode_throughput)
+@pytest.fixture(scope="module")
+def offline_decode(every_plan):
+    """Brute force: each plan simulated directly (not through the ranking code)."""
+    return {c.label: simulate(c.plan, SimConfig(duration_s=WINDOW, warmup_s=WARMUP)).decode_throughput
+            for c in every_plan}
 
 
-def test_throughput_objective_chooses_the_brute_force_best(every_plan):
-    expected = brute_force_offline(every_plan)
-    result = search(reversed(every_plan), Objective("throughput", window_s=WINDOW))
-    assert result.best.candidate.label == expected.label
-    decodes = [r.score.decode_tokens_per_s for r in result.ranked]
-    assert decodes == sorted(decodes, reverse=True) and result.stopped_by == "done"
-    # the max-flow winner is not the serving winner here: the bound alone would choose differently
-    assert max(every_plan, key=lambda c: c.plan.flow.value).label != expected.label
+def test_throughput_objective_chooses_the_brute_force_best(every_plan, offline_decode):
+    result = search(reversed(every_plan), Objective("throughput", window_s=WINDOW, warmup_s=WARMUP))
+    assert offline_decode[result.best.candidate.label] == max(offline_decode.values())  # (ties: any of them)
+    assert [r.score.decode_tokens_per_s for r in result.ranked] == sorted(offline_decode.values(), reverse=True)
+    assert result.stopped_by == "done" and len(result.ranked) == len(every_plan)
 
 
 def test_latency_objective_and_slo(every_plan):
-    plans = every_plan[:12]
+    plans = every_plan[:4]
     rate = 0.3 * min(c.plan.flow.value for c in plans)
-    p95 = {c.label: simulate(c.plan, SimConfig(mode="online", duration_s=WINDOW, token_rate=rate, max_time_s=1e4))
-           .decode_latency["p95"] for c in plans}
-    result = search(plans, Objective("latency", window_s=WINDOW, rate=rate))
-    assert result.best.candidate.label == min(p95, key=p95.get)
+    p95 = {c.label: simulate(c.plan, SimConfig(mode="online", duration_s=2 * WINDOW, token_rate=rate,
+                                               max_time_s=1e4)).decode_latency["p95"] for c in plans}
+    result = search(plans, Objective("latency", window_s=2 * WINDOW, rate=rate))
+    assert p95[result.best.candidate.label] == min(p95.values())
     # an SLO between the fastest and the slowest: every plan that meets it ranks above every one that misses
     slo = sorted(p95.values())[len(p95) // 2]
-    ranked = search(plans, Objective("throughput", window_s=WINDOW, rate=rate, slo_s=slo)).ranked
+    ranked = search(plans, Objective("throughput", window_s=2 * WINDOW, warmup_s=WARMUP, rate=rate, slo_s=slo)).ranked
     meets = [p95[r.candidate.label] <= slo for r in ranked]
     assert meets == sorted(meets, reverse=True) and any(meets) and not all(meets)
 
@@ -85,15 +84,16 @@ def test_max_flow_objective_does_not_simulate(every_plan):
     assert all(r.score.decode_tokens_per_s is None for r in result.ranked)
 
 
-def test_anytime_stops_keep_the_best_scored(every_plan):
+def test_anytime_stops_keep_the_best_scored(every_plan, offline_decode):
     def interrupted():
         yield from every_plan[:3]
         raise KeyboardInterrupt
 
-    result = search(interrupted(), Objective("throughput", window_s=WINDOW))
+    result = search(interrupted(), Objective("throughput", window_s=WINDOW, warmup_s=WARMUP))
     assert result.stopped_by == "interrupted" and len(result.ranked) == 3
-    assert result.best.candidate.label == brute_force_offline(every_plan[:3]).label
-    result = search(every_plan, Objective("throughput", window_s=WINDOW), time_limit_s=0)
+    first = {c.label: offline_decode[c.label] for c in every_plan[:3]}
+    assert first[result.best.candidate.label] == max(first.values())
+    result = search(every_plan, Objective("throughput", window_s=WINDOW, warmup_s=WARMUP), time_limit_s=0)
     assert result.stopped_by == "time limit" and len(result.ranked) == 1
     with pytest.raises(ClusterSpecError, match="no candidate"):
         search(iter(()), Objective())
@@ -120,7 +120,7 @@ def test_estimate_counts_kv_room_and_round_trip():
 
 def test_choose_plan_records_every_candidate(small):
     cluster, model = small
-    objective = Objective("throughput", window_s=WINDOW)
+    objective = Objective("throughput", window_s=WINDOW, warmup_s=WARMUP)
     plan, result = choose_plan(cluster, model, "profile", objective, SolverOptions(solver="cpsat", work_limit=2),
                                time_limit_s=600)
     rows = plan.details["candidates"]
@@ -149,9 +149,9 @@ def test_unknown_solver_options_are_an_error():
 def test_depth_bound_keeps_every_stage_at_least_k_layers():
     ex = reference_example("ilp")
     caps = capacity_table(ex.cluster, ex.model)
-    result = solve_milp(ex.cluster, ex.model, caps, solver="cpsat", min_layers_per_node=5, work_limit=2)
-    assert min(r.size for r in result.placement.ranges.values()) >= 5
-    assert result.details["min_layers_per_node"] == 5
+    result = solve_milp(ex.cluster, ex.model, caps, solver="cpsat", min_layers_per_node=4, work_limit=2)
+    assert min(r.size for r in result.placement.ranges.values()) >= 4  # <= 20 stages on any route
+    assert result.details["min_layers_per_node"] == 4
     with pytest.raises(InfeasiblePlacement, match="cannot hold all 80 layers"):
         solve_milp(ex.cluster, ex.model, caps, min_layers_per_node=9)
     assert depth_bounds({"a": (1,) * 4, "b": (1,) * 4}, 8) == [2, 3, 4]

@@ -45,6 +45,7 @@ class Score:
 class Objective:
     name: str = "throughput"
     window_s: float = DEFAULT_WINDOW_S
+    warmup_s: float = 60.0  # offline warm-up before the window (the simulator's default)
     rate: float | None = None  # tokens/s for online runs (latency objective, SLO)
     slo_s: float | None = None  # p95 decode latency bound at `rate`
     seed: int = 0
@@ -85,7 +86,8 @@ def score_plan(plan, objective: Objective) -> Score:
     est = estimate(plan).decode_tokens_per_s if plan.model.profile_name else 0.0
     if not objective.simulates:
         return Score(plan.flow.value, est)
-    offline = simulate(plan, SimConfig(mode="offline", duration_s=objective.window_s, seed=objective.seed))
+    offline = simulate(plan, SimConfig(mode="offline", duration_s=objective.window_s, warmup_s=objective.warmup_s,
+                                       seed=objective.seed))
     online = None
     if objective.online:
         report = simulate(plan, SimConfig(mode="online", duration_s=objective.window_s, seed=objective.seed,

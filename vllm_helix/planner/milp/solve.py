@@ -92,7 +92,7 @@ def _no_flow_message(outcome: SolveOutcome) -> str:
     if outcome.stopped_by == "solved":
         return "no placement routes tokens from the coordinator through every layer and back (check the links)"
     return (f"no placement with a non-zero max flow found before the solver stopped ({outcome.stopped_by}); "
-            "raise the time limit")
+            "raise the time or work limit")
 
 
 def _details(form: Formulation, used: str, outcome: SolveOutcome, best_flow: float, bound: float,
