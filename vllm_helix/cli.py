@@ -116,7 +116,7 @@ def _search_plan(args: argparse.Namespace, cluster, model, milp: dict[str, Any])
     from vllm_helix.planner.milp.options import SolverOptions
     from vllm_helix.planner.ranking import Objective, choose_plan, format_table
 
-    objective = Objective(args.objective, args.sim_window, args.rate, args.slo, args.seed)
+    objective = Objective(args.objective, window_s=args.sim_window, rate=args.rate, slo_s=args.slo, seed=args.seed)
     options = SolverOptions.from_kwargs(seed=args.seed, **milp)
 
     def show(ranked) -> None:
