@@ -29,8 +29,8 @@ def small():
     """One A100, one L4, one T4 of single24 (LLaMA-2-70B profiles) serving a 2-layer slice of the model."""
     ex = reference_example("ilp")
     keep = {"n6", "n0", "n1"}  # A100, L4, T4
-    cluster = dataclasses.replace(ex.cluster, nodes=tuple(n for n in ex.cluster.nodes if n.name in keep),
-                                  links=tuple(lk for lk in ex.cluster.links if {lk.src, lk.dst} <= keep | {"coordinator"}))
+    links = tuple(lk for lk in ex.cluster.links if {lk.src, lk.dst} <= keep | {"coordinator"})
+    cluster = dataclasses.replace(ex.cluster, nodes=tuple(n for n in ex.cluster.nodes if n.name in keep), links=links)
     model = dataclasses.replace(ex.model, num_layers=LAYERS)
     return cluster, model
 
