@@ -15,6 +15,7 @@ caller can stop at any time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -41,8 +42,10 @@ class Candidate:
 
 
 def generate(cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, NodeCapacity], throughput: str,
-             options: SolverOptions) -> Iterator[Candidate]:
-    """Candidates in the order described in the module docstring; identical placements are yielded once."""
+             options: SolverOptions, deadline: float | None = None) -> Iterator[Candidate]:
+    """Candidates in the order described in the module docstring; identical placements are yielded once.
+
+    With a `deadline` (time.monotonic()), no MILP run outlasts it (its wall-clock limit is cut to fit)."""
     seen: set[tuple] = set()
 
     def fresh(label: str, result: PlacementResult, method: str) -> Candidate | None:
@@ -54,7 +57,11 @@ def generate(cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, No
                              partial_inference=result.partial_inference, details=result.details)
         return Candidate(label, plan) if plan.flow.value > 0 else None
 
-    for label, method, make in _sources(cluster, model, capacities, options):
+    def solver(**changes) -> SolverOptions:
+        limit = options.time_limit_s if deadline is None else min(options.time_limit_s, deadline - time.monotonic())
+        return options.updated(time_limit_s=max(0.5, limit), **changes)
+
+    for label, method, make in _sources(cluster, model, capacities, options, solver):
         try:
             result = make()
         except InfeasiblePlacement:
@@ -64,17 +71,16 @@ def generate(cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, No
             yield candidate
 
 
-def _sources(cluster, model, capacities, options: SolverOptions):
-    yield "milp max-flow", "milp", lambda: solve_milp(cluster, model, capacities, options)
+def _sources(cluster, model, capacities, options: SolverOptions, solver):
+    yield "milp max-flow", "milp", lambda: solve_milp(cluster, model, capacities, solver())
     for name in HEURISTICS:
         yield name, name, lambda name=name: getattr(heuristics, name)(cluster, model, capacities, seed=options.seed)
     form = build_formulation(cluster, model, capacities, options)
     for tau, placement in greedy_pipelines(form, cluster):
         yield f"greedy tau={tau / form.scale:.0f}", "greedy", lambda p=placement, t=tau: _fixed(p, options, t, form)
     for k in depth_bounds(form.throughput, model.num_layers):
-        bounded = options.updated(min_layers_per_node=k)
         yield (f"milp depth<={-(-model.num_layers // k)}", "milp",
-               lambda b=bounded: solve_milp(cluster, model, capacities, b))
+               lambda k=k: solve_milp(cluster, model, capacities, solver(min_layers_per_node=k)))
 
 
 def _fixed(placement: Placement, options: SolverOptions, tau: int, form) -> PlacementResult:

@@ -175,7 +175,8 @@ def choose_plan(cluster, model, throughput: str, objective: Objective, options, 
     """Generate candidates (`candidates.generate`), score them, and return (best plan, SearchResult).
 
     The best plan's details record the objective, every candidate's row and how the search stopped.
-    Each MILP run gets the solver options' deterministic work limit and at most a quarter of the budget.
+    Each MILP run gets the solver options' deterministic work limit and at most a quarter of the budget, and
+    never runs past the budget (the search may still overrun it by one candidate's simulation).
     """
     import dataclasses
 
@@ -184,7 +185,9 @@ def choose_plan(cluster, model, throughput: str, objective: Objective, options, 
 
     capacities = capacity_table(cluster, model, throughput)
     options = options.updated(time_limit_s=min(options.time_limit_s, max(1.0, time_limit_s / 4)))
-    result = search(generate(cluster, model, capacities, throughput, options), objective, time_limit_s, on_scored)
+    deadline = time.monotonic() + time_limit_s
+    candidates = generate(cluster, model, capacities, throughput, options, deadline)
+    result = search(candidates, objective, time_limit_s, on_scored)
     best = result.best.candidate.plan
     details = dict(best.details)
     details.update(
