@@ -6,7 +6,8 @@ offers the simulator plans of different shapes, cheapest and most promising firs
 1. the max-flow MILP (deterministic work limit) — the bound's best plan;
 2. the reference heuristics: petals, swarm, homogeneous;
 3. the MILP warm start's greedy pipelines at every target throughput tau (from one deep pipeline over every
-   node down to a short one on the fastest nodes);
+   node down to a short one on the fastest nodes), each first with its unused nodes added as parallel
+   replicas of existing stages (branches, as in the reference's layout), then without;
 4. the MILP under pipeline-depth bounds: every used node holds >= k layers, so a route has <= L / k stages.
 
 Every candidate is an evaluated `Plan` (the evaluator's max flow and arc flows); generation is lazy so the
@@ -25,7 +26,7 @@ from vllm_helix.planner.cluster import ClusterSpec
 from vllm_helix.planner.milp import solve_milp
 from vllm_helix.planner.milp.formulation import build_formulation
 from vllm_helix.planner.milp.options import SolverOptions
-from vllm_helix.planner.milp.warm_start import greedy_pipelines
+from vllm_helix.planner.milp.warm_start import greedy_pipelines, with_replicas
 from vllm_helix.planner.model import ModelSpec
 from vllm_helix.planner.placement import Placement, PlacementResult
 from vllm_helix.planner.plan import Plan, evaluate_plan
@@ -77,7 +78,10 @@ def _sources(cluster, model, capacities, options: SolverOptions, solver):
         yield name, name, lambda name=name: getattr(heuristics, name)(cluster, model, capacities, seed=options.seed)
     form = build_formulation(cluster, model, capacities, options)
     for tau, placement in greedy_pipelines(form, cluster):
-        yield f"greedy tau={tau / form.scale:.0f}", "greedy", lambda p=placement, t=tau: _fixed(p, options, t, form)
+        label = f"greedy tau={tau / form.scale:.0f}"
+        yield (f"{label}+replicas", "greedy",
+               lambda p=placement, t=tau: _fixed(with_replicas(form, p), options, t, form))
+        yield label, "greedy", lambda p=placement, t=tau: _fixed(p, options, t, form)
     for k in depth_bounds(form.throughput, model.num_layers):
         yield (f"milp depth<={-(-model.num_layers // k)}", "milp",
                lambda k=k: solve_milp(cluster, model, capacities, solver(min_layers_per_node=k)))

@@ -81,3 +81,25 @@ def _pack(names: list[str], sizes: Mapping[str, int], num_layers: int, assignmen
             filled += k
         assignment.update(stages)
     return pool + [n for n in names if sizes[n] == 0]
+
+
+def with_replicas(form: Formulation, placement: Placement) -> Placement:
+    """`placement` plus its unused nodes as parallel replicas of existing stages (the reference layout's
+    branches): each unused node, largest first, takes the span between two existing stage boundaries that
+    gives the highest max flow, ties to the span whose layers have the least capacity now. Replicas add KV
+    room and split each stage's batch; routes stay as deep."""
+    assignment = {n: (r.start, r.size) for n, r in placement.ranges.items() if n in form.choices}
+    spare = sorted((n for n in form.nodes if n not in assignment), key=lambda n: -len(form.throughput[n]))
+    for name in spare:
+        bounds = sorted({s for s, _ in assignment.values()} | {s + k for s, k in assignment.values()})
+        layer_cap = [0] * form.num_layers
+        for n, (s, k) in assignment.items():
+            for layer in range(s, s + k):
+                layer_cap[layer] += form.throughput[n][k - 1]
+        allowed = set(form.choices[name])
+        options = [(a, b - a) for i, a in enumerate(bounds) for b in bounds[i + 1:] if (a, b - a) in allowed]
+        if not options:
+            continue
+        assignment[name] = max(options, key=lambda sk: (
+            integer_flow(form, placement_of({**assignment, name: sk}))[0], -min(layer_cap[sk[0]:sum(sk)])))
+    return placement_of(assignment)
