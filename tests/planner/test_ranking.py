@@ -165,3 +165,18 @@ def test_work_limit_makes_the_solver_deterministic():
     assert runs[0].placement == runs[1].placement
     assert runs[0].details["max_flow_tokens_per_s"] == runs[1].details["max_flow_tokens_per_s"]
     assert runs[0].details["stopped_by"] == "work limit" and runs[0].details["reproducible"] is True
+
+
+def test_replicas_add_unused_nodes_as_exactly_chained_branches():
+    from vllm_helix.planner.milp.formulation import build_formulation, integer_flow
+    from vllm_helix.planner.milp.warm_start import greedy_pipelines, with_replicas
+
+    ex = reference_example("ilp")
+    form = build_formulation(ex.cluster, ex.model, capacity_table(ex.cluster, ex.model), SolverOptions())
+    tau, pipeline = [p for p in greedy_pipelines(form, ex.cluster) if len(p[1].ranges) < 20][0]
+    branched = with_replicas(form, pipeline)
+    assert len(branched.ranges) > len(pipeline.ranges)
+    assert all(branched[n] == r for n, r in pipeline.ranges.items())  # the pipeline stays as it was
+    boundaries = {r.start for r in pipeline.ranges.values()} | {r.end for r in pipeline.ranges.values()}
+    assert all({r.start, r.end} <= boundaries for r in branched.ranges.values())  # replicas chain exactly
+    assert integer_flow(form, branched)[0] >= integer_flow(form, pipeline)[0]

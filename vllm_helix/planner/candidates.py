@@ -4,11 +4,12 @@ Max flow alone favours deep pipelines whose round trips are long (see `serving_e
 offers the simulator plans of different shapes, cheapest and most promising first:
 
 1. the max-flow MILP (deterministic work limit) — the bound's best plan;
-2. the reference heuristics: petals, swarm, homogeneous;
-3. the MILP warm start's greedy pipelines at every target throughput tau (from one deep pipeline over every
-   node down to a short one on the fastest nodes), each first with its unused nodes added as parallel
-   replicas of existing stages (branches, as in the reference's layout), then without;
-4. the MILP under pipeline-depth bounds: every used node holds >= k layers, so a route has <= L / k stages.
+2. the MILP warm start's greedy pipelines at every target throughput tau (from one deep pipeline over every
+   node down to a short one on the fastest nodes), with the unused nodes added as parallel replicas of
+   existing stages (branches, as in the reference's layout: more KV room, smaller batches per node);
+3. the reference heuristics: petals, swarm, homogeneous;
+4. the greedy pipelines without replicas;
+5. the MILP under pipeline-depth bounds: every used node holds >= k layers, so a route has <= L / k stages.
 
 Every candidate is an evaluated `Plan` (the evaluator's max flow and arc flows); generation is lazy so the
 caller can stop at any time.
@@ -74,14 +75,15 @@ def generate(cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, No
 
 def _sources(cluster, model, capacities, options: SolverOptions, solver):
     yield "milp max-flow", "milp", lambda: solve_milp(cluster, model, capacities, solver())
+    form = build_formulation(cluster, model, capacities, options)
+    pipelines = list(greedy_pipelines(form, cluster))
+    for tau, placement in pipelines:
+        yield (f"greedy tau={tau / form.scale:.0f}+replicas", "greedy",
+               lambda p=placement, t=tau: _fixed(with_replicas(form, p), options, t, form))
     for name in HEURISTICS:
         yield name, name, lambda name=name: getattr(heuristics, name)(cluster, model, capacities, seed=options.seed)
-    form = build_formulation(cluster, model, capacities, options)
-    for tau, placement in greedy_pipelines(form, cluster):
-        label = f"greedy tau={tau / form.scale:.0f}"
-        yield (f"{label}+replicas", "greedy",
-               lambda p=placement, t=tau: _fixed(with_replicas(form, p), options, t, form))
-        yield label, "greedy", lambda p=placement, t=tau: _fixed(p, options, t, form)
+    for tau, placement in pipelines:
+        yield f"greedy tau={tau / form.scale:.0f}", "greedy", lambda p=placement, t=tau: _fixed(p, options, t, form)
     for k in depth_bounds(form.throughput, model.num_layers):
         yield (f"milp depth<={-(-model.num_layers // k)}", "milp",
                lambda k=k: solve_milp(cluster, model, capacities, solver(min_layers_per_node=k)))
