@@ -70,12 +70,31 @@ def test_import_ini_gives_an_equivalent_yaml_cluster(tmp_path):
         (["plan", "--cluster", REF / "machine_profile.ini", "--method", "swarm", "-o", "x.yaml"],
          "missing section"),
         (["import-ini", REF / "layouts/ilp/ilp_sol.ini", "-o", "x.yaml"], "[NodeNames]: missing section"),
+        (["plan", "--cluster", SINGLE24, "-o", "x.yaml", "--objective", "latency"], "need --rate"),
+        (["plan", "--cluster", SINGLE24, "-o", "x.yaml", "--slo", "2"], "need --rate"),
+        (["plan", "--cluster", SINGLE24, "-o", "x.yaml", "--sim-window", "0"], "window must be > 0"),
+        (["plan", "--cluster", SINGLE24, "-o", "x.yaml", "--method", "milp", "--work-limit", "-1"],
+         "work limit must be > 0"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(args, message):
     proc = run(*args, ok=False)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and message in proc.stderr
+
+
+def test_plan_chooses_by_simulation_and_records_every_candidate(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    proc = run("plan", "--cluster", SINGLE24, "-o", plan, "--time-limit", "1", "--sim-window", "10")
+    assert "candidate" in proc.stdout and "reproduce" in proc.stdout and "Ctrl-C keeps the best" in proc.stderr
+    details = yaml.safe_load(plan.read_text())["details"]
+    assert details["objective"] == "throughput" and details["search_stopped_by"] == "time limit"
+    assert details["reproducible"] is False  # the wall-clock limit cut the search short, and it says so
+    row = details["candidates"][0]
+    assert row["candidate"] == details["candidate"] and row["decode_tokens_per_s"] > 0
+    columns = {"max_flow", "total_tokens_per_s", "prompt_p50_s", "prompt_p95_s", "decode_p50_s", "decode_p95_s"}
+    assert columns <= set(row)
+    assert details["reproduce"].startswith("vllm-helix plan --cluster")
 
 
 def test_bad_placement_yaml(tmp_path):

@@ -100,12 +100,57 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _require_flow(plan.flow, plan.placement, model, args.partial_inference)
         return _write_plan(args, cluster, model, plan)
     options: dict[str, Any] = {"seed": args.seed}
-    if args.method == "milp":
-        options.update(solver=args.solver, threads=args.threads, time_limit_s=args.time_limit,
-                       partial_inference=args.partial_inference, progress=not args.json)
+    milp = dict(solver=args.solver, threads=args.threads, time_limit_s=args.time_limit, work_limit=args.work_limit,
+                partial_inference=args.partial_inference)
+    method = args.method
     if args.previous:
-        return _replan(args, cluster, model, options)
-    return _write_plan(args, cluster, model, place(cluster, model, args.method, throughput=args.throughput, **options))
+        return _replan(args, cluster, model, {**options, **milp, "progress": not args.json})
+    if method == "auto" and (args.objective == "max-flow" or model.profile_name is None):
+        if args.objective != "max-flow":  # the simulator needs GPU profiles of the model
+            print(f"note: model {model.name!r} has no GPU profiles to simulate with; planning for max flow",
+                  file=sys.stderr)
+        method = "milp"
+    if method == "auto":
+        return _write_plan(args, cluster, model, _search_plan(args, cluster, model, milp))
+    if method == "milp":
+        options.update(milp, progress=not args.json)
+    plan = place(cluster, model, method, throughput=args.throughput, **options)
+    plan.details["reproduce"] = _reproduce_line()
+    return _write_plan(args, cluster, model, plan)
+
+
+def _search_plan(args: argparse.Namespace, cluster, model, milp: dict[str, Any]):
+    """Candidates scored by the simulator (planner/ranking.py); prints one line per scored candidate."""
+    from vllm_helix.planner.milp.options import SolverOptions
+    from vllm_helix.planner.ranking import Objective, choose_plan, format_table
+
+    objective = Objective(args.objective, window_s=args.sim_window, rate=args.rate, slo_s=args.slo, seed=args.seed)
+    options = SolverOptions.from_kwargs(seed=args.seed, **milp)
+
+    def show(ranked) -> None:
+        if not args.json:
+            s = ranked.score
+            print(f"  scored {ranked.candidate.label:<22} max flow {s.max_flow:8.1f}  simulated decode "
+                  f"{s.decode_tokens_per_s:7.1f} tok/s", file=sys.stderr, flush=True)
+
+    if not args.json:
+        print(f"planning for {args.objective}: candidates scored by the simulator ({args.sim_window:.0f} s "
+              f"window); Ctrl-C keeps the best so far", file=sys.stderr)
+    plan, result = choose_plan(cluster, model, args.throughput, objective, options, args.time_limit, show)
+    plan.details["reproduce"] = _reproduce_line()
+    if not args.json:
+        print(format_table(result, objective))
+        how = "same plan again" if plan.details["reproducible"] else (
+            f"not guaranteed: the search stopped by {result.stopped_by}; raise --time-limit")
+        print(f"\nchose {result.best.candidate.label} ({result.stopped_by}, {result.elapsed_s:.0f} s); "
+              f"reproduce ({how}): {plan.details['reproduce']}")
+    return plan
+
+
+def _reproduce_line() -> str:
+    import shlex
+
+    return "vllm-helix " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def _replan(args: argparse.Namespace, cluster, model, options: dict[str, Any]) -> int:
@@ -113,7 +158,7 @@ def _replan(args: argparse.Namespace, cluster, model, options: dict[str, Any]) -
     from vllm_helix.planner.files import load_plan
     from vllm_helix.planner.replan import replan
 
-    if args.method != "milp":
+    if args.method not in ("auto", "milp"):
         raise ClusterSpecError("--previous re-plans with the MILP; drop --method or use --method milp")
     options.pop("partial_inference", None)
     result = replan(load_plan(args.previous).placement, cluster, model, throughput=args.throughput,
@@ -305,13 +350,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="find a placement and write a plan file",
                        description="Find a layer placement that maximizes the cluster's max flow.")
     _cluster_args(p)
-    p.add_argument("--method", default="milp", choices=["milp", "petals", "swarm", "homogeneous"])
+    p.add_argument("--method", default="auto", choices=["auto", "milp", "petals", "swarm", "homogeneous"],
+                   help="auto: candidates from every method, chosen by --objective (default); or one method")
+    p.add_argument("--objective", default="throughput", choices=["throughput", "max-flow", "latency"],
+                   help="throughput: simulated offline decode tok/s; max-flow: the bound (no simulation); "
+                        "latency: simulated online p95 decode latency at --rate")
+    p.add_argument("--rate", type=float, help="online load in tokens/s (for --objective latency and --slo)")
+    p.add_argument("--slo", type=float, metavar="SECONDS",
+                   help="p95 decode latency bound at --rate; plans that miss it rank last")
+    p.add_argument("--sim-window", type=float, default=120.0,
+                   help="simulated seconds per candidate (after a 60 s warm-up)")
+    p.add_argument("--work-limit", type=float, default=10.0,
+                   help="CP-SAT deterministic work units per MILP run (same inputs and seed, same plan)")
     p.add_argument("--placement", help="write a plan for this fixed placement instead of searching one")
     p.add_argument("-o", "--output", required=True, type=_writable, help="plan YAML to write")
     p.add_argument("--seed", type=int, default=0, help="random seed (heuristics and solver)")
     p.add_argument("--solver", default="auto", help="MILP solver: auto, cpsat or gurobi")
-    p.add_argument("--threads", type=int, default=0, help="solver threads (0 = all cores)")
-    p.add_argument("--time-limit", type=float, default=60.0, help="solver time limit, seconds")
+    p.add_argument("--threads", type=int, default=2, help="solver threads (fixed, for reproducible plans)")
+    p.add_argument("--time-limit", type=float, default=120.0,
+                   help="wall-clock budget in seconds (the whole search with --method auto; a cap, not a target)")
     p.add_argument("--previous", metavar="PLAN",
                    help="the plan serving now, for a changed cluster (nodes gone or added): keep as many of its "
                         "layers in place as possible and report the layer loads versus planning from scratch")

@@ -20,8 +20,7 @@ from collections.abc import Mapping
 from vllm_helix.errors import InfeasiblePlacement
 from vllm_helix.planner.cluster import ClusterSpec
 from vllm_helix.planner.model import ModelSpec
-from vllm_helix.planner.place import PlacementResult
-from vllm_helix.planner.placement import LayerRange, Placement
+from vllm_helix.planner.placement import LayerRange, Placement, PlacementResult
 from vllm_helix.planner.throughput import NodeCapacity
 
 

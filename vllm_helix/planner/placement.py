@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from vllm_helix.errors import InfeasiblePlacement
 
@@ -62,3 +63,13 @@ def arc_allowed(src: LayerRange | None, dst: LayerRange | None, num_layers: int,
     if partial:
         return dst.start <= src.end < dst.end
     return src.end == dst.start
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementResult:
+    """What a placement method returns: the placement, whether its routes use partial inference, and how it
+    was found (solver log summary, seed, ...)."""
+
+    placement: Placement
+    partial_inference: bool = False
+    details: dict[str, Any] = field(default_factory=dict)

@@ -151,10 +151,13 @@ def _enable(m: cp_model.CpModel, form: Formulation, v: _Vars, src: str, dst: str
 
 
 def _conservation(m: cp_model.CpModel, form: Formulation, v: _Vars) -> None:
+    share = form.options.max_node_share
     for n in form.nodes:
         through = v.node_flow[n]  # type: ignore[index]
         m.Add(sum(f for (a, b), f in v.f.items() if b == n) == through)
         m.Add(sum(f for (a, b), f in v.f.items() if a == n) == through)
+        if share is not None and share < 1:  # parallel routes: no node carries more than share * F
+            m.Add(1000 * through <= round(1000 * share) * v.total)
     m.Add(v.total == sum(f for (a, _), f in v.f.items() if a == COORDINATOR))
     m.Add(v.total == sum(f for (_, b), f in v.f.items() if b == COORDINATOR))
 
@@ -251,9 +254,13 @@ class _Callback(cp_model.CpSolverSolutionCallback):
 
 def solve_cpsat(
     form: Formulation, hint: Placement | None, verify: Verify, progress: Progress, *,
-    threads: int, time_limit_s: float, seed: int, relative_gap: float, variant: str = "compact",
+    threads: int, time_limit_s: float, seed: int, relative_gap: float, work_limit: float | None = None,
+    variant: str = "compact",
 ) -> SolveOutcome:
-    """Solve until optimal, the time limit, the gap or Ctrl-C; return the best verified placement."""
+    """Solve until optimal, the work or time limit, the gap or Ctrl-C; return the best verified placement.
+
+    With `work_limit` the search is deterministic (interleaved workers, stopped by CP-SAT's deterministic
+    time), so the same model, seed, threads and limit give the same incumbents on any machine load."""
     m, v = build_model(form, variant)
     if hint is not None:
         add_hint(m, form, v, hint)
@@ -262,6 +269,8 @@ def solve_cpsat(
     p.num_workers = threads
     p.max_time_in_seconds, p.random_seed = time_limit_s, seed
     p.relative_gap_limit = relative_gap
+    if work_limit is not None:
+        p.interleave_search, p.max_deterministic_time = True, work_limit
     solver.best_bound_callback = lambda bound: progress.set_bound(bound / form.scale)
     callback = _Callback(form, v, verify, progress)
     interrupted = False
@@ -273,6 +282,8 @@ def solve_cpsat(
     bound = solver.BestObjectiveBound() / form.scale if not interrupted else progress.bound
     if status == cp_model.OPTIMAL:
         stopped = "solved"
+    elif not interrupted and work_limit is not None and solver.ResponseProto().deterministic_time >= work_limit:
+        stopped = "work limit"
     elif interrupted or solver.WallTime() < time_limit_s - 0.5:
         stopped = "interrupted" if interrupted or name != "infeasible" else "solved"
     else:

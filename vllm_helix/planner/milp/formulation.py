@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import networkx as nx
 
 from vllm_helix.errors import InfeasiblePlacement
 from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec
+from vllm_helix.planner.milp.options import SolverOptions
 from vllm_helix.planner.model import ModelSpec
 from vllm_helix.planner.placement import LayerRange, Placement
 from vllm_helix.planner.throughput import NodeCapacity
-
-DEFAULT_SCALE = 100  # flow units per token/s: the MILP works in 0.01 tok/s
-DEFAULT_KV_RESERVE = 0.5  # share of VRAM kept for KV cache and activations (the reference's half-VRAM rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +38,6 @@ class Arc:
     src: str  # node name or COORDINATOR
     dst: str
     capacity: int  # scaled, clipped
-
-
-@dataclass(frozen=True, slots=True)
-class PlacementOptions:
-    """User constraints on the placement (validated against the cluster in `build_formulation`)."""
-
-    pins: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # node -> (start, end) exclusive
-    excludes: Sequence[str] = ()
-    max_layers_per_node: int | None = None
-    kv_reserve_fraction: float = DEFAULT_KV_RESERVE
-    partial_inference: bool = False
-    prune: tuple[int, int, float] | None = None  # reference's (min_keep, max_keep, bandwidth threshold)
-    clip_capacities: bool = True
-    symmetry_breaking: bool = True
-    layer_cuts: bool = True
-    scale: int = DEFAULT_SCALE
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +49,8 @@ class Formulation:
     arcs: tuple[Arc, ...]
     symmetry_classes: tuple[tuple[str, ...], ...]  # each of size >= 2, in order
     flow_cap: float  # tokens/s upper bound on any placement's max flow (after clipping)
-    options: PlacementOptions
+    options: SolverOptions
+    min_layers: int = 1  # a used, unpinned node holds at least this many layers (pipeline depth bound)
 
     @property
     def scale(self) -> int:
@@ -86,7 +69,7 @@ class Formulation:
 
 
 def build_formulation(
-    cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, NodeCapacity], options: PlacementOptions
+    cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, NodeCapacity], options: SolverOptions
 ) -> Formulation:
     """Sets, scaled capacities and arcs of the MILP; raises InfeasiblePlacement when nothing can fit."""
     _check_names(cluster, options)
@@ -94,33 +77,41 @@ def build_formulation(
              if n not in options.excludes}
     max_k = {n: k for n, k in max_k.items() if k > 0}
     check_fits(model, max_k, options)
+    min_k = _min_layers(options, max_k, model.num_layers)
+    max_k = {n: k for n, k in max_k.items() if k >= min_k or n in options.pins}
     raw = {n: capacities[n].tokens_per_s[: max_k[n]] for n in max_k}
-    flow_cap = flow_upper_bound(raw, model.num_layers) if options.clip_capacities else math.inf
+    flow_cap = flow_upper_bound(raw, model.num_layers, min_k) if options.clip_capacities else math.inf
     links = _links(cluster, model, options.prune)
     flow_cap = min(flow_cap, _coordinator_cap(links))
     throughput = {n: tuple(_scaled(min(t, flow_cap), options.scale) for t in ts) for n, ts in raw.items()}
-    choices = {n: _choices(n, max_k[n], model.num_layers, options.pins) for n in max_k}
+    choices = {n: _choices(n, min_k, max_k[n], model.num_layers, options.pins) for n in max_k}
     arcs = _arcs(links, throughput, choices, model.num_layers, options, flow_cap)
     classes = _symmetry_classes(cluster, throughput, links, options) if options.symmetry_breaking else ()
     return Formulation(model.num_layers, tuple(max_k), throughput, choices, tuple(arcs), classes, flow_cap,
-                       options)
+                       options, min_k)
 
 
-def _check_names(cluster: ClusterSpec, options: PlacementOptions) -> None:
+def _check_names(cluster: ClusterSpec, options: SolverOptions) -> None:
     for name in list(options.pins) + list(options.excludes):
         if name not in cluster.node_names:
             raise InfeasiblePlacement(f"pin/exclude names unknown node {name!r}; the cluster has {cluster.node_names}")
     both = set(options.pins) & set(options.excludes)
     if both:
         raise InfeasiblePlacement(f"nodes {sorted(both)} are both pinned and excluded")
-    if not 0 <= options.kv_reserve_fraction < 1:
-        raise InfeasiblePlacement(f"kv_reserve_fraction must be in [0, 1), got {options.kv_reserve_fraction}")
-    if options.max_layers_per_node is not None and options.max_layers_per_node < 1:
-        raise InfeasiblePlacement(f"max_layers_per_node must be >= 1, got {options.max_layers_per_node}")
+
+
+def _min_layers(options: SolverOptions, max_k: Mapping[str, int], num_layers: int) -> int:
+    """Smallest layer count a used node may take (the depth bound); fails when no node reaches it."""
+    min_k = min(options.min_layers_per_node or 1, num_layers)
+    if min_k > 1 and sum(k for k in max_k.values() if k >= min_k) < num_layers:
+        raise InfeasiblePlacement(
+            f"min_layers_per_node {min_k}: the nodes that hold {min_k}+ layers cannot hold all {num_layers} "
+            f"layers together; allow shallower stages (a lower minimum / a deeper pipeline)")
+    return min_k
 
 
 def _max_layers(cluster: ClusterSpec, model: ModelSpec, name: str, cap: NodeCapacity,
-                options: PlacementOptions) -> int:
+                options: SolverOptions) -> int:
     """Layers whose weights plus the KV reserve fit the node's VRAM, within the profile and the user cap."""
     vram = vram_max_layers(cluster.node(name).vram_bytes, model.layer_bytes, options.kv_reserve_fraction)
     k = min(cap.max_layers, vram)
@@ -134,7 +125,7 @@ def vram_max_layers(vram_bytes: float, layer_bytes: float, kv_reserve_fraction: 
     return int((1 - kv_reserve_fraction) * vram_bytes // layer_bytes)
 
 
-def check_fits(model: ModelSpec, max_k: Mapping[str, int], options: PlacementOptions) -> None:
+def check_fits(model: ModelSpec, max_k: Mapping[str, int], options: SolverOptions) -> None:
     """Fail fast, saying how much memory is missing, when the usable nodes cannot hold every layer."""
     total = sum(max_k.values())
     if total < model.num_layers:
@@ -153,14 +144,16 @@ def check_fits(model: ModelSpec, max_k: Mapping[str, int], options: PlacementOpt
                 f"pin {name}: {end - start} layers do not fit; the node holds at most {max_k.get(name, 0)}")
 
 
-def flow_upper_bound(throughput: Mapping[str, Sequence[float]], num_layers: int) -> float:
+def flow_upper_bound(throughput: Mapping[str, Sequence[float]], num_layers: int, min_k: int = 1) -> float:
     """Fixed point of F = sum_i max_k k*min(T_i(k), F) / L, a valid bound on every placement's max flow.
 
     Every token passes L layers, and node i passes at most min(T_i(k), F) tokens through its k layers,
     so L*F <= sum_i k_i*min(T_i(k_i), F). Iterating from U = sum_i max_k k*T_i(k) / L decreases to it.
+    Only k >= min_k count (the depth bound); a node may also stay unused (0).
     """
     def phi(cap: float) -> float:
-        return sum(max(k * min(t, cap) for k, t in enumerate(ts, 1)) for ts in throughput.values() if ts) / num_layers
+        return sum(max((k * min(t, cap) for k, t in enumerate(ts, 1) if k >= min_k), default=0.0)
+                   for ts in throughput.values()) / num_layers
 
     bound = phi(math.inf)
     for _ in range(200):
@@ -175,11 +168,11 @@ def _scaled(tokens_per_s: float, scale: int) -> int:
     return max(0, math.floor(tokens_per_s * scale + 1e-9))
 
 
-def _choices(name: str, max_k: int, num_layers: int, pins: Mapping[str, tuple[int, int]]):
+def _choices(name: str, min_k: int, max_k: int, num_layers: int, pins: Mapping[str, tuple[int, int]]):
     if name in pins:
         start, end = pins[name]
         return ((start, end - start),)
-    return tuple((s, k) for k in range(1, min(max_k, num_layers) + 1) for s in range(num_layers - k + 1))
+    return tuple((s, k) for k in range(min_k, min(max_k, num_layers) + 1) for s in range(num_layers - k + 1))
 
 
 # ------------------------------------------------------------------------------------ links and arcs

@@ -33,7 +33,7 @@ def _gurobipy():
 
 def solve_gurobi(
     form: Formulation, hint: Placement | None, verify: Verify, progress: Progress, *,
-    threads: int, time_limit_s: float, seed: int, relative_gap: float,
+    threads: int, time_limit_s: float, seed: int, relative_gap: float, work_limit: float | None = None,
 ) -> SolveOutcome:
     gp = _gurobipy()
     try:
@@ -46,6 +46,8 @@ def solve_gurobi(
             _start(form, hint, x, d, f)
         m.Params.Threads, m.Params.TimeLimit, m.Params.Seed = threads, time_limit_s, seed
         m.Params.MIPGap = relative_gap
+        if work_limit is not None:
+            m.Params.WorkLimit = work_limit
         state = {"best": None, "flow": 0.0}
         try:
             m.optimize(_callback(gp, form, x, verify, progress, state))

@@ -3,87 +3,67 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from vllm_helix.errors import InfeasiblePlacement, SolverUnavailable
 from vllm_helix.planner.cluster import ClusterSpec
 from vllm_helix.planner.flow import max_flow
 from vllm_helix.planner.milp.cpsat import SolveOutcome
-from vllm_helix.planner.milp.formulation import (
-    DEFAULT_KV_RESERVE,
-    DEFAULT_SCALE,
-    Formulation,
-    PlacementOptions,
-    build_formulation,
-    describe,
-)
+from vllm_helix.planner.milp.formulation import Formulation, build_formulation, describe
+from vllm_helix.planner.milp.options import SolverOptions
 from vllm_helix.planner.milp.progress import Progress
 from vllm_helix.planner.milp.warm_start import warm_start as greedy_warm_start
 from vllm_helix.planner.model import ModelSpec
-from vllm_helix.planner.place import PlacementResult
-from vllm_helix.planner.placement import Placement
+from vllm_helix.planner.placement import Placement, PlacementResult
 from vllm_helix.planner.throughput import NodeCapacity
-
-SOLVERS = ("cpsat", "gurobi")
 
 
 def solve_milp(
-    cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, NodeCapacity], *,
-    solver: str = "auto", threads: int | None = None, time_limit_s: float = 60.0, seed: int = 0,
-    progress: bool = False, relative_gap: float = 1e-4,
-    pins: Mapping[str, Sequence[int]] | None = None, excludes: Sequence[str] = (),
-    max_layers_per_node: int | None = None, kv_reserve_fraction: float = DEFAULT_KV_RESERVE,
-    partial_inference: bool = False, prune: Sequence[float] | None = None, warm_start: bool = True,
-    symmetry_breaking: bool = True, layer_cuts: bool = True, clip_capacities: bool = True,
-    scale: int = DEFAULT_SCALE, formulation: str = "compact", log: Any = None, **_: object,
+    cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, NodeCapacity],
+    options: SolverOptions | None = None, **kwargs: Any,
 ) -> PlacementResult:
-    """Placement maximizing the cluster's max flow (tokens/s), found within `time_limit_s` seconds.
+    """Placement maximizing the cluster's max flow (tokens/s) under `options` (or keyword options).
 
     Ctrl-C stops the solver and returns the best placement found so far. Raises InfeasiblePlacement when
-    the model cannot fit (saying how much memory is missing) and SolverUnavailable for an unknown solver.
+    the model cannot fit (saying how much memory is missing) or an option is unknown or out of range, and
+    SolverUnavailable for an unknown solver.
     """
+    options = (options or SolverOptions()).updated(**kwargs)
+    solver = options.solver
     if solver == "auto":  # gurobipy when installed (a size-limited license falls back to CP-SAT below)
         solver = "gurobi" if importlib.util.find_spec("gurobipy") else "cpsat"
-    if solver not in SOLVERS:
-        raise SolverUnavailable(f"unknown MILP solver {solver!r}; choose from {['auto', *SOLVERS]}")
-    if formulation not in ("compact", "interval"):
-        raise SolverUnavailable(f"unknown formulation {formulation!r}; choose 'compact' or 'interval'")
-    if time_limit_s <= 0:
-        raise InfeasiblePlacement(f"time limit must be > 0 s, got {time_limit_s}")
-    options = PlacementOptions(
-        pins={n: (int(r[0]), int(r[1])) for n, r in (pins or {}).items()}, excludes=tuple(excludes),
-        max_layers_per_node=max_layers_per_node, kv_reserve_fraction=kv_reserve_fraction,
-        partial_inference=partial_inference, prune=tuple(prune) if prune else None,  # type: ignore[arg-type]
-        clip_capacities=clip_capacities, symmetry_breaking=symmetry_breaking, layer_cuts=layer_cuts, scale=scale,
-    )
     started = time.monotonic()
     form = build_formulation(cluster, model, capacities, options)
-    threads = threads or os.cpu_count() or 1
 
     def verify(placement: Placement) -> float:
-        return max_flow(cluster, model, placement, capacities=capacities, partial_inference=partial_inference).value
+        return max_flow(cluster, model, placement, capacities=capacities,
+                        partial_inference=options.partial_inference).value
 
-    start = greedy_warm_start(form, cluster)[0] if warm_start else None
+    start = greedy_warm_start(form, cluster)[0] if options.warm_start else None
     start_flow = verify(start) if start is not None else 0.0
-    run = dict(threads=threads, time_limit_s=max(0.1, time_limit_s - (time.monotonic() - started)), seed=seed,
-               relative_gap=relative_gap)
-    with Progress(solver, show=progress) as bar:
+    run = dict(threads=options.threads, seed=options.seed, relative_gap=options.relative_gap,
+               time_limit_s=max(0.1, options.time_limit_s - (time.monotonic() - started)),
+               work_limit=options.work_limit)
+    with Progress(solver, show=options.progress) as bar:
         if start_flow > 0:
             bar.incumbent(start_flow, start_flow, form.flow_cap)
-        if start_flow >= form.flow_cap * (1 - relative_gap):
+        if start_flow >= form.flow_cap * (1 - options.relative_gap):
             outcome, used, note = _proven_by_bound(start, start_flow, form), "warm start", None
         else:
-            outcome, used, note = _run_backend(solver, form, start, verify, bar, run, log, formulation)
+            try:
+                outcome, used, note = _run_backend(solver, form, start, verify, bar, run, options.log,
+                                                   options.formulation)
+            except KeyboardInterrupt:  # Ctrl-C before the backend's own handler runs (model building)
+                outcome, used, note = SolveOutcome(None, 0.0, "unknown", form.flow_cap, "interrupted"), solver, None
     best, best_flow = (outcome.placement, outcome.max_flow) if outcome.max_flow > start_flow else (start, start_flow)
     if best is None or best_flow <= 0:
         raise InfeasiblePlacement(_no_flow_message(outcome))
     bound = min(outcome.bound, form.flow_cap)
-    details = _details(form, used, outcome, best_flow, bound, start_flow, bar, run, note, started, formulation)
-    return PlacementResult(best, partial_inference, details)
+    details = _details(form, used, outcome, best_flow, bound, start_flow, bar, run, note, started, options)
+    return PlacementResult(best, options.partial_inference, details)
 
 
 def _run_backend(solver, form, start, verify, bar, run, log, variant) -> tuple[SolveOutcome, str, str | None]:
@@ -112,19 +92,21 @@ def _no_flow_message(outcome: SolveOutcome) -> str:
     if outcome.stopped_by == "solved":
         return "no placement routes tokens from the coordinator through every layer and back (check the links)"
     return (f"no placement with a non-zero max flow found before the solver stopped ({outcome.stopped_by}); "
-            "raise the time limit")
+            "raise the time or work limit")
 
 
 def _details(form: Formulation, used: str, outcome: SolveOutcome, best_flow: float, bound: float,
              start_flow: float, bar: Progress, run: dict, note: str | None, started: float,
-             variant: str) -> dict[str, Any]:
+             options: SolverOptions) -> dict[str, Any]:
     gap = max(0.0, (bound - best_flow) / best_flow) if best_flow > 0 else None
     details: dict[str, Any] = {
         "solver": used, "status": outcome.status, "stopped_by": outcome.stopped_by,
         "max_flow_tokens_per_s": round(best_flow, 6), "bound_tokens_per_s": round(bound, 6),
         "gap": None if gap is None else round(gap, 6), "wall_time_s": round(time.monotonic() - started, 3),
-        "formulation_variant": variant, "threads": run["threads"], "seed": run["seed"],
-        "time_limit_s": run["time_limit_s"],
+        "formulation_variant": options.formulation, "threads": run["threads"], "seed": run["seed"],
+        "time_limit_s": options.time_limit_s, "work_limit": options.work_limit,
+        "min_layers_per_node": form.min_layers,
+        "reproducible": options.reproducible() and outcome.stopped_by != "time limit" and used != "gurobi",
         "warm_start_tokens_per_s": round(start_flow, 6), "formulation": describe(form),
         "flow_unit": f"1/{form.scale} tok/s inside the solver; reported numbers are the evaluator's",
         "incumbents": [vars(i) for i in bar.history],

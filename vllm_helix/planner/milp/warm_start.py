@@ -9,7 +9,7 @@ the best one wins.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import networkx as nx
 
@@ -23,25 +23,37 @@ FAST_LINK_SHARE = 0.5  # links at least half as fast as the fastest one join nod
 def warm_start(form: Formulation, cluster: ClusterSpec) -> tuple[Placement, int]:
     """Best greedy placement and its scaled max flow (0 and an empty placement if none chains)."""
     fixed = {n: form.choices[n][0] for n in form.options.pins if n in form.choices}
-    free = [n for n in form.nodes if n not in fixed]
-    groups = _fast_groups(cluster, free)
     best, best_value = placement_of(dict(fixed)), integer_flow(form, placement_of(dict(fixed)))[0]
-    for tau in sorted({t for n in free for t in form.throughput[n]}, reverse=True):
-        sizes = {n: _layers_at(form.throughput[n], tau) for n in free}
-        assignment = dict(fixed)
-        leftover: list[str] = []
-        for group in groups:
-            leftover += _pack(group, sizes, form.num_layers, assignment)
-        _pack(leftover, sizes, form.num_layers, assignment)
-        candidate = placement_of(assignment)
+    for _tau, candidate in greedy_pipelines(form, cluster):
         value = integer_flow(form, candidate)[0]
         if value > best_value:
             best, best_value = candidate, value
     return best, best_value
 
 
-def _layers_at(throughput: tuple[int, ...], tau: int) -> int:
-    return max((k for k, t in enumerate(throughput, 1) if t >= tau), default=0)
+def greedy_pipelines(form: Formulation, cluster: ClusterSpec) -> Iterator[tuple[int, Placement]]:
+    """(tau, placement) for every target throughput tau, fastest first; distinct placements only."""
+    fixed = {n: form.choices[n][0] for n in form.options.pins if n in form.choices}
+    free = [n for n in form.nodes if n not in fixed]
+    groups = _fast_groups(cluster, free)
+    seen = set()
+    for tau in sorted({t for n in free for t in form.throughput[n]}, reverse=True):
+        sizes = {n: _layers_at(form.throughput[n], tau, form.min_layers) for n in free}
+        assignment = dict(fixed)
+        leftover: list[str] = []
+        for group in groups:
+            leftover += _pack(group, sizes, form.num_layers, assignment)
+        _pack(leftover, sizes, form.num_layers, assignment)
+        if any(sk is not None and sk not in form.choices[n] for n, sk in assignment.items()):
+            continue  # a short last stage broke the depth bound
+        key = tuple(sorted(assignment.items()))
+        if key not in seen and len(assignment) > len(fixed):
+            seen.add(key)
+            yield tau, placement_of(assignment)
+
+
+def _layers_at(throughput: tuple[int, ...], tau: int, min_k: int = 1) -> int:
+    return max((k for k, t in enumerate(throughput, 1) if t >= tau and k >= min_k), default=0)
 
 
 def _fast_groups(cluster: ClusterSpec, names: list[str]) -> list[list[str]]:
@@ -69,3 +81,25 @@ def _pack(names: list[str], sizes: Mapping[str, int], num_layers: int, assignmen
             filled += k
         assignment.update(stages)
     return pool + [n for n in names if sizes[n] == 0]
+
+
+def with_replicas(form: Formulation, placement: Placement) -> Placement:
+    """`placement` plus its unused nodes as parallel replicas of existing stages (the reference layout's
+    branches): each unused node, largest first, takes the span between two existing stage boundaries that
+    gives the highest max flow, ties to the span whose layers have the least capacity now. Replicas add KV
+    room and split each stage's batch; routes stay as deep."""
+    assignment = {n: (r.start, r.size) for n, r in placement.ranges.items() if n in form.choices}
+    spare = sorted((n for n in form.nodes if n not in assignment), key=lambda n: -len(form.throughput[n]))
+    for name in spare:
+        bounds = sorted({s for s, _ in assignment.values()} | {s + k for s, k in assignment.values()})
+        layer_cap = [0] * form.num_layers
+        for n, (s, k) in assignment.items():
+            for layer in range(s, s + k):
+                layer_cap[layer] += form.throughput[n][k - 1]
+        allowed = set(form.choices[name])
+        options = [(a, b - a) for i, a in enumerate(bounds) for b in bounds[i + 1:] if (a, b - a) in allowed]
+        if not options:
+            continue
+        assignment[name] = max(options, key=lambda sk: (
+            integer_flow(form, placement_of({**assignment, name: sk}))[0], -min(layer_cap[sk[0]:sum(sk)])))
+    return placement_of(assignment)

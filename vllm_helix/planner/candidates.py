@@ -1,0 +1,103 @@
+"""Diverse candidate plans for simulation-in-the-loop planning (`vllm-helix plan`, objective throughput/latency).
+
+Max flow alone favours deep pipelines whose round trips are long (see `serving_estimate`), so the search
+offers the simulator plans of different shapes, cheapest and most promising first:
+
+1. the max-flow MILP (deterministic work limit) — the bound's best plan;
+2. the MILP warm start's greedy pipelines at every target throughput tau (from one deep pipeline over every
+   node down to a short one on the fastest nodes), with the unused nodes added as parallel replicas of
+   existing stages (branches, as in the reference's layout: more KV room, smaller batches per node);
+3. the reference heuristics: petals, swarm, homogeneous;
+4. the greedy pipelines without replicas;
+5. the MILP under pipeline-depth bounds: every used node holds >= k layers, so a route has <= L / k stages.
+
+Every candidate is an evaluated `Plan` (the evaluator's max flow and arc flows); generation is lazy so the
+caller can stop at any time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from vllm_helix.errors import InfeasiblePlacement
+from vllm_helix.planner import heuristics
+from vllm_helix.planner.cluster import ClusterSpec
+from vllm_helix.planner.milp import solve_milp
+from vllm_helix.planner.milp.formulation import build_formulation
+from vllm_helix.planner.milp.options import SolverOptions
+from vllm_helix.planner.milp.warm_start import greedy_pipelines, with_replicas
+from vllm_helix.planner.model import ModelSpec
+from vllm_helix.planner.placement import Placement, PlacementResult
+from vllm_helix.planner.plan import Plan, evaluate_plan
+from vllm_helix.planner.throughput import NodeCapacity
+
+HEURISTICS = ("petals", "swarm", "homogeneous")
+MAX_DEPTH_BOUNDS = 3  # depth-bounded MILP runs (each one solver run under the work limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    label: str  # how it was made, e.g. "milp max-flow", "greedy tau=1212", "milp depth<=20"
+    plan: Plan
+
+
+def generate(cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, NodeCapacity], throughput: str,
+             options: SolverOptions, deadline: float | None = None) -> Iterator[Candidate]:
+    """Candidates in the order described in the module docstring; identical placements are yielded once.
+
+    With a `deadline` (time.monotonic()), no MILP run outlasts it (its wall-clock limit is cut to fit)."""
+    seen: set[tuple] = set()
+
+    def fresh(label: str, result: PlacementResult, method: str) -> Candidate | None:
+        key = tuple(sorted((n, r.start, r.end) for n, r in result.placement.ranges.items()))
+        if key in seen:
+            return None
+        seen.add(key)
+        plan = evaluate_plan(cluster, model, result.placement, method, throughput=throughput,
+                             partial_inference=result.partial_inference, details=result.details)
+        return Candidate(label, plan) if plan.flow.value > 0 else None
+
+    def solver(**changes) -> SolverOptions:
+        limit = options.time_limit_s if deadline is None else min(options.time_limit_s, deadline - time.monotonic())
+        return options.updated(time_limit_s=max(0.5, limit), **changes)
+
+    for label, method, make in _sources(cluster, model, capacities, options, solver):
+        try:
+            result = make()
+        except InfeasiblePlacement:
+            continue  # this shape does not exist on this cluster (e.g. swarm stages that do not divide)
+        candidate = fresh(label, result, method)
+        if candidate is not None:
+            yield candidate
+
+
+def _sources(cluster, model, capacities, options: SolverOptions, solver):
+    yield "milp max-flow", "milp", lambda: solve_milp(cluster, model, capacities, solver())
+    form = build_formulation(cluster, model, capacities, options)
+    pipelines = list(greedy_pipelines(form, cluster))
+    for tau, placement in pipelines:
+        yield (f"greedy tau={tau / form.scale:.0f}+replicas", "greedy",
+               lambda p=placement, t=tau: _fixed(with_replicas(form, p), options, t, form))
+    for name in HEURISTICS:
+        yield name, name, lambda name=name: getattr(heuristics, name)(cluster, model, capacities, seed=options.seed)
+    for tau, placement in pipelines:
+        yield f"greedy tau={tau / form.scale:.0f}", "greedy", lambda p=placement, t=tau: _fixed(p, options, t, form)
+    for k in depth_bounds(form.throughput, model.num_layers):
+        yield (f"milp depth<={-(-model.num_layers // k)}", "milp",
+               lambda k=k: solve_milp(cluster, model, capacities, solver(min_layers_per_node=k)))
+
+
+def _fixed(placement: Placement, options: SolverOptions, tau: int, form) -> PlacementResult:
+    return PlacementResult(placement, options.partial_inference, {"greedy_tau_tokens_per_s": tau / form.scale})
+
+
+def depth_bounds(throughput: Mapping[str, tuple[int, ...]], num_layers: int) -> list[int]:
+    """A few minimum layer counts per node (2 .. the largest that still holds the model), spread evenly."""
+    feasible = [k for k in range(2, num_layers + 1)
+                if sum(len(t) for t in throughput.values() if len(t) >= k) >= num_layers]
+    if len(feasible) <= MAX_DEPTH_BOUNDS:
+        return feasible
+    step = (len(feasible) - 1) / (MAX_DEPTH_BOUNDS - 1)
+    return sorted({feasible[round(i * step)] for i in range(MAX_DEPTH_BOUNDS)})

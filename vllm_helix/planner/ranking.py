@@ -1,0 +1,200 @@
+"""Simulation in the loop: score candidate plans with the bundled simulator and keep the best (anytime).
+
+Objectives (`vllm-helix plan --objective`):
+
+* ``throughput`` (default) — simulated offline decode throughput (maxflow scheduler, short window);
+* ``latency`` — lowest simulated online p95 decode latency at a token rate (``rate``);
+* ``max-flow`` — the evaluator's max flow (no simulation; the MILP's own objective).
+
+With an SLO (p95 decode latency, seconds) every candidate is also simulated online at ``rate`` and those
+that miss the SLO rank below those that meet it. Scores are deterministic for a seed (the simulator's
+random streams are seeded), so the same candidates give the same choice on any machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+from vllm_helix.errors import ClusterSpecError
+from vllm_helix.planner.candidates import Candidate
+from vllm_helix.planner.serving_estimate import estimate
+
+OBJECTIVES = ("throughput", "max-flow", "latency")
+DEFAULT_WINDOW_S = 120.0  # measured simulated seconds per candidate (after a 60 s warm-up)
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    max_flow: float  # tokens/s, the evaluator's bound
+    estimate: float  # Little's-law decode tokens/s (serving_estimate), a ranking aid
+    decode_tokens_per_s: float | None = None  # simulated offline
+    total_tokens_per_s: float | None = None
+    prompt_p50_s: float | None = None
+    prompt_p95_s: float | None = None
+    decode_p50_s: float | None = None
+    decode_p95_s: float | None = None
+    online: dict[str, float] | None = None  # at `rate`: rate, decode/prompt p50/p95 latency, decode tok/s
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Objective:
+    name: str = "throughput"
+    window_s: float = DEFAULT_WINDOW_S
+    warmup_s: float = 60.0  # offline warm-up before the window (the simulator's default)
+    rate: float | None = None  # tokens/s for online runs (latency objective, SLO)
+    slo_s: float | None = None  # p95 decode latency bound at `rate`
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in OBJECTIVES:
+            raise ClusterSpecError(f"unknown objective {self.name!r}; choose from {list(OBJECTIVES)}")
+        if (self.name == "latency" or self.slo_s is not None) and self.rate is None:
+            raise ClusterSpecError("--objective latency and --slo need --rate TOKENS_PER_S (the online load)")
+        for label, value in (("window", self.window_s), ("rate", self.rate), ("slo", self.slo_s)):
+            if value is not None and not value > 0:
+                raise ClusterSpecError(f"{label} must be > 0, got {value}")
+
+    @property
+    def simulates(self) -> bool:
+        return self.name != "max-flow"
+
+    @property
+    def online(self) -> bool:
+        return self.name == "latency" or self.slo_s is not None
+
+    def key(self, score: Score) -> tuple:
+        """Sort key, larger is better."""
+        meets = 1
+        if self.slo_s is not None and score.online is not None:
+            meets = int(score.online["decode_p95_s"] <= self.slo_s)
+        if self.name == "max-flow":
+            return (meets, score.max_flow)
+        if self.name == "latency":
+            return (meets, -score.online["decode_p95_s"] if score.online else float("-inf"))
+        return (meets, score.decode_tokens_per_s or 0.0)
+
+
+def score_plan(plan, objective: Objective) -> Score:
+    """Evaluate one plan: max flow, estimate, and (when the objective simulates) offline/online simulation."""
+    from vllm_helix.sim.run import SimConfig, simulate
+
+    est = estimate(plan).decode_tokens_per_s if plan.model.profile_name else 0.0
+    if not objective.simulates:
+        return Score(plan.flow.value, est)
+    offline = simulate(plan, SimConfig(mode="offline", duration_s=objective.window_s, warmup_s=objective.warmup_s,
+                                       seed=objective.seed))
+    online = None
+    if objective.online:
+        report = simulate(plan, SimConfig(mode="online", duration_s=objective.window_s, seed=objective.seed,
+                                          token_rate=objective.rate, max_time_s=1e4))
+        online = {"rate": objective.rate, "decode_tokens_per_s": report.decode_throughput,
+                  "decode_p50_s": report.decode_latency["p50"], "decode_p95_s": report.decode_latency["p95"],
+                  "prompt_p50_s": report.prompt_latency["p50"], "prompt_p95_s": report.prompt_latency["p95"]}
+    return Score(plan.flow.value, est, offline.decode_throughput, offline.total_throughput,
+                 offline.prompt_latency["p50"], offline.prompt_latency["p95"],
+                 offline.decode_latency["p50"], offline.decode_latency["p95"], online)
+
+
+@dataclass
+class Ranked:
+    candidate: Candidate
+    score: Score
+
+
+@dataclass
+class SearchResult:
+    ranked: list[Ranked]  # best first
+    stopped_by: str  # done | time limit | interrupted
+    elapsed_s: float
+    skipped: list[str] = field(default_factory=list)  # candidates not evaluated (time limit / Ctrl-C)
+
+    @property
+    def best(self) -> Ranked:
+        return self.ranked[0]
+
+
+def search(candidates: Iterable[Candidate], objective: Objective, time_limit_s: float | None = None,
+           on_scored: Callable[[Ranked], None] | None = None) -> SearchResult:
+    """Score candidates until they run out, the time limit passes, or Ctrl-C; best first.
+
+    Anytime: whatever was scored when the limit or Ctrl-C hits is ranked and returned.
+    """
+    started = time.monotonic()
+    scored: list[Ranked] = []
+    stopped = "done"
+    iterator = iter(candidates)
+    try:
+        for candidate in iterator:
+            scored.append(Ranked(candidate, score_plan(candidate.plan, objective)))
+            if on_scored is not None:
+                on_scored(scored[-1])
+            if time_limit_s is not None and time.monotonic() - started >= time_limit_s:
+                stopped = "time limit"
+                break
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    if not scored:
+        raise ClusterSpecError(f"no candidate plan was scored before the search stopped ({stopped})")
+    order = sorted(range(len(scored)), key=lambda i: (objective.key(scored[i].score), -i), reverse=True)
+    return SearchResult([scored[i] for i in order], stopped, time.monotonic() - started)
+
+
+def table_rows(result: SearchResult) -> list[dict]:
+    """One row per scored candidate, best first (what the plan file records and the CLI prints)."""
+    return [{"rank": i + 1, "candidate": r.candidate.label, **r.score.as_dict()} for i, r in enumerate(result.ranked)]
+
+
+def format_table(result: SearchResult, objective: Objective) -> str:
+    def num(v, fmt="{:.1f}"):
+        return "-" if v is None else fmt.format(v)
+
+    head = (f"{'#':>2}  {'candidate':<22} {'max flow':>9} {'estimate':>9} {'decode':>8} {'total':>8} "
+            f"{'prompt p50/p95 s':>17} {'decode p50/p95 s':>17}")
+    if objective.online:
+        head += f"  {'online p95 @ ' + format(objective.rate, '.0f'):>16}"
+    lines = [head]
+    for i, r in enumerate(result.ranked, 1):
+        s = r.score
+        line = (f"{i:>2}  {r.candidate.label:<22} {s.max_flow:9.1f} {s.estimate:9.1f} "
+                f"{num(s.decode_tokens_per_s):>8} {num(s.total_tokens_per_s):>8} "
+                f"{num(s.prompt_p50_s, '{:.2f}') + '/' + num(s.prompt_p95_s, '{:.2f}'):>17} "
+                f"{num(s.decode_p50_s, '{:.2f}') + '/' + num(s.decode_p95_s, '{:.2f}'):>17}")
+        if s.online is not None:
+            line += f"  {s.online['decode_p95_s']:>16.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def choose_plan(cluster, model, throughput: str, objective: Objective, options, time_limit_s: float,
+                on_scored: Callable[[Ranked], None] | None = None):
+    """Generate candidates (`candidates.generate`), score them, and return (best plan, SearchResult).
+
+    The best plan's details record the objective, every candidate's row and how the search stopped.
+    Each MILP run gets the solver options' deterministic work limit and at most a quarter of the budget, and
+    never runs past the budget (the search may still overrun it by one candidate's simulation).
+    """
+    import dataclasses
+
+    from vllm_helix.planner.candidates import generate
+    from vllm_helix.planner.throughput import capacity_table
+
+    capacities = capacity_table(cluster, model, throughput)
+    options = options.updated(time_limit_s=min(options.time_limit_s, max(1.0, time_limit_s / 4)))
+    deadline = time.monotonic() + time_limit_s
+    candidates = generate(cluster, model, capacities, throughput, options, deadline)
+    result = search(candidates, objective, time_limit_s, on_scored)
+    best = result.best.candidate.plan
+    details = dict(best.details)
+    details.update(
+        candidate=result.best.candidate.label, objective=objective.name, sim_window_s=objective.window_s,
+        sim_seed=objective.seed, rate_tokens_per_s=objective.rate, slo_decode_p95_s=objective.slo_s,
+        search_stopped_by=result.stopped_by, search_wall_s=round(result.elapsed_s, 2),
+        reproducible=result.stopped_by == "done" and options.reproducible(),
+        candidates=table_rows(result),
+    )
+    return dataclasses.replace(best, details=details), result
