@@ -228,7 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Plan the bundled reference cluster with every method and compare with the reference's layouts."""
     from vllm_helix.planner.examples import REFERENCE_METHODS, reference_example
     from vllm_helix.planner.flow import max_flow
-    from vllm_helix.planner.place import _methods, place
+    from vllm_helix.planner.place import METHODS, place
 
     ex = reference_example("ilp")
     print(f"bundled example: reference single24 ({ex.cluster.composition()}), model {ex.model.name}\n")
@@ -237,7 +237,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ref = reference_example(method)
         flow = max_flow(ref.cluster, ref.model, ref.placement, partial_inference=ref.partial_inference)
         print(f"{'reference layout: ' + method:<34}{flow.value:>20.3f}")
-    for method in sorted(_methods()):
+    for method in sorted(METHODS):
         options = {"time_limit_s": args.time_limit, "progress": False} if method == "milp" else {}
         plan = place(ex.cluster, ex.model, method, **options)
         print(f"{'vllm-helix plan: ' + method:<34}{plan.flow.value:>20.3f}")

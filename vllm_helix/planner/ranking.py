@@ -92,9 +92,11 @@ def score_plan(plan, objective: Objective) -> Score:
     if objective.online:
         report = simulate(plan, SimConfig(mode="online", duration_s=objective.window_s, seed=objective.seed,
                                           token_rate=objective.rate, max_time_s=1e4))
-        online = {"rate": objective.rate, "decode_tokens_per_s": report.decode_throughput,
-                  "decode_p50_s": report.decode_latency["p50"], "decode_p95_s": report.decode_latency["p95"],
-                  "prompt_p50_s": report.prompt_latency["p50"], "prompt_p95_s": report.prompt_latency["p95"]}
+        measured = {"rate": objective.rate, "decode_tokens_per_s": report.decode_throughput,
+                    "decode_p50_s": report.decode_latency["p50"], "decode_p95_s": report.decode_latency["p95"],
+                    "prompt_p50_s": report.prompt_latency["p50"], "prompt_p95_s": report.prompt_latency["p95"]}
+        # no request finished in the window: its latency is as bad as it gets
+        online = {k: float("inf") if v is None else float(v) for k, v in measured.items()}
     return Score(plan.flow.value, est, offline.decode_throughput, offline.total_throughput,
                  offline.prompt_latency["p50"], offline.prompt_latency["p95"],
                  offline.decode_latency["p50"], offline.decode_latency["p95"], online)

@@ -46,11 +46,13 @@ def estimate(plan: Plan, prompt: float = MEAN_PROMPT, output: float = MEAN_OUTPU
     context = prompt + output / 2
     shares = {n: flow.node_flow.get(n, 0.0) / total for n in plan.placement.ranges}
     used = {n: s for n, s in shares.items() if s > 1e-9}
-    in_flight = min(KV_WATERMARK * slots[n] / (s * plan.placement[n].size * context) for n, s in used.items())
-    latency = sum(f * plan.cluster.link(a, b).latency_s for (a, b), f in flow.arc_flow.items()) / total
+    in_flight = float("inf")
+    for n, s in used.items():  # requests in flight that the tightest node's KV room allows
+        in_flight = min(in_flight, KV_WATERMARK * slots[n] / (s * plan.placement[n].size * context))
+    latency = sum((f * plan.cluster.link(a, b).latency_s for (a, b), f in flow.arc_flow.items()), 0.0) / total
     compute = 0.0
     for name, share in used.items():
-        profile = load_profile(plan.model.profile_name, plan.cluster.node(name).gpu_type)  # type: ignore[arg-type]
+        profile = load_profile(plan.model.profile_name, plan.cluster.node(name).gpu_type)
         table = profile.decode_latency
         batch = min(max(in_flight * share, table.xs[0]), table.xs[-1])
         compute += share * plan.placement[name].size * table(batch)
