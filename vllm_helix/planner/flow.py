@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
 from networkx.algorithms.flow import preflow_push
@@ -145,6 +146,7 @@ def _planner_graph(cluster, model, placement, capacities, arcs):
     arc_edges = {}
     for src, dst in arcs:
         bandwidth = cluster.link(src, dst).bandwidth_bytes_per_s
+        edge: tuple[Any, Any]
         if src == COORDINATOR:
             edge = (SOURCE, (dst, "in"))
         elif dst == COORDINATOR:
@@ -269,7 +271,7 @@ def why_no_flow(placement: Placement, num_layers: int, partial_inference: bool) 
 
 def _spans(layers: list[int]) -> str:
     spans, start = [], layers[0]
-    for prev, cur in zip(layers, layers[1:] + [None], strict=True):
+    for prev, cur in zip(layers, [*layers[1:], -1], strict=True):  # -1 closes the last span
         if cur != prev + 1:
             spans.append(f"[{start}, {prev + 1})")
             start = cur

@@ -20,10 +20,13 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 from vllm_helix.errors import ClusterSpecError
 from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec, CoordinatorSpec, LinkSpec, NodeSpec
 from vllm_helix.planner.placement import LayerRange, Placement
+
+T = TypeVar("T")
 
 # The reference's utils.py unit names, with its (byte-valued) meanings.
 _UNITS = {
@@ -44,7 +47,7 @@ class _Ini:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.parser = configparser.ConfigParser(interpolation=None)
-        self.parser.optionxform = str  # keep key case
+        self.parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep key case
         try:
             text = self.path.read_text()
         except OSError as exc:
@@ -76,7 +79,7 @@ class _Ini:
                              f"cannot read {text!r}; expected 'NUMBER * UNIT' with UNIT in {list(_UNITS)}")
         return float(match.group(1)) * _UNITS.get(match.group(2) or "Byte", 1.0)
 
-    def literal(self, section: str, key: str, kind: type) -> object:
+    def literal(self, section: str, key: str, kind: type[T]) -> T:
         text = self.raw(section, key)
         try:
             value = ast.literal_eval(text.strip())
@@ -197,7 +200,7 @@ def _check_connected_lists(ini: _Ini, count: int, links: list[LinkSpec]) -> None
                          ("SinkNode", lambda i: (node_name(i), COORDINATOR))):
         if not ini.has(section):
             continue
-        for i in ini.literal(section, "connected_nodes", list):  # type: ignore[union-attr]
+        for i in ini.literal(section, "connected_nodes", list):
             if not isinstance(i, int) or not 0 <= i < count:
                 raise ini.error(section, "connected_nodes", f"node id {i!r} out of range 0..{count - 1}")
             if arc(i) not in have:
@@ -225,9 +228,9 @@ def read_solution_ini(path: str | Path, cluster: ClusterSpec) -> Placement:
         layers = ini.literal("Solution", key, list)
         if not layers:
             continue
-        if layers != list(range(layers[0], layers[0] + len(layers))):  # type: ignore[index,arg-type]
+        if layers != list(range(layers[0], layers[0] + len(layers))):
             raise ini.error("Solution", key, f"layers must be contiguous, got {layers}")
-        ranges[cluster.nodes[index].name] = LayerRange(layers[0], layers[0] + len(layers))  # type: ignore[index,arg-type]
+        ranges[cluster.nodes[index].name] = LayerRange(layers[0], layers[0] + len(layers))
     return Placement(ranges)
 
 
@@ -252,7 +255,7 @@ def read_simulator_cluster_ini(path: str | Path) -> SimulatorClusterIni:
     names = ini.literal("ComputeNodes", "names", list)
     rename = {"source": COORDINATOR, "sink": COORDINATOR}
     nodes, kv = [], {}
-    for sim_name in names:  # type: ignore[union-attr]
+    for sim_name in names:
         match = re.fullmatch(r"compute_node_(\d+)", str(sim_name))
         if not match:
             raise ini.error("ComputeNodes", "names", f"unexpected node name {sim_name!r}")
@@ -264,7 +267,7 @@ def read_simulator_cluster_ini(path: str | Path) -> SimulatorClusterIni:
                               _positive(ini, sim_name, "outbound_nic_speed")))
         kv[name] = ini.integer(sim_name, "kv_cache_capacity")
     links, order = [], []
-    for link_name in ini.literal("Links", "names", list):  # type: ignore[union-attr]
+    for link_name in ini.literal("Links", "names", list):
         src, dst = ini.raw(link_name, "in").strip(), ini.raw(link_name, "out").strip()
         for end in (src, dst):
             if end not in rename:

@@ -77,7 +77,7 @@ def _profile_for(node: NodeSpec, model: ModelSpec) -> GPUProfile:
 
 # helix-spec §2.4: typical layers per GPU type (set A; set B if A cannot hold 1.2 model copies)
 # and the initial normalized performance guesses of the fixed point.
-_TYPICAL = {
+_TYPICAL: dict[str, tuple[dict[str, int], dict[str, int], dict[str, float]]] = {
     "llama2_70b": (
         {"A100": 8, "V100": 3, "L4": 4, "L4x2": 9, "T4": 3, "T4x2": 6, "T4x4": 12},
         {"A100": 12, "V100": 4, "L4": 7, "L4x2": 14, "T4": 4, "T4x2": 9, "T4x4": 18},

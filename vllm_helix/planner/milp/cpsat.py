@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ortools.sat.python import cp_model
 
@@ -39,7 +40,7 @@ class _Vars:
     start: dict[str, cp_model.IntVar] | None = None  # s_i (0 when unused), channelled from x
     end: dict[str, cp_model.IntVar] | None = None  # e_i (0 when unused)
     length: dict[str, dict[int, cp_model.IntVar]] | None = None  # compact model: b_ik = [node i holds k layers]
-    node_flow: dict[str, object] | None = None  # tokens through node i (variable or sum of interval flows)
+    node_flow: dict[str, Any] | None = None  # tokens through node i (variable or sum of interval flows)
 
 
 def build_model(form: Formulation, variant: str = "compact") -> tuple[cp_model.CpModel, _Vars]:

@@ -8,6 +8,7 @@ caller falls back to CP-SAT with a one-line explanation.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from vllm_helix.errors import SolverUnavailable
 from vllm_helix.planner.cluster import COORDINATOR
@@ -48,7 +49,7 @@ def solve_gurobi(
         m.Params.MIPGap = relative_gap
         if work_limit is not None:
             m.Params.WorkLimit = work_limit
-        state = {"best": None, "flow": 0.0}
+        state: dict[str, Any] = {"best": None, "flow": 0.0}
         try:
             m.optimize(_callback(gp, form, x, verify, progress, state))
         except gp.GurobiError as exc:
@@ -77,9 +78,9 @@ def _build(gp, m, form: Formulation):
         m.addConstr(gp.quicksum(v for (a, b), v in f.items() if b == n) == through)
         m.addConstr(gp.quicksum(v for (a, b), v in f.items() if a == n) == through)
     for a in form.arcs:
-        key = (a.src, a.dst)
-        m.addConstr(f[key] <= a.capacity * d[key])
-        _enable(gp, m, form, x, key, d[key])
+        arc = (a.src, a.dst)
+        m.addConstr(f[arc] <= a.capacity * d[arc])
+        _enable(gp, m, form, x, arc, d[arc])
     m.addConstr(total == gp.quicksum(v for (a, _), v in f.items() if a == COORDINATOR))
     m.addConstr(total == gp.quicksum(v for (_, b), v in f.items() if b == COORDINATOR))
     if form.options.layer_cuts:
