@@ -104,10 +104,10 @@ class Coordinator:
 
     # ------------------------------------------------------------------ batches
 
-    def submit(self, scheduler_output: Any) -> Future:
+    def submit(self, scheduler_output: Any, grammar_output: Any = None) -> Future:
         self._free(scheduler_output.finished_req_ids)
         assert self.routes is not None
-        batch, steps = self.book.build(scheduler_output, self.routes.routes)
+        batch, steps = self.book.build(scheduler_output, self.routes.routes, grammar_output)
         for hop, step in steps.items():
             try:
                 self.link.send(hop, step)

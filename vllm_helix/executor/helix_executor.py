@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from vllm.v1.executor.abstract import Executor
 from vllm.v1.kv_cache_interface import FullAttentionSpec
-from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
+from vllm.v1.outputs import LogprobsLists, LogprobsTensors, ModelRunnerOutput
 
 from vllm_helix.errors import HelixError
 from vllm_helix.executor.coordinator import Coordinator
@@ -27,9 +27,17 @@ from vllm_helix.planner.plan import load_plan
 logger = logging.getLogger(__name__)
 
 
-def _model_output(req_ids: list[str], sampled: list[list[int]], rows: list[Any]) -> ModelRunnerOutput:
+def _model_output(req_ids: list[str], sampled: list[list[int]], rows: list[Any],
+                  prompt_rows: dict[str, Any]) -> ModelRunnerOutput:
     return ModelRunnerOutput(req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)},
-                             sampled_token_ids=sampled, logprobs=_logprobs_lists(sampled, rows))
+                             sampled_token_ids=sampled, logprobs=_logprobs_lists(sampled, rows),
+                             prompt_logprobs_dict={rid: _logprobs_tensors(*row) for rid, row in prompt_rows.items()})
+
+
+def _logprobs_tensors(ids: list[list[int]], logprobs: list[list[float]], ranks: list[int]) -> LogprobsTensors:
+    """A request's prompt logprobs as vLLM's runner returns them (rows for prompt positions 1..)."""
+    return LogprobsTensors(torch.tensor(ids, dtype=torch.int64), torch.tensor(logprobs, dtype=torch.float32),
+                           torch.tensor(ranks, dtype=torch.int64))
 
 
 def _logprobs_lists(sampled: list[list[int]], rows: list[Any]) -> LogprobsLists | None:
@@ -46,6 +54,12 @@ def _logprobs_lists(sampled: list[list[int]], rows: list[Any]) -> LogprobsLists 
         ranks.append(row[2])
     return LogprobsLists(np.array(ids, dtype=np.int64), np.array(lps, dtype=np.float32),
                          np.array(ranks, dtype=np.int64))
+
+
+def _done(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 class HelixExecutor(Executor):
@@ -75,6 +89,7 @@ class HelixExecutor(Executor):
         self.coordinator = Coordinator(plan, self.model_config.model, options, _model_output, worker_args, dtype)
         self.coordinator.start()
         self._last: Future | None = None
+        self._held: Any = None  # a batch waiting for its grammar bitmask (structured outputs)
 
     # ------------------------------------------------------------------ KV bookkeeping for vLLM
 
@@ -120,10 +135,18 @@ class HelixExecutor(Executor):
     # ------------------------------------------------------------------ batches
 
     def execute_model(self, scheduler_output: Any, non_block: bool = False):
+        """Send the batch now, unless a structured-output request samples in it: then it waits for the grammar
+        bitmask that EngineCore computes after this call and hands to `sample_tokens` (None = "sample next")."""
+        if scheduler_output.has_structured_output_requests and scheduler_output.total_num_scheduled_tokens:
+            self._held, self._last = scheduler_output, None
+            return _done(None) if non_block else None
         self._last = self.coordinator.submit(scheduler_output)
         return self._last if non_block else self._last.result()
 
     def sample_tokens(self, grammar_output: Any, non_block: bool = False):
+        if self._held is not None:  # the grammar bitmask rides with the batch to each route's last node
+            self._last = self.coordinator.submit(self._held, grammar_output)
+            self._held = None
         assert self._last is not None
         return self._last if non_block else self._last.result()
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from vllm_helix.errors import FrameRejected, HelixError, PeerLost, TransportTimeout
@@ -163,7 +164,7 @@ class NodeServer:
                                         p.decode_sampling(item.new.sampling))
             batch.items.append(StepItem(item.request_id, item.start_position, item.num_tokens,
                                         list(item.token_ids), hidden[i] if hidden else None,
-                                        residual[i] if residual else None))
+                                        residual[i] if residual else None, _bitmask(item.grammar)))
             batch.step_of[item.request_id] = step.step_id
         batch.tokens += tokens
         return True
@@ -200,7 +201,7 @@ class NodeServer:
         by_step: dict[int, list[p.TokenOut]] = {}
         for result in results:
             by_step.setdefault(batch.step_of[result.request_id], []).append(
-                p.TokenOut(result.request_id, result.token_id, result.logprob_row))
+                p.TokenOut(result.request_id, result.token_id, result.logprob_row, result.prompt_logprobs))
         for step_id, outs in by_step.items():
             self.link.send(COORDINATOR_PEER, p.Tokens(step_id, outs))
 
@@ -220,9 +221,10 @@ class NodeServer:
                 self._reply_failed(step_id, [r.request_id for r in group], exc)
 
     def _next_item(self, item: Any) -> p.Item:
-        # every hop learns the decode token, as vLLM's pipeline stages do
+        # every hop learns the decode token, as vLLM's pipeline stages do; the grammar mask rides to the last
+        mask = b"" if item.grammar_bitmask is None else item.grammar_bitmask.tobytes()
         return p.Item(item.request_id, item.start_position, item.num_tokens, list(item.new_token_ids),
-                      new=self._introduce.pop(item.request_id, None))
+                      new=self._introduce.pop(item.request_id, None), grammar=mask)
 
     def _next_hop(self, request_id: str) -> str:
         route = self.routes[request_id]
@@ -238,6 +240,14 @@ class NodeServer:
                 del self.routes[rid]
                 self._introduce.pop(rid, None)
                 self.worker.free_request(rid)
+
+
+def _bitmask(grammar: bytes) -> np.ndarray | None:
+    if not grammar:
+        return None
+    if len(grammar) % 4:
+        raise FrameRejected(f"a grammar bitmask of {len(grammar)} bytes is not int32 rows")
+    return np.frombuffer(grammar, dtype=np.int32).copy()
 
 
 def _group(step_of: dict[str, int]) -> dict[int, list[str]]:

@@ -14,7 +14,7 @@ import msgspec
 
 from vllm_helix.errors import FrameRejected
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: grammar bitmask rows in Item, prompt logprobs in TokenOut
 
 
 class NewRequest(msgspec.Struct, frozen=True):
@@ -31,6 +31,9 @@ class Item(msgspec.Struct, frozen=True):
     num_tokens: int
     token_ids: list[int] = []  # for the first node: the prompt chunk, or the last sampled token
     new: NewRequest | None = None
+    # structured outputs: the scheduler's grammar bitmask row for the token sampled this step (int32 bytes);
+    # every hop passes it on, the last node masks the logits with it before sampling
+    grammar: bytes = b""
 
 
 class Step(msgspec.Struct, tag="step", frozen=True):
@@ -42,6 +45,9 @@ class TokenOut(msgspec.Struct, frozen=True):
     request_id: str
     token_id: int | None  # None: a prefill chunk that does not finish the prompt
     logprob_row: tuple[list[int], list[float], int] | None = None  # ids, logprobs, rank of the sampled token
+    # prompt_logprobs requests, once their prompt is done: per prompt position 1.., ids and logprobs of
+    # [prompt token, top-1, ..., top-k] and the prompt token's rank (vLLM's LogprobsTensors as lists)
+    prompt_logprobs: tuple[list[list[int]], list[list[float]], list[int]] | None = None
 
 
 class Tokens(msgspec.Struct, tag="tokens", frozen=True):

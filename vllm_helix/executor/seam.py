@@ -19,6 +19,10 @@ Ledger of what we rely on (checked by ``tests/executor/test_vllm_compat.py``):
 * ``SchedulerOutput`` / ``NewRequestData`` / ``CachedRequestData`` are what the worker feeds the
   runner; with PP the non-last ranks learn sampled tokens from ``new_token_ids`` exactly as with
   vLLM's own non-async pipeline parallelism.
+* Structured outputs: on the last range ``sample_tokens`` gets a ``GrammarOutput`` (request ids + the
+  scheduler's int32 bitmask rows), which the runner applies with ``apply_grammar_bitmask`` before sampling,
+  as with vLLM's own executors. Prompt logprobs come back in ``ModelRunnerOutput.prompt_logprobs_dict``
+  (``LogprobsTensors``), sampled-token ones in ``.logprobs`` (``LogprobsLists``).
 * ``get_kv_cache_configs`` turns the local attention layers' specs and a byte budget into a
   ``KVCacheConfig``.
 """
@@ -343,6 +347,7 @@ def scheduler_output(
     cached: list[tuple[str, list[int], list[int], int, int]],
     num_scheduled: dict[str, int],
     finished: set[str],
+    has_structured_output: bool = False,
 ) -> Any:
     """``cached`` rows: (req_id, new_token_ids, new_block_ids, num_computed, num_output_tokens)."""
     from vllm.v1.core.sched.output import CachedRequestData, SchedulerOutput
@@ -365,16 +370,28 @@ def scheduler_output(
         scheduled_encoder_inputs={},
         finished_req_ids=finished,
         free_encoder_mm_hashes=[],
+        has_structured_output_requests=has_structured_output,
     )
 
 
-def run_step(worker: Any, sched_out: Any, incoming: dict[str, dict[str, torch.Tensor]] | None) -> Any:
-    """One forward: IntermediateTensors (non-last) or a ModelRunnerOutput (last, sampled)."""
+def grammar_output(bitmasks: dict[str, Any]) -> Any:
+    """vLLM's GrammarOutput for the structured-output requests of a batch (request id -> int32 bitmask row)."""
+    import numpy as np
+    from vllm.v1.core.sched.output import GrammarOutput
+
+    if not bitmasks:
+        return None
+    return GrammarOutput(list(bitmasks), np.stack(list(bitmasks.values())))
+
+
+def run_step(worker: Any, sched_out: Any, incoming: dict[str, dict[str, torch.Tensor]] | None,
+             grammar: Any = None) -> Any:
+    """One forward: IntermediateTensors (non-last) or a ModelRunnerOutput (last, sampled under ``grammar``)."""
     runner = worker.model_runner
     runner._helix_incoming = incoming or {}
     out = runner.execute_model(sched_out, empty_intermediate_tensors() if incoming else None)
     if out is None:  # last rank: logits are waiting for the sampler
-        out = runner.sample_tokens(None)
+        out = runner.sample_tokens(grammar)
     runner._helix_incoming = {}
     return out
 
