@@ -61,7 +61,8 @@ def add_helix_args(parser: Any) -> Any:
 
 
 def _require_plan(parser: Any) -> None:
-    """`--executor helix` without `--helix-plan` is a usage error at parse time, not a traceback from the engine."""
+    """`--executor helix` without `--helix-plan`, or with a feature the nodes cannot carry (`unsupported.py`), is a
+    usage error at parse time, not a traceback from the engine."""
     parse_known_args = parser.parse_known_args
 
     def checked(args=None, namespace=None):
@@ -69,6 +70,12 @@ def _require_plan(parser: Any) -> None:
         helix = (getattr(namespace, "additional_config", None) or {}).get(CONFIG_KEY, {})
         if helix.get("enabled") and not helix.get("plan"):
             parser.error("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`)")
+        if helix.get("enabled"):
+            from vllm_helix.unsupported import serve_flag_errors
+
+            errors = serve_flag_errors(namespace)
+            if errors:
+                parser.error("; ".join(errors))
         return namespace, rest
 
     parser.parse_known_args = checked

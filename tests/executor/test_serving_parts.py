@@ -41,6 +41,45 @@ def test_a_missing_or_malformed_plan_is_a_usage_error(tmp_path, capsys):
     assert exit_.value.code == 2 and "needs --helix-plan" in capsys.readouterr().err
 
 
+def _serve_parser():
+    """`vllm serve`'s engine options plus the Helix ones (added once, whether or not the plugin patched vLLM)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    return parser if getattr(EngineArgs.add_cli_args, "_vllm_helix_patched", False) else add_helix_args(parser)
+
+
+@pytest.mark.parametrize("flags, feature", [
+    (["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2}'], "speculative decoding"),
+    (["--enable-lora"], "LoRA adapters"),
+    (["--runner", "pooling"], "pooling and embedding models"),
+    (["--convert", "embed"], "pooling and embedding models"),
+    (["--enable-prompt-embeds"], "prompt embeddings"),
+    (["--logprobs-mode", "processed_logprobs"], "logprobs mode"),
+    (["--tensor-parallel-size", "2"], "tensor parallelism"),
+    (["--async-scheduling"], "asynchronous scheduling"),
+])
+def test_features_the_nodes_cannot_carry_are_usage_errors(flags, feature, capsys):
+    parser = _serve_parser()
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--executor", "helix", "--helix-plan", LOCAL3, *flags])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"{flags[0]} " in err and feature in err
+    assert "is not supported with --executor helix" in err
+    parser.parse_args(flags)  # plain vLLM takes them
+
+
+def test_every_refused_flag_is_an_engine_argument_with_an_allowed_default():
+    """The table follows vLLM: a renamed or removed engine argument fails here, not silently in the check."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from vllm_helix.unsupported import SERVE_FLAGS, serve_flag_errors
+
+    fields = EngineArgs.__dataclass_fields__
+    assert [f.attribute for f in SERVE_FLAGS if f.attribute not in fields] == []
+    assert serve_flag_errors(_serve_parser().parse_args(["--executor", "helix", "--helix-plan", LOCAL3])) == []
+
+
 def test_messages_round_trip_and_bad_frames_are_rejected():
     step = p.Step(3, [p.Item("r1", 0, 5, [], p.NewRequest([1, 2, 3, 4, 5], ["a", "b"], b"")), p.Item("r2", 9, 1, [42])])
     assert p.decode(p.encode(step)) == step

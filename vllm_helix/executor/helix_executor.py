@@ -23,6 +23,7 @@ from vllm_helix.errors import HelixError
 from vllm_helix.executor.coordinator import Coordinator
 from vllm_helix.options import helix_options
 from vllm_helix.planner.plan import load_plan
+from vllm_helix.unsupported import model_error
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class HelixExecutor(Executor):
         options = helix_options(self.vllm_config.additional_config)
         if not options["plan"]:
             raise HelixError("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`)")
+        refused = model_error(self.model_config.is_multimodal_model, self.model_config.runner_type)
+        if refused:
+            raise HelixError(f"{self.model_config.model}: {refused}")
         plan = load_plan(options["plan"])
         hf_layers = self.model_config.hf_text_config.num_hidden_layers
         if plan.model.num_layers != hf_layers:
