@@ -77,7 +77,7 @@ def serve_flag_errors(arguments: Any) -> list[str]:
     for option in SERVE_FLAGS:
         value = getattr(arguments, option.attribute, None)
         if not option.allowed(value):
-            errors.append(f"{option.flag} {value!r}: {option.feature} {NOT_SUPPORTED}")
+            errors.append(f"{option.flag} {value!r} ({option.feature}) {NOT_SUPPORTED}")
     return errors
 
 
@@ -92,7 +92,7 @@ def request_error(params: Any) -> tuple[str, str] | None:
 def model_error(is_multimodal: bool, runner_type: str) -> str | None:
     """The served model itself: Helix nodes run text-generating decoder layers."""
     if is_multimodal:
-        return f"multimodal models {NOT_SUPPORTED} (serve the text-only model)"
+        return f"a multimodal model {NOT_SUPPORTED} (Helix nodes run text decoder layers)"
     if runner_type != "generate":
-        return f"{runner_type} models (embeddings, classification, scoring) {NOT_SUPPORTED}"
+        return f"a {runner_type} model (embeddings, classification, scoring) {NOT_SUPPORTED}"
     return None

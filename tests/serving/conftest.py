@@ -1,5 +1,5 @@
 import pytest
-from serve_helpers import COMMON
+from serve_helpers import COMMON, TOOLS, write_plan
 
 from vllm_helix.launch import VllmServer
 
@@ -7,5 +7,23 @@ from vllm_helix.launch import VllmServer
 @pytest.fixture(scope="session")
 def plain(tiny_llama_path, tmp_path_factory):
     """Plain `vllm serve` of the tiny model: the reference for token equality."""
-    with VllmServer(tiny_llama_path, COMMON, log_path=tmp_path_factory.mktemp("plain") / "serve.log") as url:
+    with VllmServer(tiny_llama_path, [*COMMON, *TOOLS], log_path=tmp_path_factory.mktemp("plain") / "serve.log") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def helix(tiny_llama_path, tmp_path_factory):
+    """`vllm serve --executor helix` on a branching 3-node local plan (head [0, 2) -> fast | slow [2, 8)), with node
+    KV caches so small (--helix-kv-fraction) that a burst of requests must queue. Yields (url, route log, server)."""
+    tmp = tmp_path_factory.mktemp("helix")
+    plan = write_plan(tmp, tiny_llama_path)
+    server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan),
+                                          "--helix-route-log", str(tmp / "routes.log"),
+                                          "--helix-kv-fraction", "0.0003", *COMMON, *TOOLS], log_path=tmp / "serve.log")
+    with server as url:
+        yield url, tmp / "routes.log", server
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that kill a node of the shared Helix server run after every other test that uses it."""
+    items.sort(key=lambda item: item.get_closest_marker("kills_a_node") is not None)
