@@ -125,6 +125,27 @@ SAMPLING_FIELDS = {
     "skip_reading_prefix_cache": API_SERVER,
 }
 
+# Every other field of the completions and chat requests (vLLM's pydantic models), the same way.
+MULTIMODAL = "multimodal: multimodal models are refused at engine start; a text-only one refuses the inputs as plain " \
+             "vLLM does (test_unsupported_request_features_are_http_400_naming_the_feature)"
+REQUEST_FIELDS = {
+    "model": "logprobs", "prompt": "logprobs", "messages": "chat_logprobs", "echo": "echo_logprobs",
+    "top_logprobs": "chat_logprobs", "response_format": "chat_json_schema", "tools": "tool_choice_named",
+    "tool_choice": "tool_choice_named", "use_beam_search": "beam_search", "length_penalty": "beam_search",
+    "truncate_prompt_tokens": "truncate_prompt_tokens", "stream": "streaming_seeded",
+    "return_token_ids": "regex", "max_completion_tokens": API_SERVER, "stream_options": API_SERVER,
+    "add_generation_prompt": API_SERVER, "add_special_tokens": API_SERVER, "chat_template": API_SERVER,
+    "chat_template_kwargs": API_SERVER, "continue_final_message": API_SERVER, "documents": API_SERVER,
+    "include_reasoning": API_SERVER, "reasoning_effort": API_SERVER, "return_prompt_text": API_SERVER,
+    "parallel_tool_calls": API_SERVER, "request_id": API_SERVER, "session_id": API_SERVER, "suffix": API_SERVER,
+    "user": API_SERVER, "return_token_offsets": API_SERVER, "return_tokens_as_token_ids": API_SERVER,
+    "truncation_side": API_SERVER, "priority": API_SERVER, "vllm_xargs": API_SERVER,
+    "cache_salt": API_SERVER,  # salts prefix-cache hashes; Helix runs without a prefix cache
+    "prompt_embeds": REFUSED_AT_START, "kv_transfer_params": REFUSED_AT_START, "ec_transfer_params": REFUSED_AT_START,
+    "mm_payload": MULTIMODAL, "media_io_kwargs": MULTIMODAL, "mm_processor_kwargs": MULTIMODAL,
+    "return_mm_kwargs": MULTIMODAL,
+}
+
 
 @pytest.fixture(scope="module")
 def greedy(plain, tiny_llama_path):
@@ -189,6 +210,18 @@ def test_every_sampling_parameter_is_accounted_for():
             assert how.removeprefix("refused: ") in REQUEST_FIELDS, field
         else:
             assert how in CASES or how in (API_SERVER, REFUSED_AT_START), f"{field}: {how}"
+
+
+def test_every_request_field_is_accounted_for():
+    from vllm import SamplingParams
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    fields = (set(CompletionRequest.model_fields) | set(ChatCompletionRequest.model_fields)) - set(
+        SamplingParams.__struct_fields__)
+    assert sorted(fields - set(REQUEST_FIELDS)) == [], "new request fields: add a conformance case or refuse"
+    assert sorted(set(REQUEST_FIELDS) - fields) == [], "fields vLLM no longer has"
+    assert all(how in CASES or how in (API_SERVER, REFUSED_AT_START, MULTIMODAL) for how in REQUEST_FIELDS.values())
 
 
 def test_unsupported_request_features_are_http_400_naming_the_feature(helix, plain, tiny_llama_path):
