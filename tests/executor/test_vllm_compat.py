@@ -154,3 +154,19 @@ def test_nodes_with_different_layers_get_different_compile_cache_keys(tiny_llama
     again = seam.make_vllm_config(str(tiny_llama_path), layers=(0, 3), **kwargs)
     assert first.compute_hash() != second.compute_hash()
     assert first.compute_hash() == again.compute_hash()
+
+
+def test_structured_output_logprob_and_request_check_seams():
+    """Grammar bitmask to the last node, prompt logprobs back, per-request refusals (issue #18)."""
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
+    from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.outputs import LogprobsTensors, ModelRunnerOutput
+
+    assert {"has_structured_output_requests", "pending_structured_output_tokens"} <= {
+        f.name for f in dataclasses.fields(SchedulerOutput)}
+    assert {"structured_output_request_ids", "grammar_bitmask"} <= {f.name for f in dataclasses.fields(GrammarOutput)}
+    assert "prompt_logprobs_dict" in {f.name for f in dataclasses.fields(ModelRunnerOutput)}
+    assert LogprobsTensors._fields[:3] == ("logprob_token_ids", "logprobs", "selected_token_ranks")
+    assert {"params"} <= _params(InputProcessor._validate_params)
+    assert {"parameter"} <= _params(VLLMValidationError)
