@@ -80,6 +80,19 @@ def test_every_refused_flag_is_an_engine_argument_with_an_allowed_default():
     assert serve_flag_errors(_serve_parser().parse_args(["--executor", "helix", "--helix-plan", LOCAL3])) == []
 
 
+def test_models_and_request_fields_the_nodes_cannot_carry_are_named():
+    from vllm import SamplingParams
+
+    from vllm_helix.unsupported import model_error, request_error
+
+    assert model_error(False, "generate") is None
+    assert "a multimodal model is not supported with --executor helix" in model_error(True, "generate")
+    assert "a pooling model (embeddings" in model_error(False, "pooling")
+    assert request_error(SamplingParams(max_tokens=4)) is None
+    field, message = request_error(SamplingParams(max_tokens=4, thinking_token_budget=8))
+    assert field == "thinking_token_budget" and message.endswith("is not supported with --executor helix")
+
+
 def test_messages_round_trip_and_bad_frames_are_rejected():
     step = p.Step(3, [p.Item("r1", 0, 5, [], p.NewRequest([1, 2, 3, 4, 5], ["a", "b"], b"")), p.Item("r2", 9, 1, [42])])
     assert p.decode(p.encode(step)) == step
