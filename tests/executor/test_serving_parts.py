@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -94,8 +95,13 @@ def test_models_and_request_fields_the_nodes_cannot_carry_are_named():
 
 
 def test_messages_round_trip_and_bad_frames_are_rejected():
-    step = p.Step(3, [p.Item("r1", 0, 5, [], p.NewRequest([1, 2, 3, 4, 5], ["a", "b"], b"")), p.Item("r2", 9, 1, [42])])
+    mask = np.array([-1, 5, 1 << 30], dtype=np.int32)
+    step = p.Step(3, [p.Item("r1", 0, 5, [], p.NewRequest([1, 2, 3, 4, 5], ["a", "b"], b"")),
+                      p.Item("r2", 9, 1, [42], grammar=mask.tobytes())])
     assert p.decode(p.encode(step)) == step
+    assert (np.frombuffer(p.decode(p.encode(step)).items[1].grammar, dtype=np.int32) == mask).all()
+    tokens = p.Tokens(3, [p.TokenOut("r1", 7, ([7, 1], [-0.5, -0.25], 2), ([[4, 4, 9]], [[-1.5, -1.5, -2.0]], [1]))])
+    assert p.decode(p.encode(tokens)) == tokens
     hello = p.Hello("a", [0, 2], 1024, 128, 256, "float32")
     assert p.decode(p.encode(hello)) == hello
     for bad in (b"", b"\x00garbage", p.encode(step)[:-3]):
