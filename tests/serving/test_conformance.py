@@ -62,9 +62,9 @@ CASES = {
     "chat_json_schema": _chat(response_format={"type": "json_schema",
                                                "json_schema": {"name": "person", "schema": PERSON}}, max_tokens=40),
     "chat_json_object": _chat(response_format={"type": "json_object"}, max_tokens=24),
-    "tool_choice_required": _chat(tools=TOOLS, tool_choice="required", max_tokens=120),
+    "tool_choice_required": _chat(tools=TOOLS, tool_choice="required", max_tokens=72),
     "tool_choice_named": _chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                               max_tokens=120),
+                               max_tokens=80),
     "tool_choice_auto": _chat(tools=TOOLS, tool_choice="auto"),
     # logprobs: the prompt rows carry the prompt token's own logprob and rank
     "logprobs": _completion(logprobs=5),
