@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from serve_helpers import COMMON, PROMPTS, post
 
-pytestmark = [pytest.mark.engine, pytest.mark.slow]
+# engine tests are marked one by one: the accounting tests start no engine and run in every quick pass
+
 
 VOLATILE = {"id", "created", "created_at", "completed_at", "system_fingerprint", "metrics"}
 TOLERANCE = 1e-4
@@ -179,6 +180,8 @@ def _same(got, want, where="answer"):
 
 
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.engine
+@pytest.mark.slow
 def test_feature_matches_plain_vllm(case, helix, plain, greedy, tiny_llama_path):
     spec = CASES[case]
     path, body = spec(greedy) if getattr(spec, "needs_greedy", False) else spec
@@ -224,6 +227,8 @@ def test_every_request_field_is_accounted_for():
     assert all(how in CASES or how in (API_SERVER, REFUSED_AT_START, MULTIMODAL) for how in REQUEST_FIELDS.values())
 
 
+@pytest.mark.engine
+@pytest.mark.slow
 def test_unsupported_request_features_are_http_400_naming_the_feature(helix, plain, tiny_llama_path):
     body = {"model": str(tiny_llama_path), "prompt": PROMPTS[0], "max_tokens": 4, "thinking_token_budget": 8}
     status, answer = _ask(helix[0], "/completions", body)
@@ -243,6 +248,7 @@ def test_unsupported_request_features_are_http_400_naming_the_feature(helix, pla
         assert 400 <= got < 500 and got == want, (path, answer)
 
 
+@pytest.mark.slow
 def test_unsupported_serve_flags_are_a_usage_error_before_any_engine_starts(tiny_llama_path, tmp_path):
     plan = Path(__file__).resolve().parents[2] / "examples" / "local3.yaml"
     vllm = Path(sys.executable).with_name("vllm")
