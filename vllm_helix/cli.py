@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vllm_helix.errors import ClusterSpecError, HelixError
+from vllm_helix.errors import ClusterSpecError, ConfigError, HelixError
+from vllm_helix.node.config import WorkerConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -21,40 +22,43 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _load_inputs(args: argparse.Namespace):
-    from vllm_helix.planner.cluster import load_cluster
+    """Cluster and model; resolves `--throughput auto` to the source that covers them."""
+    from vllm_helix.planner.files import load_cluster
     from vllm_helix.planner.model import load_model
+    from vllm_helix.planner.throughput import choose_source
 
-    return load_cluster(args.cluster), load_model(args.model)
+    cluster, model = load_cluster(args.cluster), load_model(args.model)
+    args.throughput = choose_source(args.throughput, cluster, model)
+    return cluster, model
 
 
 def _load_placement(path: str, cluster):
-    """A reference `*_sol.ini`, a plan file, or a YAML mapping `node: [start, end]`."""
-    import yaml
+    from vllm_helix.planner.files import load_placement
 
-    from vllm_helix.errors import ClusterSpecError
-    from vllm_helix.planner.ini import read_solution_ini
-    from vllm_helix.planner.placement import LayerRange, Placement
-    from vllm_helix.planner.plan import load_plan
+    return load_placement(path, cluster)
 
-    if path.endswith(".ini"):
-        return read_solution_ini(path, cluster)
+
+def _require_flow(flow, placement, model, partial_inference: bool) -> None:
+    """A placement that serves nothing is an error that says why, not a max flow of 0."""
+    from vllm_helix.errors import InfeasiblePlacement
+    from vllm_helix.planner.flow import why_no_flow
+
+    if flow.value <= 0:
+        raise InfeasiblePlacement(f"max flow 0: {why_no_flow(placement, model.num_layers, partial_inference)}")
+
+
+def _writable(path: str) -> str:
+    """argparse type of output files: a path we cannot write is a usage error before any work is done."""
+    target = Path(path)
+    existed = target.exists()
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        with target.open("a"):
+            pass
     except OSError as exc:
-        raise ClusterSpecError(f"{path}: cannot read placement ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ClusterSpecError(f"{path}: not valid YAML: {exc}") from None
-    if isinstance(data, dict) and "helix_plan" in data:
-        return load_plan(path).placement
-    if not isinstance(data, dict):
-        raise ClusterSpecError(f"{path}: expected a mapping 'node: [start, end]'")
-    ranges = {}
-    for name, value in data.items():
-        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
-            raise ClusterSpecError(f"{path}: {name}: expected [start, end] layer indices, got {value!r}")
-        cluster.node(str(name))
-        ranges[str(name)] = LayerRange(*value)
-    return Placement(ranges)
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {exc.strerror}") from None
+    if not existed:
+        target.unlink()
+    return path
 
 
 def _print_json(data: Any) -> None:
@@ -72,6 +76,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
     placement = _load_placement(args.placement, cluster)
     flow = max_flow(cluster, model, placement, throughput=args.throughput, graph=args.graph,
                     partial_inference=args.partial_inference)
+    _require_flow(flow, placement, model, args.partial_inference)
     if args.plot:
         from vllm_helix.planner.plot import plot_placement
 
@@ -92,12 +97,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         plan = evaluate_plan(cluster, model, _load_placement(args.placement, cluster), "fixed",
                              throughput=args.throughput, partial_inference=args.partial_inference)
+        _require_flow(plan.flow, plan.placement, model, args.partial_inference)
         return _write_plan(args, cluster, model, plan)
     options: dict[str, Any] = {"seed": args.seed}
     if args.method == "milp":
         options.update(solver=args.solver, threads=args.threads, time_limit_s=args.time_limit,
                        partial_inference=args.partial_inference, progress=not args.json)
+    if args.previous:
+        return _replan(args, cluster, model, options)
     return _write_plan(args, cluster, model, place(cluster, model, args.method, throughput=args.throughput, **options))
+
+
+def _replan(args: argparse.Namespace, cluster, model, options: dict[str, Any]) -> int:
+    """`plan --previous`: the plan for the changed cluster that loads the fewest layers (planner/replan.py)."""
+    from vllm_helix.planner.files import load_plan
+    from vllm_helix.planner.replan import replan
+
+    if args.method != "milp":
+        raise ClusterSpecError("--previous re-plans with the MILP; drop --method or use --method milp")
+    options.pop("partial_inference", None)
+    result = replan(load_plan(args.previous).placement, cluster, model, throughput=args.throughput,
+                    tolerance=args.move_tolerance, partial_inference=args.partial_inference, **options)
+    if not args.json:
+        print(result.summary() + "\n")
+    return _write_plan(args, cluster, model, result.plan)
 
 
 def _write_plan(args: argparse.Namespace, cluster, model, plan) -> int:
@@ -158,15 +181,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         plan, kv = reference_s1_setup()
         config, cluster = (SimConfig.improved_s1() if args.improved else SimConfig.reference_s1()), None
     else:
-        if not (args.plan and args.cluster):
-            raise ClusterSpecError("simulate needs --cluster and --plan (or --reference-s1)")
-        from vllm_helix.planner.cluster import load_cluster
-        from vllm_helix.planner.plan import load_plan
-
-        plan, kv, cluster = load_plan(args.plan), None, load_cluster(args.cluster)
+        plan, kv, cluster = _simulated_plan(args)
         config = SimConfig(mode=args.mode, scheduler=args.scheduler, improved=args.improved,
                            reference_compat=args.reference_compat, seed=args.seed, duration_s=args.duration,
-                           token_rate=args.rate, trace=args.trace, dataset=args.dataset)
+                           token_rate=args.rate, trace=args.trace, dataset=args.dataset,
+                           initial_queries=args.initial_queries)
     import dataclasses
 
     report = simulate(plan, dataclasses.replace(config, progress=not args.json), kv, cluster)
@@ -184,16 +203,46 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulated_plan(args: argparse.Namespace):
+    """(plan, KV capacities or None, cluster to check the plan against) from --plan, --cluster and --links."""
+    from vllm_helix.planner.files import is_plan, load_cluster, load_placement, load_plan, read_yaml
+    from vllm_helix.planner.flow import max_flow
+    from vllm_helix.planner.plan import Plan
+
+    if not args.plan or not (args.cluster or args.links):
+        raise ClusterSpecError("simulate needs --plan and --cluster (or --links), or --reference-s1")
+    plan_file = not args.plan.endswith(".ini") and is_plan(read_yaml(args.plan, "plan"))
+    if args.links:  # the reference's pruned link set: its links, in its order, its KV capacities and weights
+        from vllm_helix.planner.ini import read_simulator_cluster_ini
+        from vllm_helix.planner.model import load_model
+
+        sim = read_simulator_cluster_ini(args.links)
+        model = load_plan(args.plan).model if plan_file else load_model(args.model)
+        placement = load_plan(args.plan).placement if plan_file else load_placement(args.plan, sim.cluster)
+        flow = max_flow(sim.cluster, model, placement, link_order=sim.link_order, scale=None,
+                        partial_inference=args.partial_inference)
+        plan = Plan(sim.cluster, model, placement, flow, "fixed", partial_inference=args.partial_inference)
+        return plan, dict(sim.kv_slots), load_cluster(args.cluster) if args.cluster else None
+    cluster = load_cluster(args.cluster)
+    if plan_file:
+        return load_plan(args.plan), None, cluster
+    from vllm_helix.planner.model import load_model
+    from vllm_helix.planner.plan import evaluate_plan
+    from vllm_helix.planner.throughput import choose_source
+
+    model, placement = load_model(args.model), load_placement(args.plan, cluster)
+    plan = evaluate_plan(cluster, model, placement, "fixed", throughput=choose_source(args.throughput, cluster, model),
+                         partial_inference=args.partial_inference)
+    return plan, None, cluster
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
-    from vllm_helix.executor.node_main import run_worker
+    from vllm_helix.node.main import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(args.plan, args.node, args.model, bind=args.bind, kv_fraction=args.kv_fraction,
-               max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-               max_model_len=args.max_model_len, start_timeout_s=args.start_timeout, dtype=args.dtype,
-               enforce_eager=args.enforce_eager)
+    run_worker(args.plan, args.node, args.model, WorkerConfig.from_cli(args), bind=args.bind)
     return 0
 
 
@@ -204,13 +253,14 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", required=True, help="cluster YAML, or a reference topology .ini")
     p.add_argument("--model", default="llama2-70b",
                    help="built-in model (llama2-70b, llama1-30b) or a Hugging Face model dir / config.json")
-    p.add_argument("--throughput", default="reference", choices=["reference", "profile", "estimate"],
+    p.add_argument("--throughput", default="auto", choices=["auto", "reference", "profile", "estimate"],
                    help="node throughput model: the reference's typical-batch model, a fixed-batch profile, "
-                        "or a roofline estimate for unprofiled GPUs/models")
+                        "or a roofline estimate for unprofiled GPUs/models; auto (default): the first of these "
+                        "that covers the cluster's GPUs and the model")
     p.add_argument("--partial-inference", action="store_true",
                    help="let a node run only the suffix of its layers that a route still needs")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--plot", metavar="PNG", help="draw the placement to this PNG file")
+    p.add_argument("--plot", metavar="PNG", type=_writable, help="draw the placement to this PNG file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,18 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_args(p)
     p.add_argument("--method", default="milp", choices=["milp", "petals", "swarm", "homogeneous"])
     p.add_argument("--placement", help="write a plan for this fixed placement instead of searching one")
-    p.add_argument("-o", "--output", required=True, help="plan YAML to write")
+    p.add_argument("-o", "--output", required=True, type=_writable, help="plan YAML to write")
     p.add_argument("--seed", type=int, default=0, help="random seed (heuristics and solver)")
     p.add_argument("--solver", default="auto", help="MILP solver: auto, cpsat or gurobi")
     p.add_argument("--threads", type=int, default=0, help="solver threads (0 = all cores)")
     p.add_argument("--time-limit", type=float, default=60.0, help="solver time limit, seconds")
+    p.add_argument("--previous", metavar="PLAN",
+                   help="the plan serving now, for a changed cluster (nodes gone or added): keep as many of its "
+                        "layers in place as possible and report the layer loads versus planning from scratch")
+    p.add_argument("--move-tolerance", type=float, default=0.05,
+                   help="with --previous: accept up to this fraction less max flow to load fewer layers")
     p.set_defaults(handler=cmd_plan)
 
     p = sub.add_parser("import-ini", help="convert a reference cluster .ini to YAML",
                        description="Convert a Helix reference topology .ini (bandwidths in bytes/s) to YAML.")
     p.add_argument("ini", help="reference topology file, e.g. single24.ini")
     p.add_argument("--machine-profile", help="reference machine_profile.ini (default: the bundled one)")
-    p.add_argument("-o", "--output", required=True, help="cluster YAML to write")
+    p.add_argument("-o", "--output", required=True, type=_writable, help="cluster YAML to write")
     p.set_defaults(handler=cmd_import_ini)
 
     p = sub.add_parser("demo", help="plan the bundled example cluster with every method",
@@ -253,7 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="simulate serving a plan (discrete-event)",
                        description="Simulate a plan on its cluster: throughput, latency, per-node utilization and KV.")
     p.add_argument("--cluster", help="cluster YAML or reference .ini the plan was made for")
-    p.add_argument("--plan", help="plan YAML from `vllm-helix plan`")
+    p.add_argument("--plan", help="plan YAML from `vllm-helix plan`, or a placement (reference *_sol.ini, "
+                                  "YAML 'node: [start, end]') to evaluate on --cluster")
+    p.add_argument("--links", metavar="SIMULATOR_CLUSTER_INI",
+                   help="the reference's pruned link set for the plan (its layouts/*/simulator_cluster.ini): route "
+                        "over only these links, in its order, with its KV capacities and raw-float flows")
+    p.add_argument("--model", default="llama2-70b", help="model of a --plan placement (default llama2-70b)")
+    p.add_argument("--throughput", default="auto", choices=["auto", "reference", "profile", "estimate"],
+                   help="node throughput model for a --plan placement")
+    p.add_argument("--partial-inference", action="store_true", help="a --plan placement uses partial inference")
+    p.add_argument("--initial-queries", type=int, metavar="N",
+                   help="offline: queries launched at start (default 20 for maxflow, 240 for the others, as the "
+                        "reference)")
     p.add_argument("--mode", default="offline", choices=["offline", "online"],
                    help="offline: keep the cluster full; online: requests arrive at --rate or from --trace")
     p.add_argument("--scheduler", default="maxflow", choices=["maxflow", "swarm", "random", "shortest-queue"])
@@ -278,15 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True, help="this node's name in the plan")
     p.add_argument("--model", required=True, help="the model directory (Hugging Face format, safetensors)")
     p.add_argument("--bind", help="address to listen on (default: the node's address in the plan)")
-    p.add_argument("--kv-fraction", type=float, default=0.05, help="fraction of free memory for the KV cache")
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="tokens per batch on this node")
-    p.add_argument("--max-num-seqs", type=int, default=256, help="requests per batch on this node")
-    p.add_argument("--max-model-len", type=int, default=None, help="longest sequence (default: the model's)")
-    p.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for the coordinator")
-    p.add_argument("--dtype", default="auto", help="weights/activations dtype; must match `vllm serve --dtype`")
-    p.add_argument("--enforce-eager", action="store_true",
-                   help="run the layers eagerly (default: vLLM's torch.compile, as `vllm serve` does)")
-    p.set_defaults(handler=cmd_worker)
+    WorkerConfig.add_cli_args(p)
+    p.set_defaults(handler=cmd_worker, usage_error=p.error)
     return parser
 
 
@@ -295,6 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
+    except ConfigError as exc:  # a bad option: a usage error of its command
+        if hasattr(args, "usage_error"):
+            args.usage_error(str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except HelixError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

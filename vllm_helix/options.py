@@ -6,11 +6,14 @@ The plugin adds them to vLLM's parser; their values travel to the engine-core pr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-EXECUTOR_CLASS = "vllm_helix.executor.helix_executor.HelixExecutor"
-SCHEDULER_CLASS = "vllm_helix.executor.scheduler.HelixScheduler"
+from vllm_helix.node.config import WorkerConfig
+
+EXECUTOR_CLASS = "vllm_helix.coordinator.executor.HelixExecutor"
+SCHEDULER_CLASS = "vllm_helix.coordinator.scheduler.HelixScheduler"
 CONFIG_KEY = "helix"
 
 
@@ -22,20 +25,47 @@ class Option:
     default: Any
     help: str
     choices: tuple[str, ...] | None = None
+    problem: Callable[[Any], str | None] = lambda value: None  # what is wrong with a value, or None
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 < value < 1 else "must be in (0, 1)"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _not_negative(value: int) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+_NODE = WorkerConfig()  # local nodes' defaults are the nodes' own
 
 
 OPTIONS = (
     Option("--helix-plan", "plan", str, None, "plan YAML from `vllm-helix plan` (nodes, layers, addresses, flows)"),
+    Option("--helix-cluster", "cluster", str, None,
+           "cluster YAML instead of --helix-plan: plan it at start-up, write CLUSTER.plan.yaml beside it, serve it"),
+    Option("--helix-throughput", "throughput", str, "auto",
+           "node throughput model for --helix-cluster: auto picks the reference tables for the built-in models, "
+           "the measured profiles where they cover the GPUs, else the roofline estimate",
+           ("auto", "reference", "profile", "estimate")),
+    Option("--helix-plan-time-limit", "plan_time_limit_s", float, 20.0,
+           "seconds the placement solver may take at start-up (--helix-cluster)", problem=_positive),
     Option("--helix-router", "router", str, "maxflow", "per-request route choice",
            ("maxflow", "random", "shortest-queue", "swarm")),
     Option("--helix-depth", "depth", int, 0,
-           "batches in flight through the cluster; 0 = one per node of the plan"),
-    Option("--helix-start-timeout", "start_timeout_s", float, 600.0,
-           "seconds to wait for every worker of the plan to come up"),
+           "batches in flight through the cluster; 0 = one per node of the plan", problem=_not_negative),
+    Option("--helix-start-timeout", "start_timeout_s", float, _NODE.start_timeout_s,
+           "seconds to wait for every worker of the plan to come up", problem=_positive),
     Option("--helix-step-timeout", "step_timeout_s", float, 120.0,
-           "seconds a batch may take through the cluster before its requests fail"),
-    Option("--helix-kv-fraction", "kv_fraction", float, 0.05,
-           "fraction of each local worker's free memory for its KV cache (local nodes only)"),
+           "seconds a batch may take through the cluster before its requests fail", problem=_positive),
+    Option("--helix-kv-fraction", "kv_fraction", float, _NODE.kv_fraction,
+           "fraction of each local worker's free memory for its KV cache (local nodes only)", problem=_fraction),
+    Option("--helix-kv-cache-bytes", "kv_cache_bytes", int, _NODE.kv_cache_bytes,
+           "KV cache bytes of each local worker, instead of --helix-kv-fraction (local nodes only)",
+           problem=_positive),
     Option("--helix-route-log", "route_log", str, None, "append each request's route to this file"),
 )
 
@@ -53,6 +83,6 @@ def pipeline_depth(options: dict[str, Any]) -> int:
         return options["depth"]
     if not options["plan"]:
         return 1
-    from vllm_helix.planner.plan import load_plan
+    from vllm_helix.planner.files import load_plan
 
     return max(1, len(load_plan(options["plan"]).placement.ranges))

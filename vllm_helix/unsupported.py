@@ -4,7 +4,7 @@ Helix nodes run vLLM's model runner on their layer range with each request's Sam
 samples under the scheduler's grammar bitmask. Anything that needs more on the nodes -- a drafter, adapters,
 encoders, poolers, runner-wide settings the nodes are not given -- would be a 500 or a silently different answer,
 so it is refused here instead. Tables only, no vLLM imports: the plugin checks the parsed `vllm serve` arguments
-(a usage error, exit 2), `executor/patches/request_checks.py` the parameters of each request, the executor the
+(a usage error, exit 2), `coordinator/patches/request_checks.py` the parameters of each request, the executor the
 model (multimodal and pooling models).
 """
 

@@ -2,7 +2,8 @@ import pytest
 import yaml
 
 from vllm_helix.errors import ClusterSpecError
-from vllm_helix.planner.cluster import COORDINATOR, cluster_from_dict, load_cluster, save_cluster
+from vllm_helix.planner.cluster import COORDINATOR, cluster_from_dict, save_cluster
+from vllm_helix.planner.files import load_cluster
 
 GOOD = {
     "name": "mixed",

@@ -97,3 +97,34 @@ def test_unused_nodes_and_bad_placements():
         max_flow(tiny_cluster(["a"]), TINY, placement, capacities=caps(a=[1, 1]))
     with pytest.raises(InfeasiblePlacement, match="unknown node 'zz'"):
         max_flow(tiny_cluster(["a"]), TINY, Placement({"zz": LayerRange(0, 4)}), capacities=caps(a=[1] * 4))
+
+
+# --- among equal max flows, the flow written takes the short, fast routes (router weights), deterministically
+
+
+def capped_cluster(names, slow=()):
+    """Coordinator NIC caps the flow at 100 tokens/s; links to nodes in `slow` have 50 ms latency."""
+    return cluster_from_dict({
+        "coordinator": {"nic_out": "100B/s", "nic_in": "1GB/s"},
+        "nodes": [{"name": n, "gpu": "X", "vram": "1GB", "nic_in": "1GB/s", "nic_out": "1GB/s"} for n in names],
+        "links": [{"between": ["coordinator", n], "bandwidth": "1MB/s", "latency": "50ms"} for n in slow],
+        "default_link": {"bandwidth": "1MB/s", "latency": "1ms"},
+    })
+
+
+@pytest.mark.parametrize("order", [("a", "b", "c"), ("c", "b", "a")])
+def test_equal_max_flows_take_the_shorter_pipeline(order):
+    placement = Placement({n: {"a": LayerRange(0, 4), "b": LayerRange(0, 2), "c": LayerRange(2, 4)}[n]
+                           for n in order})
+    flow = max_flow(capped_cluster(order), TINY, placement, capacities=caps(**{n: [500] * 4 for n in order}))
+    assert flow.value == pytest.approx(100)  # either route alone could carry it all
+    assert flow.node_flow == {"a": pytest.approx(100), "b": 0, "c": 0}
+
+
+@pytest.mark.parametrize("order", [("a", "b"), ("b", "a")])
+def test_equal_max_flows_take_the_low_latency_replica(order):
+    cluster = capped_cluster(order, slow=("a",))
+    placement = Placement({n: LayerRange(0, 4) for n in order})
+    flow = max_flow(cluster, TINY, placement, capacities=caps(a=[500] * 4, b=[500] * 4))
+    assert flow.value == pytest.approx(100)
+    assert flow.node_flow == {"a": 0, "b": pytest.approx(100)}

@@ -3,8 +3,9 @@
 import pytest
 
 from vllm_helix.errors import ClusterSpecError
-from vllm_helix.planner.cluster import COORDINATOR, load_cluster
+from vllm_helix.planner.cluster import COORDINATOR
 from vllm_helix.planner.examples import reference_dir
+from vllm_helix.planner.files import load_cluster
 from vllm_helix.planner.ini import (
     read_cluster_ini,
     read_machine_profile,

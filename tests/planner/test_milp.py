@@ -171,7 +171,7 @@ INTERRUPT_SCRIPT = textwrap.dedent("""
 
 
 def check_plan(path: Path):
-    from vllm_helix.planner.plan import load_plan
+    from vllm_helix.planner.files import load_plan
 
     plan = load_plan(path)
     assert plan.flow.value > 0

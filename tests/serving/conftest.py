@@ -1,7 +1,7 @@
 import pytest
 from serve_helpers import COMMON, TOOLS, write_plan
 
-from vllm_helix.launch import VllmServer
+from vllm_helix.vllm_server import VllmServer
 
 
 @pytest.fixture(scope="session")
@@ -14,17 +14,14 @@ def plain(tiny_llama_path, tmp_path_factory):
 @pytest.fixture(scope="session")
 def helix(tiny_llama_path, tmp_path_factory):
     """`vllm serve --executor helix` on a branching 3-node local plan (head [0, 2) -> fast | slow [2, 8)), with node
-    KV caches so small (--helix-kv-fraction) that a burst of requests must queue. Yields (url, route log, server)."""
-    import psutil
-
+    KV caches so small (--helix-kv-cache-bytes) that a burst of requests must queue. Yields (url, route log, server)."""
     tmp = tmp_path_factory.mktemp("helix")
     plan = write_plan(tmp, tiny_llama_path)
-    # ~8 MiB per node (~1000 tokens of [2, 8)) whatever this machine has free: a fixed fraction would fail to hold
-    # one 512-token sequence on a busy machine, or admit the whole burst on a big one
-    fraction = f"{8 * 2**20 / psutil.virtual_memory().available:.6f}"
+    # 6 MiB per node, the same on every host: holds a 512-token sequence, but not the whole burst
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan),
                                           "--helix-route-log", str(tmp / "routes.log"),
-                                          "--helix-kv-fraction", fraction, *COMMON, *TOOLS], log_path=tmp / "serve.log")
+                                          "--helix-kv-cache-bytes", str(6 << 20), *COMMON, *TOOLS],
+                        log_path=tmp / "serve.log")
     with server as url:
         yield url, tmp / "routes.log", server
 

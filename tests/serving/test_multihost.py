@@ -15,7 +15,7 @@ import pytest
 from netns_hosts import NEEDS_ROOT
 from serve_helpers import COMMON, completion_tokens, write_plan
 
-from vllm_helix.launch import VllmServer
+from vllm_helix.vllm_server import VllmServer
 
 pytestmark = [*NEEDS_ROOT, pytest.mark.engine, pytest.mark.slow]
 

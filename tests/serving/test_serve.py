@@ -2,7 +2,8 @@
 
 The Helix plan branches: node `head` [0, 2) feeds `fast` and `slow` (both [2, 8)), whose max-flow arc
 flows are 2:1 — so routes can be checked against the plan. Both servers chunk prefills at 64 tokens.
-Node KV caches are made small (--helix-kv-fraction) so that a burst of requests must queue for KV room.
+Node KV caches are made small (--helix-kv-cache-bytes, the same on every host) so that a burst of requests
+must queue for KV room.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 from serve_helpers import CLUSTER, COMMON, PROMPTS, completion_tokens, post, write_plan
 
 from vllm_helix.errors import HelixError
-from vllm_helix.launch import VllmServer
+from vllm_helix.vllm_server import VllmServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

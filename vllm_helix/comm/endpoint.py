@@ -171,14 +171,13 @@ class Endpoint:
 
     def recv(self, timeout: float | None = None) -> Message:
         """Next message from any peer. Raises TransportTimeout, FrameRejected (that message only), PeerLost."""
+        got: tuple[str, bytes, list[Any]] | None
         if self._pending:
             got = self._pending.popleft()
         else:
             first = _SLICE_S if timeout is None or timeout > _SLICE_S else max(0.0, timeout)
             got = self._ep.recv(first)  # fast path: one C++ call
-        if got is None:
-            got = self._recv_slow(timeout)
-        sender, hdr, payloads = got
+        sender, hdr, payloads = got if got is not None else self._recv_slow(timeout)
         return Message(sender, decode_header(hdr, sender), payloads)
 
     def _recv_slow(self, timeout: float | None) -> tuple[str, bytes, list[Any]]:

@@ -26,7 +26,7 @@ class PyzmqEndpoint:
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.rcvhwm = hwm
         self._router.bind(bind)
-        self.address: str = self._router.last_endpoint.decode()
+        self.address: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._dealers: dict[str, zmq.Socket] = {}
 
     def connect(self, peer: str, address: str, public_key: str | None = None) -> None:

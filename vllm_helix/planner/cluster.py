@@ -106,28 +106,6 @@ class ClusterSpec:
 # ----------------------------------------------------------------------------------------- reading
 
 
-def load_cluster(path: str | Path) -> ClusterSpec:
-    """Read a cluster YAML file (or a reference `.ini` topology, see planner.ini); errors name file+field."""
-    path = Path(path)
-    if path.suffix == ".ini":
-        from vllm_helix.planner.ini import read_cluster_ini
-
-        return read_cluster_ini(path)
-    data = _read_yaml(path)
-    return cluster_from_dict(data, source=str(path))
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ClusterSpecError(f"{path}: cannot read file ({exc.strerror})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ClusterSpecError(f"{path}: not valid YAML: {exc}") from None
-
-
 class _Fields:
     """Reads typed fields from a mapping, reporting errors as `<source>: <path>.<field>: <problem>`."""
 
@@ -344,6 +322,5 @@ __all__ = [
     "cluster_from_dict",
     "cluster_to_dict",
     "describe_cluster",
-    "load_cluster",
     "save_cluster",
 ]

@@ -10,9 +10,13 @@ Two graphs, same connectivity rule (`placement.arc_allowed`):
 * ``"planner"`` (the reference MILP's graph, §3.2): one capacity per node, T_i(k) already capped by its NIC;
   links carry bw/activation between nodes and bw/token on coordinator hops.
 
-networkx's preflow-push runs on capacities scaled to integers (`scale` units per token/s, 1e6 by default)
-because float capacities make its result depend on rounding; pass ``scale=None`` for the reference's raw
-floats (bit-compatible routing weights).
+A max flow is rarely unique, and its per-arc flows become the router's weights, so we choose one on
+purpose: the min-cost max flow whose cost is each link's latency plus its per-token transfer time (in µs,
+plus 1 per hop), so among equal max flows the flow takes short, fast routes. It runs networkx's network
+simplex on capacities scaled to integers (`scale` units per token/s, 1e6 by default), whose result depends
+only on the insertion order of the graph (cluster and placement order), never on Python's hash order: the
+same placement always writes the same plan. ``scale=None`` runs the reference's preflow-push on raw floats
+instead (its bit-compatible routing weights, e.g. for the S1 reproduction).
 
 Example:
     >>> from vllm_helix.planner.examples import reference_example
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 from networkx.algorithms.flow import preflow_push
+from networkx.algorithms.flow.mincost import max_flow_min_cost
 
 from vllm_helix.errors import InfeasiblePlacement
 from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec
@@ -38,6 +43,7 @@ from vllm_helix.planner.throughput import NodeCapacity, ThroughputSource, capaci
 SOURCE, SINK = "source", "sink"
 GRAPHS = ("split", "planner")
 Arc = tuple[str, str]  # (src, dst) of a physical link; COORDINATOR at either end
+Edge = tuple[tuple[str, str], tuple[str, str]]  # an edge of the flow graph between (name, role) vertices
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,8 @@ def max_flow(
 
 
 # ------------------------------------------------------------------------------------ graphs
-# Each builder returns (graph with float 'capacity', physical arc -> graph edge, node -> compute edge).
+# Each builder returns (graph with float 'capacity' and integer 'weight' (cost), physical arc -> graph edge,
+# node -> its compute edges).
 
 
 def _split_graph(cluster, model, placement, capacities, arcs):
@@ -118,14 +125,14 @@ def _split_graph(cluster, model, placement, capacities, arcs):
         size_in = token if inbound[name] == {COORDINATOR} else hop
         size_out = token if outbound[name] == {COORDINATOR} else hop
         g.add_edge((name, "in"), (name, "start"), capacity=node.nic_in_bytes_per_s / size_in)
-        g.add_edge((name, "start"), (name, "end"), capacity=capacities[name].throughput(rng.size))
+        node_edges[name] = _add_compute(g, name, "start", "end", capacities[name].throughput(rng.size))
         g.add_edge((name, "end"), (name, "out"), capacity=node.nic_out_bytes_per_s / size_out)
-        node_edges[name] = ((name, "start"), (name, "end"))
     arc_edges = {}
     for src, dst in arcs:
         size = token if COORDINATOR in (src, dst) else hop
         edge = ((src, "out"), (dst, "in"))
-        g.add_edge(*edge, capacity=cluster.link(src, dst).bandwidth_bytes_per_s / size)
+        link = cluster.link(src, dst)
+        g.add_edge(*edge, capacity=link.bandwidth_bytes_per_s / size, weight=_hop_cost(link, size))
         arc_edges[(src, dst)] = edge
     return g, arc_edges, node_edges
 
@@ -134,8 +141,7 @@ def _planner_graph(cluster, model, placement, capacities, arcs):
     g = nx.DiGraph()
     node_edges = {}
     for name, rng in placement.ranges.items():
-        g.add_edge((name, "in"), (name, "out"), capacity=capacities[name].throughput(rng.size))
-        node_edges[name] = ((name, "in"), (name, "out"))
+        node_edges[name] = _add_compute(g, name, "in", "out", capacities[name].throughput(rng.size))
     arc_edges = {}
     for src, dst in arcs:
         bandwidth = cluster.link(src, dst).bandwidth_bytes_per_s
@@ -146,9 +152,29 @@ def _planner_graph(cluster, model, placement, capacities, arcs):
         else:
             edge = ((src, "out"), (dst, "in"))
         size = model.token_bytes if COORDINATOR in (src, dst) else model.activation_bytes_per_token
-        g.add_edge(*edge, capacity=bandwidth / size)
+        g.add_edge(*edge, capacity=bandwidth / size, weight=_hop_cost(cluster.link(src, dst), size))
         arc_edges[(src, dst)] = edge
     return g, arc_edges, node_edges
+
+
+BUSY_SHARE = 0.8  # a node's compute beyond this share of its capacity ...
+BUSY_COST = 10_000  # ... costs as much as 10 ms of route latency per unit of flow
+
+
+def _add_compute(g: nx.DiGraph, name: str, a: str, b: str, capacity: float) -> tuple[Edge, ...]:
+    """A node's compute capacity as two parallel edges: the first BUSY_SHARE free, the rest at BUSY_COST, so
+    among equal max flows the flow spreads over nodes before it saturates any (a saturated node queues:
+    in the simulator this raised decode throughput on the reference layouts, see the README's Planning). Returns the
+    edges out of `a` that carry the node's flow."""
+    g.add_edge((name, a), (name, b), capacity=capacity * BUSY_SHARE, weight=0)
+    g.add_edge((name, a), (name, "busy"), capacity=capacity * (1 - BUSY_SHARE), weight=BUSY_COST)
+    g.add_edge((name, "busy"), (name, b), capacity=capacity * (1 - BUSY_SHARE), weight=0)
+    return ((name, a), (name, b)), ((name, a), (name, "busy"))
+
+
+def _hop_cost(link, token_size: float) -> int:
+    """A hop's cost per unit of flow: its latency plus one token's transfer time, in µs, plus 1 per hop."""
+    return round(1e6 * (link.latency_s + token_size / link.bandwidth_bytes_per_s)) + 1
 
 
 # ------------------------------------------------------------------------------------ solving
@@ -159,26 +185,31 @@ def _solve(g: nx.DiGraph, arc_edges, node_edges, scale, bound: float, graph: str
                        "through all layers back to it",), graph)
     if SOURCE not in g or SINK not in g or not nx.has_path(g, SOURCE, SINK):
         return _with_arcs(empty, g, arc_edges, node_edges)
-    if scale is not None:
+    unit = scale or 1.0
+    if scale is None:  # the reference's algorithm on raw floats
+        residual = preflow_push(g, SOURCE, SINK)
+        value = residual.graph["flow_value"]
+        flows = {u: {v: max(0.0, d["flow"]) for v, d in nbrs.items()} for u, nbrs in residual.adj.items()}
+    else:
         for _, _, data in g.edges(data=True):
             data["capacity"] = round(data["capacity"] * scale)
-    residual = preflow_push(g, SOURCE, SINK)
-    unit = scale or 1.0
+        flows = max_flow_min_cost(g, SOURCE, SINK)
+        value = sum(flows[SOURCE].values())
 
     def flow(edge) -> float:
-        return max(0.0, residual[edge[0]][edge[1]]["flow"]) / unit
+        return flows[edge[0]][edge[1]] / unit
 
     def capacity(edge) -> float:
         return g.edges[edge]["capacity"] / unit
 
     return FlowResult(
-        value=residual.graph["flow_value"] / unit,
+        value=value / unit,
         upper_bound=bound,
-        node_flow={n: flow(e) for n, e in node_edges.items()},
-        node_capacity={n: capacity(e) for n, e in node_edges.items()},
+        node_flow={n: sum(map(flow, edges)) for n, edges in node_edges.items()},
+        node_capacity={n: sum(map(capacity, edges)) for n, edges in node_edges.items()},
         arc_flow={a: flow(e) for a, e in arc_edges.items()},
         arc_capacity={a: capacity(e) for a, e in arc_edges.items()},
-        min_cut=_min_cut(g, residual, arc_edges, node_edges),
+        min_cut=_min_cut(g, flows, arc_edges, node_edges),
         graph=graph,
     )
 
@@ -186,25 +217,28 @@ def _solve(g: nx.DiGraph, arc_edges, node_edges, scale, bound: float, graph: str
 def _with_arcs(result: FlowResult, g, arc_edges, node_edges) -> FlowResult:
     caps = {a: g.edges[e]["capacity"] for a, e in arc_edges.items()}
     return FlowResult(result.value, result.upper_bound, result.node_flow,
-                      {n: g.edges[e]["capacity"] for n, e in node_edges.items()},
+                      {n: sum(g.edges[e]["capacity"] for e in edges) for n, edges in node_edges.items()},
                       dict.fromkeys(arc_edges, 0.0), caps, result.min_cut, result.graph)
 
 
-def _min_cut(g: nx.DiGraph, residual, arc_edges, node_edges) -> tuple[str, ...]:
+def _min_cut(g: nx.DiGraph, flows, arc_edges, node_edges) -> tuple[str, ...]:
     """Saturated edges from the source side to the sink side of the residual graph."""
     reachable, stack = {SOURCE}, [SOURCE]
     while stack:
         u = stack.pop()
-        for v, data in residual[u].items():
-            if v not in reachable and data["flow"] < data["capacity"]:
+        forward = [v for v, d in g.succ[u].items() if flows[u][v] < d["capacity"]]
+        backward = [v for v in g.pred[u] if flows[v][u] > 0]
+        for v in forward + backward:
+            if v not in reachable:
                 reachable.add(v)
                 stack.append(v)
     names = {e: f"link {a[0]} -> {a[1]}" for a, e in arc_edges.items()}
-    names.update({e: f"compute of {n}" for n, e in node_edges.items()})
-    cut = []
+    for n, (main, busy) in node_edges.items():
+        names.update(dict.fromkeys((main, busy, (busy[1], main[1])), f"compute of {n}"))
+    cut = set()
     for u, v in g.edges:
         if u in reachable and v not in reachable:
-            cut.append(names.get((u, v)) or _nic_name(u, v))
+            cut.add(names.get((u, v)) or _nic_name(u, v))
     return tuple(sorted(cut))
 
 
@@ -214,6 +248,32 @@ def _nic_name(u, v) -> str:
     if v == SINK:
         return "coordinator inbound NIC"
     return f"inbound NIC of {u[0]}" if u[1] == "in" else f"outbound NIC of {u[0]}"
+
+
+def why_no_flow(placement: Placement, num_layers: int, partial_inference: bool) -> str:
+    """Why a placement serves nothing: layers no node holds, overlaps that need partial inference, or links."""
+    covered = set()
+    for rng in placement.ranges.values():
+        covered.update(range(rng.start, rng.end))
+    missing = [layer for layer in range(num_layers) if layer not in covered]
+    if missing:
+        return f"layers {_spans(missing)} of the model's {num_layers} are on no node"
+    if not partial_inference:
+        ends = {rng.end for rng in placement.ranges.values()} | {0}
+        overlapping = sorted(n for n, rng in placement.ranges.items() if rng.start not in ends)
+        if overlapping:
+            return (f"the layer ranges overlap (no range ends where {', '.join(overlapping[:4])} starts), so routes "
+                    f"need partial inference: pass --partial-inference")
+    return "no chain of links from the coordinator through every layer and back (see the cluster's links)"
+
+
+def _spans(layers: list[int]) -> str:
+    spans, start = [], layers[0]
+    for prev, cur in zip(layers, layers[1:] + [None], strict=True):
+        if cur != prev + 1:
+            spans.append(f"[{start}, {prev + 1})")
+            start = cur
+    return ", ".join(spans)
 
 
 def require_flow(result: FlowResult) -> FlowResult:

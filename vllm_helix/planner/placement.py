@@ -56,7 +56,7 @@ def arc_allowed(src: LayerRange | None, dst: LayerRange | None, num_layers: int,
     if src is None and dst is None:
         return False
     if src is None:
-        return dst.start == 0  # type: ignore[union-attr]
+        return dst.start == 0
     if dst is None:
         return src.end == num_layers
     if partial:

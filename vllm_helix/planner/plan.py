@@ -19,6 +19,7 @@ from vllm_helix.planner.cluster import ClusterSpec, cluster_from_dict, cluster_t
 from vllm_helix.planner.flow import FlowResult, max_flow
 from vllm_helix.planner.model import ModelSpec
 from vllm_helix.planner.placement import LayerRange, Placement
+from vllm_helix.planner.throughput import choose_source
 
 PLAN_VERSION = 1
 
@@ -40,6 +41,7 @@ def evaluate_plan(
     throughput: str = "reference", partial_inference: bool = False, details: dict[str, Any] | None = None,
 ) -> Plan:
     """Fix the placement, compute its max flow with the evaluator, and wrap it as a Plan."""
+    throughput = choose_source(throughput, cluster, model)
     flow = max_flow(cluster, model, placement, throughput=throughput, partial_inference=partial_inference)
     return Plan(cluster, model, placement, flow, method, throughput, partial_inference, dict(details or {}))
 
@@ -77,21 +79,6 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
 
 def save_plan(plan: Plan, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(plan_to_dict(plan), sort_keys=False, width=120))
-
-
-def load_plan(path: str | Path) -> Plan:
-    """Read a plan file; errors name the file and field."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ClusterSpecError(f"{path}: cannot read plan ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ClusterSpecError(f"{path}: not valid YAML: {exc}") from None
-    try:
-        return plan_from_dict(data, str(path))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ClusterSpecError(f"{path}: malformed plan: {exc!r}") from None
 
 
 def plan_from_dict(data: Any, source: str) -> Plan:

@@ -24,8 +24,9 @@ Baselines: `RandomRouter`, `ShortestQueueRouter`, `SwarmRouter` (route chosen ho
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from vllm_helix.errors import InfeasiblePlacement
 from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec
@@ -132,6 +133,31 @@ def prompt_limits(cluster: ClusterSpec, model: ModelSpec, placement: Placement) 
             * MAX_PROMPT_TOKENS_PER_REQUEST for n, r in placement.ranges.items()}
 
 
+class Router(Protocol):
+    """What the simulator and the serving path need from a router (the API in the module docstring)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def active(self) -> Sized:
+        """Requests holding a route (and its KV reservation)."""
+        ...
+
+    @classmethod
+    def from_plan(cls, plan: Any, kv_capacity: Mapping[str, int] | None = None, **kwargs: Any) -> Router: ...
+
+    def route(self, request_id: object, prompt_len: int, expected_output: int | None = None) -> Route | None: ...
+
+    def on_decode_step(self, request_id: object, tokens: int = 1) -> None: ...
+
+    def on_finish(self, request_id: object) -> None: ...
+
+    def on_node_lost(self, node: str) -> list[object]: ...
+
+    def bottleneck_usage(self) -> float: ...
+
+
 class MaxFlowRouter:
     """Helix MaxFlow scheduling (IWRR over max-flow arc flows + KV expectation)."""
 
@@ -151,7 +177,7 @@ class MaxFlowRouter:
         self.rng = rng or random.Random(0)  # unused by MaxFlow; kept for a uniform constructor
 
     @classmethod
-    def from_plan(cls, plan, kv_capacity: Mapping[str, int] | None = None, **kwargs) -> MaxFlowRouter:
+    def from_plan(cls, plan: Any, kv_capacity: Mapping[str, int] | None = None, **kwargs: Any) -> MaxFlowRouter:
         return cls(plan.cluster, plan.model, plan.placement, plan.flow, kv_capacity, **kwargs)
 
     # ---------------------------------------------------------------- admission
@@ -242,7 +268,7 @@ class _HopByHopRouter:
         self.active: dict[object, Route] = {}
 
     @classmethod
-    def from_plan(cls, plan, kv_capacity=None, **kwargs):
+    def from_plan(cls, plan: Any, kv_capacity: Mapping[str, int] | None = None, **kwargs: Any) -> _HopByHopRouter:
         return cls(plan.cluster, plan.model, plan.placement, plan.flow, kv_capacity, **kwargs)
 
     def route(self, request_id: object, prompt_len: int, expected_output: int | None = None) -> Route | None:
@@ -329,5 +355,5 @@ class SwarmRouter(_HopByHopRouter):
         self.ema[a] = self.ema_weight * seconds + (1 - self.ema_weight) * self.ema[a]
 
 
-ROUTERS = {"maxflow": MaxFlowRouter, "random": RandomRouter, "shortest-queue": ShortestQueueRouter,
-           "swarm": SwarmRouter}
+ROUTERS: dict[str, type[Router]] = {"maxflow": MaxFlowRouter, "random": RandomRouter,
+                                    "shortest-queue": ShortestQueueRouter, "swarm": SwarmRouter}

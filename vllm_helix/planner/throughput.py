@@ -11,6 +11,8 @@ Callers use `capacity_table(cluster, model, source)`; a source is anything with
 * `EstimatedThroughput` — a roofline estimate from data-sheet bandwidth/compute, for GPUs (or CPUs) and
   models without a profile.
 
+`choose_source("auto", ...)` picks the first of these that covers the cluster and model.
+
 `capacity_table` then applies what every source shares: the NIC cap (a node cannot take in more tokens
 than its NIC carries activations for) and the VRAM cap on layers.
 """
@@ -24,7 +26,7 @@ from typing import Protocol
 from vllm_helix.errors import ClusterSpecError
 from vllm_helix.planner.cluster import ClusterSpec, NodeSpec
 from vllm_helix.planner.model import ModelSpec
-from vllm_helix.planner.profiles import GPUProfile, load_profile
+from vllm_helix.planner.profiles import GPUProfile, bundled_gpu_types, load_profile
 
 AVG_INPUT_LEN = 750
 AVG_OUTPUT_LEN = 240
@@ -215,6 +217,19 @@ THROUGHPUT_SOURCES: dict[str, type] = {
 }
 
 
+def choose_source(name: str, cluster: ClusterSpec, model: ModelSpec) -> str:
+    """Resolve "auto": the reference's tables where they cover the model and every GPU type of the cluster,
+    else the measured profiles where the model has one for every GPU type, else the roofline estimate."""
+    if name != "auto":
+        return name
+    gpu_types = set(cluster.composition())
+    if model.profile_name is None or not gpu_types <= set(bundled_gpu_types(model.profile_name)):
+        return "estimate"
+    if model.profile_name in _TYPICAL and gpu_types <= set(_TYPICAL[model.profile_name][0]):
+        return "reference"
+    return "profile"
+
+
 def get_source(name: str | ThroughputSource) -> ThroughputSource:
     if not isinstance(name, str):
         return name
@@ -236,7 +251,7 @@ def capacity_table(
     cluster: ClusterSpec, model: ModelSpec, source: str | ThroughputSource = "reference"
 ) -> dict[str, NodeCapacity]:
     """Per-node capacity with the NIC cap and the VRAM layer cap applied (reference `T_i(k)`)."""
-    source = get_source(source)
+    source = get_source(choose_source(source, cluster, model) if isinstance(source, str) else source)
     table = {}
     for node in cluster.nodes:
         raw = source.node_capacity(node, cluster, model)

@@ -134,6 +134,7 @@ class ComputeNode:
         return batch, rest, prompt_tokens, decodes
 
     def _finish(self, _=None) -> None:
+        assert self.batch is not None  # scheduled only while a batch runs
         batch, entry, seg_end = self.batch
         layers = seg_end - entry
         kv = self.kv

@@ -57,7 +57,7 @@ class SimConfig:
             raise ClusterSpecError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.scheduler not in ROUTERS:
             raise ClusterSpecError(f"scheduler must be one of {tuple(ROUTERS)}, got {self.scheduler!r}")
-        for name in ("duration_s", "token_rate", "sample_interval_s"):
+        for name in ("duration_s", "token_rate", "sample_interval_s", "initial_queries"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ClusterSpecError(f"{name} must be > 0, got {value}")
@@ -286,7 +286,7 @@ def _run_with_progress(loop: EventLoop, coord: Coordinator, sampler: _Sampler, u
         while target < until:
             target = min(target + sampler.interval, until)
             loop.run(target)
-            if bar is not None:
+            if bar is not None and task is not None:
                 bar.update(task, completed=min(loop.now, window[1]), description=(
                     f"t={loop.now:7.1f}s  active={coord.active}  finished={coord.finished}"))
             if expected is not None and coord.finished + coord.rejected >= expected:

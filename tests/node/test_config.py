@@ -1,0 +1,48 @@
+"""WorkerConfig: one set of defaults, the same config through the command line, bad values refused."""
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from vllm_helix.errors import ConfigError
+from vllm_helix.node.config import WorkerConfig
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    WorkerConfig.add_cli_args(parser)
+    return WorkerConfig.from_cli(parser.parse_args(argv))
+
+
+def test_the_command_line_defaults_are_the_dataclass_defaults():
+    assert _parse([]) == WorkerConfig()
+    assert WorkerConfig().max_num_batched_tokens == 2048 and not WorkerConfig().enforce_eager
+
+
+def test_a_config_survives_the_trip_to_a_local_node_command_line():
+    config = WorkerConfig(kv_fraction=0.01, max_num_batched_tokens=64, max_num_seqs=8, max_model_len=512,
+                          dtype="float32", enforce_eager=True, seed=3, start_timeout_s=45.0)
+    assert _parse(config.cli_args()) == config
+    assert _parse(WorkerConfig(kv_cache_bytes=1 << 20).cli_args()).kv_cache_bytes == 1 << 20
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("kv_fraction", 0.0, r"--kv-fraction must be in \(0, 1\)"),
+    ("max_num_seqs", 0, "--max-num-seqs must be >= 1"),
+    ("max_model_len", -5, "--max-model-len must be >= 1"),
+    ("start_timeout_s", 0.0, "--start-timeout must be > 0"),
+])
+def test_bad_values_are_refused_naming_the_option(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        WorkerConfig(**{field: value})
+
+
+def test_a_bad_worker_option_is_a_usage_error_of_the_worker_command(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vllm_helix.cli", "worker", "--plan", str(tmp_path / "p.yaml"),
+                           "--node", "a", "--model", str(tmp_path), "--kv-fraction", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "usage: vllm-helix worker" in proc.stderr
+    assert "vllm-helix worker: error: --kv-fraction must be in (0, 1), got 2.0" in proc.stderr

@@ -1,0 +1,67 @@
+"""Routes of the requests being served: the planner's router plus what serving adds to it.
+
+KV admission is strict here: a route reserves the request's own worst case (prompt + max_tokens) on
+every hop, against the KV capacity each node reported at start-up, so a node's paged KV cache cannot
+overflow mid-request; requests that do not fit now wait in vLLM's queue. Each admitted route is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vllm_helix.planner.cluster import COORDINATOR
+from vllm_helix.planner.kv_expectation import KVParams
+from vllm_helix.planner.plan import Plan
+from vllm_helix.planner.router import ROUTERS, Route
+
+logger = logging.getLogger("vllm_helix.routes")
+STRICT_KV = KVParams(hwm=1.0, output_ratio=1.0)
+
+
+def describe(route: Route) -> str:
+    """'coordinator -> n0 [0, 3) -> n1 [3, 8) -> coordinator'."""
+    hops = [f"{h.node} {h.layers}" if h.layers else h.node for h in route.hops]
+    return " -> ".join([COORDINATOR, *hops])
+
+
+class RouteBook:
+    def __init__(self, plan: Plan, kv_tokens: dict[str, int], block_tokens: int, options: dict[str, Any]):
+        slots = {n: kv_tokens[n] * plan.placement.ranges[n].size for n in kv_tokens}  # token-layer slots
+        kwargs = {"kv_params": STRICT_KV, "improved": True} if options["router"] == "maxflow" else {}
+        self.router = ROUTERS[options["router"]].from_plan(plan, slots, **kwargs)
+        self.block_tokens = block_tokens  # the largest KV block of any node
+        self.routes: dict[str, list[str]] = {}
+        self.lost: set[str] = set()
+        self._log_path = options.get("route_log")
+
+    def admit(self, request_id: str, prompt_len: int, max_tokens: int) -> bool:
+        """Reserve a route with KV room on every hop; False when none has room now."""
+        # nodes allocate whole blocks: reserve the request's worst case rounded up to a block
+        worst = -(-(prompt_len + max_tokens) // self.block_tokens) * self.block_tokens
+        route = self.router.route(request_id, prompt_len, worst - prompt_len)
+        if route is None:
+            return False
+        self.routes[request_id] = route.nodes
+        line = f"route {request_id}: {describe(route)}"
+        logger.info(line)
+        if self._log_path:
+            with open(self._log_path, "a") as log:
+                log.write(line + "\n")
+        return True
+
+    def never_fits(self) -> bool:
+        """Nothing is reserved, yet a request found no room: it will never fit."""
+        return not self.router.active
+
+    def release(self, request_id: str) -> None:
+        self.routes.pop(request_id, None)
+        self.router.on_finish(request_id)
+
+    def node_lost(self, node: str) -> list[str] | None:
+        """Stop routing through `node`; the requests routed through it, or None if already known."""
+        if node in self.lost:
+            return None
+        self.lost.add(node)
+        self.router.on_node_lost(node)
+        return [rid for rid, nodes in self.routes.items() if node in nodes]

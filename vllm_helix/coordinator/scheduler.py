@@ -1,0 +1,98 @@
+"""HelixScheduler: vLLM's scheduler, admitting a request only when the router finds it a route.
+
+The shape of vllm-spyre's scheduler: before `schedule()`, waiting requests the router cannot place
+with KV room on every hop are set aside, vLLM schedules the rest, and they are put back in order.
+Routes are released when requests finish or abort (`_free_request`). Requests whose node failed are
+finished with an error through vLLM's own error path (FINISHED_ERROR -> finish_reason "error").
+
+Each batch carries the requests of one route (its "lane"): a batch finishes when its slowest request
+does, so mixing a fast replica's requests with a slow one's would hold the fast nodes back. With the
+completion-order batch queue (patches/batch_queue.py) every route then runs at its own pace.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request
+
+from vllm_helix.coordinator.coordinator import current
+
+logger = logging.getLogger(__name__)
+
+
+class HelixScheduler(Scheduler):
+    running: list[Request]  # vLLM's (annotated for the type checker)
+
+    def schedule(self, *args, **kwargs):
+        routes = current().route_book()
+        held: list[Request] = []
+        impossible: list[Request] = []
+        for request in list(self.waiting):
+            rid = request.request_id
+            if rid in routes.routes:
+                continue
+            if not routes.admit(rid, request.num_prompt_tokens, request.max_tokens):
+                (impossible if routes.never_fits() else held).append(request)
+        if impossible:  # held out of this schedule, finished with an error at the next update
+            logger.error("requests %s need more KV cache than the cluster has", [r.request_id for r in impossible])
+            self._fail_next_update(r.request_id for r in impossible)
+        hidden_running, hidden_waiting = self._other_lanes(routes.routes, set(held) | set(impossible))
+        running: list[Request] = self.running
+        if hidden_running:
+            self.running = [r for r in running if r not in hidden_running]
+        if hidden_waiting:
+            self.waiting.remove_requests(hidden_waiting)
+        try:
+            return super().schedule(*args, **kwargs)
+        finally:
+            if hidden_running:  # hidden ones keep their places; newly admitted ones go last, as in vLLM
+                still, before = set(self.running), set(running)
+                self.running = [r for r in running if r in hidden_running or r in still] + [
+                    r for r in self.running if r not in before]
+            if hidden_waiting:
+                self.waiting.prepend_requests(hidden_waiting)
+
+    def _other_lanes(self, routes: dict[str, list[str]], unroutable: set) -> tuple[set, list]:
+        """Requests to hide from this schedule: running and waiting ones of other routes than the chosen
+        one (a route with no batch in flight first), unroutable ones, and waiting ones beyond the free
+        running slots (vLLM counts only the running requests it sees)."""
+        def lane(request) -> tuple[str, ...] | None:
+            route = routes.get(request.request_id)
+            return tuple(route) if route else None
+
+        ready = [r for r in self.running if _schedulable(r)] + [r for r in self.waiting if r not in unroutable]
+        busy = {lane(r) for r in self.running if not _schedulable(r)}
+        first = next((r for r in ready if lane(r) not in busy), ready[0] if ready else None)
+        chosen = lane(first) if first is not None else None
+        hidden_running = {r for r in self.running if chosen is not None and lane(r) != chosen}
+        room = self.max_num_running_reqs - len(self.running)
+        hidden_waiting = []
+        for request in self.waiting:  # in queue order, so that prepending them back keeps it
+            if request in unroutable or lane(request) != chosen or room <= 0:
+                hidden_waiting.append(request)
+            else:
+                room -= 1
+        return hidden_running, hidden_waiting
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        failed = current().book.take_failed()
+        if failed:
+            logger.error("requests failed on the cluster: %s", failed)
+            self._fail_next_update(failed)
+        return super().update_from_output(scheduler_output, model_runner_output)
+
+    def _fail_next_update(self, request_ids) -> None:
+        # vLLM finishes the ids in this set with FINISHED_ERROR and emits their outputs in
+        # update_from_output (its path for requests that cannot go on); the scheduler-internals seam (seams.py).
+        self.encoder_cache_mismatch_reqs.update(rid for rid in request_ids if rid in self.requests)
+
+    def _free_request(self, request, *args, **kwargs):
+        current().route_book().release(request.request_id)
+        return super()._free_request(request, *args, **kwargs)
+
+
+def _schedulable(request) -> bool:
+    """It has tokens to compute now (not all of them sent off in a batch still in flight)."""
+    return request.num_computed_tokens < request.num_tokens

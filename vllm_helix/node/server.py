@@ -1,0 +1,276 @@
+"""One cluster node (`vllm-helix worker --plan P --node N`): a partial-layer worker behind the transport.
+
+Loop: say Hello to the coordinator until it answers Start (so start order does not matter); then take
+every queued Step (possibly from several previous hops and several in-flight batches), run them as one
+batch on the partial-layer worker, and send each request's output to the next node of its route — the
+sampled tokens to the coordinator on the last range. A failing batch is reported as Failed for its
+requests; the node keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from vllm_helix import wire as p
+from vllm_helix.errors import FrameRejected, HelixError, PeerLost, StartupError, TransportTimeout
+from vllm_helix.node.types import HiddenResult, StepItem, TokenResult
+from vllm_helix.wire import COORDINATOR_PEER, Channel, Received
+
+if TYPE_CHECKING:
+    from vllm_helix.node.partial_worker import PartialLayerWorker
+
+logger = logging.getLogger(__name__)
+HELLO_INTERVAL_S = 0.5
+STATS_INTERVAL_S = 10.0
+
+
+@dataclass
+class _Stats:
+    """How busy the node was since the last report: the first thing to look at when a cluster is slow."""
+
+    since: float = field(default_factory=time.monotonic)
+    busy_s: float = 0.0
+    batches: int = 0
+    tokens: int = 0
+
+    def add(self, seconds: float, tokens: int) -> None:
+        self.busy_s += seconds
+        self.batches += 1
+        self.tokens += tokens
+
+    def due(self) -> bool:
+        return time.monotonic() - self.since >= STATS_INTERVAL_S
+
+    def report(self, node: str) -> _Stats:
+        """Log and start over (every STATS_INTERVAL_S)."""
+        wall = time.monotonic() - self.since
+        if self.batches:
+            logger.info("node %s: busy %.0f%% of the last %.0f s, %d batches, %.0f tokens/s, %.1f ms per batch",
+                        node, 100 * self.busy_s / wall, wall, self.batches, self.tokens / wall,
+                        1e3 * self.busy_s / self.batches)
+        return _Stats()
+
+
+@dataclass
+class _Pending:
+    """Steps taken from the queue for one worker batch."""
+
+    items: list[StepItem] = field(default_factory=list)
+    step_of: dict[str, int] = field(default_factory=dict)  # request id -> step id
+    tokens: int = 0
+
+
+class NodeServer:
+    def __init__(self, name: str, worker: PartialLayerWorker, channel: Channel, addresses: dict[str, str]):
+        self.name, self.worker, self.channel = name, worker, channel
+        self.addresses = addresses  # peer name -> transport address
+        # a batch stays within the worker's own vLLM limits
+        self.token_budget = worker.config.max_num_batched_tokens
+        self.seq_budget = worker.config.max_num_seqs
+        self.routes: dict[str, list[str]] = {}
+        self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
+        self.deferred: list[Received] = []
+        self.running = True
+        self.stats = _Stats()  # since the last report
+        self.served = _Stats()  # since the start, reported to the coordinator
+
+    # ------------------------------------------------------------------ start-up
+
+    def hello(self) -> p.Hello:
+        stats = self.worker.kv_stats()
+        return p.Hello(self.name, [self.worker.start, self.worker.end], stats.total_tokens, stats.block_size,
+                       self.worker.hidden_size, self.worker.dtype)
+
+    def wait_for_start(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                self.channel.send(COORDINATOR_PEER, self.hello())  # queued until the coordinator is there
+            except (PeerLost, TransportTimeout):  # not up yet; the transport keeps re-dialling it
+                time.sleep(HELLO_INTERVAL_S)
+                continue
+            try:
+                received = self.channel.recv(HELLO_INTERVAL_S)
+            except (FrameRejected, PeerLost):
+                continue  # the coordinator may not be up yet
+            if received is None:
+                continue
+            message = received.message
+            if isinstance(message, p.Start):
+                logger.info("node %s: cluster started", self.name)
+                return
+            if isinstance(message, p.Shutdown):
+                raise StartupError(f"node {self.name}: the coordinator shut down before the cluster started")
+            self.deferred.append(received)
+        raise StartupError(f"node {self.name}: no coordinator at {self.addresses.get(COORDINATOR_PEER)} "
+                         f"after {timeout_s:.0f} s")
+
+    # ------------------------------------------------------------------ serving
+
+    def serve_forever(self) -> None:
+        while self.running:
+            batch = self._collect(timeout_s=1.0)
+            if batch.items:
+                self._run(batch)
+            if self.stats.due():
+                self.stats = self.stats.report(self.name)
+                self._report_busy()
+
+    def _report_busy(self) -> None:
+        served = self.served
+        busy = p.Busy(self.name, served.busy_s, served.batches, served.tokens, idle=not self.routes)
+        with contextlib.suppress(PeerLost, TransportTimeout):  # the coordinator is gone: nobody to tell
+            self.channel.send(COORDINATOR_PEER, busy)
+
+    def _collect(self, timeout_s: float) -> _Pending:
+        """Merge queued steps into one batch, never two steps of the same request (order matters)."""
+        batch = _Pending()
+        wait = timeout_s
+        while True:
+            try:
+                received = self.deferred.pop(0) if self.deferred else self.channel.recv(wait)
+            except FrameRejected as exc:
+                logger.warning("node %s: dropped a malformed message: %s", self.name, exc)
+                continue
+            except PeerLost as exc:
+                logger.warning("node %s: %s", self.name, exc)
+                continue
+            if received is None:
+                return batch
+            wait = 0.0
+            message = received.message
+            if isinstance(message, p.Step):
+                try:
+                    merged = self._merge(batch, message, received)
+                except (FrameRejected, HelixError) as exc:  # that step fails, the node goes on
+                    self._reply_failed(message.step_id, [i.request_id for i in message.items], exc)
+                    continue
+                if not merged:
+                    self.deferred.insert(0, received)
+                    return batch
+            elif isinstance(message, p.Free):
+                self._free(message.request_ids)
+            elif isinstance(message, p.Shutdown):
+                self.running = False
+                return batch
+            elif isinstance(message, p.Start):
+                continue
+
+    def _merge(self, batch: _Pending, step: p.Step, received: Received) -> bool:
+        tokens = sum(item.num_tokens for item in step.items)
+        clash = any(item.request_id in batch.step_of for item in step.items)
+        too_big = batch.tokens + tokens > self.token_budget or len(batch.items) + len(step.items) > self.seq_budget
+        if batch.items and (clash or too_big):
+            return False
+        hidden, residual = self._payload(step, received)
+        for i, item in enumerate(step.items):
+            if item.new is not None and item.request_id not in self.routes:
+                self.routes[item.request_id] = item.new.route
+                if not self.worker.is_last:
+                    self._introduce[item.request_id] = item.new
+                self.worker.add_request(item.request_id, item.new.prompt_token_ids,
+                                        p.decode_sampling(item.new.sampling))
+            batch.items.append(StepItem(item.request_id, item.start_position, item.num_tokens,
+                                        list(item.token_ids), hidden[i] if hidden else None,
+                                        residual[i] if residual else None, _bitmask(item.grammar)))
+            batch.step_of[item.request_id] = step.step_id
+        batch.tokens += tokens
+        return True
+
+    @staticmethod
+    def _payload(step: p.Step, received: Received):
+        """Per-item (hidden states, residual) rows; none for the first hop."""
+        if not received.tensors:
+            return None, None
+        counts = [item.num_tokens for item in step.items]
+        if len(received.tensors) != 2 or any(t.shape[0] != sum(counts) for t in received.tensors):
+            raise FrameRejected(f"step {step.step_id}: payloads do not match its {sum(counts)} tokens")
+        return tuple(torch.split(t, counts, dim=0) for t in received.tensors)
+
+    def _run(self, batch: _Pending) -> None:
+        started = time.monotonic()
+        try:
+            results = self.worker.execute(batch.items)
+            busy = time.monotonic() - started
+            for stats in (self.stats, self.served):
+                stats.add(busy, batch.tokens)
+        except Exception as exc:  # noqa: BLE001 - any failure fails these requests, not the node
+            logger.exception("node %s: batch failed", self.name)
+            for step_id, rids in _group(batch.step_of).items():
+                self._reply_failed(step_id, rids, exc)
+            return
+        if self.worker.is_last:
+            self._send_tokens(batch, results)  # type: ignore[arg-type]  # the last range returns TokenResults
+        else:
+            self._forward(batch, results)  # type: ignore[arg-type]  # the others HiddenResults
+
+    def _reply_failed(self, step_id: int, request_ids: list[str], exc: Exception) -> None:
+        self.channel.send(COORDINATOR_PEER, p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))
+
+    def _send_tokens(self, batch: _Pending, results: list[TokenResult]) -> None:
+        by_step: dict[int, list[p.TokenOut]] = {}
+        for result in results:
+            by_step.setdefault(batch.step_of[result.request_id], []).append(
+                p.TokenOut(result.request_id, result.token_id, result.logprob_row, result.prompt_logprobs))
+        for step_id, outs in by_step.items():
+            self.channel.send(COORDINATOR_PEER, p.Tokens(step_id, outs))
+
+    def _forward(self, batch: _Pending, results: list[HiddenResult]) -> None:
+        items = {item.request_id: item for item in batch.items}
+        groups: dict[tuple[str, int], list[HiddenResult]] = {}
+        for result in results:
+            groups.setdefault((self._next_hop(result.request_id), batch.step_of[result.request_id]), []).append(result)
+        for (peer, step_id), group in groups.items():
+            out_items = [self._next_item(items[r.request_id]) for r in group]
+            hidden = torch.cat([r.hidden_states for r in group]).contiguous()
+            residual = torch.cat([r.residual for r in group]).contiguous()
+            try:
+                self._ensure_peer(peer)
+                self.channel.send(peer, p.Step(step_id, out_items), [hidden, residual])
+            except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: these requests fail
+                self._reply_failed(step_id, [r.request_id for r in group], exc)
+
+    def _next_item(self, item: StepItem) -> p.Item:
+        # every hop learns the decode token, as vLLM's pipeline stages do; the grammar mask rides to the last
+        mask = b"" if item.grammar_bitmask is None else item.grammar_bitmask.tobytes()
+        return p.Item(item.request_id, item.start_position, item.num_tokens, list(item.new_token_ids),
+                      new=self._introduce.pop(item.request_id, None), grammar=mask)
+
+    def _next_hop(self, request_id: str) -> str:
+        route = self.routes[request_id]
+        return route[route.index(self.name) + 1]
+
+    def _ensure_peer(self, peer: str) -> None:
+        if peer not in self.channel.peers():
+            self.channel.connect(peer, self.addresses[peer])
+
+    def _free(self, request_ids: list[str]) -> None:
+        freed = [rid for rid in request_ids if rid in self.routes]
+        for rid in freed:
+            del self.routes[rid]
+            self._introduce.pop(rid, None)
+            self.worker.free_request(rid)
+        if freed and not self.routes:
+            self._report_busy()  # gone idle: the coordinator sums up the run
+
+
+def _bitmask(grammar: bytes) -> np.ndarray | None:
+    if not grammar:
+        return None
+    if len(grammar) % 4:
+        raise FrameRejected(f"a grammar bitmask of {len(grammar)} bytes is not int32 rows")
+    return np.frombuffer(grammar, dtype=np.int32).copy()
+
+
+def _group(step_of: dict[str, int]) -> dict[int, list[str]]:
+    groups: dict[int, list[str]] = {}
+    for rid, step_id in step_of.items():
+        groups.setdefault(step_id, []).append(rid)
+    return groups

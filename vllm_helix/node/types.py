@@ -1,0 +1,84 @@
+"""Plain per-step batch and result types of the partial-layer worker (dataclasses of tensors and lists,
+so a transport can serialize them field by field)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from vllm_helix.wire import PromptLogprobRows
+
+
+@dataclass(slots=True)
+class StepItem:
+    """One request's share of a batch on one node.
+
+    ``start_position`` is the position of the first token of this step, which must equal the number of
+    the request's tokens already in this node's KV cache. A prefill chunk covers prompt positions
+    ``[start_position, start_position + num_tokens)``; a decode step has ``num_tokens == 1`` and carries
+    the token sampled by the last node in ``new_token_ids`` (the first node embeds it).
+    ``hidden_states`` / ``residual`` ([num_tokens, hidden_size]) come from the previous node; the first
+    node gets None. ``grammar_bitmask`` (int32, one bit per vocabulary token) is the scheduler's structured-output
+    mask for the token this step samples; the last node applies it to the logits before sampling.
+    """
+
+    request_id: str
+    start_position: int
+    num_tokens: int
+    new_token_ids: list[int] = field(default_factory=list)
+    hidden_states: torch.Tensor | None = None
+    residual: torch.Tensor | None = None
+    grammar_bitmask: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class HiddenResult:
+    """Output of a non-last node for one request: the residual stream, split as vLLM's PP stages do."""
+
+    request_id: str
+    hidden_states: torch.Tensor
+    residual: torch.Tensor
+
+
+@dataclass(slots=True)
+class TokenResult:
+    """Output of the last node for one request. ``token_id`` is None for a prefill chunk that does not
+    end the prompt (nothing is sampled yet)."""
+
+    request_id: str
+    token_id: int | None
+    logprobs: dict[int, float] | None = None  # token id -> logprob: the sampled one + top-k asked for
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" (eos or a stop token) or "length"
+    # vLLM's row as sampled: ids and logprobs of [sampled, top-1, ..., top-k], and the sampled token's rank
+    logprob_row: tuple[list[int], list[float], int] | None = None
+    # prompt_logprobs requests, on the step that ends the prompt: rows for prompt positions 1.. of
+    # ids [prompt token, top-1, ..., top-k], their logprobs, and the prompt token's rank
+    prompt_logprobs: PromptLogprobRows | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KVStats:
+    """A node's paged KV cache: capacity and use, in blocks and tokens."""
+
+    block_size: int
+    total_blocks: int
+    used_blocks: int
+    num_layers: int
+    bytes_per_block: int
+
+    @property
+    def free_blocks(self) -> int:
+        return self.total_blocks - self.used_blocks
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_blocks * self.block_size
+
+    @property
+    def free_tokens(self) -> int:
+        return self.free_blocks * self.block_size

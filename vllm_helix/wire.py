@@ -1,0 +1,213 @@
+"""The wire protocol between the coordinator (HelixExecutor, in `vllm serve`) and the nodes (`vllm-helix worker`).
+
+Both processes import this one module: the messages, how they ride the transport, and `Channel`, the
+serving path's view of an endpoint (Helix messages to named peers, from any peer).
+
+A message is the transport header's `meta` (msgspec structs as msgpack, one encoding for the whole
+header) with `kind` = "helix/<version>", plus tensor payloads (zero-copy both ways). A `Step` carries the
+per-request items of one batch for one node; the hidden states and residuals of all items travel as two
+payload tensors, concatenated in item order (rows = tokens). Nodes answer the coordinator with `Tokens`
+(last range) or `Failed`; `Hello`/`Start` bring the cluster up (`Progress` reports each start-up phase on
+the way); `Free` releases a finished request's KV blocks; `Busy` reports a node's compute time.
+`VLLM_HELIX_TRANSPORT=pyzmq` swaps the C++ endpoint for the pyzmq one (same interface), for comparisons.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from vllm_helix.comm import Header, Transport, tensor_spec
+from vllm_helix.errors import FrameRejected, TransportTimeout
+
+if TYPE_CHECKING:
+    import torch
+    from vllm import SamplingParams
+
+PROTOCOL_VERSION = 2  # 2: grammar bitmask rows in Item, prompt logprobs in TokenOut
+KIND = f"helix/{PROTOCOL_VERSION}"
+LogprobRow = tuple[list[int], list[float], int]  # ids, logprobs, rank of the sampled token
+# per prompt position 1..: ids and logprobs of [prompt token, top-1, ..., top-k], and the prompt token's rank
+PromptLogprobRows = tuple[list[list[int]], list[list[float]], list[int]]
+COORDINATOR_PEER = "coordinator"  # the coordinator's name on the transport
+
+
+class NewRequest(msgspec.Struct, frozen=True):
+    """Sent with a request's first step on each node of its route."""
+
+    prompt_token_ids: list[int]
+    route: list[str]  # node names, first hop first
+    sampling: bytes = b""  # msgpack of vllm.SamplingParams (the last node samples)
+
+
+class Item(msgspec.Struct, frozen=True):
+    request_id: str
+    start_position: int
+    num_tokens: int
+    token_ids: list[int] = []  # for the first node: the prompt chunk, or the last sampled token
+    new: NewRequest | None = None
+    # structured outputs: the scheduler's grammar bitmask row for the token sampled this step (int32 bytes);
+    # every hop passes it on, the last node masks the logits with it before sampling
+    grammar: bytes = b""
+
+
+class Step(msgspec.Struct, tag="step", frozen=True):
+    step_id: int
+    items: list[Item]
+
+
+class TokenOut(msgspec.Struct, frozen=True):
+    request_id: str
+    token_id: int | None  # None: a prefill chunk that does not finish the prompt
+    logprob_row: LogprobRow | None = None
+    # prompt_logprobs requests, once their prompt is done (vLLM's LogprobsTensors as lists)
+    prompt_logprobs: PromptLogprobRows | None = None
+
+
+class Tokens(msgspec.Struct, tag="tokens", frozen=True):
+    step_id: int
+    results: list[TokenOut]
+
+
+class Failed(msgspec.Struct, tag="failed", frozen=True):
+    step_id: int
+    request_ids: list[str]
+    node: str
+    error: str
+
+
+class Free(msgspec.Struct, tag="free", frozen=True):
+    request_ids: list[str]
+
+
+class Hello(msgspec.Struct, tag="hello", frozen=True):
+    node: str
+    layers: list[int]
+    kv_tokens: int  # tokens of KV cache this node holds for each of its layers
+    kv_block_tokens: int  # it allocates KV in blocks of this many tokens (128 on vLLM's CPU backend)
+    hidden_size: int
+    dtype: str  # of its weights and activations; must match the server's
+
+
+class Progress(msgspec.Struct, tag="progress", frozen=True):
+    """A node entered a start-up phase: loading, compiling, warming up, ready."""
+
+    node: str
+    layers: list[int]
+    phase: str
+    elapsed_s: float  # since the node's process started
+
+    def line(self) -> str:
+        """The same line in the node's log and in the coordinator's (`vllm serve`'s)."""
+        return f"node {self.node} [{self.layers[0]}, {self.layers[1]}): {self.phase:<10} {self.elapsed_s:6.1f} s"
+
+
+class Busy(msgspec.Struct, tag="busy", frozen=True):
+    """A node's compute since it started serving: sent every stats interval and when it goes idle."""
+
+    node: str
+    busy_s: float  # seconds spent running batches
+    batches: int
+    tokens: int
+    idle: bool  # no request is routed through the node now
+
+
+class Start(msgspec.Struct, tag="start", frozen=True):
+    pass
+
+
+class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
+    pass
+
+
+Message = Step | Tokens | Failed | Free | Hello | Progress | Busy | Start | Shutdown
+
+
+def encode(message: Message, tensors: Sequence[torch.Tensor] = ()) -> Header:
+    """The transport header of `message` with these payload tensors."""
+    return Header(kind=KIND, tensors=tuple(tensor_spec(t) for t in tensors),
+                  meta=msgspec.to_builtins(message, builtin_types=(bytes,)))
+
+
+def decode(header: Header) -> Message:
+    """Raises FrameRejected for anything that is not a valid message of this protocol version."""
+    if header.kind != KIND:
+        if header.kind.startswith("helix/"):
+            raise FrameRejected(f"helix message version {header.kind.removeprefix('helix/')}, "
+                                f"expected {PROTOCOL_VERSION}")
+        raise FrameRejected(f"not a helix message: kind {header.kind!r}")
+    try:
+        return msgspec.convert(header.meta, Message)
+    except msgspec.ValidationError as exc:
+        raise FrameRejected(f"malformed helix message: {exc}") from None
+
+
+# ------------------------------------------------------------------------- sampling parameters
+
+
+def encode_sampling(params: SamplingParams | None) -> bytes:
+    return msgspec.msgpack.encode(params) if params is not None else b""
+
+
+def decode_sampling(data: bytes) -> SamplingParams | None:
+    if not data:
+        return None
+    from vllm import SamplingParams
+
+    return msgspec.msgpack.decode(data, type=SamplingParams)
+
+
+# ------------------------------------------------------------------------- the channel
+
+
+@dataclass(slots=True)
+class Received:
+    peer: str
+    message: Message
+    tensors: list[torch.Tensor]  # viewing the received buffers
+
+
+def tcp(address: str) -> str:
+    return address if "://" in address else f"tcp://{address}"
+
+
+class Channel:
+    """Helix messages to named peers, from any peer, over a Transport."""
+
+    def __init__(self, endpoint: Transport):
+        self.endpoint = endpoint
+
+    def connect(self, peer: str, address: str) -> None:
+        self.endpoint.connect(peer, tcp(address))
+
+    def peers(self) -> set[str]:
+        return set(self.endpoint.peers())
+
+    def send(self, peer: str, message: Message, tensors: Sequence[torch.Tensor] = ()) -> None:
+        """Raises PeerLost (peer gone) or TransportTimeout (its queue stayed full)."""
+        self.endpoint.send(peer, encode(message, tensors), list(tensors), timeout=30.0)
+
+    def recv(self, timeout_s: float) -> Received | None:
+        """Next message, or None after `timeout_s`. Raises PeerLost, FrameRejected (that message only)."""
+        try:
+            raw = self.endpoint.recv(timeout_s)
+        except TransportTimeout:
+            return None
+        return Received(raw.sender, decode(raw.header), [raw.tensor(i) for i in range(len(raw.header.tensors))])
+
+    def close(self) -> None:
+        self.endpoint.close()
+
+
+def open_channel(name: str, bind: str) -> Channel:
+    if os.environ.get("VLLM_HELIX_TRANSPORT") == "pyzmq":
+        from vllm_helix.comm.pyzmq_endpoint import PyzmqEndpoint
+
+        return Channel(PyzmqEndpoint(name, tcp(bind)))
+    from vllm_helix.comm import Endpoint
+
+    return Channel(Endpoint(name, tcp(bind)))
