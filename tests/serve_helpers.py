@@ -6,11 +6,15 @@ import json
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import yaml
 
 # float32: bf16 rounding depends on batch shape, and nodes batch differently from one engine
 COMMON = ["--max-model-len", "512", "--max-num-batched-tokens", "64", "--max-num-seqs", "32", "--dtype", "float32"]
+# tool calling for the shared servers (plain and Helix): a tools chat template and vLLM's Hermes parser
+TOOLS = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+         "--chat-template", str(Path(__file__).with_name("serving") / "tool_chat_template.jinja")]
 PROMPTS = [
     "The capital of France is",
     "Once upon a time there was a little robot who liked to count the stars in the night sky.",

@@ -74,8 +74,9 @@ def add_helix_args(parser: Any) -> Any:
 
 
 def _require_plan(parser: Any) -> None:
-    """`--executor helix` needs exactly one of `--helix-plan` and `--helix-cluster` (a usage error at parse time,
-    not a traceback from the engine); with `--helix-cluster` the plan is made here, once, before any engine."""
+    """`--executor helix` needs exactly one of `--helix-plan` and `--helix-cluster`, and no feature the nodes cannot
+    carry (`unsupported.py`): usage errors at parse time, not a traceback from the engine. With `--helix-cluster`
+    the plan is made here, once, before any engine."""
     parse_known_args = parser.parse_known_args
 
     def checked(args=None, namespace=None):
@@ -88,6 +89,11 @@ def _require_plan(parser: Any) -> None:
         if not helix.get("plan") and not helix.get("cluster"):
             parser.error("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`) "
                          "or --helix-cluster CLUSTER.yaml (planned at start-up)")
+        from vllm_helix.unsupported import serve_flag_errors
+
+        errors = serve_flag_errors(namespace)
+        if errors:
+            parser.error("; ".join(errors))
         if helix.get("cluster"):
             _plan_at_start(parser, namespace, helix)
         if not helix.get("insecure"):

@@ -174,6 +174,34 @@ def _check_sampling_params_wire() -> None:
           "SamplingParams survives a msgpack round trip")
 
 
+def _check_request_checks() -> None:
+    from vllm.config import VllmConfig
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    _need({"params"} <= _params(InputProcessor._validate_params), "InputProcessor._validate_params(params)")
+    _need({"parameter"} <= _params(VLLMValidationError), "VLLMValidationError(message, parameter=...)")
+    _need("additional_config" in _fields(VllmConfig),
+          "VllmConfig.additional_config (where the plugin's options live)")
+
+
+def _check_grammar_bitmask() -> None:
+    from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
+
+    _need({"has_structured_output_requests", "pending_structured_output_tokens"} <= _fields(SchedulerOutput),
+          "SchedulerOutput.has_structured_output_requests / pending_structured_output_tokens")
+    _need({"structured_output_request_ids", "grammar_bitmask"} <= _fields(GrammarOutput),
+          "GrammarOutput(structured_output_request_ids, grammar_bitmask)")
+
+
+def _check_prompt_logprobs() -> None:
+    from vllm.v1.outputs import LogprobsTensors, ModelRunnerOutput
+
+    _need("prompt_logprobs_dict" in _fields(ModelRunnerOutput), "ModelRunnerOutput.prompt_logprobs_dict")
+    _need(LogprobsTensors._fields[:3] == ("logprob_token_ids", "logprobs", "selected_token_ranks"),
+          "LogprobsTensors(logprob_token_ids, logprobs, selected_token_ranks)")
+
+
 # ------------------------------------------------------------------ node side (vllm-helix worker)
 
 
@@ -259,7 +287,7 @@ SEAMS: tuple[Seam, ...] = (
          "vLLM lets general plugins add CLI arguments", _check_cli_args),
     Seam("parse-known-args", "plugin._require_plan", "the parser instance's parse_known_args (wrapped)",
          "`--executor helix` without `--helix-plan` (or `--helix-cluster`, planned right there) must be a usage "
-         "error at parse time, not an engine traceback",
+         "error at parse time, not an engine traceback; so must a feature the nodes cannot carry (unsupported.py)",
          "vLLM lets plugins validate parsed arguments", _check_parse_known_args),
     Seam("max-concurrent-batches", "coordinator/patches/max_concurrent_batches.py",
          "VllmConfig.max_concurrent_batches (property replaced)",
@@ -286,6 +314,19 @@ SEAMS: tuple[Seam, ...] = (
          "vllm.SamplingParams encoded as a msgspec Struct",
          "a request's sampling parameters travel to its last node; msgpack of vLLM's own struct keeps them whole",
          "never, while SamplingParams stays a msgspec Struct (else: encode its fields)", _check_sampling_params_wire),
+    Seam("request-checks", "coordinator/patches/request_checks.py",
+         "InputProcessor._validate_params (wrapped), VLLMValidationError",
+         "request fields the nodes cannot carry (unsupported.REQUEST_FIELDS) must be an HTTP 400, not a silently "
+         "different answer", "vLLM lets an executor refuse request features", _check_request_checks),
+    Seam("grammar-bitmask", "coordinator/executor.py (execute_model / sample_tokens), node/seam.grammar_output",
+         "SchedulerOutput.has_structured_output_requests, GrammarOutput (bitmask rows per request)",
+         "EngineCore computes the grammar bitmask after execute_model; the batch waits for it and the rows ride "
+         "to each route's last node, which samples under them as vLLM's own runner does",
+         "never (what vLLM's executors get), unless these types change", _check_grammar_bitmask),
+    Seam("prompt-logprobs", "coordinator/executor._model_output, node/partial_worker (last range)",
+         "ModelRunnerOutput.prompt_logprobs_dict, LogprobsTensors",
+         "prompt logprobs come from the last node's runner and go back to vLLM as its runner returns them",
+         "never (the runner's output), unless these types change", _check_prompt_logprobs),
     Seam("engine-config", "node/seam.make_vllm_config", "EngineArgs fields, VllmConfig.compute_hash",
          "a node needs the VllmConfig a whole-model engine gets, with its layer range in the compile-cache key",
          "never (public API), as long as the hash covers additional_config", _check_engine_config),

@@ -30,9 +30,11 @@ if TYPE_CHECKING:
     import torch
     from vllm import SamplingParams
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: grammar bitmask rows in Item, prompt logprobs in TokenOut
 KIND = f"helix/{PROTOCOL_VERSION}"
 LogprobRow = tuple[list[int], list[float], int]  # ids, logprobs, rank of the sampled token
+# per prompt position 1..: ids and logprobs of [prompt token, top-1, ..., top-k], and the prompt token's rank
+PromptLogprobRows = tuple[list[list[int]], list[list[float]], list[int]]
 COORDINATOR_PEER = "coordinator"  # the coordinator's name on the transport
 DENIED_CHECK_S = 1.0  # how often recv() looks for peers refused at the CURVE handshake
 logger = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ class Item(msgspec.Struct, frozen=True):
     num_tokens: int
     token_ids: list[int] = []  # for the first node: the prompt chunk, or the last sampled token
     new: NewRequest | None = None
+    # structured outputs: the scheduler's grammar bitmask row for the token sampled this step (int32 bytes);
+    # every hop passes it on, the last node masks the logits with it before sampling
+    grammar: bytes = b""
 
 
 class Step(msgspec.Struct, tag="step", frozen=True):
@@ -63,6 +68,8 @@ class TokenOut(msgspec.Struct, frozen=True):
     request_id: str
     token_id: int | None  # None: a prefill chunk that does not finish the prompt
     logprob_row: LogprobRow | None = None
+    # prompt_logprobs requests, once their prompt is done (vLLM's LogprobsTensors as lists)
+    prompt_logprobs: PromptLogprobRows | None = None
 
 
 class Tokens(msgspec.Struct, tag="tokens", frozen=True):

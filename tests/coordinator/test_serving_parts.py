@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -105,13 +106,69 @@ def test_a_bad_helix_option_value_is_a_usage_error(option, value, problem, capsy
         capsys.readouterr().err)
 
 
+def _serve_parser():
+    """`vllm serve`'s engine options plus the Helix ones (added once, whether or not the plugin patched vLLM)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    return parser if getattr(EngineArgs.add_cli_args, "_vllm_helix_patched", False) else add_helix_args(parser)
+
+
+@pytest.mark.parametrize("flags, feature", [
+    (["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2}'], "speculative decoding"),
+    (["--enable-lora"], "LoRA adapters"),
+    (["--runner", "pooling"], "pooling and embedding models"),
+    (["--convert", "embed"], "pooling and embedding models"),
+    (["--enable-prompt-embeds"], "prompt embeddings"),
+    (["--logprobs-mode", "processed_logprobs"], "logprobs mode"),
+    (["--tensor-parallel-size", "2"], "tensor parallelism"),
+    (["--async-scheduling"], "asynchronous scheduling"),
+])
+def test_features_the_nodes_cannot_carry_are_usage_errors(flags, feature, capsys):
+    parser = _serve_parser()
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--executor", "helix", "--helix-plan", LOCAL3, *flags])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"{flags[0]} " in err and feature in err
+    assert "is not supported with --executor helix" in err
+    parser.parse_args(flags)  # plain vLLM takes them
+
+
+def test_every_refused_flag_is_an_engine_argument_with_an_allowed_default():
+    """The table follows vLLM: a renamed or removed engine argument fails here, not silently in the check."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from vllm_helix.unsupported import SERVE_FLAGS, serve_flag_errors
+
+    fields = EngineArgs.__dataclass_fields__
+    assert [f.attribute for f in SERVE_FLAGS if f.attribute not in fields] == []
+    assert serve_flag_errors(_serve_parser().parse_args(["--executor", "helix", "--helix-plan", LOCAL3])) == []
+
+
+def test_models_and_request_fields_the_nodes_cannot_carry_are_named():
+    from vllm import SamplingParams
+
+    from vllm_helix.unsupported import model_error, request_error
+
+    assert model_error(False, "generate") is None
+    assert "a multimodal model is not supported with --executor helix" in model_error(True, "generate")
+    assert "a pooling model (embeddings" in model_error(False, "pooling")
+    assert request_error(SamplingParams(max_tokens=4)) is None
+    field, message = request_error(SamplingParams(max_tokens=4, thinking_token_budget=8))
+    assert field == "thinking_token_budget" and message.endswith("is not supported with --executor helix")
+
+
 def test_messages_round_trip_and_bad_frames_are_rejected():
     def over_the_wire(frame):
         return p.decode(decode_header(frame if isinstance(frame, bytes) else encode_header(frame)))
 
     new = p.NewRequest([1, 2, 3, 4, 5], ["a", "b"], b"\x01")
-    step = p.Step(3, [p.Item("r1", 0, 5, [], new), p.Item("r2", 9, 1, [42])])
+    mask = np.array([-1, 5, 1 << 30], dtype=np.int32)
+    step = p.Step(3, [p.Item("r1", 0, 5, [], new), p.Item("r2", 9, 1, [42], grammar=mask.tobytes())])
     assert over_the_wire(p.encode(step)) == step
+    assert (np.frombuffer(over_the_wire(p.encode(step)).items[1].grammar, dtype=np.int32) == mask).all()
+    tokens = p.Tokens(3, [p.TokenOut("r1", 7, ([7, 1], [-0.5, -0.25], 2), ([[4, 4, 9]], [[-1.5, -1.5, -2.0]], [1]))])
+    assert over_the_wire(p.encode(tokens)) == tokens
     for message in (p.Hello("a", [0, 2], 1024, 128, 256, "float32"), p.Progress("a", [0, 2], "compiling", 4.25),
                     p.Busy("a", 1.5, 12, 300, idle=True)):
         assert over_the_wire(p.encode(message)) == message

@@ -186,6 +186,36 @@ def test_stop_token_and_max_tokens_end_a_request(tiny_llama_path):
     assert stopped.token_ids == free.token_ids[: first + 1] and stopped.finish_reason == "stop"
 
 
+def test_last_range_masks_logits_with_the_grammar_bitmask_and_returns_prompt_logprobs(tiny_llama_path):
+    """Structured outputs: the bitmask row decides the token; prompt logprobs start with the prompt token itself."""
+    import numpy as np
+
+    from vllm_helix.node.seam import sampling_params
+    from vllm_helix.node.types import StepItem
+
+    first, last = _worker(tiny_llama_path, (0, 3)), _worker(tiny_llama_path, (3, 8))
+    prompt = _prompts()[1]  # 17 tokens
+    vocab = last.vllm_config.model_config.get_vocab_size()
+    results = {}
+    for rid, allowed in (("free", None), ("masked", 311)):
+        first.add_request(rid, prompt)
+        last.add_request(rid, prompt, sampling_params(temperature=0.0, max_tokens=4, prompt_logprobs=2))
+        mask = None
+        if allowed is not None:
+            mask = np.zeros(-(-vocab // 32), dtype=np.int32)
+            mask[allowed // 32] = np.int32(1 << (allowed % 32)) if allowed % 32 < 31 else np.int32(-(1 << 31))
+        (h,) = first.execute([StepItem(rid, 0, len(prompt))])
+        (t,) = last.execute([StepItem(rid, 0, len(prompt), [], h.hidden_states, h.residual, mask)])
+        results[rid] = t
+        for w in (first, last):
+            w.free_request(rid)
+    assert results["masked"].token_id == 311 != results["free"].token_id
+    ids, logprobs, ranks = results["free"].prompt_logprobs
+    assert len(ids) == len(prompt) - 1 and [row[0] for row in ids] == prompt[1:]  # the prompt token, then top-2
+    assert all(len(row) == 3 for row in ids) and all(r >= 1 for r in ranks)
+    assert results["masked"].prompt_logprobs == results["free"].prompt_logprobs  # the mask is for sampling only
+
+
 def test_kv_blocks_follow_chunks_and_are_freed(tiny_llama_path):
     from vllm_helix.node.types import StepItem
 

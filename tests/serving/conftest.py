@@ -1,5 +1,5 @@
 import pytest
-from serve_helpers import COMMON
+from serve_helpers import COMMON, TOOLS, write_plan
 
 from vllm_helix.vllm_server import VllmServer
 
@@ -7,5 +7,25 @@ from vllm_helix.vllm_server import VllmServer
 @pytest.fixture(scope="session")
 def plain(tiny_llama_path, tmp_path_factory):
     """Plain `vllm serve` of the tiny model: the reference for token equality."""
-    with VllmServer(tiny_llama_path, COMMON, log_path=tmp_path_factory.mktemp("plain") / "serve.log") as url:
+    with VllmServer(tiny_llama_path, [*COMMON, *TOOLS], log_path=tmp_path_factory.mktemp("plain") / "serve.log") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def helix(tiny_llama_path, tmp_path_factory):
+    """`vllm serve --executor helix` on a branching 3-node local plan (head [0, 2) -> fast | slow [2, 8)), with node
+    KV caches so small (--helix-kv-cache-bytes) that a burst of requests must queue. Yields (url, route log, server)."""
+    tmp = tmp_path_factory.mktemp("helix")
+    plan = write_plan(tmp, tiny_llama_path)
+    # 6 MiB per node, the same on every host: holds a 512-token sequence, but not the whole burst
+    server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan),
+                                          "--helix-route-log", str(tmp / "routes.log"),
+                                          "--helix-kv-cache-bytes", str(6 << 20), *COMMON, *TOOLS],
+                        log_path=tmp / "serve.log")
+    with server as url:
+        yield url, tmp / "routes.log", server
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that kill a node of the shared Helix server run after every other test that uses it."""
+    items.sort(key=lambda item: item.get_closest_marker("kills_a_node") is not None)

@@ -25,16 +25,6 @@ from vllm_helix.vllm_server import VllmServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
-@pytest.fixture(scope="module")
-def helix(tiny_llama_path, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("helix")
-    plan = write_plan(tmp, tiny_llama_path)
-    server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan),
-                                          "--helix-route-log", str(tmp / "routes.log"),
-                                          "--helix-kv-cache-bytes", str(6 << 20), *COMMON], log_path=tmp / "serve.log")
-    with server as url:
-        yield url, tmp / "routes.log", server
-
 
 def test_greedy_completions_match_plain_vllm(helix, plain, tiny_llama_path):
     ours = completion_tokens(helix[0], tiny_llama_path)
@@ -124,6 +114,7 @@ def test_over_long_prompt_is_http_400(helix, tiny_llama_path):
     assert info.value.code == 400
 
 
+@pytest.mark.kills_a_node
 def test_a_lost_node_fails_its_requests_and_the_rest_go_on(helix, tiny_llama_path):
     """Kill `slow` mid-burst: its requests end with an error, nothing hangs, later ones route via `fast`."""
     url, routes_log, server = helix

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING
 from vllm_helix import wire as p
 
 if TYPE_CHECKING:
-    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
     from vllm.v1.outputs import ModelRunnerOutput
 
 # (request ids, sampled token lists, logprob rows) -> vLLM's ModelRunnerOutput
-MakeOutput = Callable[[list[str], list[list[int]], list["p.LogprobRow | None"]], "ModelRunnerOutput"]
+# (request ids, sampled tokens, logprob rows, prompt logprob rows by request) -> vLLM's ModelRunnerOutput
+MakeOutput = Callable[[list[str], list[list[int]], list["p.LogprobRow | None"], dict[str, "p.PromptLogprobRows"]],
+                      "ModelRunnerOutput"]
 
 
 @dataclass(slots=True)
@@ -64,9 +66,14 @@ class BatchBook:
 
     # ------------------------------------------------------------------ outgoing
 
-    def build(self, scheduler_output: SchedulerOutput,
-              routes: dict[str, list[str]]) -> tuple[PendingBatch, dict[str, p.Step]]:
-        """A pending batch and the Step to send to each first hop."""
+    def build(self, scheduler_output: SchedulerOutput, routes: dict[str, list[str]],
+              grammar_output: GrammarOutput | None = None) -> tuple[PendingBatch, dict[str, p.Step]]:
+        """A pending batch and the Step to send to each first hop (with each structured-output request's grammar
+        bitmask row, which the hops pass on to the last node)."""
+        masks = {}
+        if grammar_output is not None:
+            bitmask = grammar_output.grammar_bitmask
+            masks = {rid: bitmask[i].tobytes() for i, rid in enumerate(grammar_output.structured_output_request_ids)}
         for new in scheduler_output.scheduled_new_reqs:
             self.requests[new.req_id] = RequestState(
                 list(new.prompt_token_ids or []), routes[new.req_id], p.encode_sampling(new.sampling_params))
@@ -79,7 +86,8 @@ class BatchBook:
             self._next_step += 1
             for rid, count in scheduler_output.num_scheduled_tokens.items():
                 state = self.requests[rid]
-                by_hop.setdefault(state.route[0], []).append(self._item(rid, state, computed[rid], count))
+                by_hop.setdefault(state.route[0], []).append(
+                    self._item(rid, state, computed[rid], count, masks.get(rid, b"")))
             now = time.monotonic()
             batch = PendingBatch(step_id, list(scheduler_output.num_scheduled_tokens), now + self._timeout)
             if not self.pending:
@@ -89,13 +97,13 @@ class BatchBook:
             self._finish(batch)
         return batch, {hop: p.Step(step_id, items) for hop, items in by_hop.items()}
 
-    def _item(self, rid: str, state: RequestState, start: int, count: int) -> p.Item:
+    def _item(self, rid: str, state: RequestState, start: int, count: int, grammar: bytes) -> p.Item:
         decode = start >= len(state.prompt_token_ids)
         new = None
         if not state.introduced:
             state.introduced = True
             new = p.NewRequest(state.prompt_token_ids, state.route, state.sampling)
-        return p.Item(rid, start, count, state.output_token_ids[-1:] if decode else [], new)
+        return p.Item(rid, start, count, state.output_token_ids[-1:] if decode else [], new, grammar)
 
     def forget(self, request_ids: set[str]) -> dict[str, list[str]]:
         """Drop finished requests; returns their routes (their nodes must free KV)."""
@@ -156,7 +164,8 @@ class BatchBook:
         outs = [batch.tokens.get(rid) for rid in batch.request_ids]
         sampled = [[o.token_id] if o is not None and o.token_id is not None else [] for o in outs]
         rows = [o.logprob_row if o is not None and o.token_id is not None else None for o in outs]
-        batch.future.set_result(self._make_output(batch.request_ids, sampled, rows))
+        prompt_rows = {o.request_id: o.prompt_logprobs for o in outs if o is not None and o.prompt_logprobs}
+        batch.future.set_result(self._make_output(batch.request_ids, sampled, rows, prompt_rows))
 
     def take_failed(self) -> dict[str, str]:
         with self._lock:

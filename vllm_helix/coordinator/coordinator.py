@@ -30,7 +30,7 @@ from vllm_helix.planner.plan import Plan
 from vllm_helix.wire import COORDINATOR_PEER, Channel, open_channel
 
 if TYPE_CHECKING:
-    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
     from vllm.v1.outputs import ModelRunnerOutput
 
 logger = logging.getLogger(__name__)
@@ -130,10 +130,11 @@ class ServingCoordinator:
 
     # ------------------------------------------------------------------ batches
 
-    def submit(self, scheduler_output: SchedulerOutput) -> Future[ModelRunnerOutput]:
+    def submit(self, scheduler_output: SchedulerOutput,
+               grammar_output: GrammarOutput | None = None) -> Future[ModelRunnerOutput]:
         self._free(scheduler_output.finished_req_ids)
         assert self.routes is not None
-        batch, steps = self.book.build(scheduler_output, self.routes.routes)
+        batch, steps = self.book.build(scheduler_output, self.routes.routes, grammar_output)
         if steps:
             self._start_serving()
         for hop, step in steps.items():

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from vllm.v1.executor.abstract import Executor
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheSpec
-from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
+from vllm.v1.outputs import LogprobsLists, LogprobsTensors, ModelRunnerOutput
 
 from vllm_helix.coordinator.coordinator import ServingCoordinator
 from vllm_helix.errors import ConfigError, HelixError
@@ -25,7 +25,8 @@ from vllm_helix.node.config import WorkerConfig
 from vllm_helix.options import helix_options
 from vllm_helix.planner.files import load_plan
 from vllm_helix.seams import check_vllm_version
-from vllm_helix.wire import LogprobRow
+from vllm_helix.unsupported import model_error
+from vllm_helix.wire import LogprobRow, PromptLogprobRows
 
 if TYPE_CHECKING:
     from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
@@ -33,9 +34,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _model_output(req_ids: list[str], sampled: list[list[int]], rows: list[LogprobRow | None]) -> ModelRunnerOutput:
+def _model_output(req_ids: list[str], sampled: list[list[int]], rows: list[LogprobRow | None],
+                  prompt_rows: dict[str, PromptLogprobRows]) -> ModelRunnerOutput:
     return ModelRunnerOutput(req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)},
-                             sampled_token_ids=sampled, logprobs=_logprobs_lists(sampled, rows))
+                             sampled_token_ids=sampled, logprobs=_logprobs_lists(sampled, rows),
+                             prompt_logprobs_dict={rid: _logprobs_tensors(*row) for rid, row in prompt_rows.items()})
+
+
+def _logprobs_tensors(ids: list[list[int]], logprobs: list[list[float]], ranks: list[int]) -> LogprobsTensors:
+    """A request's prompt logprobs as vLLM's runner returns them (rows for prompt positions 1..)."""
+    return LogprobsTensors(torch.tensor(ids, dtype=torch.int64), torch.tensor(logprobs, dtype=torch.float32),
+                           torch.tensor(ranks, dtype=torch.int64))
 
 
 def _logprobs_lists(sampled: list[list[int]], rows: list[LogprobRow | None]) -> LogprobsLists | None:
@@ -54,6 +63,12 @@ def _logprobs_lists(sampled: list[list[int]], rows: list[LogprobRow | None]) -> 
                          np.array(ranks, dtype=np.int64))
 
 
+def _done(value: None) -> Future[None]:
+    future: Future[None] = Future()
+    future.set_result(value)
+    return future
+
+
 class HelixExecutor(Executor):
     uses_ray = False
     supports_pp = False
@@ -63,6 +78,9 @@ class HelixExecutor(Executor):
         options = helix_options(self.vllm_config.additional_config)
         if not options["plan"]:
             raise ConfigError("--executor helix needs --helix-plan PLAN.yaml (write one with `vllm-helix plan`)")
+        refused = model_error(self.model_config.is_multimodal_model, self.model_config.runner_type)
+        if refused:
+            raise ConfigError(f"{self.model_config.model}: {refused}")
         plan = load_plan(options["plan"])
         hf_layers = self.model_config.hf_text_config.num_hidden_layers
         if plan.model.num_layers != hf_layers:
@@ -82,6 +100,7 @@ class HelixExecutor(Executor):
         self.coordinator = ServingCoordinator(plan, self.model_config.model, options, _model_output, local_nodes)
         self.coordinator.start()
         self._last: Future | None = None
+        self._held: SchedulerOutput | None = None  # a batch waiting for its grammar bitmask (structured outputs)
 
     # ------------------------------------------------------------------ KV bookkeeping for vLLM
 
@@ -127,10 +146,18 @@ class HelixExecutor(Executor):
     # ------------------------------------------------------------------ batches
 
     def execute_model(self, scheduler_output: SchedulerOutput, non_block: bool = False):
+        """Send the batch now, unless a structured-output request samples in it: then it waits for the grammar
+        bitmask that EngineCore computes after this call and hands to `sample_tokens` (None = "sample next")."""
+        if scheduler_output.has_structured_output_requests and scheduler_output.total_num_scheduled_tokens:
+            self._held, self._last = scheduler_output, None
+            return _done(None) if non_block else None
         self._last = self.coordinator.submit(scheduler_output)
         return self._last if non_block else self._last.result()
 
     def sample_tokens(self, grammar_output: GrammarOutput | None, non_block: bool = False):
+        if self._held is not None:  # the grammar bitmask rides with the batch to each route's last node
+            self._last = self.coordinator.submit(self._held, grammar_output)
+            self._held = None
         assert self._last is not None
         return self._last if non_block else self._last.result()
 

@@ -85,7 +85,7 @@ class HelixScheduler(Scheduler):
 
     def _fail_next_update(self, request_ids) -> None:
         # vLLM finishes the ids in this set with FINISHED_ERROR and emits their outputs in
-        # update_from_output (its path for requests that cannot go on); checked by test_vllm_compat.
+        # update_from_output (its path for requests that cannot go on); the scheduler-internals seam (seams.py).
         self.encoder_cache_mismatch_reqs.update(rid for rid in request_ids if rid in self.requests)
 
     def _free_request(self, request, *args, **kwargs):

@@ -29,14 +29,14 @@ from vllm_helix.node import seam
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.node.kv_blocks import BlockAllocator, blocks_for
 from vllm_helix.node.types import HiddenResult, KVStats, StepItem, TokenResult
-from vllm_helix.wire import LogprobRow
+from vllm_helix.wire import LogprobRow, PromptLogprobRows
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
     from vllm.config import VllmConfig
     from vllm.sequence import IntermediateTensors
     from vllm.v1.core.sched.output import SchedulerOutput
-    from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
+    from vllm.v1.outputs import LogprobsLists, LogprobsTensors, ModelRunnerOutput
     from vllm.v1.worker.worker_base import WorkerBase
 
 logger = logging.getLogger(__name__)
@@ -206,9 +206,11 @@ class PartialLayerWorker:
         """Run one batch; results come back in the order of ``batch``."""
         if not batch:
             return []
-        sched_out, incoming = self._prepare(batch)
+        # structured outputs: the scheduler's bitmask rows, applied before sampling as vLLM's runner does
+        masks = {i.request_id: i.grammar_bitmask for i in batch if i.grammar_bitmask is not None and self.is_last}
+        sched_out, incoming = self._prepare(batch, bool(masks))
         with torch.inference_mode(), self._range.active():
-            out = seam.run_step(self._worker, sched_out, incoming)
+            out = seam.run_step(self._worker, sched_out, incoming, seam.grammar_output(masks))
         for item in batch:
             self._requests[item.request_id].num_computed += item.num_tokens
         if not self.is_last:
@@ -217,7 +219,8 @@ class PartialLayerWorker:
 
     # ------------------------------------------------------------ execute internals
 
-    def _prepare(self, batch: Sequence[StepItem]) -> tuple[SchedulerOutput, dict[str, dict[str, torch.Tensor]] | None]:
+    def _prepare(self, batch: Sequence[StepItem],
+                 structured: bool) -> tuple[SchedulerOutput, dict[str, dict[str, torch.Tensor]] | None]:
         new_reqs, cached, scheduled = [], [], {}
         incoming: dict[str, dict[str, torch.Tensor]] = {}
         for item in batch:
@@ -250,7 +253,7 @@ class PartialLayerWorker:
                 )
             )
         finished, self._finished = self._finished, set()
-        return seam.scheduler_output(new_reqs, cached, scheduled, finished), incoming or None
+        return seam.scheduler_output(new_reqs, cached, scheduled, finished, structured), incoming or None
 
     def _state(self, item: StepItem) -> _Request:
         state = self._requests.get(item.request_id)
@@ -299,8 +302,9 @@ class PartialLayerWorker:
         for item in batch:
             i = index[item.request_id]
             sampled = out.sampled_token_ids[i]
+            prompt_logprobs = _prompt_logprob_rows(out.prompt_logprobs_dict.get(item.request_id))
             if not sampled:  # a prefill chunk that does not end the prompt
-                results.append(TokenResult(item.request_id, None))
+                results.append(TokenResult(item.request_id, None, prompt_logprobs=prompt_logprobs))
                 continue
             state = self._requests[item.request_id]
             token = int(sampled[-1])
@@ -308,7 +312,8 @@ class PartialLayerWorker:
             reason = self._finish_reason(state, token)
             row = _logprob_row(out.logprobs, i)
             logprobs = {t: lp for t, lp in zip(row[0], row[1], strict=True)} if row else None
-            results.append(TokenResult(item.request_id, token, logprobs, reason is not None, reason, row))
+            results.append(TokenResult(item.request_id, token, logprobs, reason is not None, reason, row,
+                                       prompt_logprobs))
         return results
 
     def _finish_reason(self, state: _Request, token: int) -> str | None:
@@ -330,6 +335,14 @@ def _logprob_row(lists: LogprobsLists | None, i: int) -> LogprobRow | None:
         return None
     ids, lps = lists.logprob_token_ids[i], lists.logprobs[i]
     return [int(t) for t in ids], [float(lp) for lp in lps], int(lists.sampled_token_ranks[i])
+
+
+def _prompt_logprob_rows(tensors: LogprobsTensors | None) -> PromptLogprobRows | None:
+    """vLLM's prompt LogprobsTensors as lists: ids and logprobs of [prompt token, top-k...], the prompt token's rank."""
+    if tensors is None:
+        return None
+    ids, lps, ranks = tensors[:3]
+    return ids.tolist(), lps.tolist(), ranks.tolist()
 
 
 def _check_range(layer_range: tuple[int, int], total: int, num_layers_total: int | None) -> tuple[int, int]:

@@ -19,6 +19,10 @@ Each seam here is an entry of the ledger in ``vllm_helix/seams.py`` (why, until 
 * ``SchedulerOutput`` / ``NewRequestData`` / ``CachedRequestData`` are what the worker feeds the
   runner; with PP the non-last ranks learn sampled tokens from ``new_token_ids`` exactly as with
   vLLM's own non-async pipeline parallelism.
+* Structured outputs: on the last range ``sample_tokens`` gets a ``GrammarOutput`` (request ids + the
+  scheduler's int32 bitmask rows), which the runner applies with ``apply_grammar_bitmask`` before sampling,
+  as with vLLM's own executors. Prompt logprobs come back in ``ModelRunnerOutput.prompt_logprobs_dict``
+  (``LogprobsTensors``), sampled-token ones in ``.logprobs`` (``LogprobsLists``).
 * ``get_kv_cache_configs`` turns the local attention layers' specs and a byte budget into a
   ``KVCacheConfig``.
 """
@@ -33,11 +37,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    import numpy as np
     from vllm import SamplingParams
     from vllm.config import VllmConfig
     from vllm.distributed.parallel_state import GroupCoordinator
     from vllm.sequence import IntermediateTensors
-    from vllm.v1.core.sched.output import NewRequestData, SchedulerOutput
+    from vllm.v1.core.sched.output import GrammarOutput, NewRequestData, SchedulerOutput
     from vllm.v1.kv_cache_interface import KVCacheConfig, KVCacheSpec
     from vllm.v1.outputs import ModelRunnerOutput
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
@@ -324,6 +329,7 @@ def scheduler_output(
     cached: list[tuple[str, list[int], list[int], int, int]],
     num_scheduled: dict[str, int],
     finished: set[str],
+    has_structured_output: bool = False,
 ) -> Any:
     """``cached`` rows: (req_id, new_token_ids, new_block_ids, num_computed, num_output_tokens)."""
     from vllm.v1.core.sched.output import CachedRequestData, SchedulerOutput
@@ -346,17 +352,28 @@ def scheduler_output(
         scheduled_encoder_inputs={},
         finished_req_ids=finished,
         free_encoder_mm_hashes=[],
+        has_structured_output_requests=has_structured_output,
     )
 
 
-def run_step(worker: WorkerBase, sched_out: SchedulerOutput,
-             incoming: dict[str, dict[str, torch.Tensor]] | None) -> ModelRunnerOutput | IntermediateTensors:
-    """One forward: IntermediateTensors (non-last) or a ModelRunnerOutput (last, sampled)."""
+def grammar_output(bitmasks: dict[str, np.ndarray]) -> GrammarOutput | None:
+    """vLLM's GrammarOutput for the structured-output requests of a batch (request id -> int32 bitmask row)."""
+    import numpy as np
+    from vllm.v1.core.sched.output import GrammarOutput
+
+    if not bitmasks:
+        return None
+    return GrammarOutput(list(bitmasks), np.stack(list(bitmasks.values())))
+
+
+def run_step(worker: WorkerBase, sched_out: SchedulerOutput, incoming: dict[str, dict[str, torch.Tensor]] | None,
+             grammar: GrammarOutput | None = None) -> ModelRunnerOutput | IntermediateTensors:
+    """One forward: IntermediateTensors (non-last) or a ModelRunnerOutput (last, sampled under ``grammar``)."""
     runner = worker.model_runner
     runner._helix_incoming = incoming or {}
     out = runner.execute_model(sched_out, empty_intermediate_tensors() if incoming else None)
     if out is None:  # last rank: logits are waiting for the sampler
-        out = runner.sample_tokens(None)
+        out = runner.sample_tokens(grammar)
     runner._helix_incoming = {}
     return out
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from vllm_helix import wire as p
@@ -190,7 +191,7 @@ class NodeServer:
                                         p.decode_sampling(item.new.sampling))
             batch.items.append(StepItem(item.request_id, item.start_position, item.num_tokens,
                                         list(item.token_ids), hidden[i] if hidden else None,
-                                        residual[i] if residual else None))
+                                        residual[i] if residual else None, _bitmask(item.grammar)))
             batch.step_of[item.request_id] = step.step_id
         batch.tokens += tokens
         return True
@@ -229,7 +230,7 @@ class NodeServer:
         by_step: dict[int, list[p.TokenOut]] = {}
         for result in results:
             by_step.setdefault(batch.step_of[result.request_id], []).append(
-                p.TokenOut(result.request_id, result.token_id, result.logprob_row))
+                p.TokenOut(result.request_id, result.token_id, result.logprob_row, result.prompt_logprobs))
         for step_id, outs in by_step.items():
             self.channel.send(COORDINATOR_PEER, p.Tokens(step_id, outs))
 
@@ -249,9 +250,10 @@ class NodeServer:
                 self._reply_failed(step_id, [r.request_id for r in group], exc)
 
     def _next_item(self, item: StepItem) -> p.Item:
-        # every hop learns the decode token, as vLLM's pipeline stages do
+        # every hop learns the decode token, as vLLM's pipeline stages do; the grammar mask rides to the last
+        mask = b"" if item.grammar_bitmask is None else item.grammar_bitmask.tobytes()
         return p.Item(item.request_id, item.start_position, item.num_tokens, list(item.new_token_ids),
-                      new=self._introduce.pop(item.request_id, None))
+                      new=self._introduce.pop(item.request_id, None), grammar=mask)
 
     def _next_hop(self, request_id: str) -> str:
         route = self.routes[request_id]
@@ -269,6 +271,14 @@ class NodeServer:
             self.worker.free_request(rid)
         if freed and not self.routes:
             self._report_busy()  # gone idle: the coordinator sums up the run
+
+
+def _bitmask(grammar: bytes) -> np.ndarray | None:
+    if not grammar:
+        return None
+    if len(grammar) % 4:
+        raise FrameRejected(f"a grammar bitmask of {len(grammar)} bytes is not int32 rows")
+    return np.frombuffer(grammar, dtype=np.int32).copy()
 
 
 def _group(step_of: dict[str, int]) -> dict[int, list[str]]:

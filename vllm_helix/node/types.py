@@ -4,8 +4,13 @@ so a transport can serialize them field by field)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from vllm_helix.wire import PromptLogprobRows
 
 
 @dataclass(slots=True)
@@ -17,7 +22,8 @@ class StepItem:
     ``[start_position, start_position + num_tokens)``; a decode step has ``num_tokens == 1`` and carries
     the token sampled by the last node in ``new_token_ids`` (the first node embeds it).
     ``hidden_states`` / ``residual`` ([num_tokens, hidden_size]) come from the previous node; the first
-    node gets None.
+    node gets None. ``grammar_bitmask`` (int32, one bit per vocabulary token) is the scheduler's structured-output
+    mask for the token this step samples; the last node applies it to the logits before sampling.
     """
 
     request_id: str
@@ -26,6 +32,7 @@ class StepItem:
     new_token_ids: list[int] = field(default_factory=list)
     hidden_states: torch.Tensor | None = None
     residual: torch.Tensor | None = None
+    grammar_bitmask: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -49,6 +56,9 @@ class TokenResult:
     finish_reason: str | None = None  # "stop" (eos or a stop token) or "length"
     # vLLM's row as sampled: ids and logprobs of [sampled, top-1, ..., top-k], and the sampled token's rank
     logprob_row: tuple[list[int], list[float], int] | None = None
+    # prompt_logprobs requests, on the step that ends the prompt: rows for prompt positions 1.. of
+    # ids [prompt token, top-1, ..., top-k], their logprobs, and the prompt token's rank
+    prompt_logprobs: PromptLogprobRows | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,13 +8,17 @@
   batches in the order they finish. Why: vLLM waits for the oldest batch in flight, which couples routes of
   different speeds (a fast replica waits for a slow one). Upstream: none yet; safe only with synchronous
   scheduling, where each request is in at most one batch in flight.
+- `request_checks.py` wraps `InputProcessor._validate_params` so that a Helix server answers HTTP 400 for the
+  SamplingParams fields its nodes cannot carry (`vllm_helix.unsupported`). Why: vLLM has no hook for an executor to
+  refuse request features. Upstream: none yet.
 """
 
 from __future__ import annotations
 
 
 def apply_all() -> None:
-    from vllm_helix.coordinator.patches import batch_queue, max_concurrent_batches
+    from vllm_helix.coordinator.patches import batch_queue, max_concurrent_batches, request_checks
 
     max_concurrent_batches.apply()
     batch_queue.apply()
+    request_checks.apply()
