@@ -27,5 +27,10 @@ def helix(tiny_llama_path, tmp_path_factory):
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that kill a node of the shared Helix server run after every other test that uses it."""
+    """Tests that need the shared Helix server's router without history run before any other test that uses
+    it; tests that kill one of its nodes run after every other test."""
+    fresh = [item for item in items if item.get_closest_marker("fresh_router")]
+    rest = [item for item in items if not item.get_closest_marker("fresh_router")]
+    first = next((k for k, item in enumerate(rest) if "helix" in getattr(item, "fixturenames", ())), len(rest))
+    items[:] = rest[:first] + fresh + rest[first:]
     items.sort(key=lambda item: item.get_closest_marker("kills_a_node") is not None)
