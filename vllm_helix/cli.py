@@ -169,14 +169,11 @@ def _replan(args: argparse.Namespace, cluster, model, options: dict[str, Any]) -
 
 
 def _write_plan(args: argparse.Namespace, cluster, model, plan) -> int:
-    from vllm_helix.planner.keys import issue_keys, remote_addresses
-    from vllm_helix.planner.plan import plan_to_dict, save_plan
+    from vllm_helix.planner.keys import save_plan_with_keys
+    from vllm_helix.planner.plan import plan_to_dict
     from vllm_helix.planner.report import flow_table
 
-    key_lines: list[str] = []
-    if remote_addresses(plan):  # links leave this host: encrypted by default, so the plan comes with keys
-        plan, key_lines = issue_keys(plan, args.output)
-    save_plan(plan, args.output)
+    plan, key_lines = save_plan_with_keys(plan, args.output)
     if args.plot:
         from vllm_helix.planner.plot import plot_placement
 

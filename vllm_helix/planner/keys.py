@@ -104,6 +104,18 @@ def read_key(path: str | Path, name: str):
 # ------------------------------------------------------------------------------------ issuing
 
 
+def save_plan_with_keys(plan: Plan, path: str | Path) -> tuple[Plan, list[str]]:
+    """Write `plan`; one whose links leave this host is encrypted by default, so it gets its keys first.
+    Returns the plan as written and `issue_keys`' lines (empty for a local plan)."""
+    from vllm_helix.planner.plan import save_plan
+
+    lines: list[str] = []
+    if remote_addresses(plan):
+        plan, lines = issue_keys(plan, path)
+    save_plan(plan, path)
+    return plan, lines
+
+
 def issue_keys(plan: Plan, plan_path: str | Path, rotate: tuple[str, ...] = ()) -> tuple[Plan, list[str]]:
     """Give the coordinator and every node of `plan` a key pair; keep existing key files beside the plan
     unless rotated. Returns the plan with its public keys and one line per file saying where it goes."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from vllm_helix.errors import ClusterSpecError
 from vllm_helix.planner.candidates import Candidate
@@ -113,7 +113,6 @@ class SearchResult:
     ranked: list[Ranked]  # best first
     stopped_by: str  # done | time limit | interrupted
     elapsed_s: float
-    skipped: list[str] = field(default_factory=list)  # candidates not evaluated (time limit / Ctrl-C)
 
     @property
     def best(self) -> Ranked:

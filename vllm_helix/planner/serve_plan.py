@@ -19,10 +19,9 @@ def plan_at_start(cluster_path: str | Path, model_path: str | Path, *, throughpu
                   time_limit_s: float = 20.0) -> tuple[Path, str]:
     """Plan with the MILP under a short time limit; returns the written plan's path and its table."""
     from vllm_helix.planner.files import load_cluster
-    from vllm_helix.planner.keys import issue_keys, remote_addresses
+    from vllm_helix.planner.keys import save_plan_with_keys
     from vllm_helix.planner.model import load_model
     from vllm_helix.planner.place import place
-    from vllm_helix.planner.plan import save_plan
     from vllm_helix.planner.report import flow_table
     from vllm_helix.planner.throughput import choose_source
 
@@ -30,11 +29,8 @@ def plan_at_start(cluster_path: str | Path, model_path: str | Path, *, throughpu
     source = choose_source(throughput, cluster, model)
     plan = place(cluster, model, "milp", throughput=source, time_limit_s=time_limit_s, progress=False)
     out = plan_path_for(cluster_path)
-    key_lines: list[str] = []
     try:
-        if remote_addresses(plan):  # links leave this host: encrypted by default, so the plan comes with keys
-            plan, key_lines = issue_keys(plan, out)
-        save_plan(plan, out)
+        plan, key_lines = save_plan_with_keys(plan, out)
     except OSError as exc:
         raise ClusterSpecError(f"{out}: cannot write the plan beside the cluster file ({exc.strerror})") from None
     header = f"Helix plan for {cluster.name} ({source} throughput, milp, {time_limit_s:g} s limit), written to {out}:"
