@@ -131,6 +131,14 @@ def _check_scheduler_internals() -> None:
     _need(callable(RequestQueue.remove_requests) and callable(RequestQueue.prepend_requests),
           "the waiting queue has remove_requests and prepend_requests")
     _need(bool(RequestStatus.FINISHED_ERROR.name and FinishReason.ERROR), "FINISHED_ERROR, FinishReason.ERROR")
+    # failover: preempt through vLLM's recompute path, dropping output still in flight; resumed requests' tokens
+    _need({"request", "timestamp", "drop_stale_output"} <= _params(Scheduler._preempt_request),
+          "Scheduler._preempt_request(request, timestamp, drop_stale_output)")
+    _need("self.prev_step_scheduled_req_ids" in source, "Scheduler.prev_step_scheduled_req_ids")
+    from vllm.v1.core.sched.output import CachedRequestData
+
+    _need({"resumed_req_ids", "all_token_ids"} <= _fields(CachedRequestData),
+          "CachedRequestData.resumed_req_ids / all_token_ids")
 
 
 def _check_prefix_caching_off() -> None:
@@ -298,9 +306,11 @@ SEAMS: tuple[Seam, ...] = (
          "vLLM waits for the oldest batch; Helix routes of different speed must not wait for each other",
          "EngineCore takes batches in completion order (safe with synchronous scheduling)", _check_batch_queue),
     Seam("scheduler-internals", "coordinator/scheduler.py (HelixScheduler)",
-         "Scheduler.waiting/running/requests/max_num_running_reqs, encoder_cache_mismatch_reqs, _free_request",
-         "admission by route and one route per batch need to hide requests from vLLM's scheduler, and failed "
-         "requests must finish with an error", "a scheduler hook for admission and for failing requests",
+         "Scheduler.waiting/running/requests/max_num_running_reqs, encoder_cache_mismatch_reqs, _free_request, "
+         "_preempt_request, prev_step_scheduled_req_ids, CachedRequestData.resumed_req_ids/all_token_ids",
+         "admission by route and one route per batch need to hide requests from vLLM's scheduler, failed "
+         "requests must finish with an error, and requests of a lost node are recomputed elsewhere",
+         "a scheduler hook for admission, for failing requests and for moving a request",
          _check_scheduler_internals),
     Seam("prefix-caching-off", "coordinator/executor.py (HelixExecutor._init_executor)",
          "VllmConfig.cache_config.enable_prefix_caching set to False after parsing",

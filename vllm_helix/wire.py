@@ -8,7 +8,9 @@ header) with `kind` = "helix/<version>", plus tensor payloads (zero-copy both wa
 per-request items of one batch for one node; the hidden states and residuals of all items travel as two
 payload tensors, concatenated in item order (rows = tokens). Nodes answer the coordinator with `Tokens`
 (last range) or `Failed`; `Hello`/`Start` bring the cluster up (`Progress` reports each start-up phase on
-the way); `Free` releases a finished request's KV blocks; `Busy` reports a node's compute time.
+the way); `Free` releases a finished request's KV blocks; `Busy` reports a node's compute time. Elastic
+serving: `HopLost` (a node could not reach its next hop), `Reset` (the coordinator took a node out of routing:
+forget everything, say Hello again), `Drain` (a worker asked to stop: hand back what it holds).
 `VLLM_HELIX_TRANSPORT=pyzmq` swaps the C++ endpoint for the pyzmq one (same interface), for comparisons.
 """
 
@@ -128,7 +130,29 @@ class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
     pass
 
 
-Message = Step | Tokens | Failed | Free | Hello | Progress | Busy | Start | Shutdown
+class HopLost(msgspec.Struct, tag="hop_lost", frozen=True):
+    """`node` could not pass these requests' step on to `peer`: the coordinator reroutes them."""
+
+    step_id: int
+    request_ids: list[str]
+    node: str
+    peer: str
+    error: str
+
+
+class Reset(msgspec.Struct, tag="reset", frozen=True):
+    """The coordinator took the node out of routing (it counted it as lost): free every request, say Hello again."""
+
+    reason: str
+
+
+class Drain(msgspec.Struct, tag="drain", frozen=True):
+    """The node is stopping (SIGTERM): route nothing new through it, take back what it holds, then Shutdown."""
+
+    node: str
+
+
+Message = Step | Tokens | Failed | Free | Hello | Progress | Busy | Start | Shutdown | HopLost | Reset | Drain
 
 
 def encode(message: Message, tensors: Sequence[torch.Tensor] = ()) -> Header:

@@ -82,7 +82,7 @@ def test_improved_admission_uses_the_requests_own_length(parallel):
 
 def test_flow_floor_masks_small_arcs(parallel):
     router = MaxFlowRouter.from_plan(parallel, {"a": 10**9, "b": 10**9})
-    router.topo.flow[(C, "b")] = 0.01 * router.topo.flow[(C, "a")]  # b's arc now carries < 5 %
+    router.weights[(C, "b")] = 0.01 * router.weights[(C, "a")]  # b's arc now carries < 5 %
     assert all(router.route(i, 10).nodes == ["a"] for i in range(10))
 
 

@@ -2,10 +2,18 @@
 
 Used by HelixExecutor (batches) and HelixScheduler (admission), which run in the same engine-core
 process; `current()` is how the scheduler finds the coordinator the executor created.
+
+Elastic serving: a node is lost when its local process exits, its link reports PeerLost, a neighbour cannot
+reach it (HopLost) or it asks to drain (SIGTERM). It leaves routing at once (the router is re-weighted with the
+live max flow); its requests are dropped from the batches in flight and queued for the scheduler, which
+preempts them (vLLM's recompute path) and admits them on a route that avoids the node. A node that says Hello
+again — a restarted worker, a healed link — is checked and routes through it resume; dead local workers are
+restarted with back-off (`local_nodes.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -15,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from vllm_helix import wire as p
 from vllm_helix.coordinator.batches import BatchBook, MakeOutput
 from vllm_helix.coordinator.local_nodes import LocalNodes, local_nodes, resolve_addresses
+from vllm_helix.coordinator.membership import Membership
 from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import (
     ConfigError,
@@ -35,6 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _current: ServingCoordinator | None = None
+HELLO_GRACE_S = 5.0  # Hellos a node sent before it heard Start may arrive this long after it
 
 
 def current() -> ServingCoordinator:
@@ -60,6 +70,7 @@ class ServingCoordinator:
         self.workers = LocalNodes.start(self.plan, local_nodes(plan), model_path, local_node_config, key_files)
         self.kv_tokens: dict[str, int] = {}
         self.kv_block_tokens = 1
+        self.members = Membership(list(plan.placement.ranges))
         self.busy: dict[str, p.Busy] = {}  # each node's latest report
         self._served = False  # batches ran since the last summary
         self._busy_lock = threading.Lock()
@@ -89,6 +100,8 @@ class ServingCoordinator:
         self.routes = RouteBook(self.plan, self.kv_tokens, self.kv_block_tokens, self.options)
         for name in nodes:
             self.channel.send(name, p.Start(self.plan.public_keys if self.channel.encrypted else {}))
+            self.members.up(name)
+            self.workers.started(name)
         self._receiver = threading.Thread(target=self._receive_loop, name="helix-receiver", daemon=True)
         self._receiver.start()
         logger.info("Helix cluster up in %.1f s: %s", time.monotonic() - self._started,
@@ -122,11 +135,10 @@ class ServingCoordinator:
                 f"Start them with `vllm-helix worker --plan PLAN --node NAME` on their hosts{keys}.")
 
     def _check_local_workers(self) -> None:
-        for name, status in self.workers.dead().items():
-            if name not in self.kv_tokens:
-                tail = self.workers.log_tail(name)
-                self.shutdown()
-                raise StartupError(f"local worker {name} exited with status {status} during start-up:\n{tail}")
+        for name, status in self.workers.exited().items():
+            tail = self.workers.log_tail(name)
+            self.shutdown()
+            raise StartupError(f"local worker {name} exited with status {status} during start-up:\n{tail}")
 
     # ------------------------------------------------------------------ batches
 
@@ -137,6 +149,7 @@ class ServingCoordinator:
         batch, steps = self.book.build(scheduler_output, self.routes.routes, grammar_output)
         if steps:
             self._start_serving()
+        self._send_frees(self.book.take_retired())  # incarnations of requests vLLM preempted by itself
         for hop, step in steps.items():
             try:
                 self.channel.send(hop, step)
@@ -145,16 +158,28 @@ class ServingCoordinator:
         return batch.future
 
     def _free(self, request_ids: set[str]) -> None:
+        self._send_frees(self.book.forget(set(request_ids)))
+
+    def _send_frees(self, routes: dict[str, list[str]]) -> None:
+        """Tell the nodes that hold them to free these requests (ids on the nodes -> routes)."""
         by_node: dict[str, list[str]] = {}
-        for rid, route in self.book.forget(set(request_ids)).items():
+        for wire_id, route in routes.items():
             for node in route:
-                by_node.setdefault(node, []).append(rid)
-        for node, rids in by_node.items():
-            if self.routes is None or node not in self.routes.lost:
+                by_node.setdefault(node, []).append(wire_id)
+        for node, wire_ids in by_node.items():
+            if self.members.reachable(node):
                 try:
-                    self.channel.send(node, p.Free(rids))
+                    self.channel.send(node, p.Free(wire_ids))
                 except (PeerLost, TransportTimeout) as exc:
                     self._lose(node, str(exc))
+
+    def take_reroutes(self) -> set[str]:
+        """Requests to move off their route (the scheduler preempts them): their route lost a node."""
+        return self.members.take_reroutes()
+
+    def retire(self, request_ids: list[str]) -> None:
+        """The scheduler preempted these requests: the nodes of their old routes free them."""
+        self._send_frees(self.book.retire(request_ids))
 
     def _receive_loop(self) -> None:
         while not self._stop.is_set():
@@ -164,11 +189,13 @@ class ServingCoordinator:
                 logger.warning("dropped a malformed message: %s", exc)
                 continue
             except PeerLost as exc:
-                self._lose(getattr(exc, "peer", None), str(exc))
+                self._lose(getattr(exc, "peer", None), f"its link was lost ({exc})")
                 continue
             finally:
-                self.book.expire()
+                self._expire()
                 self._watch_local_workers()
+                self._finish_drains()
+                self._reset_returned()
             if received is None:
                 continue
             message = received.message
@@ -177,8 +204,12 @@ class ServingCoordinator:
             elif isinstance(message, p.Busy):
                 self._on_busy(message)
             elif isinstance(message, p.Failed):
-                logger.error("node %s failed requests %s: %s", message.node, message.request_ids, message.error)
-                self.book.on_failed(message.step_id, message.request_ids, f"node {message.node}: {message.error}")
+                failed = self.book.on_failed(message.step_id, message.request_ids,
+                                             f"node {message.node}: {message.error}")
+                if failed:
+                    logger.error("node %s failed requests %s: %s", message.node, failed, message.error)
+            else:
+                self._on_membership(message)
 
     def _start_serving(self) -> None:
         with self._busy_lock:
@@ -199,17 +230,108 @@ class ServingCoordinator:
         logger.info("Helix cluster idle; node busy share since start: %s of %.2f s with batches in flight",
                     shares, self.book.serving_s)
 
-    def _watch_local_workers(self) -> None:
-        for name, status in self.workers.dead().items():
-            self._lose(name, f"local worker exited with status {status}")
+    # ------------------------------------------------------------------ membership (elastic serving)
 
-    def _lose(self, node: str | None, reason: str) -> None:
-        """Stop routing through a lost node and fail the requests routed through it."""
-        affected = None if node is None or self.routes is None else self.routes.node_lost(node)
-        if affected is None:
+    def _on_membership(self, message: p.Message) -> None:
+        if isinstance(message, p.HopLost):
+            logger.warning("node %s cannot reach %s: %s", message.node, message.peer, message.error)
+            self._lose(message.peer, f"{message.node} cannot reach it", reset=True)
+        elif isinstance(message, p.Drain) and message.node in self.plan.placement.ranges:
+            self._lose(message.node, "draining (SIGTERM)", draining=True)
+        elif isinstance(message, p.Hello):
+            self._on_rejoin(message)
+        elif isinstance(message, p.Progress) and message.node in self.plan.placement.ranges:
+            logger.info(message.line())  # a restarting node's start-up phases
+
+    def _on_rejoin(self, hello: p.Hello) -> None:
+        """A node said Hello while serving: a restarted worker, or one whose link healed. Check it, route through it."""
+        node = hello.node
+        if node not in self.plan.placement.ranges or self.routes is None:
             return
-        logger.error("Helix node %s lost: %s; failing %d requests routed through it", node, reason, len(affected))
-        self.book.fail_requests(affected, f"node {node} lost: {reason}")
+        if self.members.is_up(node):
+            if self.members.since(node) < HELLO_GRACE_S:
+                return  # a Hello sent before the node heard our Start
+            self._lose(node, "it restarted")  # behind our back: whatever it held is gone
+        problem = self._hello_problem(hello)
+        if problem:
+            if self.members.refuse(node, problem):
+                logger.error("Helix node %s cannot rejoin: %s", node, problem)
+            return
+        self.kv_tokens[node] = hello.kv_tokens
+        self.routes.block_tokens = max(self.routes.block_tokens, hello.kv_block_tokens)
+        try:
+            self.channel.send(node, p.Start(self.plan.public_keys if self.channel.encrypted else {}))
+        except (PeerLost, TransportTimeout):
+            return  # it says Hello again
+        self.members.up(node)
+        self.workers.started(node)
+        self.routes.node_back(node, hello.kv_tokens)
+        logger.info("Helix node %s %s rejoined; %s", node, self.plan.placement[node], self.members.describe())
+
+    def _hello_problem(self, hello: p.Hello) -> str | None:
+        expected = self.plan.placement.ranges[hello.node]
+        if hello.layers != [expected.start, expected.end]:
+            return f"it serves layers {hello.layers}, the plan says {expected}"
+        if hello.dtype != self.dtype:
+            return f"it runs {hello.dtype}, this server {self.dtype}"
+        return None
+
+    def _watch_local_workers(self) -> None:
+        for name, status in self.workers.exited().items():
+            if self.members.drained(name):
+                continue  # it drained and left, as asked
+            self._lose(name, f"local worker exited with status {status}")
+            given_up = self.workers.plan_restart(name)
+            if given_up:
+                self.members.give_up(name, given_up)
+                logger.error("Helix gives up on local node %s: %s", name, given_up)
+        for name in self.workers.restart_due():
+            self.members.restarting(name)
+
+    def _expire(self) -> None:
+        late = self.book.expire()
+        if late:
+            logger.error("Helix: no answer for requests %s within %.0f s; rerouting them", late,
+                         self.options["step_timeout_s"])
+            self.members.reroute(late)
+
+    def _lose(self, node: str | None, reason: str, *, reset: bool = False, draining: bool = False) -> None:
+        """Stop routing through a lost node; the requests routed through it move to other routes (replayed)."""
+        if node is None or node not in self.plan.placement.ranges or self.routes is None:
+            return
+        affected = self.routes.node_lost(node)
+        if affected is None:
+            return  # known already
+        self.members.lose(node, reason, draining=draining)
+        affected = sorted(set(affected) | set(self.book.drop(through=node)))
+        self.members.reroute(affected)
+        log = logger.warning if draining else logger.error
+        log("Helix node %s lost: %s; rerouting %d requests routed through it; %s", node, reason, len(affected),
+            self.members.describe())
+        if reset:  # it may still be up: it must forget what it holds before it rejoins
+            with contextlib.suppress(PeerLost, TransportTimeout):
+                self.channel.send(node, p.Reset(reason))
+
+    def _reset_returned(self) -> None:
+        """A lost node heard again (a healed link, a process continued) still holds what it held: reset it, so it
+        says Hello and rejoins clean."""
+        alive = {n for n, state in self.channel.endpoint.peers().items() if state == "alive"}
+        for node in self.members.lost_but(alive):
+            with contextlib.suppress(PeerLost, TransportTimeout):
+                self.channel.send(node, p.Reset("it was lost"))
+
+    def _finish_drains(self) -> None:
+        """A draining node whose requests all moved elsewhere may go."""
+        for node in self.members.draining():
+            if self.routes is not None and not self.routes.routes_through(node) and not self.book.holds(node):
+                with contextlib.suppress(PeerLost, TransportTimeout):
+                    self.channel.send(node, p.Shutdown())
+                self.members.drained_out(node)
+                logger.info("Helix node %s drained: it holds no request any more; told it to stop", node)
+
+    def node_status(self) -> dict[str, str]:
+        """Each node's state: up, lost (why), draining, drained, restarting, given up (why)."""
+        return self.members.status()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -220,8 +342,9 @@ class ServingCoordinator:
         return self.routes
 
     def check_health(self) -> None:
-        if self.routes is not None and self.routes.lost:
-            raise NodeError(f"Helix nodes lost: {sorted(self.routes.lost)}")
+        """Healthy while one complete route is alive (lost nodes only degrade the cluster; the log says how)."""
+        if self.routes is not None and self.routes.live_flow <= 0:
+            raise NodeError(f"no complete Helix route is alive; {self.members.describe()}")
 
     def busy_shares(self) -> dict[str, float]:
         """Each node's compute time as a share of the time the cluster had batches in flight."""

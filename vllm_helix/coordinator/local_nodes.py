@@ -3,6 +3,10 @@
 Nodes whose address is `local` get a free loopback port and are started by the coordinator as
 `vllm-helix worker` subprocesses; the others are started by the user on their hosts. A resolved copy of
 the plan (every address filled in) is what local workers read.
+
+A local worker that dies while serving is started again, on the same address, after a back-off that doubles
+with every crash before it said Hello (1 s, 2 s, 4 s ...); after MAX_START_CRASHES such crashes in a row it is
+given up on, with the tail of its log in the error.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from vllm_helix.host import shared_host_env
@@ -21,6 +26,9 @@ from vllm_helix.planner.cluster import ClusterSpec
 from vllm_helix.planner.plan import Plan, save_plan
 
 LOCAL = "local"
+MAX_START_CRASHES = 3
+BACKOFF_S = 1.0  # the first restart's delay; doubled per crash before Hello, at most MAX_BACKOFF_S
+MAX_BACKOFF_S = 30.0
 logger = logging.getLogger(__name__)
 
 
@@ -50,8 +58,13 @@ def local_nodes(original: Plan) -> list[str]:
 class LocalNodes:
     """Subprocess workers for the plan's local nodes; logs go to one file per node."""
 
-    processes: dict[str, subprocess.Popen]
+    processes: dict[str, subprocess.Popen]  # the running ones
     logs: dict[str, Path]
+    commands: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    crashes: dict[str, int] = dataclasses.field(default_factory=dict)  # exits in a row before saying Hello
+    greeted: set[str] = dataclasses.field(default_factory=set)  # said Hello since their last start
+    restart_at: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def start(cls, plan: Plan, names: list[str], model: str, config: WorkerConfig,
@@ -60,23 +73,60 @@ class LocalNodes:
         plan_path = workdir / "plan.yaml"
         save_plan(plan, plan_path)
         env = shared_host_env()  # the local nodes share this host
-        processes, logs = {}, {}
+        nodes = cls({}, {}, env=env)
         for name in names:
-            logs[name] = workdir / f"{name}.log"
+            nodes.logs[name] = workdir / f"{name}.log"
             command = [sys.executable, "-m", "vllm_helix.cli", "worker", "--plan", str(plan_path), "--node", name,
                        "--model", model, *config.cli_args()]
             if key_files and name in key_files:  # the resolved plan lives elsewhere: say where the key is
                 command += ["--key", key_files[name]]
-            with open(logs[name], "w") as log:
-                processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                   start_new_session=True)
+            nodes.commands[name] = command
+            nodes._launch(name, "w")
         if names:
             logger.info("Helix: started local nodes %s (logs: %s/<node>.log)", ", ".join(names), workdir)
-        return cls(processes, logs)
+        return nodes
 
-    def dead(self) -> dict[str, int]:
-        """Workers that exited, with their exit status."""
-        return {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
+    def _launch(self, name: str, mode: str) -> None:
+        with open(self.logs[name], mode) as log:
+            self.processes[name] = subprocess.Popen(self.commands[name], stdout=log, stderr=subprocess.STDOUT,
+                                                    env=self.env, start_new_session=True)
+        self.greeted.discard(name)
+
+    def exited(self) -> dict[str, int]:
+        """Workers that exited since the last call, with their exit status (each exit reported once)."""
+        gone = {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
+        for name in gone:
+            del self.processes[name]
+        return gone
+
+    def started(self, name: str) -> None:
+        """It said Hello: up and serving (a later exit is not a start-up crash)."""
+        self.greeted.add(name)
+        self.crashes[name] = 0
+
+    def plan_restart(self, name: str) -> str | None:
+        """Schedule a restart of an exited worker; returns why it is given up on instead, if it is."""
+        if name not in self.commands:
+            return None  # not a local node
+        if name not in self.greeted:
+            self.crashes[name] = self.crashes.get(name, 0) + 1
+        crashes = self.crashes.get(name, 0)
+        if crashes >= MAX_START_CRASHES:
+            return f"it exited {crashes} times in a row before it came up; its log ({self.logs[name]}) ends:\n" \
+                   + self.log_tail(name)
+        delay = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** crashes)
+        self.restart_at[name] = time.monotonic() + delay
+        logger.warning("Helix: restarting local node %s in %.0f s", name, delay)
+        return None
+
+    def restart_due(self) -> list[str]:
+        """Start again the workers whose back-off is over; returns their names."""
+        due = [n for n, at in self.restart_at.items() if time.monotonic() >= at]
+        for name in due:
+            del self.restart_at[name]
+            self._launch(name, "a")
+            logger.info("Helix: restarted local node %s (log: %s)", name, self.logs[name])
+        return due
 
     def log_tail(self, name: str, lines: int = 15) -> str:
         try:

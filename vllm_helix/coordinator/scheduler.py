@@ -8,14 +8,21 @@ finished with an error through vLLM's own error path (FINISHED_ERROR -> finish_r
 Each batch carries the requests of one route (its "lane"): a batch finishes when its slowest request
 does, so mixing a fast replica's requests with a slow one's would hold the fast nodes back. With the
 completion-order batch queue (patches/batch_queue.py) every route then runs at its own pace.
+
+Failover: requests whose route lost a node (the coordinator queues them) are preempted here, on the engine
+thread, through vLLM's own recompute path (`_preempt_request`: back to waiting, KV blocks freed, any output
+still in flight dropped) and admitted again on a route of live nodes; vLLM then schedules them as resumed
+requests, which the nodes prefill from all their tokens (prompt + generated). When lost nodes leave no route
+a request fits, it waits up to --helix-reroute-timeout for them to come back, then fails naming them.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from vllm.v1.core.sched.scheduler import Scheduler
-from vllm.v1.request import Request
+from vllm.v1.request import Request, RequestStatus
 
 from vllm_helix.coordinator.coordinator import current
 
@@ -25,19 +32,41 @@ logger = logging.getLogger(__name__)
 class HelixScheduler(Scheduler):
     running: list[Request]  # vLLM's (annotated for the type checker)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._stuck: dict[str, float] = {}  # request id -> since when lost nodes leave it no route
+
     def schedule(self, *args, **kwargs):
-        routes = current().route_book()
+        coordinator = current()
+        routes = coordinator.route_book()
+        self._reroute(coordinator.take_reroutes())
         held: list[Request] = []
         impossible: list[Request] = []
+        now = time.monotonic()
         for request in list(self.waiting):
             rid = request.request_id
             if rid in routes.routes:
                 continue
-            if not routes.admit(rid, request.num_prompt_tokens, request.max_tokens):
-                (impossible if routes.never_fits() else held).append(request)
+            # a preempted request is recomputed from all its tokens: the same worst case as at first
+            if routes.admit(rid, request.num_tokens, request.max_tokens - request.num_output_tokens):
+                self._stuck.pop(rid, None)
+            elif not routes.never_fits():
+                held.append(request)
+            elif not routes.lost:
+                impossible.append(request)
+            elif now - self._stuck.setdefault(rid, now) < coordinator.options["reroute_timeout_s"]:
+                held.append(request)  # lost nodes may come back
+            else:
+                logger.error("request %s found no complete route with KV room for %.0f s; %s", rid,
+                             now - self._stuck.pop(rid), coordinator.members.describe())
+                impossible.append(request)
         if impossible:  # held out of this schedule, finished with an error at the next update
-            logger.error("requests %s need more KV cache than the cluster has", [r.request_id for r in impossible])
+            if not routes.lost:
+                logger.error("requests %s need more KV cache than the cluster has",
+                             [r.request_id for r in impossible])
             self._fail_next_update(r.request_id for r in impossible)
+        if held and routes.live_flow <= 0 and not self.running:
+            time.sleep(0.05)  # nothing can run until a node comes back: do not spin the engine loop
         hidden_running, hidden_waiting = self._other_lanes(routes.routes, set(held) | set(impossible))
         running: list[Request] = self.running
         if hidden_running:
@@ -45,7 +74,7 @@ class HelixScheduler(Scheduler):
         if hidden_waiting:
             self.waiting.remove_requests(hidden_waiting)
         try:
-            return super().schedule(*args, **kwargs)
+            return _with_resumed_tokens(super().schedule(*args, **kwargs), self.requests)
         finally:
             if hidden_running:  # hidden ones keep their places; newly admitted ones go last, as in vLLM
                 still, before = set(self.running), set(running)
@@ -76,6 +105,27 @@ class HelixScheduler(Scheduler):
                 room -= 1
         return hidden_running, hidden_waiting
 
+    def _reroute(self, request_ids: set[str]) -> None:
+        """Move these requests off their route: preempt the running ones (vLLM recomputes them), release the
+        routes; the scheduler admits them again on live nodes. On the engine thread, as vLLM's own preemption."""
+        moved = []
+        now = time.monotonic()
+        routes = current().route_book()
+        for rid in sorted(request_ids):
+            request = self.requests.get(rid)
+            if request is None or request.is_finished():
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+                # drop_stale_output: a token still in flight for it belongs to the old route, never appended
+                self._preempt_request(request, now, drop_stale_output=True)
+                self.prev_step_scheduled_req_ids.discard(rid)  # vLLM then sends all its tokens when it resumes
+            routes.release(rid)
+            moved.append(rid)
+        if moved:
+            logger.info("Helix: recomputing %d requests on other routes: %s", len(moved), moved)
+            current().retire(moved)
+
     def update_from_output(self, scheduler_output, model_runner_output):
         failed = current().book.take_failed()
         if failed:
@@ -90,7 +140,18 @@ class HelixScheduler(Scheduler):
 
     def _free_request(self, request, *args, **kwargs):
         current().route_book().release(request.request_id)
+        self._stuck.pop(request.request_id, None)
         return super()._free_request(request, *args, **kwargs)
+
+
+def _with_resumed_tokens(output, requests):
+    """Every request resumed from preemption carries all its tokens (vLLM leaves them out for one it scheduled in
+    the step before): the nodes of its new route prefill all of them."""
+    cached = output.scheduled_cached_reqs
+    for rid in cached.resumed_req_ids:
+        if rid not in cached.all_token_ids:
+            cached.all_token_ids[rid] = requests[rid].all_token_ids.copy()
+    return output
 
 
 def _schedulable(request) -> bool:

@@ -1,9 +1,14 @@
-"""`vllm-helix worker --plan P --node N --model M`: run one node of a plan until the coordinator stops it."""
+"""`vllm-helix worker --plan P --node N --model M`: run one node of a plan until the coordinator stops it.
+
+SIGTERM while serving drains the node (the coordinator moves its requests elsewhere, then lets it go); before
+it serves, SIGTERM stops it at once.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
 
 from vllm_helix.errors import ConfigError, PeerLost, TransportTimeout
@@ -45,9 +50,19 @@ def run_worker(plan_path: str, node: str, model: str, config: WorkerConfig, *, b
                     ", encrypted (CURVE)" if channel.encrypted else "")
         progress("ready")
         server.wait_for_start(config.start_timeout_s)
-        server.serve_forever()
+        with _drain_on_sigterm(server):
+            server.serve_forever()
     finally:
         channel.close()
+
+
+@contextlib.contextmanager
+def _drain_on_sigterm(server: NodeServer):
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: server.drain())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class StartupProgress:

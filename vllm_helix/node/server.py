@@ -5,6 +5,10 @@ every queued Step (possibly from several previous hops and several in-flight bat
 batch on the partial-layer worker, and send each request's output to the next node of its route — the
 sampled tokens to the coordinator on the last range. A failing batch is reported as Failed for its
 requests; the node keeps serving.
+
+Elastic serving: a next hop that cannot be reached is reported (HopLost) so the coordinator reroutes; when the
+coordinator takes the node out of routing (Reset) or is lost, the node forgets every request and says Hello
+again until it is let back in; on SIGTERM it asks to drain and leaves when the coordinator says so.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 
 from vllm_helix import wire as p
-from vllm_helix.errors import FrameRejected, HelixError, PeerLost, StartupError, TransportTimeout
+from vllm_helix.errors import FrameRejected, HelixError, NodeError, PeerLost, StartupError, TransportTimeout
 from vllm_helix.node.types import HiddenResult, StepItem, TokenResult
 from vllm_helix.wire import COORDINATOR_PEER, Channel, Received
 
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 HELLO_INTERVAL_S = 0.5
 STATS_INTERVAL_S = 10.0
+DRAIN_TIMEOUT_S = 120.0  # a draining node leaves after this even if the coordinator never answers
 
 
 @dataclass
@@ -82,6 +87,9 @@ class NodeServer:
         self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
         self.deferred: list[Received] = []
         self.running = True
+        self.rejoin_reason: str | None = None  # out of routing: forget everything, say Hello again
+        self.drain_deadline: float | None = None  # SIGTERM: when to leave at the latest
+        self.start_timeout_s = 600.0
         self.stats = _Stats()  # since the last report
         self.served = _Stats()  # since the start, reported to the coordinator
 
@@ -93,6 +101,7 @@ class NodeServer:
                        self.worker.hidden_size, self.worker.dtype)
 
     def wait_for_start(self, timeout_s: float) -> None:
+        self.start_timeout_s = timeout_s  # also how long a node out of routing tries to rejoin
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
@@ -113,6 +122,8 @@ class NodeServer:
                 return
             if isinstance(message, p.Shutdown):
                 raise StartupError(f"node {self.name}: the coordinator shut down before the cluster started")
+            if isinstance(message, p.Reset):
+                continue  # already out, already saying Hello
             self.deferred.append(received)
         raise StartupError(f"node {self.name}: no coordinator at {self.addresses.get(COORDINATOR_PEER)} "
                          f"after {timeout_s:.0f} s")
@@ -128,6 +139,12 @@ class NodeServer:
 
     def serve_forever(self) -> None:
         while self.running:
+            if self.rejoin_reason is not None:
+                self._rejoin()
+            if self.drain_deadline is not None and time.monotonic() > self.drain_deadline:
+                logger.warning("node %s: the coordinator did not release it within %.0f s; leaving", self.name,
+                               DRAIN_TIMEOUT_S)
+                return
             batch = self._collect(timeout_s=1.0)
             if batch.items:
                 self._run(batch)
@@ -153,6 +170,9 @@ class NodeServer:
                 continue
             except PeerLost as exc:
                 logger.warning("node %s: %s", self.name, exc)
+                if getattr(exc, "peer", None) == COORDINATOR_PEER:
+                    self._out_of_routing("it lost the coordinator")
+                    return batch
                 continue
             if received is None:
                 return batch
@@ -172,10 +192,14 @@ class NodeServer:
             elif isinstance(message, p.Shutdown):
                 self.running = False
                 return batch
+            elif isinstance(message, p.Reset):
+                self._out_of_routing(f"the coordinator took it out of routing: {message.reason}")
+                return batch
             elif isinstance(message, p.Start):
                 continue
 
     def _merge(self, batch: _Pending, step: p.Step, received: Received) -> bool:
+        self._check_known(step)
         tokens = sum(item.num_tokens for item in step.items)
         clash = any(item.request_id in batch.step_of for item in step.items)
         too_big = batch.tokens + tokens > self.token_budget or len(batch.items) + len(step.items) > self.seq_budget
@@ -246,8 +270,8 @@ class NodeServer:
             try:
                 self._ensure_peer(peer)
                 self.channel.send(peer, p.Step(step_id, out_items), [hidden, residual])
-            except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: these requests fail
-                self._reply_failed(step_id, [r.request_id for r in group], exc)
+            except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: the coordinator reroutes
+                self._hop_lost(step_id, [r.request_id for r in group], peer, exc)
 
     def _next_item(self, item: StepItem) -> p.Item:
         # every hop learns the decode token, as vLLM's pipeline stages do; the grammar mask rides to the last
@@ -271,6 +295,48 @@ class NodeServer:
             self.worker.free_request(rid)
         if freed and not self.routes:
             self._report_busy()  # gone idle: the coordinator sums up the run
+
+
+    # ------------------------------------------------------------------ elastic serving (membership, drain)
+
+    def _check_known(self, step: p.Step) -> None:
+        """A step of a request this node does not hold (one it freed, or from before it restarted) is refused."""
+        unknown = [i.request_id for i in step.items if i.new is None and i.request_id not in self.routes]
+        if unknown:
+            raise NodeError(f"step {step.step_id}: requests {unknown} are not on this node")
+
+    def _hop_lost(self, step_id: int, request_ids: list[str], peer: str, exc: Exception) -> None:
+        with contextlib.suppress(PeerLost, TransportTimeout):
+            self.channel.send(COORDINATOR_PEER, p.HopLost(step_id, request_ids, self.name, peer, str(exc)))
+
+    def _out_of_routing(self, reason: str) -> None:
+        if self.drain_deadline is not None:  # draining anyway: nothing to rejoin for
+            self.running = False
+            return
+        self.rejoin_reason = reason
+
+    def _rejoin(self) -> None:
+        """Forget every request (the coordinator moved them elsewhere) and say Hello until let back in."""
+        logger.warning("node %s: %s; freeing %d requests and saying Hello again", self.name, self.rejoin_reason,
+                       len(self.routes))
+        self.rejoin_reason = None
+        for rid in list(self.routes):
+            self.worker.free_request(rid)
+        self.routes.clear()
+        self._introduce.clear()
+        self.deferred.clear()
+        self.wait_for_start(self.start_timeout_s)
+
+    def drain(self) -> None:
+        """SIGTERM: ask the coordinator to move this node's requests elsewhere; leave when it says Shutdown."""
+        if self.drain_deadline is not None:
+            return
+        self.drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        logger.info("node %s: draining (SIGTERM): no new requests; leaving once the coordinator moved ours", self.name)
+        try:
+            self.channel.send(COORDINATOR_PEER, p.Drain(self.name))
+        except (PeerLost, TransportTimeout):
+            self.running = False  # no coordinator to hand anything back to
 
 
 def _bitmask(grammar: bytes) -> np.ndarray | None:

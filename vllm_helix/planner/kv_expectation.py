@@ -53,6 +53,11 @@ class KVExpectation:
     def remove(self, node: str, length: int, layers: int) -> None:
         self.avail[node] += length * layers
 
+    def resize(self, node: str, capacity: int) -> None:
+        """The node's capacity changed (it restarted): what is reserved on it stays reserved."""
+        self.avail[node] += int(capacity) - self.total[node]
+        self.total[node] = int(capacity)
+
     def bottleneck_usage(self) -> float:
         """Largest expected KV fill fraction over model layers (0..1+)."""
         free = [0.0] * self.num_layers

@@ -12,6 +12,9 @@ Serving-path API (keep it this small):
     router.on_decode_step(request_id)                 # once per generated token (decode iteration)
     router.on_finish(request_id)                      # request done or aborted: frees its KV reservation
     router.on_node_lost(node) -> [request ids]        # stop routing to node; returns routes that used it
+    router.on_node_back(node)                         # route through it again
+    router.set_kv_capacity(node, slots)               # its KV token-layer slots (a node restarted)
+    router.reweight(arc_flow)                         # new arc weights: the live cluster's max flow
 
 `MaxFlowRouter` is Helix's scheduler: per node an interleaved weighted round-robin (IWRR) over the
 outbound arcs weighted by the max-flow arc flows, arcs below 5 % of the node's outbound flow dropped,
@@ -155,6 +158,12 @@ class Router(Protocol):
 
     def on_node_lost(self, node: str) -> list[object]: ...
 
+    def on_node_back(self, node: str) -> None: ...
+
+    def set_kv_capacity(self, node: str, slots: int) -> None: ...
+
+    def reweight(self, arc_flow: Mapping[tuple[str, str], float]) -> None: ...
+
     def bottleneck_usage(self) -> float: ...
 
 
@@ -171,7 +180,8 @@ class MaxFlowRouter:
         self.kv = KVExpectation(placement.ranges, kv_capacity or default_kv_capacity(cluster, model, placement),
                                 model.num_layers, kv_params)
         self.max_prompt = prompt_limits(cluster, model, placement)
-        self.iwrr = {u: IWRR([flow.arc_flow[(u, v)] for v in vs]) for u, vs in self.topo.out.items()}
+        self.weights = dict(flow.arc_flow)  # arc -> weight: the plan's arc flows, or the live cluster's
+        self.iwrr = {u: IWRR([self.weights[(u, v)] for v in vs]) for u, vs in self.topo.out.items()}
         self.lost: set[str] = set()
         self.active: dict[object, _Active] = {}
         self.rng = rng or random.Random(0)  # unused by MaxFlow; kept for a uniform constructor
@@ -210,7 +220,7 @@ class MaxFlowRouter:
         return route
 
     def _allowed(self, node: str, targets: list[str], prompt_len: int, length: int) -> list[bool]:
-        flows = [self.topo.flow[(node, v)] for v in targets]
+        flows = [self.weights[(node, v)] for v in targets]
         floor = FLOW_FLOOR * sum(flows)
         allowed = []
         for v, f in zip(targets, flows, strict=False):
@@ -248,6 +258,22 @@ class MaxFlowRouter:
         """Stop routing through `node`; returns the ids of active requests whose route used it."""
         self.lost.add(node)
         return [rid for rid, s in self.active.items() if node in s.route.nodes]
+
+    def on_node_back(self, node: str) -> None:
+        self.lost.discard(node)
+
+    def set_kv_capacity(self, node: str, slots: int) -> None:
+        self.kv.resize(node, slots)
+
+    def reweight(self, arc_flow: Mapping[tuple[str, str], float]) -> None:
+        """Weigh the arcs by these flows from now on (arcs not given carry none); the load of the requests in
+        flight is charged again under the new weights, so their release later stays balanced."""
+        self.weights = {a: float(arc_flow.get(a, 0.0)) for a in self.topo.flow}
+        # an arc without flow is never allowed (FLOW_FLOOR); a tiny weight keeps IWRR's arithmetic finite
+        self.iwrr = {u: IWRR([max(self.weights[(u, v)], 1e-9) for v in vs]) for u, vs in self.topo.out.items()}
+        for state in self.active.values():
+            for node, i in state.indices:
+                self.iwrr[node].add(state.work, i)
 
     def bottleneck_usage(self) -> float:
         """Largest expected KV fill fraction over layers (the offline feeder's throttle)."""
@@ -300,6 +326,15 @@ class _HopByHopRouter:
     def on_node_lost(self, node: str) -> list[object]:
         self.lost.add(node)
         return [rid for rid, r in self.active.items() if node in r.nodes]
+
+    def on_node_back(self, node: str) -> None:
+        self.lost.discard(node)
+
+    def set_kv_capacity(self, node: str, slots: int) -> None:
+        pass  # these routers admit without KV expectation
+
+    def reweight(self, arc_flow: Mapping[tuple[str, str], float]) -> None:
+        pass  # these routers weigh no arcs
 
     def bottleneck_usage(self) -> float:
         return 0.0

@@ -1,0 +1,211 @@
+"""Elastic serving end to end: a lost node costs no request, and nodes come back without a restart.
+
+One `vllm serve --executor helix` for the whole module, on a plan with redundancy: elastic-a [0, 2) (local),
+elastic-b [2, 8) (a `vllm-helix worker` this test starts, as on another host) and elastic-c [2, 8) (local).
+16 concurrent streaming greedy requests are the workload; their undisturbed tokens are taken first. Then, in
+order: SIGKILL of elastic-c mid-stream (every request completes with exactly the undisturbed tokens; the
+coordinator restarts elastic-c and routes pass through it again); SIGTERM of elastic-b mid-stream (it drains:
+no request fails, it exits 0); with elastic-b gone, SIGSTOP of elastic-c leaves no complete route: a request
+waits --helix-reroute-timeout and fails with the lost nodes in the log, and one sent before SIGCONT completes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import psutil
+import pytest
+from serve_helpers import COMMON, post, write_plan
+
+from vllm_helix.coordinator.local_nodes import free_port
+from vllm_helix.vllm_server import VllmServer
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+ENV = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="nobind")
+REROUTE_TIMEOUT_S = 15
+WORKLOAD = [f"{i} little robots counted {'the stars ' * (i % 4 + 1)}in the night sky, and then" for i in range(16)]
+MAX_TOKENS = 40
+
+
+class Cluster:
+    def __init__(self, url: str, server: VllmServer, routes, plan, model, worker_args: list[str], tmp):
+        self.url, self.server, self.routes, self.plan, self.model = url, server, routes, plan, model
+        self.worker_args, self.tmp = worker_args, tmp
+        self.worker: subprocess.Popen | None = None
+
+    def start_worker(self) -> subprocess.Popen:
+        """elastic-b, started by hand as on its own host."""
+        log = open(self.tmp / "elastic-b.log", "a")  # noqa: SIM115 - the process keeps it
+        self.worker = subprocess.Popen([sys.executable, "-m", "vllm_helix.cli", "worker", "--plan", str(self.plan),
+                                        "--node", "elastic-b", "--model", str(self.model), *self.worker_args],
+                                       stdout=log, stderr=subprocess.STDOUT, env=ENV)
+        return self.worker
+
+    def local_node(self, name: str) -> psutil.Process:
+        """The local worker process of `name`, a child of `vllm serve`."""
+        for child in psutil.Process(self.server.process.pid).children(recursive=True):
+            command = child.cmdline()
+            if "worker" in command and "--node" in command and command[command.index("--node") + 1] == name:
+                return child
+        raise AssertionError(f"no local worker {name}")
+
+    def route_lines(self) -> list[str]:
+        return self.routes.read_text().splitlines() if self.routes.exists() else []
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_llama_path, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("elastic")
+    nodes = {"name": "elastic", "coordinator": {"address": f"127.0.0.1:{free_port()}"},
+             "nodes": [{"name": "elastic-a", "gpu": "cpu", "gpus": 4, "vram": "4GB", "address": "local"},
+                       {"name": "elastic-b", "gpu": "cpu", "gpus": 2, "vram": "4GB",
+                        "address": f"127.0.0.1:{free_port()}"},
+                       {"name": "elastic-c", "gpu": "cpu", "gpus": 2, "vram": "4GB", "address": "local"}],
+             "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"}}
+    plan = write_plan(tmp, tiny_llama_path, nodes, {"elastic-a": [0, 2], "elastic-b": [2, 8], "elastic-c": [2, 8]})
+    worker_args = ["--dtype", "float32", "--max-model-len", "512", "--max-num-batched-tokens", "64",
+                   "--max-num-seqs", "32", "--enforce-eager", "--kv-fraction", "0.05"]
+    server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--enforce-eager",
+                                          "--helix-route-log", str(tmp / "routes.log"),
+                                          "--helix-reroute-timeout", str(REROUTE_TIMEOUT_S), *COMMON],
+                        log_path=tmp / "serve.log")
+    setup = Cluster("", server, tmp / "routes.log", plan, tiny_llama_path, worker_args, tmp)
+    setup.start_worker()
+    try:
+        with server as url:
+            setup.url = url
+            yield setup
+    finally:
+        for process in (setup.worker,):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def stream(url: str, model, prompt: str, progress: list[int] | None = None) -> tuple[list[int], str]:
+    """Token ids and finish reason of one streaming greedy completion; `progress` counts the chunks seen."""
+    body = {"model": str(model), "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True,
+            "stream": True, "return_token_ids": True}
+    request = urllib.request.Request(url + "/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    tokens, finish = [], None
+    with urllib.request.urlopen(request, timeout=600) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                return tokens, f"error: {chunk['error']}"
+            choice = chunk["choices"][0]
+            tokens += choice.get("token_ids") or []
+            finish = choice.get("finish_reason") or finish
+            if progress is not None:
+                progress.append(1)
+    return tokens, finish
+
+
+def run_workload(cluster: Cluster, disturb=None) -> list[tuple[list[int], str]]:
+    """The 16 streams at once; `disturb()` runs once every stream has its first tokens."""
+    progress: list[list[int]] = [[] for _ in WORKLOAD]
+    with cf.ThreadPoolExecutor(len(WORKLOAD)) as pool:
+        futures = [pool.submit(stream, cluster.url, cluster.model, p, progress[i]) for i, p in enumerate(WORKLOAD)]
+        if disturb is not None:
+            deadline = time.monotonic() + 600
+            while not all(len(p) >= 3 for p in progress) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert all(len(p) < MAX_TOKENS for p in progress), "the workload ended before the disturbance"
+            disturb()
+        return [f.result(timeout=900) for f in futures]
+
+
+@pytest.fixture(scope="module")
+def undisturbed(cluster):
+    results = run_workload(cluster)
+    assert all(finish == "length" and len(tokens) == MAX_TOKENS for tokens, finish in results), results
+    return results
+
+
+def wait_for(condition, timeout_s: float, what: str, poke=None) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout_s, f"{what} within {timeout_s:.0f} s"
+        if poke is not None:
+            poke()
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def health(url: str) -> int:
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=10) as response:
+        return response.status
+
+
+def test_a_killed_node_costs_no_request_and_its_restart_rejoins(cluster, undisturbed):
+    before = len(cluster.route_lines())
+    victim = cluster.local_node("elastic-c")
+    killed_at: list[float] = []
+
+    def kill():
+        through_c = [line for line in cluster.route_lines()[before:] if "elastic-c" in line]
+        assert through_c, "no stream was routed through elastic-c"
+        victim.send_signal(signal.SIGKILL)
+        killed_at.append(time.monotonic())
+
+    assert run_workload(cluster, kill) == undisturbed  # same tokens, every one finished by length
+    log = cluster.server.log_path.read_text()
+    assert re.search(r"Helix node elastic-c lost: local worker exited with status -9; rerouting [1-9]", log)
+    assert health(cluster.url) == 200
+    # the coordinator restarts it; once it is back, new routes pass through it again
+    after_kill = len(cluster.route_lines())
+    seconds = wait_for(lambda: any("elastic-c" in line for line in cluster.route_lines()[after_kill:]), 400,
+                       "routes through the restarted elastic-c",
+                       poke=lambda: post(cluster.url, "/completions", {"model": str(cluster.model), "prompt": "1 2 3",
+                                                                       "max_tokens": 2, "temperature": 0}))
+    print(f"elastic-c back in routing {time.monotonic() - killed_at[0]:.1f} s after the kill ({seconds:.1f} s wait)")
+    assert "Helix node elastic-c [2, 8) rejoined" in cluster.server.log_path.read_text()
+
+
+def test_a_worker_stopped_with_sigterm_drains_without_failing_a_request(cluster, undisturbed):
+    worker = cluster.worker
+    assert worker is not None and worker.poll() is None
+    assert run_workload(cluster, lambda: worker.send_signal(signal.SIGTERM)) == undisturbed
+    assert worker.wait(timeout=180) == 0
+    log = cluster.server.log_path.read_text()
+    assert "Helix node elastic-b lost: draining (SIGTERM)" in log and "Helix node elastic-b drained" in log
+
+
+def test_no_complete_route_waits_then_fails_naming_the_lost_nodes(cluster):
+    """elastic-b drained (the test before); elastic-c stopped: layers [2, 8) are on no live node."""
+    node = cluster.local_node("elastic-c")
+    body = {"model": str(cluster.model), "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
+    node.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: "Helix node elastic-c lost" in cluster.server.log_path.read_text().split(
+            "Helix node elastic-b drained")[-1], 60, "elastic-c counted as lost")
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as failure:
+            post(cluster.url, "/completions", body)
+        waited = time.monotonic() - started
+        assert failure.value.code == 500 and waited >= REROUTE_TIMEOUT_S
+        assert re.search(r"found no complete route with KV room for \d+ s; .*elastic-b drained.*elastic-c lost",
+                         cluster.server.log_path.read_text())
+        # a request that starts waiting now completes once elastic-c comes back inside the timeout
+        answer: dict = {}
+        waiter = threading.Thread(target=lambda: answer.update(post(cluster.url, "/completions", body)))
+        waiter.start()
+        time.sleep(2)
+    finally:
+        node.send_signal(signal.SIGCONT)
+    waiter.join(timeout=120)
+    assert answer["choices"][0]["finish_reason"] == "length"
