@@ -44,6 +44,17 @@ def write_plan(tmp, model, cluster=CLUSTER, placement=PLACEMENT):
     return tmp / "plan.yaml"
 
 
+def local_worker(server, name):
+    """The process of local node `name` of a `vllm serve --executor helix` (a VllmServer): one of its children."""
+    import psutil
+
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        command = child.cmdline()
+        if "worker" in command and "--node" in command and command[command.index("--node") + 1] == name:
+            return child
+    raise AssertionError(f"no local worker {name}")
+
+
 def post(url, path, body, timeout=300):
     request = urllib.request.Request(url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -25,7 +25,7 @@ import urllib.request
 
 import psutil
 import pytest
-from serve_helpers import COMMON, post, write_plan
+from serve_helpers import COMMON, local_worker, post, write_plan
 
 from vllm_helix.coordinator.local_nodes import free_port
 from vllm_helix.vllm_server import VllmServer
@@ -52,12 +52,7 @@ class Cluster:
         return self.worker
 
     def local_node(self, name: str) -> psutil.Process:
-        """The local worker process of `name`, a child of `vllm serve`."""
-        for child in psutil.Process(self.server.process.pid).children(recursive=True):
-            command = child.cmdline()
-            if "worker" in command and "--node" in command and command[command.index("--node") + 1] == name:
-                return child
-        raise AssertionError(f"no local worker {name}")
+        return local_worker(self.server, name)
 
     def route_lines(self) -> list[str]:
         return self.routes.read_text().splitlines() if self.routes.exists() else []
@@ -168,10 +163,14 @@ def test_a_killed_node_costs_no_request_and_its_restart_rejoins(cluster, undistu
     assert health(cluster.url) == 200
     # the coordinator restarts it; once it is back, new routes pass through it again
     after_kill = len(cluster.route_lines())
+
+    def wave():  # concurrent requests: the router splits concurrent work over the branches (one alone takes the first)
+        with cf.ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: post(cluster.url, "/completions", {"model": str(cluster.model), "prompt": f"{i} +",
+                                                                       "max_tokens": 2, "temperature": 0}), range(4)))
+
     seconds = wait_for(lambda: any("elastic-c" in line for line in cluster.route_lines()[after_kill:]), 400,
-                       "routes through the restarted elastic-c",
-                       poke=lambda: post(cluster.url, "/completions", {"model": str(cluster.model), "prompt": "1 2 3",
-                                                                       "max_tokens": 2, "temperature": 0}))
+                       "routes through the restarted elastic-c", poke=wave)
     print(f"elastic-c back in routing {time.monotonic() - killed_at[0]:.1f} s after the kill ({seconds:.1f} s wait)")
     assert "Helix node elastic-c [2, 8) rejoined" in cluster.server.log_path.read_text()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import re
-import subprocess
 import threading
 import time
 import urllib.error
@@ -18,7 +17,7 @@ import urllib.request
 
 import pytest
 import yaml
-from serve_helpers import CLUSTER, COMMON, PROMPTS, completion_tokens, post, write_plan
+from serve_helpers import CLUSTER, COMMON, PROMPTS, completion_tokens, local_worker, post, write_plan
 
 from vllm_helix.errors import HelixError
 from vllm_helix.vllm_server import VllmServer
@@ -119,8 +118,9 @@ def test_over_long_prompt_is_http_400(helix, tiny_llama_path):
 
 
 @pytest.mark.kills_a_node
-def test_a_lost_node_fails_its_requests_and_the_rest_go_on(helix, tiny_llama_path):
-    """Kill `slow` mid-burst: its requests end with an error, nothing hangs, later ones route via `fast`."""
+def test_a_lost_node_costs_no_request_and_the_rest_go_on(helix, tiny_llama_path):
+    """Kill `slow` mid-burst: its requests are recomputed through `fast` and complete normally; nothing hangs.
+    (Token equality under a kill, the restart and draining: tests/serving/test_elastic.py.)"""
     url, routes_log, server = helix
     outcomes = []
 
@@ -128,22 +128,19 @@ def test_a_lost_node_fails_its_requests_and_the_rest_go_on(helix, tiny_llama_pat
         body = {"model": str(tiny_llama_path), "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 60,
                 "temperature": 0}
         try:
-            outcomes.append(post(url, "/completions", body, timeout=120)["choices"][0]["finish_reason"])
+            outcomes.append(post(url, "/completions", body, timeout=300)["choices"][0]["finish_reason"])
         except urllib.error.HTTPError as exc:
             outcomes.append(f"http {exc.code}")
 
+    victim = local_worker(server, "slow")
     with cf.ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(call, i) for i in range(12)]
         time.sleep(1.5)
-        subprocess.run(["pkill", "-f", "--", "--node slow"], check=False)
-        cf.wait(futures, timeout=150)
-    assert len(outcomes) == 12  # every request answered: none hangs
-    assert set(outcomes) <= {"length", "error", "http 500"}
-    before = len(routes_log.read_text().splitlines())
+        victim.kill()
+        cf.wait(futures, timeout=350)
+    assert outcomes == ["length"] * 12  # every request answered, none failed
     after = completion_tokens(url, tiny_llama_path)
     assert all(len(t) == 24 for t in after)
-    new_routes = routes_log.read_text().splitlines()[before:]
-    assert new_routes and all("slow" not in line for line in new_routes)
     assert "Helix node slow lost" in server.log_path.read_text()
 
 
