@@ -6,7 +6,8 @@ elastic-b [2, 8) (a `vllm-helix worker` this test starts, as on another host) an
 order: SIGKILL of elastic-c mid-stream (every request completes with exactly the undisturbed tokens; the
 coordinator restarts elastic-c and routes pass through it again); SIGTERM of elastic-b mid-stream (it drains:
 no request fails, it exits 0); with elastic-b gone, SIGSTOP of elastic-c leaves no complete route: a request
-waits --helix-reroute-timeout and fails with the lost nodes in the log, and one sent before SIGCONT completes.
+waits --helix-reroute-timeout and fails with the lost nodes in the log, and one sent before SIGCONT completes;
+elastic-b started again rejoins and serves. (The tests run in this order and build on each other.)
 """
 
 from __future__ import annotations
@@ -208,3 +209,13 @@ def test_no_complete_route_waits_then_fails_naming_the_lost_nodes(cluster):
         node.send_signal(signal.SIGCONT)
     waiter.join(timeout=120)
     assert answer["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_worker_started_again_rejoins_without_a_server_restart(cluster, undisturbed):
+    """elastic-b (drained above) starts again, as after its host's maintenance: it says Hello and is routed again."""
+    cluster.start_worker()
+    wait_for(lambda: "Helix node elastic-b [2, 8) rejoined" in cluster.server.log_path.read_text(), 600,
+             "elastic-b rejoined")
+    before = len(cluster.route_lines())
+    assert run_workload(cluster) == undisturbed
+    assert any("elastic-b" in line for line in cluster.route_lines()[before:])
