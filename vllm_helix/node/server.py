@@ -188,6 +188,9 @@ class NodeServer:
                     self.deferred.insert(0, received)
                     return batch
             elif isinstance(message, p.Free):
+                if any(rid in batch.step_of for rid in message.request_ids):  # run their queued step first
+                    self.deferred.insert(0, received)
+                    return batch
                 self._free(message.request_ids)
             elif isinstance(message, p.Shutdown):
                 self.running = False
@@ -248,7 +251,7 @@ class NodeServer:
             self._forward(batch, results)  # type: ignore[arg-type]  # the others HiddenResults
 
     def _reply_failed(self, step_id: int, request_ids: list[str], exc: Exception) -> None:
-        self.channel.send(COORDINATOR_PEER, p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))
+        self._to_coordinator(p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))
 
     def _send_tokens(self, batch: _Pending, results: list[TokenResult]) -> None:
         by_step: dict[int, list[p.TokenOut]] = {}
@@ -256,7 +259,7 @@ class NodeServer:
             by_step.setdefault(batch.step_of[result.request_id], []).append(
                 p.TokenOut(result.request_id, result.token_id, result.logprob_row, result.prompt_logprobs))
         for step_id, outs in by_step.items():
-            self.channel.send(COORDINATOR_PEER, p.Tokens(step_id, outs))
+            self._to_coordinator(p.Tokens(step_id, outs))
 
     def _forward(self, batch: _Pending, results: list[HiddenResult]) -> None:
         items = {item.request_id: item for item in batch.items}
@@ -305,9 +308,15 @@ class NodeServer:
         if unknown:
             raise NodeError(f"step {step.step_id}: requests {unknown} are not on this node")
 
+    def _to_coordinator(self, message: p.Message) -> None:
+        """Answer the coordinator; when it is gone, this node is out of routing (it rejoins once it is back)."""
+        try:
+            self.channel.send(COORDINATOR_PEER, message)
+        except (PeerLost, TransportTimeout):
+            self._out_of_routing("it lost the coordinator")
+
     def _hop_lost(self, step_id: int, request_ids: list[str], peer: str, exc: Exception) -> None:
-        with contextlib.suppress(PeerLost, TransportTimeout):
-            self.channel.send(COORDINATOR_PEER, p.HopLost(step_id, request_ids, self.name, peer, str(exc)))
+        self._to_coordinator(p.HopLost(step_id, request_ids, self.name, peer, str(exc)))
 
     def _out_of_routing(self, reason: str) -> None:
         if self.drain_deadline is not None:  # draining anyway: nothing to rejoin for
