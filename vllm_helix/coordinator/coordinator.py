@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _current: ServingCoordinator | None = None
+HOUSEKEEPING_S = 0.2
 HELLO_GRACE_S = 5.0  # Hellos a node sent before it heard Start may arrive this long after it
 
 
@@ -77,6 +78,7 @@ class ServingCoordinator:
         self._started = time.monotonic()
         self._stop = threading.Event()
         self._receiver: threading.Thread | None = None
+        self._housekeeping_at = 0.0
         _current = self
 
     # ------------------------------------------------------------------ start-up
@@ -192,10 +194,7 @@ class ServingCoordinator:
                 self._lose(getattr(exc, "peer", None), f"its link was lost ({exc})")
                 continue
             finally:
-                self._expire()
-                self._watch_local_workers()
-                self._finish_drains()
-                self._reset_returned()
+                self._housekeeping()
             if received is None:
                 continue
             message = received.message
@@ -231,6 +230,17 @@ class ServingCoordinator:
                     shares, self.book.serving_s)
 
     # ------------------------------------------------------------------ membership (elastic serving)
+
+    def _housekeeping(self) -> None:
+        """Step timeouts, local workers, drains, lost nodes heard again: every HOUSEKEEPING_S, not per message."""
+        now = time.monotonic()
+        if now < self._housekeeping_at:
+            return
+        self._housekeeping_at = now + HOUSEKEEPING_S
+        self._expire()
+        self._watch_local_workers()
+        self._finish_drains()
+        self._reset_returned()
 
     def _on_membership(self, message: p.Message) -> None:
         if isinstance(message, p.HopLost):
