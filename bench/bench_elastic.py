@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 import threading
 import time
@@ -184,8 +183,6 @@ def main() -> None:
     if lost:
         print("lost:", [(s.completion_id, s.finish) for s in lost][:10])
     print(f"log: {server.log_path}")
-    if re.search(r"Traceback", server.log_path.read_text()):
-        print("the server log has a traceback")
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ def test_helix_cluster_plans_at_parse_time_and_bad_uses_are_usage_errors(tmp_pat
 @pytest.mark.parametrize("option, value, problem", [("--helix-kv-fraction", "1.5", "must be in (0, 1)"),
                                                     ("--helix-depth", "-1", "must be >= 0"),
                                                     ("--helix-step-timeout", "0", "must be > 0"),
+                                                    ("--helix-reroute-timeout", "-1", "must be > 0"),
                                                     ("--helix-kv-cache-bytes", "0", "must be > 0")])
 def test_a_bad_helix_option_value_is_a_usage_error(option, value, problem, capsys):
     parser = add_helix_args(FlexibleArgumentParser())
