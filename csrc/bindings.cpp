@@ -156,6 +156,8 @@ PYBIND11_MODULE(_transport, m) {
         .def("recv", &recv, py::arg("timeout_s"))
         .def("recv_many", &recv_many, py::arg("max_n"), py::arg("timeout_s"))
         .def("peers", &Endpoint::peers)
+        .def("rekey", &Endpoint::rekey, py::arg("peer"), py::arg("server_key"),
+             py::call_guard<py::gil_scoped_release>())
         .def("set_allowed", &Endpoint::set_allowed, py::arg("keys"))
         .def("take_denied", &Endpoint::take_denied)
         .def("stats",

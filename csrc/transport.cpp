@@ -852,6 +852,25 @@ void Endpoint::close() {
     I.cv_recv.notify_all();
 }
 
+void Endpoint::rekey(const std::string& peer, const std::string& server_key) {
+    Impl& I = *impl_;
+    if (I.opt.curve_secret.empty()) throw std::invalid_argument("rekey needs CURVE keys for this endpoint");
+    z85_decode_key(server_key, "peer public key");
+    PeerOut* p = nullptr;
+    {
+        std::lock_guard<std::mutex> g(I.mu);
+        auto it = I.peers.find(peer);
+        if (it == I.peers.end()) throw std::invalid_argument("unknown peer '" + peer + "': call connect(name, address) first");
+        p = it->second.get();
+    }
+    // The server key applies to connections made from now on: drop the current one and dial again.
+    std::lock_guard<std::mutex> sg(p->smu);
+    if (!p->sock) throw ClosedError();
+    if (zmq_setsockopt(p->sock, ZMQ_CURVE_SERVERKEY, server_key.c_str(), 40) != 0) zmq_fail("ZMQ_CURVE_SERVERKEY");
+    zmq_disconnect(p->sock, p->address.c_str());
+    if (zmq_connect(p->sock, p->address.c_str()) != 0) zmq_fail("connect " + p->address);
+}
+
 void Endpoint::set_allowed(const std::vector<std::string>& keys) {
     Impl& I = *impl_;
     if (I.opt.curve_secret.empty()) throw std::invalid_argument("an allow-list of peer keys needs CURVE keys for this endpoint");

@@ -124,6 +124,8 @@ class Endpoint {
     const std::string& name() const;
     const std::string& address() const;  // resolved bind address (tcp://host:port)
     void connect(const std::string& peer, const std::string& address, const std::string& server_key);
+    // A connected peer's new CURVE public key (its key was rotated): reconnect, proving the new key.
+    void rekey(const std::string& peer, const std::string& server_key);
     // Hand a message for `peer` to libzmq, waiting up to timeout_s while the peer's queue is full.
     // Returns false on timeout (nothing sent; tokens still released).
     // Throws PeerLostError, ClosedError, std::invalid_argument.

@@ -206,8 +206,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     print(f"public keys written to {args.plan}")
     _print_key_lines(lines)
     if args.rotate:
-        print(f"rotated {', '.join(args.rotate)}: restart those workers with their new key files, and `vllm serve` "
-              f"with this plan; the old keys are refused from then on")
+        print(f"rotated {', '.join(args.rotate)}: restart those workers with their new key files; a `vllm serve` "
+              f"running this plan refuses the old keys from now on (a rotated coordinator needs its restart)")
     return 0
 
 

@@ -219,6 +219,11 @@ class Channel:
         """Dial `peer`; on an encrypted channel, `public_key` is the key it must prove it holds."""
         self.endpoint.connect(peer, tcp(address), public_key if self._curve else None)
 
+    def rekey(self, peer: str, public_key: str) -> None:
+        """`peer` now holds the key `public_key` (rotated): dial it again, expecting that key."""
+        if self._curve:
+            self._curve.rekey(peer, public_key)
+
     def allow(self, public_keys: Sequence[str]) -> None:
         """Accept connections from these keys only (encrypted channels)."""
         if self._curve:

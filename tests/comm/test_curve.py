@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -45,6 +46,34 @@ def test_unknown_key_is_refused_and_the_sender_sees_the_peer_lost() -> None:
         assert srv.stats()["auth_denied"] >= 1
         with pytest.raises(PeerLost, match="srv"):
             bad.recv(timeout=2)
+
+
+def test_a_rotated_peer_is_reached_again_after_rekey() -> None:
+    old, new, client = CurveKeys.generate(), CurveKeys.generate(), CurveKeys.generate()
+    allow_client = (client.public,)
+    with Endpoint("srv", options=OPTS, curve=CurveKeys(old.public, old.secret, allow_client)) as srv:
+        address = srv.address
+    srv_keys = CurveKeys(new.public, new.secret, allow_client)  # the same peer restarted with a rotated key
+    with (
+        Endpoint("srv", address, options=OPTS, curve=srv_keys) as srv,
+        Endpoint("c", options=OPTS, curve=CurveKeys(client.public, client.secret, (new.public,))) as c,
+    ):
+        c.connect("srv", address, public_key=old.public)  # what it knew before the rotation
+        with pytest.raises((PeerLost, TransportTimeout)):
+            c.send("srv", Header("to the old key"))
+            srv.recv(timeout=1.0)
+        c.rekey("srv", new.public)
+        deadline = time.monotonic() + 5
+        while True:  # the link is re-dialled: sends go through once the handshake with the new key is done
+            try:
+                c.send("srv", Header("to the new key"))
+                break
+            except PeerLost:
+                assert time.monotonic() < deadline, "never reached the rotated peer"
+                time.sleep(0.1)
+        assert srv.recv(timeout=3).header.kind == "to the new key"
+        with pytest.raises(ValueError, match="unknown peer"):
+            c.rekey("nobody", new.public)
 
 
 def test_plain_text_peer_cannot_reach_a_curve_endpoint() -> None:

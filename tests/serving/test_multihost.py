@@ -5,7 +5,8 @@ starts before it, worker `far` several seconds after it, with a key rotated just
 addresses are not loopback, so every link is CURVE: greedy tokens equal plain vLLM's; an eavesdropper on
 far's link reads none of the protocol; processes holding no key, a made-up key, the rotated-out key or a
 node's key in a direction the plan does not use get nothing executed and nothing back (each refusal
-logged with its address); and the cluster goes on serving.
+logged with its address); and the cluster goes on serving. Then far's key is rotated while serving and its
+worker restarted with the new key: it rejoins, requests complete, and its previous key is refused.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def test_workers_in_namespaces_serve_encrypted_by_default(tiny_llama_path, plain
 
     workers = [worker(near, "near", "--key", str(key_path(plan, "near")))]
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan),
-                                          "--helix-start-timeout", "300", *COMMON], log_path=tmp_path / "serve.log")
+                                          "--helix-start-timeout", "300", "--helix-reroute-timeout", "600",
+                                          *COMMON], log_path=tmp_path / "serve.log")
     late = threading.Thread(target=far_joins_after_an_impostor_tried_its_old_key, daemon=True)
     late.start()
     try:
@@ -114,6 +116,19 @@ def test_workers_in_namespaces_serve_encrypted_by_default(tiny_llama_path, plain
                  "target_key": public["coordinator"], "secret": secret(rotated_out), "message": "hello"},
             ])
             assert completion_tokens(url, tiny_llama_path) == expected  # still serving, same tokens
+            # rotate far's key while serving: rotating and restarting its worker is all it takes
+            serving_key = tmp_path / "far-serving.key"
+            shutil.copy(key_path(plan, "far"), serving_key)
+            subprocess.run([sys.executable, "-m", "vllm_helix.cli", "keys", "--plan", str(plan), "--rotate", "far"],
+                           check=True, capture_output=True)
+            workers[1].kill()
+            workers[1].wait(30)
+            workers.append(worker(far, "far"))
+            assert completion_tokens(url, tiny_llama_path) == expected  # waits for far to rejoin
+            rotated_during_serving = intrude(far, [
+                {"label": "far's key before the second rotation -> coordinator", "name": "far",
+                 "target": f"{near.gateway}:7300", "target_key": public["coordinator"],
+                 "secret": secret(serving_key), "message": "hello"}])
     finally:
         late.join(60)
         for process in workers:
@@ -124,9 +139,11 @@ def test_workers_in_namespaces_serve_encrypted_by_default(tiny_llama_path, plain
     assert len(wire) > 50_000, len(wire)  # hidden states crossed far's link...
     for marker in (b"helix", b"tokens", b"step"):  # ...sealed: no header, message kind or tag readable
         assert marker not in wire, marker
-    for result in [*impostor.values(), *attacks.values()]:
+    for result in [*impostor.values(), *attacks.values(), *rotated_during_serving.values()]:
         assert_got_nothing(result)
     serve_log, near_log = (tmp_path / "serve.log").read_text(), (tmp_path / "near.log").read_text()
+    rotated_at = serve_log.index("Helix node far has a new key (rotated)")
+    assert "rejoined" in serve_log[rotated_at:]
     assert f"refused a connection from {far.address}" in serve_log  # the impostor, before far joined
     assert f"refused a connection from {evil.address}" in serve_log
     assert near_log.count(f"refused a connection from {evil.address}") == 1  # once per address

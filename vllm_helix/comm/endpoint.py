@@ -224,6 +224,10 @@ class Endpoint:
     def stats(self) -> dict[str, int]:
         return self._ep.stats()
 
+    def rekey(self, peer: str, public_key: str) -> None:
+        """`peer`'s key was rotated: reconnect to it, expecting `public_key` (Z85)."""
+        self._ep.rekey(peer, public_key)
+
     def set_allowed(self, public_keys: Sequence[str]) -> None:
         """Replace the CURVE allow-list; handshakes from now on are checked against it."""
         self._ep.set_allowed(list(public_keys))

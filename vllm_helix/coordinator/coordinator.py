@@ -14,6 +14,7 @@ restarted with back-off (`local_nodes.py`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -28,13 +29,15 @@ from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import (
     ConfigError,
     FrameRejected,
+    HelixError,
     NodeError,
     PeerLost,
     StartupError,
     TransportTimeout,
 )
 from vllm_helix.node.config import WorkerConfig
-from vllm_helix.planner.keys import identity, key_path
+from vllm_helix.planner.files import load_plan
+from vllm_helix.planner.keys import allowed_senders, identity, key_path
 from vllm_helix.planner.plan import Plan
 from vllm_helix.wire import COORDINATOR_PEER, Channel, open_channel
 
@@ -241,6 +244,8 @@ class ServingCoordinator:
         self._watch_local_workers()
         self._finish_drains()
         self._reset_returned()
+        if self.channel.encrypted:
+            self._take_rotated_keys()
 
     def _on_membership(self, message: p.Message) -> None:
         if isinstance(message, p.HopLost):
@@ -277,6 +282,30 @@ class ServingCoordinator:
         self.workers.started(node)
         self.routes.node_back(node, hello.kv_tokens)
         logger.info("Helix node %s %s rejoined; %s", node, self.plan.placement[node], self.members.describe())
+
+    def _take_rotated_keys(self) -> None:
+        """`vllm-helix keys --rotate NODE` rewrote the plan: trust the node's new key and refuse the old one from
+        now on; the other nodes hear of it too. Restarting that worker with its new key file is all that is left."""
+        try:
+            keys = load_plan(self.options["plan"]).public_keys  # cached until the file changes
+        except HelixError:
+            return  # being rewritten: next time
+        nodes = self.plan.placement.ranges
+        rotated = {n: k for n, k in keys.items() if n in nodes and self.plan.public_keys.get(n) != k}
+        if not rotated:
+            return
+        self.plan = dataclasses.replace(self.plan, public_keys={**self.plan.public_keys, **rotated})
+        self.channel.allow([self.plan.public_keys[n] for n in allowed_senders(self.plan, COORDINATOR_PEER)])
+        for node, public in rotated.items():
+            logger.info("Helix node %s has a new key (rotated): its old key is refused from now on", node)
+            if node in self.channel.peers():
+                self.channel.rekey(node, public)
+        for node in nodes:
+            if node not in rotated and self.members.is_up(node):
+                # a Start while serving carries new keys: nodes trust them and dial rotated peers again;
+                # lost nodes get them with their next Start
+                with contextlib.suppress(PeerLost, TransportTimeout):
+                    self.channel.send(node, p.Start(self.plan.public_keys))
 
     def _hello_problem(self, hello: p.Hello) -> str | None:
         expected = self.plan.placement.ranges[hello.node]

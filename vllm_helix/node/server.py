@@ -132,7 +132,10 @@ class NodeServer:
         """The coordinator's keys win over this host's plan copy, so a rotated neighbour needs no copy here."""
         if not self.channel.encrypted or not public_keys:
             return
+        rotated = [n for n, key in public_keys.items() if self.public_keys.get(n, key) != key]
         self.public_keys.update(public_keys)
+        for peer in set(rotated) & self.channel.peers():  # dialled with its old key: dial again
+            self.channel.rekey(peer, self.public_keys[peer])
         self.channel.allow([self.public_keys[n] for n in (COORDINATOR_PEER, *self.predecessors)])
 
     # ------------------------------------------------------------------ serving
@@ -198,8 +201,8 @@ class NodeServer:
             elif isinstance(message, p.Reset):
                 self._out_of_routing(f"the coordinator took it out of routing: {message.reason}")
                 return batch
-            elif isinstance(message, p.Start):
-                continue
+            elif isinstance(message, p.Start):  # while serving: a neighbour's key was rotated
+                self._trust(message.public_keys)
 
     def _merge(self, batch: _Pending, step: p.Step, received: Received) -> bool:
         self._check_known(step)
