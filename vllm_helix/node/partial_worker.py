@@ -16,6 +16,7 @@ vLLM's own pipeline stages exchange it, so a chain is bit-identical to the whole
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,10 @@ class PartialLayerWorker:
             raise EngineStartError(f"layers [{self.start}, {self.end}) failed their warm-up batch: {err}") from err
         finally:
             self.free_request(rid)
+
+    def close(self) -> None:
+        """Stop the tensor-parallel rank processes, if any (they also stop when this process exits)."""
+        self._ranks.close()
 
     def free_request(self, request_id: str) -> None:
         """Forget the request and return its KV blocks (safe to call twice)."""
@@ -379,7 +384,16 @@ def _load_config(path: str, config: WorkerConfig, kv_cache_bytes: int, layers: t
         return seam.make_vllm_config(path, config, dtype=host.resolve_dtype(config.dtype),
                                      kv_cache_bytes=kv_cache_bytes, layers=layers)
     except Exception as err:  # vLLM raises many types here; the user needs one message
-        raise EngineStartError(f"vLLM cannot load the model at {path!r}: {err}") from err
+        raise EngineStartError(f"vLLM cannot load the model at {path!r}: {_one_line(err)}") from err
+
+
+def _one_line(err: Exception) -> str:
+    """vLLM's config checks are pydantic validators, whose errors span lines: keep their messages."""
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        with contextlib.suppress(Exception):
+            return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in errors())
+    return " ".join(str(err).split())
 
 
 def _check_tensor_parallel(size: int) -> int:
