@@ -74,12 +74,12 @@ class PartialLayerWorker:
         self.config = config = config or WorkerConfig()
         budget = config.kv_cache_bytes if config.kv_cache_bytes is not None else _memory_budget(config.kv_fraction)
         _check_fits_in_memory(budget)
+        self.tensor_parallel_size = _check_tensor_parallel(config.tensor_parallel_size or 1)  # before vLLM's checks
         self.vllm_config = _load_config(self.model_path, config, budget, layer_range)
         total = seam.num_hidden_layers(self.vllm_config)
         self.start, self.end = _check_range(layer_range, total, num_layers_total)
         self.num_layers_total = total
         self.is_first, self.is_last = self.start == 0, self.end == total
-        self.tensor_parallel_size = _check_tensor_parallel(config.tensor_parallel_size or 1)
         self._ranks = _load_ranks(self.vllm_config, (self.start, self.end, total), self.tensor_parallel_size,
                                   self.model_path)
         self._init_kv_cache(budget)
