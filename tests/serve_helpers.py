@@ -26,8 +26,9 @@ CLUSTER = {
     "name": "branch",
     "coordinator": {"address": "local"},
     "nodes": [
-        {"name": "head", "gpu": "cpu", "gpus": 4, "vram": "4GB", "address": "local"},
-        {"name": "fast", "gpu": "cpu", "gpus": 2, "vram": "4GB", "address": "local"},
+        # `gpus` weights the planner; `tp: 1` keeps each node one process (no tensor parallelism) on a small host
+        {"name": "head", "gpu": "cpu", "gpus": 4, "tp": 1, "vram": "4GB", "address": "local"},
+        {"name": "fast", "gpu": "cpu", "gpus": 2, "tp": 1, "vram": "4GB", "address": "local"},
         {"name": "slow", "gpu": "cpu", "gpus": 1, "vram": "4GB", "address": "local"},
     ],
     "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"},

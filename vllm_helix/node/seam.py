@@ -82,6 +82,9 @@ def make_vllm_config(
         enable_chunked_prefill=True,
         async_scheduling=False,
         load_format="safetensors",
+        # tensor parallelism inside the node: vLLM's own TP over the node's rank processes (node/ranks.py)
+        tensor_parallel_size=config.tensor_parallel_size or 1,
+        distributed_executor_backend="mp" if (config.tensor_parallel_size or 1) > 1 else None,
     )
     return args.create_engine_config()
 
@@ -161,21 +164,26 @@ class LayerRange:
 # ---------------------------------------------------------------- worker
 
 
-def create_worker(vllm_config: VllmConfig, layer_range: LayerRange) -> WorkerBase:
-    """Construct the platform's vLLM worker in this process and load the partial model."""
+def create_worker(vllm_config: VllmConfig, layer_range: LayerRange, *, rank: int = 0,
+                  init_method: str | None = None) -> WorkerBase:
+    """Construct the platform's vLLM worker in this process and load the partial model.
+
+    ``rank`` is this process's tensor-parallel rank (and local device index): rank 0 of a world of 1, or one of
+    the node's rank processes (``node/ranks.py``), which all join ``init_method``, as vLLM's own workers do.
+    """
     from vllm.utils.network_utils import get_distributed_init_method, get_open_port
     from vllm.v1.worker.worker_base import WorkerWrapperBase
 
-    init_method = get_distributed_init_method("127.0.0.1", get_open_port())
-    wrapper = WorkerWrapperBase(rpc_rank=0)  # loads plugins and the platform's kernel overrides
+    init_method = init_method or get_distributed_init_method("127.0.0.1", get_open_port())
+    wrapper = WorkerWrapperBase(rpc_rank=0)  # one kwargs entry, this rank's; loads the platform's kernel overrides
     wrapper.init_worker(
         all_kwargs=[
             dict(
                 vllm_config=vllm_config,
-                local_rank=0,
-                rank=0,
+                local_rank=rank,
+                rank=rank,
                 distributed_init_method=init_method,
-                is_driver_worker=True,
+                is_driver_worker=rank == 0,
             )
         ]
     )
@@ -219,16 +227,6 @@ def _counting_loader() -> Iterator[dict[str, int]]:
 def loaded_weight_bytes(worker: WorkerBase) -> dict[str, int]:
     """Checkpoint tensor name -> bytes, for the tensors this worker's model loaded."""
     return dict(worker.helix_loaded_weights)
-
-
-def model_of(worker: WorkerBase) -> torch.nn.Module:
-    return worker.model_runner.get_model()
-
-
-def is_missing_layer(module: torch.nn.Module) -> bool:
-    from vllm.model_executor.models.utils import PPMissingLayer
-
-    return isinstance(module, PPMissingLayer)
 
 
 def _install_gather_hook(runner: GPUModelRunner) -> None:

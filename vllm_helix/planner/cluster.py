@@ -6,7 +6,7 @@ All quantities are stored in SI base units (bytes, bytes/s, seconds); the YAML c
     coordinator: {address: local, nic_in: 10GB/s, nic_out: 10GB/s}
     nodes:
       - {name: a100-0, gpu: A100, vram: 40GB, nic_in: 10GB/s, nic_out: 10GB/s, region: us, address: local}
-      - {name: l4-0, gpu: L4, gpus: 2, vram: 48GB, region: eu, address: 10.0.0.7:6100}
+      - {name: l4-0, gpu: L4, gpus: 2, vram: 48GB, region: eu, address: 10.0.0.7:6100}  # vLLM TP over both
     links:
       - {between: [a100-0, l4-0], bandwidth: 1Gbps, latency: 40ms}     # both directions
       - {from: coordinator, to: a100-0, bandwidth: 10Gbps, latency: 1ms} # one direction
@@ -35,7 +35,11 @@ DEFAULT_NIC = parse_bandwidth("10GB/s")
 
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
-    """One compute node: a machine with `gpu_count` GPUs of one type serving one layer range."""
+    """One compute node: a machine with `gpu_count` GPUs of one type serving one layer range.
+
+    Its worker runs the range with vLLM's tensor parallelism over `tensor_parallel_size` of them: `tp` in the
+    cluster file, by default all `gpus` (fewer only to test small hosts; the planner counts `gpus` either way).
+    """
 
     name: str
     gpu: str
@@ -45,6 +49,11 @@ class NodeSpec:
     nic_out_bytes_per_s: float = DEFAULT_NIC
     region: str = "default"
     address: str = "local"
+    tp: int | None = None  # None: all gpu_count devices
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        return self.tp or self.gpu_count
 
     @property
     def gpu_type(self) -> str:
@@ -211,7 +220,11 @@ def _node(raw: Any, index: int, defaults: Mapping[str, Any], source: str) -> Nod
         nic_out_bytes_per_s=f.get("nic_out", parse_bandwidth, DEFAULT_NIC, _positive),
         region=f.get("region", str, "default"),
         address=f.get("address", str, "local"),
+        tp=f.get("tp", _int, None),
     )
+    if node.tp is not None and not 1 <= node.tp <= node.gpu_count:
+        raise f.error("tp", f"tensor parallel size must be between 1 and the node's gpus ({node.gpu_count}), "
+                            f"got {node.tp}")
     f.finish()
     return node
 
@@ -277,6 +290,7 @@ def cluster_to_dict(cluster: ClusterSpec) -> dict[str, Any]:
                 "name": n.name,
                 "gpu": n.gpu,
                 **({"gpus": n.gpu_count} if n.gpu_count != 1 else {}),
+                **({"tp": n.tp} if n.tp is not None else {}),
                 "vram": f"{n.vram_bytes:.10g}B",
                 "nic_in": _bw(n.nic_in_bytes_per_s),
                 "nic_out": _bw(n.nic_out_bytes_per_s),

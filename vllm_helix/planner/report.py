@@ -19,6 +19,7 @@ def flow_to_dict(cluster: ClusterSpec, placement: Placement, flow: FlowResult) -
             {
                 "name": name,
                 "gpu": cluster.node(name).gpu_type,
+                "tensor_parallel_size": cluster.node(name).tensor_parallel_size,
                 "layers": [rng.start, rng.end] if (rng := placement[name]) else None,
                 "flow_tokens_per_s": flow.node_flow.get(name, 0.0),
                 "capacity_tokens_per_s": flow.node_capacity.get(name, 0.0),
@@ -38,7 +39,7 @@ def flow_table(cluster: ClusterSpec, placement: Placement, flow: FlowResult) -> 
         f"max compute throughput (upper bound U): {flow.upper_bound:10.3f} tokens/s",
         f"max flow:                               {flow.value:10.3f} tokens/s  ({flow.graph} graph)",
         "",
-        f"{'node':<14}{'gpu':<7}{'layers':>12}{'flow':>12}{'capacity':>12}{'use':>7}",
+        f"{'node':<14}{'gpu':<7}{'tp':>3}{'layers':>12}{'flow':>12}{'capacity':>12}{'use':>7}",
     ]
     order = sorted(cluster.node_names, key=lambda n: (placement[n] is None, placement[n] or (0, 0), n))
     for name in order:
@@ -46,6 +47,8 @@ def flow_table(cluster: ClusterSpec, placement: Placement, flow: FlowResult) -> 
         used = flow.node_flow.get(name, 0.0)
         layers = str(rng) if rng else "unused"
         share = f"{100 * used / cap:5.1f}%" if cap else "     -"
-        lines.append(f"{name:<14}{cluster.node(name).gpu_type:<7}{layers:>12}{used:12.3f}{cap:12.3f}{share:>7}")
+        node = cluster.node(name)  # tp: the degree of vLLM tensor parallelism its worker runs with
+        lines.append(f"{name:<14}{node.gpu_type:<7}{node.tensor_parallel_size:>3}{layers:>12}{used:12.3f}{cap:12.3f}"
+                     f"{share:>7}")
     lines += ["", "min cut (the bottleneck): " + (", ".join(flow.min_cut) or "-")]
     return "\n".join(lines)
