@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vllm_helix import wire as p
+from vllm_helix.trace import tracer
+from vllm_helix.wire import COORDINATOR_PEER
 
 if TYPE_CHECKING:
     from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
@@ -44,6 +46,7 @@ class PendingBatch:
     future: Future[ModelRunnerOutput] = field(default_factory=Future)
     tokens: dict[str, p.TokenOut] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # request id -> error
+    times: dict[str, Any] | None = None  # tracing: submit, sent, recv (each Tokens), done
 
     @property
     def done(self) -> bool:
@@ -63,6 +66,7 @@ class BatchBook:
         self._next_step = 0
         self.serving_s = 0.0  # time with at least one batch in flight: what node busy shares are out of
         self._serving_since = 0.0
+        self.trace = tracer(COORDINATOR_PEER)  # VLLM_HELIX_TRACE: per-step timestamps (None: off)
 
     # ------------------------------------------------------------------ outgoing
 
@@ -70,6 +74,7 @@ class BatchBook:
               grammar_output: GrammarOutput | None = None) -> tuple[PendingBatch, dict[str, p.Step]]:
         """A pending batch and the Step to send to each first hop (with each structured-output request's grammar
         bitmask row, which the hops pass on to the last node)."""
+        submitted = time.time() if self.trace is not None else 0.0
         masks = {}
         if grammar_output is not None:
             bitmask = grammar_output.grammar_bitmask
@@ -90,12 +95,20 @@ class BatchBook:
                     self._item(rid, state, computed[rid], count, masks.get(rid, b"")))
             now = time.monotonic()
             batch = PendingBatch(step_id, list(scheduler_output.num_scheduled_tokens), now + self._timeout)
+            if self.trace is not None:
+                batch.times = {"step": step_id, "submit": submitted, "sent": 0.0, "recv": [], "done": 0.0,
+                               "requests": len(batch.request_ids)}
             if not self.pending:
                 self._serving_since = now
             self.pending[step_id] = batch
         if not batch.request_ids:
             self._finish(batch)
         return batch, {hop: p.Step(step_id, items) for hop, items in by_hop.items()}
+
+    def sent(self, batch: PendingBatch) -> None:
+        """Every first hop's Step of `batch` is queued (tracing)."""
+        if batch.times is not None:
+            batch.times["sent"] = time.time()
 
     def _item(self, rid: str, state: RequestState, start: int, count: int, grammar: bytes) -> p.Item:
         decode = start >= len(state.prompt_token_ids)
@@ -120,6 +133,8 @@ class BatchBook:
             batch = self.pending.get(message.step_id)
             if batch is None:
                 return
+            if batch.times is not None:
+                batch.times["recv"].append(time.time())
             for out in message.results:
                 batch.tokens[out.request_id] = out
                 state = self.requests.get(out.request_id)
@@ -166,6 +181,9 @@ class BatchBook:
         rows = [o.logprob_row if o is not None and o.token_id is not None else None for o in outs]
         prompt_rows = {o.request_id: o.prompt_logprobs for o in outs if o is not None and o.prompt_logprobs}
         batch.future.set_result(self._make_output(batch.request_ids, sampled, rows, prompt_rows))
+        if batch.times is not None and self.trace is not None:
+            batch.times["done"] = time.time()
+            self.trace.record(batch.times)
 
     def take_failed(self) -> dict[str, str]:
         with self._lock:

@@ -17,6 +17,7 @@ vLLM's own pipeline stages exchange it, so a chain is bit-identical to the whole
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -85,6 +86,7 @@ class PartialLayerWorker:
         self._greedy = seam.sampling_params(temperature=0.0, max_tokens=1)
         self._requests: dict[str, _Request] = {}
         self._finished: set[str] = set()
+        self.model_span = (0.0, 0.0)  # wall-clock start and end of the last execute's forward
 
     # ------------------------------------------------------------ set-up
 
@@ -210,7 +212,9 @@ class PartialLayerWorker:
         masks = {i.request_id: i.grammar_bitmask for i in batch if i.grammar_bitmask is not None and self.is_last}
         sched_out, incoming = self._prepare(batch, bool(masks))
         with torch.inference_mode(), self._range.active():
+            started = time.time()
             out = seam.run_step(self._worker, sched_out, incoming, seam.grammar_output(masks))
+            self.model_span = (started, time.time())  # the vLLM runner's forward: hot-path tracing reads it
         for item in batch:
             self._requests[item.request_id].num_computed += item.num_tokens
         if not self.is_last:

@@ -22,6 +22,7 @@ import torch
 from vllm_helix import wire as p
 from vllm_helix.errors import FrameRejected, HelixError, PeerLost, StartupError, TransportTimeout
 from vllm_helix.node.types import HiddenResult, StepItem, TokenResult
+from vllm_helix.trace import tracer
 from vllm_helix.wire import COORDINATOR_PEER, Channel, Received
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class _Pending:
     items: list[StepItem] = field(default_factory=list)
     step_of: dict[str, int] = field(default_factory=dict)  # request id -> step id
     tokens: int = 0
+    arrived: dict[int, float] = field(default_factory=dict)  # step id -> when it came off the transport (tracing)
+    sent: dict[int, float] = field(default_factory=dict)  # step id -> when its output was queued (tracing)
 
 
 class NodeServer:
@@ -84,6 +87,7 @@ class NodeServer:
         self.running = True
         self.stats = _Stats()  # since the last report
         self.served = _Stats()  # since the start, reported to the coordinator
+        self.trace = tracer(name)  # VLLM_HELIX_TRACE: per-batch timestamps (None: off)
 
     # ------------------------------------------------------------------ start-up
 
@@ -159,12 +163,15 @@ class NodeServer:
             wait = 0.0
             message = received.message
             if isinstance(message, p.Step):
+                if self.trace is not None:
+                    batch.arrived.setdefault(message.step_id, received.at)
                 try:
                     merged = self._merge(batch, message, received)
                 except (FrameRejected, HelixError) as exc:  # that step fails, the node goes on
                     self._reply_failed(message.step_id, [i.request_id for i in message.items], exc)
                     continue
                 if not merged:
+                    batch.arrived.pop(message.step_id, None)
                     self.deferred.insert(0, received)
                     return batch
             elif isinstance(message, p.Free):
@@ -222,6 +229,9 @@ class NodeServer:
             self._send_tokens(batch, results)  # type: ignore[arg-type]  # the last range returns TokenResults
         else:
             self._forward(batch, results)  # type: ignore[arg-type]  # the others HiddenResults
+        if self.trace is not None:
+            self.trace.record({"node": self.name, "arrived": batch.arrived, "model": self.worker.model_span,
+                               "sent": batch.sent, "tokens": batch.tokens, "seqs": len(batch.items)})
 
     def _reply_failed(self, step_id: int, request_ids: list[str], exc: Exception) -> None:
         self.channel.send(COORDINATOR_PEER, p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))
@@ -233,6 +243,8 @@ class NodeServer:
                 p.TokenOut(result.request_id, result.token_id, result.logprob_row, result.prompt_logprobs))
         for step_id, outs in by_step.items():
             self.channel.send(COORDINATOR_PEER, p.Tokens(step_id, outs))
+            if self.trace is not None:
+                batch.sent[step_id] = time.time()
 
     def _forward(self, batch: _Pending, results: list[HiddenResult]) -> None:
         items = {item.request_id: item for item in batch.items}
@@ -246,6 +258,8 @@ class NodeServer:
             try:
                 self._ensure_peer(peer)
                 self.channel.send(peer, p.Step(step_id, out_items), [hidden, residual])
+                if self.trace is not None:
+                    batch.sent[step_id] = time.time()
             except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: these requests fail
                 self._reply_failed(step_id, [r.request_id for r in group], exc)
 
