@@ -6,7 +6,8 @@ JSON line per step (coordinator) or per batch (node) to `DIR/<name>.jsonl`, with
 
 * coordinator `{"step", "submit", "sent", "recv": [...], "done", "requests"}`: `submit` when the engine
   hands the batch over, `sent` once every first hop's Step is queued, `recv` as each last node's Tokens
-  arrive (decoded), `done` when the engine's output is ready;
+  arrive (decoded), `done` when the engine's output is ready (the time from a `done` to the next `submit`
+  is vLLM's scheduler and output processing: the table's `engine`);
 * node `{"node", "arrived": {step: t}, "model": [start, end], "sent": {step: t}, "tokens", "seqs"}`:
   each Step taken off the socket by the transport's I/O thread, the vLLM runner's forward (the node's
   compute), each step's output queued to the next hop.
@@ -17,6 +18,7 @@ hot path pays one `is None` test per step.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import statistics
@@ -116,7 +118,12 @@ def summarize(directory: Path, since: float = 0.0) -> dict[str, Any]:
         for batch in batches:
             for step, t in batch["sent"].items():
                 last_sent[int(step)] = max(last_sent.get(int(step), 0.0), t)
-    legs: dict[str, list[float]] = {"build": [], "return": [], "finish": []}
+    legs: dict[str, list[float]] = {"build": [], "return": [], "finish": [], "engine": []}
+    done = sorted(row["done"] for row in coordinator)
+    for row in coordinator:  # engine: from the last batch finished before this one was submitted (vLLM's own work)
+        before = bisect.bisect_right(done, row["submit"])
+        if before:
+            legs["engine"].append(row["submit"] - done[before - 1])
     for row in coordinator:
         if not row["recv"] or row["step"] not in last_sent:
             continue
@@ -137,8 +144,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     for name, phases in summary["nodes"].items():
         lines.append(f"{name:<22}" + "".join(f"{phases[p]:>10.2f}" for p in PHASES))
     c = summary["coordinator"]
-    lines.append(f"{'coordinator':<22}{'build':>10}{'return':>10}{'finish':>10}")
-    lines.append(f"{'':<22}{c['build']:>10.2f}{c['return']:>10.2f}{c['finish']:>10.2f}")
+    lines.append(f"{'coordinator':<22}{'build':>10}{'return':>10}{'finish':>10}{'engine':>10}")
+    lines.append(f"{'':<22}{c['build']:>10.2f}{c['return']:>10.2f}{c['finish']:>10.2f}{c['engine']:>10.2f}")
     lines.append(f"per-hop overhead (in + assembly + post; return + finish): "
                  f"median {summary['hop_overhead_ms']:.2f} ms, p90 {summary['hop_overhead_p90_ms']:.2f} ms "
                  f"over {summary['steps']} steps")

@@ -293,11 +293,13 @@ class PartialLayerWorker:
         for rid in order:
             offsets[rid] = pos
             pos += sizes[rid]
-        hidden, residual = out["hidden_states"], out["residual"]
+        # one copy out of the runner's buffers (the next batch overwrites them), then per-request views of it:
+        # rows stay in runner order, so a node forwarding the whole batch sends them without another copy
+        hidden, residual = out["hidden_states"][:pos].clone(), out["residual"][:pos].clone()
         results = []
         for item in batch:
             lo, hi = offsets[item.request_id], offsets[item.request_id] + item.num_tokens
-            results.append(HiddenResult(item.request_id, hidden[lo:hi].clone(), residual[lo:hi].clone()))
+            results.append(HiddenResult(item.request_id, hidden[lo:hi], residual[lo:hi]))
         return results
 
     def _token_results(self, batch: Sequence[StepItem], out: ModelRunnerOutput) -> list[TokenResult]:

@@ -84,6 +84,7 @@ class NodeServer:
         self.routes: dict[str, list[str]] = {}
         self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
         self.deferred: list[Received] = []
+        self._dialled: set[str] = set()  # next hops connected to
         self.running = True
         self.stats = _Stats()  # since the last report
         self.served = _Stats()  # since the start, reported to the coordinator
@@ -252,9 +253,10 @@ class NodeServer:
         for result in results:
             groups.setdefault((self._next_hop(result.request_id), batch.step_of[result.request_id]), []).append(result)
         for (peer, step_id), group in groups.items():
+            group.sort(key=lambda r: r.hidden_states.storage_offset())  # the worker's row order: see _rows
             out_items = [self._next_item(items[r.request_id]) for r in group]
-            hidden = torch.cat([r.hidden_states for r in group]).contiguous()
-            residual = torch.cat([r.residual for r in group]).contiguous()
+            hidden = _rows([r.hidden_states for r in group])
+            residual = _rows([r.residual for r in group])
             try:
                 self._ensure_peer(peer)
                 self.channel.send(peer, p.Step(step_id, out_items), [hidden, residual])
@@ -274,8 +276,11 @@ class NodeServer:
         return route[route.index(self.name) + 1]
 
     def _ensure_peer(self, peer: str) -> None:
+        if peer in self._dialled:  # the transport keeps a dialled peer (and reports it lost)
+            return
         if peer not in self.channel.peers():
             self.channel.connect(peer, self.addresses[peer], self.public_keys.get(peer))
+        self._dialled.add(peer)
 
     def _free(self, request_ids: list[str]) -> None:
         freed = [rid for rid in request_ids if rid in self.routes]
@@ -293,6 +298,19 @@ def _bitmask(grammar: bytes) -> np.ndarray | None:
     if len(grammar) % 4:
         raise FrameRejected(f"a grammar bitmask of {len(grammar)} bytes is not int32 rows")
     return np.frombuffer(grammar, dtype=np.int32).copy()
+
+
+def _rows(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """The row blocks as one contiguous tensor: a view when they lie back to back in one buffer (the worker
+    returns views of one copy of its output, in its row order), else a copy."""
+    first, last = blocks[0], blocks[-1]
+    base = first._base
+    if base is not None and base.is_contiguous() and all(b._base is base for b in blocks):
+        ends = [b.storage_offset() + b.numel() for b in blocks]
+        if all(b.storage_offset() == end for b, end in zip(blocks[1:], ends, strict=False)):
+            row, origin = base.stride(0), base.storage_offset()
+            return base[(first.storage_offset() - origin) // row:(ends[-1] - origin) // row]
+    return torch.cat(blocks).contiguous() if len(blocks) > 1 else last.contiguous()
 
 
 def _group(step_of: dict[str, int]) -> dict[int, list[str]]:
