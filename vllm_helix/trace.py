@@ -7,10 +7,13 @@ JSON line per step (coordinator) or per batch (node) to `DIR/<name>.jsonl`, with
 * coordinator `{"step", "submit", "sent", "recv": [...], "done", "requests"}`: `submit` when the engine
   hands the batch over, `sent` once every first hop's Step is queued, `recv` as each last node's Tokens
   arrive (decoded), `done` when the engine's output is ready (the time from a `done` to the next `submit`
-  is vLLM's scheduler and output processing: the table's `engine`);
-* node `{"node", "arrived": {step: t}, "model": [start, end], "sent": {step: t}, "tokens", "seqs"}`:
+  is vLLM's scheduler and output processing: the table's `engine`), `cpu` the engine thread's CPU seconds
+  from `submit` to `sent`;
+* node `{"node", "arrived": {step: t}, "model": [start, end], "sent": {step: t}, "cpu", "tokens", "seqs"}`:
   each Step taken off the socket by the transport's I/O thread, the vLLM runner's forward (the node's
-  compute), each step's output queued to the next hop.
+  compute), each step's output queued to the next hop; `cpu` is the serving thread's CPU seconds for the
+  batch outside the forward (decode, merge, input building, encode, send): unlike wall-clock phases it
+  barely moves when other processes share the cores.
 
 `summarize(DIR)` turns them into the per-hop table bench/bench_serving.py prints. When tracing is off the
 hot path pays one `is None` test per step.
@@ -60,7 +63,7 @@ def tracer(name: str) -> StepTrace | None:
 
 # ------------------------------------------------------------------------- summary
 
-PHASES = ("in", "assembly", "compute", "post", "queue")
+PHASES = ("in", "assembly", "compute", "post", "queue", "cpu")
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -94,7 +97,7 @@ def node_hops(coordinator: list[dict], nodes: dict[str, list[dict]]) -> list[dic
             for step, arrived in batch["arrived"].items():
                 senders = [t for t in sent_by.get(int(step), []) if t <= arrived]
                 ready = max(arrived, free_at)
-                hops.append({"node": name, "step": int(step), "tokens": batch["tokens"],
+                hops.append({"node": name, "step": int(step), "tokens": batch["tokens"], "cpu": batch.get("cpu", 0.0),
                              "in": arrived - max(senders) if senders else 0.0,
                              "queue": max(0.0, min(start, free_at) - arrived),
                              "assembly": max(0.0, start - ready), "compute": end - start,
@@ -118,7 +121,7 @@ def summarize(directory: Path, since: float = 0.0) -> dict[str, Any]:
         for batch in batches:
             for step, t in batch["sent"].items():
                 last_sent[int(step)] = max(last_sent.get(int(step), 0.0), t)
-    legs: dict[str, list[float]] = {"build": [], "return": [], "finish": [], "engine": []}
+    legs: dict[str, list[float]] = {"build": [], "return": [], "finish": [], "engine": [], "build cpu": []}
     done = sorted(row["done"] for row in coordinator)
     for row in coordinator:  # engine: from the last batch finished before this one was submitted (vLLM's own work)
         before = bisect.bisect_right(done, row["submit"])
@@ -128,6 +131,7 @@ def summarize(directory: Path, since: float = 0.0) -> dict[str, Any]:
         if not row["recv"] or row["step"] not in last_sent:
             continue
         legs["build"].append(row["sent"] - row["submit"])
+        legs["build cpu"].append(row.get("cpu", 0.0))
         legs["return"].append(max(0.0, max(row["recv"]) - last_sent[row["step"]]))
         legs["finish"].append(row["done"] - max(row["recv"]))
     per_node = {name: {phase: _median_ms(h[phase] for h in hops if h["node"] == name) for phase in PHASES}
@@ -144,8 +148,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     for name, phases in summary["nodes"].items():
         lines.append(f"{name:<22}" + "".join(f"{phases[p]:>10.2f}" for p in PHASES))
     c = summary["coordinator"]
-    lines.append(f"{'coordinator':<22}{'build':>10}{'return':>10}{'finish':>10}{'engine':>10}")
-    lines.append(f"{'':<22}{c['build']:>10.2f}{c['return']:>10.2f}{c['finish']:>10.2f}{c['engine']:>10.2f}")
+    lines.append(f"{'coordinator':<22}" + "".join(f"{k:>10}" for k in c))
+    lines.append(f"{'':<22}" + "".join(f"{v:>10.2f}" for v in c.values()))
     lines.append(f"per-hop overhead (in + assembly + post; return + finish): "
                  f"median {summary['hop_overhead_ms']:.2f} ms, p90 {summary['hop_overhead_p90_ms']:.2f} ms "
                  f"over {summary['steps']} steps")

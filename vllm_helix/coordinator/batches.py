@@ -74,7 +74,7 @@ class BatchBook:
               grammar_output: GrammarOutput | None = None) -> tuple[PendingBatch, dict[str, p.Step]]:
         """A pending batch and the Step to send to each first hop (with each structured-output request's grammar
         bitmask row, which the hops pass on to the last node)."""
-        submitted = time.time() if self.trace is not None else 0.0
+        submitted, cpu = (time.time(), time.thread_time()) if self.trace is not None else (0.0, 0.0)
         masks = {}
         if grammar_output is not None:
             bitmask = grammar_output.grammar_bitmask
@@ -97,7 +97,7 @@ class BatchBook:
             batch = PendingBatch(step_id, list(scheduler_output.num_scheduled_tokens), now + self._timeout)
             if self.trace is not None:
                 batch.times = {"step": step_id, "submit": submitted, "sent": 0.0, "recv": [], "done": 0.0,
-                               "requests": len(batch.request_ids)}
+                               "cpu": cpu, "requests": len(batch.request_ids)}
             if not self.pending:
                 self._serving_since = now
             self.pending[step_id] = batch
@@ -109,6 +109,7 @@ class BatchBook:
         """Every first hop's Step of `batch` is queued (tracing)."""
         if batch.times is not None:
             batch.times["sent"] = time.time()
+            batch.times["cpu"] = time.thread_time() - batch.times["cpu"]  # building, encoding, sending
 
     def _item(self, rid: str, state: RequestState, start: int, count: int, grammar: bytes) -> p.Item:
         decode = start >= len(state.prompt_token_ids)

@@ -86,7 +86,7 @@ class PartialLayerWorker:
         self._greedy = seam.sampling_params(temperature=0.0, max_tokens=1)
         self._requests: dict[str, _Request] = {}
         self._finished: set[str] = set()
-        self.model_span = (0.0, 0.0)  # wall-clock start and end of the last execute's forward
+        self.model_span, self.model_cpu = (0.0, 0.0), 0.0  # the last execute's forward (see execute)
 
     # ------------------------------------------------------------ set-up
 
@@ -212,9 +212,10 @@ class PartialLayerWorker:
         masks = {i.request_id: i.grammar_bitmask for i in batch if i.grammar_bitmask is not None and self.is_last}
         sched_out, incoming = self._prepare(batch, bool(masks))
         with torch.inference_mode(), self._range.active():
-            started = time.time()
+            started, cpu = time.time(), time.thread_time()
             out = seam.run_step(self._worker, sched_out, incoming, seam.grammar_output(masks))
-            self.model_span = (started, time.time())  # the vLLM runner's forward: hot-path tracing reads it
+            # the vLLM runner's forward, for hot-path tracing: wall-clock span, this thread's CPU seconds
+            self.model_span, self.model_cpu = (started, time.time()), time.thread_time() - cpu
         for item in batch:
             self._requests[item.request_id].num_computed += item.num_tokens
         if not self.is_last:

@@ -69,6 +69,7 @@ class _Pending:
     tokens: int = 0
     arrived: dict[int, float] = field(default_factory=dict)  # step id -> when it came off the transport (tracing)
     sent: dict[int, float] = field(default_factory=dict)  # step id -> when its output was queued (tracing)
+    cpu_start: float = field(default_factory=time.thread_time)  # this thread's CPU time when collecting began
 
 
 class NodeServer:
@@ -231,8 +232,9 @@ class NodeServer:
         else:
             self._forward(batch, results)  # type: ignore[arg-type]  # the others HiddenResults
         if self.trace is not None:
+            cpu = time.thread_time() - batch.cpu_start - self.worker.model_cpu  # the hop's own CPU on this thread
             self.trace.record({"node": self.name, "arrived": batch.arrived, "model": self.worker.model_span,
-                               "sent": batch.sent, "tokens": batch.tokens, "seqs": len(batch.items)})
+                               "sent": batch.sent, "cpu": cpu, "tokens": batch.tokens, "seqs": len(batch.items)})
 
     def _reply_failed(self, step_id: int, request_ids: list[str], exc: Exception) -> None:
         self.channel.send(COORDINATOR_PEER, p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))
