@@ -10,6 +10,7 @@ requests; the node keeps serving.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -133,6 +134,10 @@ class NodeServer:
     # ------------------------------------------------------------------ serving
 
     def serve_forever(self) -> None:
+        # as vLLM's EngineCore does after start-up: the model's and vLLM's objects are never garbage, and a
+        # full collection walking them would stall a step for many milliseconds
+        gc.collect()
+        gc.freeze()
         while self.running:
             batch = self._collect(timeout_s=1.0)
             if batch.items:
