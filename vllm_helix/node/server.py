@@ -262,8 +262,8 @@ class NodeServer:
         for (peer, step_id), group in groups.items():
             group.sort(key=lambda r: r.hidden_states.storage_offset())  # the worker's row order: see _rows
             out_items = [self._next_item(items[r.request_id]) for r in group]
-            hidden = _rows([r.hidden_states for r in group])
-            residual = _rows([r.residual for r in group])
+            hidden = _rows([r.hidden_states for r in group]).cpu()  # the transport sends host memory
+            residual = _rows([r.residual for r in group]).cpu()
             try:
                 self._ensure_peer(peer)
                 self.channel.send(peer, p.Step(step_id, out_items), [hidden, residual])
