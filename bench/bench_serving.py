@@ -1,6 +1,6 @@
-"""Serving benchmark, one run, four setups side by side (README "Serving benchmark").
+"""Serving benchmark: five setups side by side, interleaved rounds, median and spread (README "Serving benchmark").
 
-    .venv/bin/python bench/bench_serving.py [--requests 32] [--max-tokens 48]
+    .venv/bin/python bench/bench_serving.py [--requests 32] [--max-tokens 48] [--rounds 3] [--setups a,b,c,b*,d]
 
 Model: a local random Llama (8 layers, hidden 2048 by default). This machine has 2 CPU cores; each stage/node is
 pinned to its own core (vLLM's VLLM_CPU_OMP_THREADS_BIND for its pipeline ranks, `taskset` for Helix
@@ -13,6 +13,12 @@ workers), so the two stages really run in parallel:
     Helix node 1 in (d)) is capped at half a core by a CPU cgroup (a hard cap, like a slower GPU; where
     cgroups are not writable, a busy loop on core 1 shares it instead). vLLM PP keeps the even split (b*);
     Helix (d) serves the placement its planner chose for a cluster that says node 1 is half as fast.
+
+Each round runs every setup once, in that order, so slow phases of a shared machine hit all setups alike;
+the table shows each setup's median over the rounds and the spread (min-max). The Helix setups run with
+per-step tracing (VLLM_HELIX_TRACE, vllm_helix/trace.py) and the per-hop table shows where a hop's time
+goes besides the model's forward. The load average is printed with each round: compare runs only at
+similar load.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +42,7 @@ import yaml
 
 from vllm_helix.coordinator.local_nodes import free_port
 from vllm_helix.models.tiny import build_tiny_llama
+from vllm_helix.trace import TRACE_ENV, format_summary, summarize
 from vllm_helix.vllm_server import VllmServer
 
 COMMON = ["--max-model-len", "1024", "--max-num-batched-tokens", "512", "--max-num-seqs", "64",
@@ -101,7 +109,8 @@ def pid_of(pattern: str) -> int:
 
 
 @contextlib.contextmanager
-def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], speeds: list[int], slow=None):
+def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], speeds: list[int], slow=None,
+                  env: dict[str, str] | None = None):
     """A plan for two pinned workers on 127.0.0.1 (started here, like remote hosts), and the workers."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in range(3)]
@@ -127,7 +136,7 @@ def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], spee
                 "--dtype", "float32", "--max-num-batched-tokens", "512", "--max-num-seqs", "64"]
         with open(workdir / f"node{i}.log", "w") as log:
             workers.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                            env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=str(i))))
+                                            env=dict(os.environ, **(env or {}), VLLM_CPU_OMP_THREADS_BIND=str(i))))
     if slow is not None:
         slow(workers[1].pid)  # taskset execs the worker: same pid
     try:
@@ -144,49 +153,103 @@ def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, work
         if started is not None:
             started()
         load(url, str(model), 4, 4)  # warm-up
+        measured = time.time()  # the per-hop table covers the measured load only
         result = load(url, str(model), opts.requests, opts.max_tokens)
+        result["since"] = measured
     print(f"{name:<52}{result['tokens_per_s']:>10.1f}{result['ttft_s']:>10.2f}{result['tpot_s'] * 1e3:>10.1f}",
           flush=True)
     return result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--setups", default="a,b,c,b*,d", help="which of a, b, c, b*, d to run")
-    parser.add_argument("--hidden", type=int, default=2048, help="hidden size of the 8-layer random model")
-    parser.add_argument("--helix-depth", type=int, default=0, help="--helix-depth for (c) and (d); 0 = auto")
-    opts = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="helix-bench-"))
-    model = build_tiny_llama(workdir / "model", hidden_size=opts.hidden, heads=opts.hidden // 64, kv_heads=4,
-                             intermediate=opts.hidden * 11 // 4)
+def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[str, dict], dict[str, Path]]:
+    """Every wanted setup once; returns their results and the trace folders of the Helix setups."""
     pp = {"VLLM_PP_LAYER_PARTITION": "4,4", "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
     pp_args = ["--pipeline-parallel-size", "2", "--distributed-executor-backend", "mp"]
-    print(f"{opts.requests} concurrent requests x {opts.max_tokens} output tokens, prompt ~{len(PROMPT.split())} words")
-    print(f"{'setup':<52}{'out tok/s':>10}{'TTFT s':>10}{'TPOT ms':>10}")
-    want = set(opts.setups.split(","))
     helix = ["--executor", "helix", "--helix-depth", str(opts.helix_depth)]
+    traces = {s: workdir / f"trace-{s}" for s in ("c", "d")}
+    for trace in traces.values():
+        shutil.rmtree(trace, ignore_errors=True)
     rows = {}
     if "a" in want:
         rows["a"] = run("(a) plain vLLM, 1 engine", model, [], {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}, opts, workdir)
     if "b" in want:
         rows["b"] = run("(b) vLLM PP=2, [0,4) [4,8)", model, pp_args, pp, opts, workdir)
     if "c" in want:
-        with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1]) as (plan, _):
+        trace = {TRACE_ENV: str(traces["c"])}
+        with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1], env=trace) as (plan, _):
             rows["c"] = run("(c) Helix 2 nodes, [0,4) [4,8)", model, [*helix, "--helix-plan", str(plan)],
-                            {}, opts, workdir)
+                            trace, opts, workdir)
     with half_speed_core(1) as slow:
         if "b*" in want:
             rows["b*"] = run("(b*) vLLM PP=2 even split, rank 1 at 1/2", model, pp_args, pp, opts, workdir,
                              started=lambda: slow(pid_of("VLLM::Worker_PP1")))
         if "d" in want:
-            with helix_workers(workdir / "d", model, [], [2, 1], slow) as (plan, layers):
+            trace = {TRACE_ENV: str(traces["d"])}
+            with helix_workers(workdir / "d", model, [], [2, 1], slow, env=trace) as (plan, layers):
                 rows["d"] = run(f"(d) Helix planned {layers}, node 1 at 1/2", model,
-                                [*helix, "--helix-plan", str(plan)], {}, opts, workdir)
+                                [*helix, "--helix-plan", str(plan)], trace, opts, workdir)
+    return rows, {s: t for s, t in traces.items() if s in rows}
+
+
+NAMES = {"a": "(a) plain vLLM, 1 engine", "b": "(b) vLLM PP=2, [0,4) [4,8)", "c": "(c) Helix 2 nodes, same split",
+         "b*": "(b*) vLLM PP=2 even split, rank 1 at 1/2", "d": "(d) Helix planned, node 1 at 1/2"}
+
+
+def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """median [min-max]"""
+    m, lo, hi = (scale * v for v in (statistics.median(values), min(values), max(values)))
+    return f"{m:.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
+
+
+def report(results: dict[str, list[dict]], hop_tables: dict[str, list[dict]]) -> None:
+    rounds = max(len(v) for v in results.values())
+    print(f"\nmedian [min-max] over {rounds} interleaved round(s)")
+    print("| setup | out tok/s | TTFT s | TPOT ms |\n|---|---|---|---|")
+    for setup, rows in results.items():
+        print(f"| {NAMES[setup]} | {spread([r['tokens_per_s'] for r in rows])} | "
+              f"{spread([r['ttft_s'] for r in rows], digits=2)} | {spread([r['tpot_s'] for r in rows], 1e3)} |")
     for ours, theirs in (("c", "b"), ("d", "b*")):
-        if ours in rows and theirs in rows:
-            print(f"({ours})/({theirs}) = {rows[ours]['tokens_per_s'] / rows[theirs]['tokens_per_s']:.2f}")
+        if ours in results and theirs in results:
+            pairs = zip(results[ours], results[theirs], strict=True)
+            per_round = [o["tokens_per_s"] / t["tokens_per_s"] for o, t in pairs]
+            median = (statistics.median(r["tokens_per_s"] for r in results[ours])
+                      / statistics.median(r["tokens_per_s"] for r in results[theirs]))
+            print(f"({ours})/({theirs}) = {median:.2f} (medians); per round "
+                  + ", ".join(f"{r:.2f}" for r in per_round))
+    for setup, summaries in hop_tables.items():
+        print(f"\nper-hop trace of {NAMES[setup]}, last round:")
+        print(format_summary(summaries[-1]))
+        print("per-hop overhead by round (median ms): "
+              + ", ".join(f"{s['hop_overhead_ms']:.2f}" for s in summaries))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all setups")
+    parser.add_argument("--setups", default="a,b,c,b*,d", help="which of a, b, c, b*, d to run")
+    parser.add_argument("--hidden", type=int, default=2048, help="hidden size of the 8-layer random model")
+    parser.add_argument("--helix-depth", type=int, default=0, help="--helix-depth for (c) and (d); 0 = auto")
+    opts = parser.parse_args()
+    want = set(opts.setups.split(","))
+    if not want <= set(NAMES) or opts.rounds < 1:
+        parser.error(f"--setups takes a comma-separated subset of {', '.join(NAMES)}; --rounds at least 1")
+    workdir = Path(tempfile.mkdtemp(prefix="helix-bench-"))
+    model = build_tiny_llama(workdir / "model", hidden_size=opts.hidden, heads=opts.hidden // 64, kv_heads=4,
+                             intermediate=opts.hidden * 11 // 4)
+    print(f"{opts.requests} concurrent requests x {opts.max_tokens} output tokens, prompt ~{len(PROMPT.split())} words")
+    results: dict[str, list[dict]] = {s: [] for s in NAMES if s in want}
+    hop_tables: dict[str, list[dict]] = {}
+    for i in range(opts.rounds):
+        print(f"\nround {i + 1}/{opts.rounds}, load average {os.getloadavg()[0]:.2f}")
+        print(f"{'setup':<52}{'out tok/s':>10}{'TTFT s':>10}{'TPOT ms':>10}")
+        rows, traces = one_round(want, model, opts, workdir)
+        for setup, row in rows.items():
+            results[setup].append(row)
+        for setup, trace in traces.items():
+            hop_tables.setdefault(setup, []).append(summarize(trace, since=rows[setup]["since"]))
+    report(results, hop_tables)
     return 0
 
 

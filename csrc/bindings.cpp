@@ -66,7 +66,7 @@ py::object recv(Endpoint& ep, double timeout_s) {
     if (!r) return py::none();
     py::list payloads(r->n_payloads());
     for (size_t i = 0; i < r->n_payloads(); ++i) payloads[i] = py::cast(Payload{r, i});
-    return py::make_tuple(lenient_str(r->sender), py::bytes(r->header), payloads);
+    return py::make_tuple(lenient_str(r->sender), py::bytes(r->header), payloads, r->received_at);
 }
 
 py::list recv_many(Endpoint& ep, size_t max_n, double timeout_s) {
@@ -81,7 +81,7 @@ py::list recv_many(Endpoint& ep, size_t max_n, double timeout_s) {
         auto& r = got[k];
         py::list payloads(r->n_payloads());
         for (size_t i = 0; i < r->n_payloads(); ++i) payloads[i] = py::cast(Payload{r, i});
-        out[k] = py::make_tuple(lenient_str(r->sender), py::bytes(r->header), payloads);
+        out[k] = py::make_tuple(lenient_str(r->sender), py::bytes(r->header), payloads, r->received_at);
     }
     return out;
 }

@@ -33,6 +33,11 @@ double now_s() {
     return duration<double>(steady_clock::now().time_since_epoch()).count();
 }
 
+double wall_s() {  // comparable with Python's time.time() in other processes (hot-path tracing)
+    using namespace std::chrono;
+    return duration<double>(system_clock::now().time_since_epoch()).count();
+}
+
 void put_u32(uint8_t* p, uint32_t v) {
     for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i));
 }
@@ -421,6 +426,7 @@ void Endpoint::Impl::read_router() {
                     sizes[i] = i < rec->frames_.size() ? rec->payload_size(i) : 0;
                 check_payloads(p, sizes);
                 rec->sender = sender;
+                rec->received_at = wall_s();
                 rec->header.assign(reinterpret_cast<const char*>(p.header), p.header_len);
                 it.msg = std::move(rec);
             }

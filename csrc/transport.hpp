@@ -102,6 +102,7 @@ class Received {
     Received& operator=(const Received&) = delete;
     std::string sender;
     std::string header;
+    double received_at = 0;  // wall clock (s since the epoch) when the I/O thread took it off the socket
     size_t n_payloads() const { return frames_.size(); }
     void* payload_data(size_t i) const;
     size_t payload_size(size_t i) const;

@@ -137,7 +137,7 @@ class Endpoint:
         self._curve = curve is not None
         warn_if_exposed(bind, self._curve)
         self._ep = _transport.Endpoint(name, bind, _native_options(self.options, curve))
-        self._pending: deque[tuple[str, bytes, list[Any]]] = deque()  # batch left over by recv_many
+        self._pending: deque[tuple[str, bytes, list[Any], float]] = deque()  # batch left over by recv_many
         _live.add(self)
 
     @property
@@ -176,16 +176,16 @@ class Endpoint:
 
     def recv(self, timeout: float | None = None) -> Message:
         """Next message from any peer. Raises TransportTimeout, FrameRejected (that message only), PeerLost."""
-        got: tuple[str, bytes, list[Any]] | None
+        got: tuple[str, bytes, list[Any], float] | None
         if self._pending:
             got = self._pending.popleft()
         else:
             first = _SLICE_S if timeout is None or timeout > _SLICE_S else max(0.0, timeout)
             got = self._ep.recv(first)  # fast path: one C++ call
-        sender, hdr, payloads = got if got is not None else self._recv_slow(timeout)
-        return Message(sender, decode_header(hdr, sender), payloads)
+        sender, hdr, payloads, at = got if got is not None else self._recv_slow(timeout)
+        return Message(sender, decode_header(hdr, sender), payloads, at)
 
-    def _recv_slow(self, timeout: float | None) -> tuple[str, bytes, list[Any]]:
+    def _recv_slow(self, timeout: float | None) -> tuple[str, bytes, list[Any], float]:
         deadline = None if timeout is None else time.monotonic() + timeout - _SLICE_S
         while True:
             left = _SLICE_S if deadline is None else deadline - time.monotonic()
@@ -206,13 +206,13 @@ class Endpoint:
             first = _SLICE_S if timeout is None or timeout > _SLICE_S else max(0.0, timeout)
             got = self._ep.recv_many(max_n, first) or [self._recv_slow(timeout)]
         out = []
-        for k, (sender, hdr, payloads) in enumerate(got):
+        for k, (sender, hdr, payloads, at) in enumerate(got):
             try:
-                out.append(Message(sender, decode_header(hdr, sender), payloads))
+                out.append(Message(sender, decode_header(hdr, sender), payloads, at))
             except FrameRejected:
                 self._pending.extendleft(reversed(got[k + 1 :]))  # keep the rest for the next call
                 if out:
-                    self._pending.appendleft((sender, hdr, payloads))
+                    self._pending.appendleft((sender, hdr, payloads, at))
                     return out
                 raise
         return out

@@ -65,6 +65,7 @@ class Message:
     sender: str
     header: Header
     payloads: list[Any] = field(default_factory=list)
+    received_at: float = 0.0  # wall clock (time.time()) when the transport took it off the socket
 
     def array(self, i: int) -> np.ndarray:
         """Payload i as a numpy array shaped by header.tensors[i] (no copy)."""

@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vllm_helix import wire as p
+from vllm_helix.trace import tracer
+from vllm_helix.wire import COORDINATOR_PEER
 
 if TYPE_CHECKING:
     from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
@@ -52,6 +54,7 @@ class PendingBatch:
     future: Future[ModelRunnerOutput] = field(default_factory=Future)
     tokens: dict[str, p.TokenOut] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # request id -> error
+    times: dict[str, Any] | None = None  # tracing: submit, sent, recv (each Tokens), done
 
     @property
     def done(self) -> bool:
@@ -74,6 +77,7 @@ class BatchBook:
         self._next_step = 0
         self.serving_s = 0.0  # time with at least one batch in flight: what node busy shares are out of
         self._serving_since = 0.0
+        self.trace = tracer(COORDINATOR_PEER)  # VLLM_HELIX_TRACE: per-step timestamps (None: off)
 
     # ------------------------------------------------------------------ outgoing
 
@@ -81,6 +85,7 @@ class BatchBook:
               grammar_output: GrammarOutput | None = None) -> tuple[PendingBatch, dict[str, p.Step]]:
         """A pending batch and the Step to send to each first hop (with each structured-output request's grammar
         bitmask row, which the hops pass on to the last node)."""
+        submitted, cpu = (time.time(), time.thread_time()) if self.trace is not None else (0.0, 0.0)
         masks = {}
         if grammar_output is not None:
             bitmask = grammar_output.grammar_bitmask
@@ -106,12 +111,21 @@ class BatchBook:
                     continue
                 by_hop.setdefault(state.route[0], []).append(
                     self._item(state, computed[rid], count, masks.get(rid, b"")))
+            if self.trace is not None:
+                batch.times = {"step": step_id, "submit": submitted, "sent": 0.0, "recv": [], "done": 0.0,
+                               "cpu": cpu, "requests": len(batch.request_ids)}
             if not self.pending:
                 self._serving_since = now
             self.pending[step_id] = batch
         if batch.done:
             self._finish(batch)
         return batch, {hop: p.Step(step_id, items) for hop, items in by_hop.items()}
+
+    def sent(self, batch: PendingBatch) -> None:
+        """Every first hop's Step of `batch` is queued (tracing)."""
+        if batch.times is not None:
+            batch.times["sent"] = time.time()
+            batch.times["cpu"] = time.thread_time() - batch.times["cpu"]  # building, encoding, sending
 
     def _incarnate(self, rid: str, tokens: list[int], route: list[str], sampling: bytes) -> None:
         """A request (re)starts on `route` from these tokens: new, or recomputed after a preemption."""
@@ -174,6 +188,8 @@ class BatchBook:
             batch = self.pending.get(message.step_id)
             if batch is None:
                 return
+            if batch.times is not None:
+                batch.times["recv"].append(time.time())
             for out in message.results:
                 rid = self.by_wire.get(out.request_id)
                 if rid is None or rid in batch.failed:  # an old incarnation's, or dropped from this batch: late
@@ -243,6 +259,9 @@ class BatchBook:
         prompt_rows = {rid: o.prompt_logprobs for rid, o in zip(batch.request_ids, outs, strict=True)
                        if o is not None and o.prompt_logprobs}
         batch.future.set_result(self._make_output(batch.request_ids, sampled, rows, prompt_rows))
+        if batch.times is not None and self.trace is not None:
+            batch.times["done"] = time.time()
+            self.trace.record(batch.times)
 
     def take_failed(self) -> dict[str, str]:
         with self._lock:

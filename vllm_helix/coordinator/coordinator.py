@@ -160,6 +160,7 @@ class ServingCoordinator:
                 self.channel.send(hop, step)
             except (PeerLost, TransportTimeout) as exc:
                 self._lose(hop, str(exc))
+        self.book.sent(batch)
         return batch.future
 
     def _free(self, request_ids: set[str]) -> None:

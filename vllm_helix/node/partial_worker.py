@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -87,6 +88,7 @@ class PartialLayerWorker:
         self._greedy = seam.sampling_params(temperature=0.0, max_tokens=1)
         self._requests: dict[str, _Request] = {}
         self._finished: set[str] = set()
+        self.model_span, self.model_cpu = (0.0, 0.0), 0.0  # the last execute's forward (see execute)
 
     # ------------------------------------------------------------ set-up
 
@@ -209,7 +211,10 @@ class PartialLayerWorker:
         # structured outputs: the scheduler's bitmask rows, applied before sampling as vLLM's runner does
         masks = {i.request_id: i.grammar_bitmask for i in batch if i.grammar_bitmask is not None and self.is_last}
         sched_out, incoming = self._prepare(batch, bool(masks))
+        started, cpu = time.time(), time.thread_time()
         out = self._ranks.run_step(sched_out, incoming, seam.grammar_output(masks))
+        # the vLLM runner's forward, for hot-path tracing: wall-clock span, this thread's CPU seconds
+        self.model_span, self.model_cpu = (started, time.time()), time.thread_time() - cpu
         for item in batch:
             self._requests[item.request_id].num_computed += item.num_tokens
         if not self.is_last:
@@ -288,11 +293,13 @@ class PartialLayerWorker:
         for rid in order:
             offsets[rid] = pos
             pos += sizes[rid]
-        hidden, residual = out["hidden_states"], out["residual"]
+        # one copy out of the runner's buffers (the next batch overwrites them), then per-request views of it:
+        # rows stay in runner order, so a node forwarding the whole batch sends them without another copy
+        hidden, residual = out["hidden_states"][:pos].clone(), out["residual"][:pos].clone()
         results = []
         for item in batch:
             lo, hi = offsets[item.request_id], offsets[item.request_id] + item.num_tokens
-            results.append(HiddenResult(item.request_id, hidden[lo:hi].clone(), residual[lo:hi].clone()))
+            results.append(HiddenResult(item.request_id, hidden[lo:hi], residual[lo:hi]))
         return results
 
     def _token_results(self, batch: Sequence[StepItem], out: ModelRunnerOutput) -> list[TokenResult]:

@@ -239,7 +239,8 @@ def _install_gather_hook(runner: GPUModelRunner) -> None:
         incoming: dict[str, dict[str, torch.Tensor]] = runner._helix_incoming
         order = runner.input_batch.req_ids
         keys = list(incoming[order[0]])
-        tensors = {k: torch.cat([incoming[r][k] for r in order]) for k in keys}
+        # the transport delivers host memory; a GPU runner's layers want theirs (a no-op on CPU)
+        tensors = {k: torch.cat([incoming[r][k] for r in order]).to(runner.device) for k in keys}
         pad = num_tokens - next(iter(tensors.values())).shape[0]
         if pad > 0:
             tensors = {k: torch.nn.functional.pad(v, (0, 0, 0, pad)) for k, v in tensors.items()}

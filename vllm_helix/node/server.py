@@ -14,6 +14,7 @@ again until it is let back in; on SIGTERM it asks to drain and leaves when the c
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ import torch
 from vllm_helix import wire as p
 from vllm_helix.errors import FrameRejected, HelixError, NodeError, PeerLost, StartupError, TransportTimeout
 from vllm_helix.node.types import HiddenResult, StepItem, TokenResult
+from vllm_helix.trace import tracer
 from vllm_helix.wire import COORDINATOR_PEER, Channel, Received
 
 if TYPE_CHECKING:
@@ -71,6 +73,9 @@ class _Pending:
     items: list[StepItem] = field(default_factory=list)
     step_of: dict[str, int] = field(default_factory=dict)  # request id -> step id
     tokens: int = 0
+    arrived: dict[int, float] = field(default_factory=dict)  # step id -> when it came off the transport (tracing)
+    sent: dict[int, float] = field(default_factory=dict)  # step id -> when its output was queued (tracing)
+    cpu_start: float = field(default_factory=time.thread_time)  # this thread's CPU time when collecting began
 
 
 class NodeServer:
@@ -86,12 +91,14 @@ class NodeServer:
         self.routes: dict[str, list[str]] = {}
         self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
         self.deferred: list[Received] = []
+        self._dialled: set[str] = set()  # next hops connected to
         self.running = True
         self.rejoin_reason: str | None = None  # out of routing: forget everything, say Hello again
         self.drain_deadline: float | None = None  # SIGTERM: when to leave at the latest
         self.start_timeout_s = 600.0
         self.stats = _Stats()  # since the last report
         self.served = _Stats()  # since the start, reported to the coordinator
+        self.trace = tracer(name)  # VLLM_HELIX_TRACE: per-batch timestamps (None: off)
 
     # ------------------------------------------------------------------ start-up
 
@@ -141,6 +148,10 @@ class NodeServer:
     # ------------------------------------------------------------------ serving
 
     def serve_forever(self) -> None:
+        # as vLLM's EngineCore does after start-up: the model's and vLLM's objects are never garbage, and a
+        # full collection walking them would stall a step for many milliseconds
+        gc.collect()
+        gc.freeze()
         while self.running:
             if self.rejoin_reason is not None:
                 self._rejoin()
@@ -182,12 +193,15 @@ class NodeServer:
             wait = 0.0
             message = received.message
             if isinstance(message, p.Step):
+                if self.trace is not None:
+                    batch.arrived.setdefault(message.step_id, received.at)
                 try:
                     merged = self._merge(batch, message, received)
                 except (FrameRejected, HelixError) as exc:  # that step fails, the node goes on
                     self._reply_failed(message.step_id, [i.request_id for i in message.items], exc)
                     continue
                 if not merged:
+                    batch.arrived.pop(message.step_id, None)
                     self.deferred.insert(0, received)
                     return batch
             elif isinstance(message, p.Free):
@@ -252,6 +266,10 @@ class NodeServer:
             self._send_tokens(batch, results)  # type: ignore[arg-type]  # the last range returns TokenResults
         else:
             self._forward(batch, results)  # type: ignore[arg-type]  # the others HiddenResults
+        if self.trace is not None:
+            cpu = time.thread_time() - batch.cpu_start - self.worker.model_cpu  # the hop's own CPU on this thread
+            self.trace.record({"node": self.name, "arrived": batch.arrived, "model": self.worker.model_span,
+                               "sent": batch.sent, "cpu": cpu, "tokens": batch.tokens, "seqs": len(batch.items)})
 
     def _reply_failed(self, step_id: int, request_ids: list[str], exc: Exception) -> None:
         self._to_coordinator(p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))
@@ -263,6 +281,8 @@ class NodeServer:
                 p.TokenOut(result.request_id, result.token_id, result.logprob_row, result.prompt_logprobs))
         for step_id, outs in by_step.items():
             self._to_coordinator(p.Tokens(step_id, outs))
+            if self.trace is not None:
+                batch.sent[step_id] = time.time()
 
     def _forward(self, batch: _Pending, results: list[HiddenResult]) -> None:
         items = {item.request_id: item for item in batch.items}
@@ -270,12 +290,15 @@ class NodeServer:
         for result in results:
             groups.setdefault((self._next_hop(result.request_id), batch.step_of[result.request_id]), []).append(result)
         for (peer, step_id), group in groups.items():
+            group.sort(key=lambda r: r.hidden_states.storage_offset())  # the worker's row order: see _rows
             out_items = [self._next_item(items[r.request_id]) for r in group]
-            hidden = torch.cat([r.hidden_states for r in group]).contiguous()
-            residual = torch.cat([r.residual for r in group]).contiguous()
+            hidden = _rows([r.hidden_states for r in group]).cpu()  # the transport sends host memory
+            residual = _rows([r.residual for r in group]).cpu()
             try:
                 self._ensure_peer(peer)
                 self.channel.send(peer, p.Step(step_id, out_items), [hidden, residual])
+                if self.trace is not None:
+                    batch.sent[step_id] = time.time()
             except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: the coordinator reroutes
                 self._hop_lost(step_id, [r.request_id for r in group], peer, exc)
 
@@ -290,8 +313,11 @@ class NodeServer:
         return route[route.index(self.name) + 1]
 
     def _ensure_peer(self, peer: str) -> None:
+        if peer in self._dialled:  # the transport keeps a dialled peer (and reports it lost)
+            return
         if peer not in self.channel.peers():
             self.channel.connect(peer, self.addresses[peer], self.public_keys.get(peer))
+        self._dialled.add(peer)
 
     def _free(self, request_ids: list[str]) -> None:
         freed = [rid for rid in request_ids if rid in self.routes]
@@ -357,6 +383,19 @@ def _bitmask(grammar: bytes) -> np.ndarray | None:
     if len(grammar) % 4:
         raise FrameRejected(f"a grammar bitmask of {len(grammar)} bytes is not int32 rows")
     return np.frombuffer(grammar, dtype=np.int32).copy()
+
+
+def _rows(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """The row blocks as one contiguous tensor: a view when they lie back to back in one buffer (the worker
+    returns views of one copy of its output, in its row order), else a copy."""
+    first, last = blocks[0], blocks[-1]
+    base = first._base
+    if base is not None and base.is_contiguous() and all(b._base is base for b in blocks):
+        ends = [b.storage_offset() + b.numel() for b in blocks]
+        if all(b.storage_offset() == end for b, end in zip(blocks[1:], ends, strict=False)):
+            row, origin = base.stride(0), base.storage_offset()
+            return base[(first.storage_offset() - origin) // row:(ends[-1] - origin) // row]
+    return torch.cat(blocks).contiguous() if len(blocks) > 1 else last.contiguous()
 
 
 def _group(step_of: dict[str, int]) -> dict[int, list[str]]:

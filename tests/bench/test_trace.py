@@ -1,0 +1,66 @@
+"""The hot-path trace summary (vllm_helix/trace.py): phases of a two-node chain from known timestamps."""
+
+import json
+import math
+
+import pytest
+
+from vllm_helix.trace import TRACE_ENV, format_summary, summarize, tracer
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_phases_of_a_two_node_chain(tmp_path):
+    ms = 1e-3
+    # step 0: coordinator queues it at 1 ms, node0 receives at 2 ms and computes 10-40 ms, sends at 41 ms;
+    # node1 receives at 42 ms, computes 43-73 ms, sends tokens at 74 ms; the coordinator has them at 75 ms.
+    # step 1 reaches node0 at 20 ms, while step 0 computes: it queues until 41 ms, computes 42-72 ms.
+    _write(tmp_path / "coordinator.jsonl", [
+        {"step": 0, "submit": 0.5 * ms, "sent": 1 * ms, "recv": [75 * ms], "done": 75.5 * ms, "requests": 2},
+        {"step": 1, "submit": 18 * ms, "sent": 19 * ms, "recv": [110 * ms], "done": 111 * ms, "requests": 2},
+    ])
+    _write(tmp_path / "node0.jsonl", [
+        {"node": "node0", "arrived": {"0": 2 * ms}, "model": [10 * ms, 40 * ms], "sent": {"0": 41 * ms},
+         "tokens": 2, "seqs": 2},
+        {"node": "node0", "arrived": {"1": 20 * ms}, "model": [42 * ms, 72 * ms], "sent": {"1": 73 * ms},
+         "tokens": 2, "seqs": 2},
+    ])
+    _write(tmp_path / "node1.jsonl", [
+        {"node": "node1", "arrived": {"0": 42 * ms}, "model": [43 * ms, 73 * ms], "sent": {"0": 74 * ms},
+         "tokens": 2, "seqs": 2},
+        {"node": "node1", "arrived": {"1": 74.5 * ms}, "model": [75 * ms, 105 * ms], "sent": {"1": 109 * ms},
+         "tokens": 2, "seqs": 2},
+    ])
+    summary = summarize(tmp_path)
+    node0, node1 = summary["nodes"]["node0"], summary["nodes"]["node1"]
+    assert node0["in"] == pytest.approx(1.0)  # median of 1 ms (step 0) and 1 ms (step 1)
+    assert node0["queue"] == pytest.approx(10.5)  # step 0 waited for nothing, step 1 21 ms for step 0
+    assert node0["assembly"] == pytest.approx(4.5)  # 8 ms (2 -> 10) and 1 ms (41 -> 42)
+    assert node0["compute"] == pytest.approx(30.0)
+    assert node1["in"] == pytest.approx(1.25)  # 41 -> 42 and 73 -> 74.5
+    assert node1["post"] == pytest.approx(2.5)  # 1 ms and 4 ms
+    coordinator = summary["coordinator"]
+    assert coordinator["build"] == pytest.approx(0.75) and coordinator["return"] == pytest.approx(1.0)
+    assert math.isnan(coordinator["engine"])  # no batch had finished when either was submitted
+    # per hop: node steps (in + assembly + post) 10, 3, 3, 6 ms; return legs (+ finish) 1.5, 2 ms
+    assert summary["hop_overhead_ms"] == pytest.approx(3.0)
+    assert "per-hop overhead" in format_summary(summary)
+
+
+def test_steps_before_since_are_left_out_and_tracing_is_off_by_default(tmp_path, monkeypatch):
+    _write(tmp_path / "coordinator.jsonl", [
+        {"step": 0, "submit": 1.0, "sent": 1.001, "recv": [1.1], "done": 1.1, "requests": 1}])
+    _write(tmp_path / "node0.jsonl", [
+        {"node": "node0", "arrived": {"0": 1.002}, "model": [1.003, 1.09], "sent": {"0": 1.095},
+         "tokens": 1, "seqs": 1}])
+    assert summarize(tmp_path, since=2.0)["steps"] == 0
+    assert summarize(tmp_path, since=0.5)["steps"] == 1
+    monkeypatch.delenv(TRACE_ENV, raising=False)
+    assert tracer("node0") is None
+    monkeypatch.setenv(TRACE_ENV, str(tmp_path / "t"))
+    trace = tracer("node0")
+    trace.record({"a": 1})
+    trace.close()
+    assert json.loads((tmp_path / "t" / "node0.jsonl").read_text()) == {"a": 1}

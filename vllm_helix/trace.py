@@ -1,0 +1,173 @@
+"""Per-step hot-path tracing: where a Helix hop spends the time that is not model compute (docs/hot_path.md).
+
+Off by default. With `VLLM_HELIX_TRACE=DIR` in its environment, the coordinator and every node append one
+JSON line per step (coordinator) or per batch (node) to `DIR/<name>.jsonl`, with wall-clock timestamps
+(`time.time()`: comparable across processes on one host; across hosts only as far as their clocks agree):
+
+* coordinator `{"step", "submit", "sent", "recv": [...], "done", "requests"}`: `submit` when the engine
+  hands the batch over, `sent` once every first hop's Step is queued, `recv` as each last node's Tokens
+  arrive (decoded), `done` when the engine's output is ready (the time from a `done` to the next `submit`
+  is vLLM's scheduler and output processing: the table's `engine`), `cpu` the engine thread's CPU seconds
+  from `submit` to `sent`;
+* node `{"node", "arrived": {step: t}, "model": [start, end], "sent": {step: t}, "cpu", "tokens", "seqs"}`:
+  each Step taken off the socket by the transport's I/O thread, the vLLM runner's forward (the node's
+  compute), each step's output queued to the next hop; `cpu` is the serving thread's CPU seconds for the
+  batch outside the forward (decode, merge, input building, encode, send): unlike wall-clock phases it
+  barely moves when other processes share the cores.
+
+`summarize(DIR)` turns them into the per-hop table bench/bench_serving.py prints. When tracing is off the
+hot path pays one `is None` test per step.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import statistics
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+TRACE_ENV = "VLLM_HELIX_TRACE"
+FLUSH_S = 0.5  # nodes are stopped with SIGTERM: keep what was traced on disk
+
+
+class StepTrace:
+    """Appends JSON lines to one file, flushed every FLUSH_S."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a")
+        self._flushed = time.monotonic()
+
+    def record(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps(row) + "\n")
+        if time.monotonic() - self._flushed > FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self._flushed = time.monotonic()
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def tracer(name: str) -> StepTrace | None:
+    """`name`'s trace file under $VLLM_HELIX_TRACE, or None (tracing off)."""
+    directory = os.environ.get(TRACE_ENV)
+    return StepTrace(Path(directory) / f"{name}.jsonl") if directory else None
+
+
+# ------------------------------------------------------------------------- summary
+
+PHASES = ("in", "assembly", "compute", "post", "queue", "cpu")
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a process stopped mid-line
+            continue
+    return rows
+
+
+def node_hops(coordinator: list[dict], nodes: dict[str, list[dict]]) -> list[dict[str, Any]]:
+    """One row per (node, step): `in` (the transport, from the sender queuing it to this node's I/O thread
+    receiving it), `queue` (waiting for the node's previous batch), `assembly` (the rest until the forward
+    starts: waking up, decoding, merging steps, vLLM input building),
+    `compute` (the forward), `post` (results split, encoded and queued to the next hop); seconds."""
+    sent_by: dict[int, list[float]] = {}  # step -> times its Steps were queued (by the coordinator or a node)
+    for row in coordinator:
+        sent_by.setdefault(row["step"], []).append(row["sent"])
+    for batches in nodes.values():
+        for batch in batches:
+            for step, t in batch["sent"].items():
+                sent_by.setdefault(int(step), []).append(t)
+    hops = []
+    for name, batches in nodes.items():
+        free_at = 0.0  # when the node finished its previous batch
+        for batch in sorted(batches, key=lambda b: b["model"][0]):
+            start, end = batch["model"]
+            last_sent = max(batch["sent"].values(), default=end)
+            for step, arrived in batch["arrived"].items():
+                senders = [t for t in sent_by.get(int(step), []) if t <= arrived]
+                ready = max(arrived, free_at)
+                hops.append({"node": name, "step": int(step), "tokens": batch["tokens"], "cpu": batch.get("cpu", 0.0),
+                             "in": arrived - max(senders) if senders else 0.0,
+                             "queue": max(0.0, min(start, free_at) - arrived),
+                             "assembly": max(0.0, start - ready), "compute": end - start,
+                             "post": batch["sent"].get(step, last_sent) - end})
+            free_at = last_sent
+    return hops
+
+
+def summarize(directory: Path, since: float = 0.0) -> dict[str, Any]:
+    """Medians (ms) per node and phase, the coordinator's own costs, and the per-hop overhead
+    (in + assembly + post of each node step; the return leg to the coordinator counts as a hop too),
+    over the steps submitted from `since` (a time.time()) on."""
+    files = {p.stem: _rows(p) for p in sorted(Path(directory).glob("*.jsonl"))}
+    steps = {row["step"] for row in files.get("coordinator", []) if row["submit"] >= since}
+    files = {name: [r for r in rows if r.get("step") in steps or any(int(s) in steps for s in r.get("arrived", ()))]
+             for name, rows in files.items()}
+    coordinator = files.pop("coordinator", [])
+    hops = node_hops(coordinator, files)
+    last_sent: dict[int, float] = {}
+    for batches in files.values():
+        for batch in batches:
+            for step, t in batch["sent"].items():
+                last_sent[int(step)] = max(last_sent.get(int(step), 0.0), t)
+    legs: dict[str, list[float]] = {"build": [], "return": [], "finish": [], "engine": [], "build cpu": []}
+    done = sorted(row["done"] for row in coordinator)
+    for row in coordinator:  # engine: from the last batch finished before this one was submitted (vLLM's own work)
+        before = bisect.bisect_right(done, row["submit"])
+        if before:
+            legs["engine"].append(row["submit"] - done[before - 1])
+    for row in coordinator:
+        if not row["recv"] or row["step"] not in last_sent:
+            continue
+        legs["build"].append(row["sent"] - row["submit"])
+        legs["build cpu"].append(row.get("cpu", 0.0))
+        legs["return"].append(max(0.0, max(row["recv"]) - last_sent[row["step"]]))
+        legs["finish"].append(row["done"] - max(row["recv"]))
+    per_node = {name: {phase: _median_ms(h[phase] for h in hops if h["node"] == name) for phase in PHASES}
+                for name in files}
+    overhead = [h["in"] + h["assembly"] + h["post"] for h in hops]
+    overhead += [r + f for r, f in zip(legs["return"], legs["finish"], strict=True)]
+    return {"nodes": per_node, "coordinator": {k: _median_ms(v) for k, v in legs.items()},
+            "hop_overhead_ms": _median_ms(overhead), "hop_overhead_p90_ms": _quantile_ms(overhead, 0.9),
+            "steps": len(coordinator)}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"{'per hop (median ms)':<22}" + "".join(f"{p:>10}" for p in PHASES)]
+    for name, phases in summary["nodes"].items():
+        lines.append(f"{name:<22}" + "".join(f"{phases[p]:>10.2f}" for p in PHASES))
+    c = summary["coordinator"]
+    lines.append(f"{'coordinator':<22}" + "".join(f"{k:>10}" for k in c))
+    lines.append(f"{'':<22}" + "".join(f"{v:>10.2f}" for v in c.values()))
+    lines.append(f"per-hop overhead (in + assembly + post; return + finish): "
+                 f"median {summary['hop_overhead_ms']:.2f} ms, p90 {summary['hop_overhead_p90_ms']:.2f} ms "
+                 f"over {summary['steps']} steps")
+    return "\n".join(lines)
+
+
+def _median_ms(values: Iterable[float]) -> float:
+    values = list(values)
+    return 1e3 * statistics.median(values) if values else float("nan")
+
+
+def _quantile_ms(values: list[float], q: float) -> float:
+    if len(values) < 2:
+        return _median_ms(values)
+    return 1e3 * statistics.quantiles(values, n=10)[int(q * 10) - 1]
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(format_summary(summarize(Path(sys.argv[1]))))
