@@ -117,3 +117,13 @@ def test_discover_measures_netem_links_within_20_percent(make_host, tmp_path):
             off.append(f"{link.src}->{link.dst} latency {link.latency_s:.4g} s (set {want_lat:.4g})")
     assert len(cluster.links) == 12
     assert not off, "\n".join(off) + "\n" + done.stderr
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--node", "a"], "required: --plan, --model (or --probe)"),
+    (["--probe"], "--probe needs --bind HOST:PORT"),
+    (["--probe", "--bind", "0.0.0.0:7000"], "not a wildcard"),
+])
+def test_worker_probe_usage_errors(args, error):
+    done = subprocess.run([*CLI, "worker", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and error in done.stderr and "Traceback" not in done.stderr

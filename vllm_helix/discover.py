@@ -31,7 +31,7 @@ from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec, CoordinatorSpec
 PINGS = 7
 CHUNK_BYTES = 256 << 10
 FIRST_BURST_BYTES = 1 << 20
-MAX_BURST_BYTES = 128 << 20
+MAX_BURST_BYTES = 64 << 20  # faster links are timed over shorter bursts: a probe stays short
 PROBE_MIN_S = 0.8  # a burst shorter than this doubles and runs again (up to MAX_BURST_BYTES)
 logger = logging.getLogger(__name__)
 

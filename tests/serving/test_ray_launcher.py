@@ -18,6 +18,7 @@ import yaml
 from serve_helpers import CLUSTER, COMMON, PROMPTS, completion_tokens, post, write_plan
 
 from vllm_helix.errors import StartupError
+from vllm_helix.planner.files import load_cluster
 from vllm_helix.vllm_server import VllmServer
 
 ray = pytest.importorskip("ray", reason="the Ray launcher is an optional extra: pip install 'vllm-helix[ray]'")
@@ -119,3 +120,16 @@ def test_a_plan_node_without_a_ray_node_is_a_clear_error(ray_cluster, tiny_llama
     with pytest.raises(StartupError, match=r"no Ray node matches Helix nodes far \(address 198.51.100.7\), ghost: "):
         launcher.resolve_addresses(plan)
     assert launcher.nodes == {}  # nothing placed
+
+
+def test_discover_ray_writes_a_cluster_file_of_the_ray_nodes(ray_cluster, tmp_path):
+    """`vllm-helix discover --ray`: a probe actor on each Ray node, named by its `helix_node:` resource."""
+    out = tmp_path / "cluster.yaml"
+    done = subprocess.run([sys.executable, "-m", "vllm_helix.cli", "discover", "--ray", "-o", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "RAY_ADDRESS": ray_cluster.address})
+    assert done.returncode == 0, done.stderr
+    cluster = load_cluster(out)
+    assert sorted(n.name for n in cluster.nodes) == sorted(NODES)
+    assert all(n.gpu == "cpu" and n.vram_bytes > 1e9 for n in cluster.nodes)
+    assert len(cluster.links) == 12 and all(lk.bandwidth_bytes_per_s > 1e6 for lk in cluster.links)

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ LOCAL = "local"
 PLACE_TIMEOUT_S = 120.0  # an actor Ray cannot place in this time (its GPUs are taken) is a start-up error
 CALL_TIMEOUT_S = 10.0
 WATCH_INTERVAL_S = 1.0
+PORT_WAIT_S = 15.0
 MAX_RESTARTS = 5
 NOT_RUNNING = -1  # dead()'s status of a node whose actor died: it is being restarted
 logger = logging.getLogger(__name__)
@@ -99,8 +101,10 @@ def with_addresses(plan: Plan, addresses: Mapping[str, str], coordinator: str) -
 
 
 def free_address(ip: str, port: int = 0) -> str:
-    """`ip:port`, with a free port when `port` is 0 (a taken port fails here, naming the address)."""
+    """`ip:port`, with a free port when `port` is 0 (a taken port fails here, naming the address). Bound as the
+    transport binds (SO_REUSEADDR): the connections of a dead worker on that port do not keep it taken."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((ip, port))
         return f"{ip}:{s.getsockname()[1]}"
 
@@ -134,10 +138,18 @@ class NodeActor:
         self.process: subprocess.Popen | None = None
 
     def reserve(self, port: int) -> str:
-        """`ip:port` on this Ray node: `port`, or a free one when 0."""
+        """`ip:port` on this Ray node: `port` (waiting a little for a dead predecessor's worker to let it go), or a
+        free one when 0."""
         import ray
 
-        return free_address(ray.util.get_node_ip_address(), port)
+        ip, deadline = ray.util.get_node_ip_address(), time.monotonic() + PORT_WAIT_S
+        while True:
+            try:
+                return free_address(ip, port)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def start(self, plan_yaml: str, key: str | None, worker_args: list[str], shared_host: bool) -> int:
         plan_path = self.workdir / "plan.yaml"
@@ -302,16 +314,17 @@ class RayNodes:
                 except self.ray.exceptions.GetTimeoutError:
                     continue  # busy or unreachable for now: ask again
                 except self.ray.exceptions.RayError as exc:  # the actor died
-                    status = NOT_RUNNING
-                    self._restart(name, node, exc)
+                    status = self._restart(name, node, exc)
                 with self._lock:
                     node.status = status
 
-    def _restart(self, name: str, node: _Node, exc: Exception) -> None:
+    def _restart(self, name: str, node: _Node, exc: Exception) -> int | None:
+        """A new actor for `name` on its Ray node and address, running its worker; None when it runs. One that
+        fails is killed: the next round tries again, up to MAX_RESTARTS in all."""
         with self._lock:
             node.status = NOT_RUNNING
         if node.restarts >= MAX_RESTARTS:
-            return
+            return NOT_RUNNING
         node.restarts += 1
         logger.error("Helix: node %s's Ray actor died (%s); restarting it (%d of %d) at %s", name,
                      type(exc).__name__, node.restarts, MAX_RESTARTS, node.address)
@@ -322,6 +335,9 @@ class RayNodes:
                 raise StartupError(f"node {name} came back at {address}, not at {node.address} where the other "
                                    "nodes know it: restart `vllm serve`")
             self._get(self._start_worker(name), CALL_TIMEOUT_S, f"restarting node {name}'s worker")
-            logger.info("Helix: restarted node %s on Ray at %s", name, address)
         except StartupError as error:
             logger.error("Helix: could not restart node %s: %s", name, error)
+            self.ray.kill(node.actor)
+            return NOT_RUNNING
+        logger.info("Helix: restarted node %s on Ray at %s", name, address)
+        return None
