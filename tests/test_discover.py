@@ -7,6 +7,7 @@ bad hosts are one-line errors (exit 2) that name the host, within the probe time
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -96,7 +97,8 @@ def needs_root(test):
 def test_discover_measures_netem_links_within_20_percent(make_host, tmp_path):
     """Host i hangs off the root namespace (the coordinator) by a link of rate r_i and delay d_i each way: host i to
     host j crosses both links (min rate, d_i + d_j), the coordinator to host i one. On a kernel without netem the
-    links are rate-limited only (tbf) and the latency check is that discover adds none (under 2 ms)."""
+    links are rate-limited only (tbf) and the latency check is that discover adds none (under 5 ms on a loaded
+    machine)."""
     hosts = [make_host(rate, delay) for rate, delay in SHAPES]
     with probes([(f"{h.address}:7100", h.command()) for h in hosts]):
         done = discover("--hosts", ",".join(f"{h.address}:7100" for h in hosts), "-o", str(tmp_path / "c.yaml"))
@@ -112,8 +114,9 @@ def test_discover_measures_netem_links_within_20_percent(make_host, tmp_path):
         want_bw = min(rate[link.src], rate[link.dst])
         want_lat = delay[link.src] + delay[link.dst]
         if abs(link.bandwidth_bytes_per_s - want_bw) > 0.2 * want_bw:
-            off.append(f"{link.src}->{link.dst} bandwidth {link.bandwidth_bytes_per_s:.4g} B/s (set {want_bw:.4g})")
-        if abs(link.latency_s - want_lat) > (0.2 * want_lat if netem else 0.002):
+            off.append(f"{link.src}->{link.dst} bandwidth {link.bandwidth_bytes_per_s:.4g} B/s "
+                       f"(set {want_bw:.4g})")
+        if abs(link.latency_s - want_lat) > (0.2 * want_lat if netem else 0.005):
             off.append(f"{link.src}->{link.dst} latency {link.latency_s:.4g} s (set {want_lat:.4g})")
     assert len(cluster.links) == 12
     assert not off, "\n".join(off) + "\n" + done.stderr
@@ -127,3 +130,11 @@ def test_discover_measures_netem_links_within_20_percent(make_host, tmp_path):
 def test_worker_probe_usage_errors(args, error):
     done = subprocess.run([*CLI, "worker", *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and error in done.stderr and "Traceback" not in done.stderr
+
+
+def test_discover_ray_without_a_ray_cluster_is_one_line(tmp_path):
+    pytest.importorskip("ray", reason="the Ray extra")
+    done = subprocess.run([*CLI, "discover", "--ray", "-o", str(tmp_path / "c.yaml")], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "RAY_ADDRESS": f"127.0.0.1:{free_port()}"})
+    assert done.returncode == 2 and done.stderr.startswith("error: cannot reach the Ray cluster at ")
+    assert len(done.stderr.strip().splitlines()) == 1

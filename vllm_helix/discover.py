@@ -7,8 +7,8 @@ time so that measurements do not share the network: between the coordinator and 
 two hosts (the discoverer asks the sending probe to measure). A link's latency is half the shortest of a few
 round trips (one-way delays cannot be told apart without synchronized clocks); its bandwidth is a burst's bytes
 over the time from its first byte sent to its last received (the sender's clock, less one round trip), the burst
-doubling until it lasts PROBE_MIN_S. Timed by the sender: a receiver that stalls (a busy host) makes the
-estimate low, never high. The result is a cluster file that `vllm-helix plan` reads.
+doubling until it lasts PROBE_MIN_S; the better of the last two bursts counts. Timed by the sender: a receiver
+that stalls (a busy host) makes an estimate low, never high. The result is a cluster file for `vllm-helix plan`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from vllm_helix.comm import Endpoint, EndpointOptions, Header, Message
-from vllm_helix.coordinator.ray_nodes import RESOURCE_PREFIX, import_ray
+from vllm_helix.coordinator.ray_nodes import RESOURCE_PREFIX, connect_ray
 from vllm_helix.errors import ConfigError, HelixError, PeerLost, TransportTimeout
 from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec, CoordinatorSpec, LinkSpec, NodeSpec
 
-PINGS = 7
+PINGS = 15
 CHUNK_BYTES = 256 << 10
 FIRST_BURST_BYTES = 1 << 20
 MAX_BURST_BYTES = 64 << 20  # faster links are timed over shorter bursts: a probe stays short
@@ -188,7 +188,7 @@ class Prober:
             rtts.append(time.perf_counter() - sent)
         rtt = min(rtts)
         chunk = bytes(CHUNK_BYTES)
-        chunks, burst_id = FIRST_BURST_BYTES // CHUNK_BYTES, 0
+        chunks, burst_id, rate = FIRST_BURST_BYTES // CHUNK_BYTES, 0, 0.0
         while True:  # the earlier, shorter bursts also open the TCP window for the one that counts
             burst_id += 1
             started = time.perf_counter()
@@ -197,8 +197,10 @@ class Prober:
             self.wait_for("burst.done", peer, self.timeout_s + 8 * chunks * CHUNK_BYTES / 1e6)
             # from the first byte sent to the last received: less the way there of the first and back of the reply
             seconds = max(time.perf_counter() - started - rtt, 1e-6)
+            previous, rate = rate, chunks * CHUNK_BYTES / seconds
             if seconds >= PROBE_MIN_S or chunks * CHUNK_BYTES >= MAX_BURST_BYTES:
-                return chunks * CHUNK_BYTES / seconds, rtt / 2
+                # the better of the last two: a stall on a busy host only ever slows one down
+                return max(rate, previous), rtt / 2
             chunks *= 2
 
 
@@ -328,11 +330,9 @@ def ray_node_name(ray_node: dict[str, Any]) -> str:
 
 def discover_ray(timeout_s: float, progress: Callable[[str], None]) -> ClusterSpec:
     """`vllm-helix discover --ray`: one probe actor per live node of the running Ray cluster."""
-    ray = import_ray()
+    ray = connect_ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    if not ray.is_initialized():
-        ray.init(address="auto", log_to_driver=False, logging_level=logging.WARNING)
     actor_class = ray.remote(ProbeActor)
     ray_nodes = [n for n in ray.nodes() if n.get("Alive")]
     actors, names = [], []

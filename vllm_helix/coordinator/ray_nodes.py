@@ -55,6 +55,31 @@ def import_ray() -> Any:
     return ray
 
 
+def connect_ray() -> Any:
+    """Ray, joined to the running cluster: RAY_ADDRESS, else the one `ray start` left on this host (never a new
+    local Ray instance); none there is a StartupError that says so."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    how = ("start one with `ray start --head` (and `ray start --address HEAD:6379` on the other hosts), or set "
+           "RAY_ADDRESS")
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        address = canonicalize_bootstrap_address("auto")
+    except ConnectionError:
+        address = None
+    if not address:
+        raise StartupError(f"no Ray cluster to join on this host: {how}")
+    host, _, port = address.rpartition(":")
+    try:  # ray.init waits minutes for a cluster that is gone: ask first
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"cannot reach the Ray cluster at {address} ({exc}): {how}") from None
+    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    return ray
+
+
 # ------------------------------------------------------------------------------------ matching plan nodes to Ray
 
 
@@ -206,10 +231,7 @@ class RayNodes:
     """The plan's nodes as Ray actors; `resolve_addresses` places them, `start` runs their workers."""
 
     def __init__(self) -> None:
-        self.ray = import_ray()
-        if not self.ray.is_initialized():
-            # RAY_ADDRESS, else the cluster `ray start` left on this host; never a new local Ray instance
-            self.ray.init(address="auto", log_to_driver=False, logging_level=logging.WARNING)
+        self.ray = connect_ray()
         self._actor_class = self.ray.remote(NodeActor)
         self.nodes: dict[str, _Node] = {}
         self._launch: tuple[str, list[str]] = ("", [])  # the plan text and worker args, for restarts
