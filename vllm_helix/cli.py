@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,25 @@ def _writable(path: str) -> str:
     if not existed:
         target.unlink()
     return path
+
+
+def _host_list(text: str) -> list[tuple[str, int]]:
+    from vllm_helix.discover import parse_host
+
+    try:
+        return [parse_host(part) for part in text.split(",") if part.strip()]
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--hosts: ")) from None
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _print_json(data: Any) -> None:
@@ -310,7 +330,48 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from vllm_helix.node.main import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.probe:
+        return _run_probe(args)
+    missing = [f"--{name}" for name in ("plan", "node", "model") if not getattr(args, name)]
+    if missing:
+        raise ConfigError(f"the following arguments are required: {', '.join(missing)} (or --probe)")
     run_worker(args.plan, args.node, args.model, WorkerConfig.from_cli(args), bind=args.bind)
+    return 0
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    """`vllm-helix worker --probe --bind HOST:PORT`: answer `vllm-helix discover` until Ctrl-C."""
+    import socket
+
+    from vllm_helix.discover import Prober
+
+    if not args.bind:
+        raise ConfigError("--probe needs --bind HOST:PORT (the address `vllm-helix discover --hosts` is given)")
+    prober = Prober(args.node or socket.gethostname(), args.bind)
+    print(f"probe {prober.name} listening on {prober.address}; Ctrl-C stops it", file=sys.stderr, flush=True)
+    try:
+        prober.serve_forever()
+    finally:
+        prober.close()
+    return 0
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from vllm_helix.discover import discover_hosts, discover_ray
+    from vllm_helix.planner.cluster import describe_cluster, save_cluster
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    if args.ray:
+        cluster = discover_ray(args.timeout, progress)
+    else:
+        cluster = discover_hosts(args.hosts, args.bind_ip, args.timeout, progress)
+    save_cluster(cluster, args.output)
+    print(describe_cluster(cluster))
+    print(f"wrote {args.output} ({time.monotonic() - started:.1f} s of probing); next: "
+          f"vllm-helix plan --cluster {args.output} --model MODEL -o plan.yaml")
     return 0
 
 
@@ -429,12 +490,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run one node of a plan (partial-layer vLLM engine)",
                        description="Serve the layers a plan gives NODE; waits for the coordinator "
                                    "(`vllm serve MODEL --executor helix --helix-plan PLAN`), in any start order.")
-    p.add_argument("--plan", required=True, help="plan YAML (names every node's address)")
-    p.add_argument("--node", required=True, help="this node's name in the plan")
-    p.add_argument("--model", required=True, help="the model directory (Hugging Face format, safetensors)")
+    p.add_argument("--plan", help="plan YAML (names every node's address)")
+    p.add_argument("--node", help="this node's name in the plan (with --probe: in the discovered cluster; default: "
+                                  "the host name)")
+    p.add_argument("--model", help="the model directory (Hugging Face format, safetensors)")
     p.add_argument("--bind", help="address to listen on (default: the node's address in the plan)")
+    p.add_argument("--probe", action="store_true",
+                   help="no plan yet: answer `vllm-helix discover --hosts` on --bind (what this host has, link "
+                        "probes) until Ctrl-C")
     WorkerConfig.add_cli_args(p)
     p.set_defaults(handler=cmd_worker, usage_error=p.error)
+
+    p = sub.add_parser("discover", help="measure the hosts and links there are; write a cluster file",
+                       description="Ask every host what accelerators and memory it has and measure every directed "
+                                   "link (bandwidth, latency) between them and to this coordinator, over the "
+                                   "project's transport; writes a cluster YAML for `vllm-helix plan`.")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--hosts", type=_host_list, metavar="H1:PORT,H2:PORT,...",
+                       help="probes started by hand: `vllm-helix worker --probe --bind H:PORT` on each host")
+    where.add_argument("--ray", action="store_true",
+                       help="every node of the running Ray cluster (ray.init(address='auto')), probed by a Ray actor")
+    p.add_argument("-o", "--output", required=True, type=_writable, help="cluster YAML to write")
+    p.add_argument("--bind-ip", help="this host's address the probes reach (default: the route to the first host)")
+    p.add_argument("--timeout", type=_positive_seconds, default=10.0,
+                   help="seconds a probe may take to answer before its host is an error (default 10)")
+    p.set_defaults(handler=cmd_discover, usage_error=p.error)
     return parser
 
 

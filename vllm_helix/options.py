@@ -53,6 +53,10 @@ OPTIONS = (
            ("auto", "reference", "profile", "estimate")),
     Option("--helix-plan-time-limit", "plan_time_limit_s", float, 20.0,
            "seconds the placement solver may take at start-up (--helix-cluster)", problem=_positive),
+    Option("--helix-launcher", "launcher", str, "local",
+           "who starts the plan's nodes: local = its `local` nodes as subprocesses of this server (the others by "
+           "hand); ray = every node as a Ray actor on the running Ray cluster (pip install 'vllm-helix[ray]')",
+           ("local", "ray")),
     Option("--helix-router", "router", str, "maxflow", "per-request route choice",
            ("maxflow", "random", "shortest-queue", "swarm")),
     Option("--helix-depth", "depth", int, 0,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from vllm_helix import wire as p
 from vllm_helix.coordinator.batches import BatchBook, MakeOutput
-from vllm_helix.coordinator.local_nodes import LocalNodes, local_nodes, resolve_addresses
+from vllm_helix.coordinator.launchers import launcher_for
 from vllm_helix.coordinator.membership import Membership
 from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import (
@@ -64,14 +64,16 @@ class ServingCoordinator:
         if plan.partial_inference:
             raise ConfigError("serving needs a plan with exact layer chaining (plan without --partial-inference)")
         self.dtype = local_node_config.dtype  # every node must run it
-        curve = identity(plan, options["plan"], COORDINATOR_PEER, options["key"], options["insecure"])
-        self.plan = resolve_addresses(plan)
+        launcher = launcher_for(options["launcher"])
+        self.plan = launcher.resolve_addresses(plan)
+        curve = identity(self.plan, options["plan"], COORDINATOR_PEER, options["key"], options["insecure"])
         self.options = options
         self.book = BatchBook(make_output, options["step_timeout_s"])
         self.routes: RouteBook | None = None
         self.channel: Channel = open_channel(COORDINATOR_PEER, self.plan.cluster.coordinator.address, curve)
-        key_files = {n: str(key_path(options["plan"], n)) for n in local_nodes(plan)} if curve else {}
-        self.workers = LocalNodes.start(self.plan, local_nodes(plan), model_path, local_node_config, key_files)
+        names = launcher.names(plan)
+        key_files = {n: str(key_path(options["plan"], n)) for n in names} if curve else {}
+        self.workers = launcher.start(self.plan, names, model_path, local_node_config, key_files)
         self.kv_tokens: dict[str, int] = {}
         self.kv_block_tokens = 1
         self.members = Membership(list(plan.placement.ranges))
