@@ -348,6 +348,13 @@ def _row_ms(rows: list) -> str:
     return ", ".join(f"{x}: {ms:.3f}" for x, ms in rows[1:])
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from vllm_helix.status import scrape, status_table
+
+    print(status_table(scrape(args.url)))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
@@ -498,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time eager layers (default: vLLM's torch.compile, as serving runs them)")
     p.add_argument("-o", "--output", required=True, type=_writable, help="profile JSON to write")
     p.set_defaults(handler=cmd_profile)
+
+    p = sub.add_parser("status", help="a running Helix server's nodes, flows and bottleneck (its helix_ metrics)",
+                       description="Read the helix_* Prometheus metrics of `vllm serve --executor helix` and print "
+                                   "nodes, layer ranges, live/planned flow and the bottleneck.")
+    p.add_argument("--url", required=True, help="the server, e.g. http://localhost:8000")
+    p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("worker", help="run one node of a plan (partial-layer vLLM engine)",
                        description="Serve the layers a plan gives NODE; waits for the coordinator "

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from vllm_helix import wire as p
 from vllm_helix.coordinator.batches import BatchBook, MakeOutput
 from vllm_helix.coordinator.local_nodes import LocalNodes, local_nodes, resolve_addresses
+from vllm_helix.coordinator.metrics import ClusterMetrics, live_max_flow
 from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import (
     ConfigError,
@@ -61,6 +62,7 @@ class ServingCoordinator:
         self.kv_tokens: dict[str, int] = {}
         self.kv_block_tokens = 1
         self.busy: dict[str, p.Busy] = {}  # each node's latest report
+        self.metrics = ClusterMetrics(plan, options["plan"], model_path)  # helix_* on /metrics
         self._served = False  # batches ran since the last summary
         self._busy_lock = threading.Lock()
         self._started = time.monotonic()
@@ -87,6 +89,7 @@ class ServingCoordinator:
             if received is not None:
                 self._on_hello(received.message, nodes)
         self.routes = RouteBook(self.plan, self.kv_tokens, self.kv_block_tokens, self.options)
+        self.routes.metrics = self.metrics
         for name in nodes:
             self.channel.send(name, p.Start(self.plan.public_keys if self.channel.encrypted else {}))
         self._receiver = threading.Thread(target=self._receive_loop, name="helix-receiver", daemon=True)
@@ -169,6 +172,7 @@ class ServingCoordinator:
             finally:
                 self.book.expire()
                 self._watch_local_workers()
+                self.metrics.tick()
             if received is None:
                 continue
             message = received.message
@@ -176,8 +180,10 @@ class ServingCoordinator:
                 self.book.on_tokens(message)
             elif isinstance(message, p.Busy):
                 self._on_busy(message)
+                self.metrics.on_busy(message)
             elif isinstance(message, p.Failed):
                 logger.error("node %s failed requests %s: %s", message.node, message.request_ids, message.error)
+                self.metrics.on_failed(len(message.request_ids))
                 self.book.on_failed(message.step_id, message.request_ids, f"node {message.node}: {message.error}")
 
     def _start_serving(self) -> None:
@@ -210,6 +216,8 @@ class ServingCoordinator:
             return
         logger.error("Helix node %s lost: %s; failing %d requests routed through it", node, reason, len(affected))
         self.book.fail_requests(affected, f"node {node} lost: {reason}")
+        self.metrics.on_node_lost(str(node), live_max_flow(self.plan, self.routes.lost if self.routes else ()))
+        self.metrics.on_failed(len(affected))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -243,5 +251,6 @@ class ServingCoordinator:
             self._receiver.join(timeout=2)
         self.workers.stop()
         self.channel.close()
+        self.metrics.close()
         if _current is self:
             _current = None

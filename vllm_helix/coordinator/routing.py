@@ -8,12 +8,15 @@ overflow mid-request; requests that do not fit now wait in vLLM's queue. Each ad
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vllm_helix.planner.cluster import COORDINATOR
 from vllm_helix.planner.kv_expectation import KVParams
 from vllm_helix.planner.plan import Plan
 from vllm_helix.planner.router import ROUTERS, Route
+
+if TYPE_CHECKING:
+    from vllm_helix.coordinator.metrics import ClusterMetrics
 
 logger = logging.getLogger("vllm_helix.routes")
 STRICT_KV = KVParams(hwm=1.0, output_ratio=1.0)
@@ -34,6 +37,7 @@ class RouteBook:
         self.routes: dict[str, list[str]] = {}
         self.lost: set[str] = set()
         self._log_path = options.get("route_log")
+        self.metrics: ClusterMetrics | None = None  # set by the coordinator (coordinator/metrics.py)
 
     def admit(self, request_id: str, prompt_len: int, max_tokens: int) -> bool:
         """Reserve a route with KV room on every hop; False when none has room now."""
@@ -41,7 +45,11 @@ class RouteBook:
         worst = -(-(prompt_len + max_tokens) // self.block_tokens) * self.block_tokens
         route = self.router.route(request_id, prompt_len, worst - prompt_len)
         if route is None:
+            if self.metrics:
+                self.metrics.on_wait(request_id)
             return False
+        if self.metrics:
+            self.metrics.on_admit(request_id, route.nodes)
         self.routes[request_id] = route.nodes
         line = f"route {request_id}: {describe(route)}"
         logger.info(line)
