@@ -99,8 +99,9 @@ class ClusterMetrics:
 
     # ------------------------------------------------------------------ events (one call per event)
 
-    def on_busy(self, busy: p.Busy) -> None:
-        now = time.monotonic()
+    def on_busy(self, busy: p.Busy, now: float | None = None) -> None:
+        """A node's report, received at `now` (monotonic seconds; default: now)."""
+        now = time.monotonic() if now is None else now
         with self._lock:
             node = self.nodes.get(busy.node)
             if node is None:
