@@ -6,7 +6,7 @@ REGISTRY with one API server; a multiprocess registry over PROMETHEUS_MULTIPROC_
 vLLM itself computes its own metrics in the API server from the SchedulerStats that engine core sends
 with each step's outputs). So, the way prometheus_client's multiprocess mode shares values between
 processes, through files: the engine core's `ClusterMetrics` writes one snapshot file per process into
-$VLLM_HELIX_METRICS_DIR (written whole, then renamed: a reader never sees half a file) every second and
+$HELIX_METRICS_DIR (written whole, then renamed: a reader never sees half a file) every second and
 on every node report; in the API server, `expose()` — called when `--executor helix` is parsed, before
 the engine core starts, so the engine core inherits the folder — registers a collector on vLLM's
 registry that reads the snapshots at scrape time. No SchedulerStats field is borrowed, and the values
@@ -36,7 +36,7 @@ from vllm_helix.coordinator.drift import NodeDrift, Work
 from vllm_helix.planner.plan import Plan
 
 logger = logging.getLogger(__name__)
-ENV = "VLLM_HELIX_METRICS_DIR"
+ENV = "HELIX_METRICS_DIR"  # not VLLM_*: vLLM warns about every VLLM_ variable it does not know
 PUBLISH_INTERVAL_S = 1.0
 
 # name -> help; every family is a gauge (counters are exported as their running totals)
