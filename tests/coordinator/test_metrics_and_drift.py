@@ -52,7 +52,8 @@ def test_a_node_as_fast_as_its_profile_is_on_plan_and_a_slow_one_warns_after_the
     per_batch = expect.seconds(batch)
     assert per_batch == pytest.approx(2e-3 + 3 * 8 * 5e-5)  # overhead + 3 layers of 8 decodes at 50 us each
 
-    def run(node: NodeDrift, slowdown: float, seconds: int, start: int = 0, work: Work = Work()) -> Work:
+    def run(node: NodeDrift, slowdown: float, seconds: int, start: int = 0, work: Work | None = None) -> Work:
+        work = work or Work()
         for t in range(start, start + seconds):  # a report per second, 100 batches in it
             work = Work(work.busy_s + 100 * per_batch * slowdown, work.batches + 100, work.tokens + 800,
                         work.decode_seqs + 800)
