@@ -1,6 +1,7 @@
 """Knowing the cluster, end to end: `vllm-helix profile` of the tiny model on this CPU, a plan made from it that
-serves, helix_* metrics on `vllm serve`'s /metrics that move during a burst, `vllm-helix status`, and the
-plan-vs-real warning for a node slowed by a CPU cap (and none without one).
+serves, helix_* metrics on `vllm serve`'s /metrics that move during a burst, and `vllm-helix status`.
+(The plan-vs-real checks are tested on node reports in tests/coordinator/test_metrics_and_drift.py; through
+`vllm serve` with a CPU-capped node they are not verified yet.)
 
 One profile (the short sweep, eager as the server) and one server serve the whole module: the 3-node chain of
 examples/local3-placement.yaml, planned with the measured profile.
@@ -9,16 +10,13 @@ examples/local3-placement.yaml, planned with the measured profile.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 from serve_helpers import COMMON, post
@@ -29,9 +27,6 @@ from vllm_helix.vllm_server import VllmServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-HOLD_S = 8  # the server's drift hold (a minute by default)
-WINDOW_S = 12  # a little more than the drift window (coordinator/drift.py WINDOW_S)
-CGROUP = Path(f"/sys/fs/cgroup/cpu/vllm-helix-test-{os.getpid()}")
 
 
 def cli(*args, check=True):
@@ -61,26 +56,7 @@ def server(measured_plan, tiny_llama_path, tmp_path_factory):
     plan, _ = measured_plan
     log = tmp_path_factory.mktemp("observe-serve") / "serve.log"
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--enforce-eager",
-                                          *COMMON], log_path=log, env={"HELIX_DRIFT_HOLD_S": str(HOLD_S)})
-    with server as url:
-        yield url.removesuffix("/v1"), server
-
-
-@pytest.fixture(scope="module")
-def single_server(profiled, tiny_llama_path, tmp_path_factory):
-    """One node holding every layer, planned on the profile: alone with the coordinator on this host, as the
-    profile's worker was (the 3-node chain's nodes share 2 cores with each other, which no profile of one
-    worker sees)."""
-    tmp = tmp_path_factory.mktemp("single")
-    cluster = yaml.safe_load((ROOT / "examples/local3-cluster.yaml").read_text())
-    cluster["nodes"] = cluster["nodes"][:1]
-    (tmp / "cluster.yaml").write_text(yaml.safe_dump(cluster))
-    (tmp / "placement.yaml").write_text(yaml.safe_dump({"node-a": [0, 8]}))
-    cli("plan", "--cluster", tmp / "cluster.yaml", "--model", tiny_llama_path, "--profiles", profiled,
-        "--placement", tmp / "placement.yaml", "-o", tmp / "plan.yaml")
-    server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(tmp / "plan.yaml"),
-                                          "--enforce-eager", *COMMON], log_path=tmp / "serve.log",
-                        env={"HELIX_DRIFT_HOLD_S": str(HOLD_S)})
+                                          *COMMON], log_path=log,)
     with server as url:
         yield url.removesuffix("/v1"), server
 
@@ -159,62 +135,3 @@ def test_a_measured_plan_serves_and_its_metrics_move_during_a_burst(server, tiny
     table = cli("status", "--url", url).stdout
     assert "node-b" in table and "[2, 5)" in table and "bottleneck (busiest live node): node-" in table, table
     assert "route node-a -> node-b -> node-c" in table
-
-
-def _drift_warnings(server):
-    return [line for line in server.log_path.read_text(errors="replace").splitlines() if "the plan assumed" in line]
-
-
-@contextlib.contextmanager
-def cpu_cap(pid, share):
-    """Cap a process (and its threads) at `share` of one CPU with a cgroup-v1 CFS quota."""
-    try:
-        CGROUP.mkdir()
-    except OSError as exc:
-        pytest.skip(f"no writable CPU cgroup to slow a node with: {exc}")
-    try:
-        (CGROUP / "cpu.cfs_period_us").write_text("100000")
-        (CGROUP / "cpu.cfs_quota_us").write_text(str(int(100000 * share)))
-        (CGROUP / "cgroup.procs").write_text(str(pid))  # the whole process, every thread
-        yield
-    finally:
-        for task in (CGROUP / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                (CGROUP.parent / "cgroup.procs").write_text(task)
-        CGROUP.rmdir()
-
-
-def _node_pid(server, node):
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            cmd = child.cmdline()
-            if "worker" in cmd and cmd[cmd.index("--node") + 1] == node:
-                return child.pid
-    raise AssertionError(f"no local worker process for {node}")
-
-
-def _sustained_load(url, model, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        _burst(url, model, 8, 32)
-
-
-def test_drift_warning_fires_for_a_capped_node(single_server, tiny_llama_path):
-    """The measured/planned ratio follows a CPU cap, and a capped node gets the warning with the fix.
-
-    Not asserted here: no warning without the cap. On the shared 2-core test host a profile of one worker alone
-    is 2-4x faster than the same worker next to `vllm serve`'s own processes, so an uncapped node reads 25-45 %
-    (measured, not a tolerance question); tests/coordinator/test_metrics_and_drift.py checks that a node
-    running as its profile says stays quiet."""
-    url, srv = single_server
-    _sustained_load(url, tiny_llama_path, WINDOW_S)
-    before = _node_values(scrape(url), "helix_node_throughput_ratio")["node-a"]
-    with cpu_cap(_node_pid(srv, "node-a"), 0.1):
-        _sustained_load(url, tiny_llama_path, HOLD_S + 2 * WINDOW_S)
-        metrics = scrape(url)
-    after = _node_values(metrics, "helix_node_throughput_ratio")["node-a"]
-    assert after < 0.5 * before, (before, after)  # a tenth of a core: far slower than before the cap
-    warnings = _drift_warnings(srv)
-    assert warnings and all("node node-a runs at" in w for w in warnings), "\n".join(warnings)
-    assert "vllm-helix profile --model" in warnings[-1] and "vllm-helix plan" in warnings[-1]
-    assert _node_values(metrics, "helix_node_drifting")["node-a"] == 1.0
