@@ -29,8 +29,17 @@ def _load_inputs(args: argparse.Namespace):
     from vllm_helix.planner.throughput import choose_source
 
     cluster, model = load_cluster(args.cluster), load_model(args.model)
+    _use_profiles(args)
     args.throughput = choose_source(args.throughput, cluster, model)
     return cluster, model
+
+
+def _use_profiles(args: argparse.Namespace) -> None:
+    """`--profiles DIR`: measured profiles win over bundled ones for the (model, device) pairs they cover."""
+    if getattr(args, "profiles", None):
+        from vllm_helix.planner.profiles import load_profile_dir
+
+        load_profile_dir(args.profiles)
 
 
 def _load_placement(path: str, cluster):
@@ -81,6 +90,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
+    return value
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
@@ -91,6 +110,7 @@ def _print_json(data: Any) -> None:
 def cmd_flow(args: argparse.Namespace) -> int:
     from vllm_helix.planner.flow import max_flow
     from vllm_helix.planner.report import flow_table, flow_to_dict
+    from vllm_helix.planner.throughput import node_sources
 
     cluster, model = _load_inputs(args)
     placement = _load_placement(args.placement, cluster)
@@ -101,15 +121,17 @@ def cmd_flow(args: argparse.Namespace) -> int:
         from vllm_helix.planner.plot import plot_placement
 
         plot_placement(cluster, placement, flow, model.num_layers, args.plot)
+    sources = node_sources(cluster, model, args.throughput)
     if args.json:
-        _print_json(flow_to_dict(cluster, placement, flow))
+        _print_json(flow_to_dict(cluster, placement, flow, sources))
     else:
-        print(flow_table(cluster, placement, flow))
+        print(flow_table(cluster, placement, flow, sources))
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from vllm_helix.planner.place import place
+    from vllm_helix.planner.profiles import has_profiles
 
     cluster, model = _load_inputs(args)
     if args.placement:  # a fixed split: evaluate it and write it as a plan
@@ -125,10 +147,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     method = args.method
     if args.previous:
         return _replan(args, cluster, model, {**options, **milp, "progress": not args.json})
-    if method == "auto" and (args.objective == "max-flow" or model.profile_name is None):
+    if method == "auto" and (args.objective == "max-flow"
+                             or not has_profiles(model, set(cluster.composition()))):
         if args.objective != "max-flow":  # the simulator needs GPU profiles of the model
-            print(f"note: model {model.name!r} has no GPU profiles to simulate with; planning for max flow",
-                  file=sys.stderr)
+            print(f"note: model {model.name!r} has no GPU profiles to simulate with (measure them: `vllm-helix "
+                  f"profile`, then --profiles DIR); planning for max flow", file=sys.stderr)
         method = "milp"
     if method == "auto":
         return _write_plan(args, cluster, model, _search_plan(args, cluster, model, milp))
@@ -192,6 +215,7 @@ def _write_plan(args: argparse.Namespace, cluster, model, plan) -> int:
     from vllm_helix.planner.keys import save_plan_with_keys
     from vllm_helix.planner.plan import plan_to_dict
     from vllm_helix.planner.report import flow_table
+    from vllm_helix.planner.throughput import node_sources
 
     plan, key_lines = save_plan_with_keys(plan, args.output)
     if args.plot:
@@ -204,7 +228,7 @@ def _write_plan(args: argparse.Namespace, cluster, model, plan) -> int:
         summary.pop("cluster")
         _print_json(summary)
     else:
-        print(flow_table(cluster, plan.placement, plan.flow))
+        print(flow_table(cluster, plan.placement, plan.flow, node_sources(cluster, model, plan.throughput_model)))
         print(f"\nplan ({plan.method}) written to {args.output}")
         _print_key_lines(key_lines)
     return 0
@@ -269,6 +293,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         plan, kv = reference_s1_setup()
         config, cluster = (SimConfig.improved_s1() if args.improved else SimConfig.reference_s1()), None
     else:
+        _use_profiles(args)
         plan, kv, cluster = _simulated_plan(args)
         config = SimConfig(mode=args.mode, scheduler=args.scheduler, improved=args.improved,
                            reference_compat=args.reference_compat, seed=args.seed, duration_s=args.duration,
@@ -322,6 +347,32 @@ def _simulated_plan(args: argparse.Namespace):
     plan = evaluate_plan(cluster, model, placement, "fixed", throughput=choose_source(args.throughput, cluster, model),
                          partial_inference=args.partial_inference)
     return plan, None, cluster
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from vllm_helix.profiling.run import Device, run_profile
+
+    device = Device.parse(args.device)
+    doc = run_profile(args.model, device, dtype=args.dtype, kv_fraction=args.kv_fraction, quick=args.quick,
+                      enforce_eager=args.enforce_eager, gpu=args.gpu, output=args.output)
+    meta = doc["metadata"]
+    print(f"{doc['model']} on {doc['gpu']} ({meta['device_name']}, {meta['dtype']}, vLLM {meta['vllm_version']}): "
+          f"up to {doc['max_num_layers']} layers, {doc['step_overhead_ms']:.2f} ms per batch + per layer "
+          f"{_row_ms(doc['prompt_layer_ms'])} (prefill tokens: ms), {_row_ms(doc['decode_layer_ms'])} "
+          f"(decode sequences: ms)")
+    print(f"profile written to {args.output}; use it with `vllm-helix plan --profiles {Path(args.output).parent}`")
+    return 0
+
+
+def _row_ms(rows: list) -> str:
+    return ", ".join(f"{x}: {ms:.3f}" for x, ms in rows[1:])
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from vllm_helix.status import scrape, status_table
+
+    print(status_table(scrape(args.url)))
+    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -378,14 +429,25 @@ def cmd_discover(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ parser
 
 
+THROUGHPUT_CHOICES = ["auto", "reference", "profile", "estimate", "measured"]
+
+
+def _profiles_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profiles", metavar="DIR",
+                   help="measured profiles (`vllm-helix profile -o DIR/NAME.json`): used for the (model, device) "
+                        "pairs they cover, over bundled profiles and estimates")
+
+
 def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", required=True, help="cluster YAML, or a reference topology .ini")
     p.add_argument("--model", default="llama2-70b",
                    help="built-in model (llama2-70b, llama1-30b) or a Hugging Face model dir / config.json")
-    p.add_argument("--throughput", default="auto", choices=["auto", "reference", "profile", "estimate"],
+    p.add_argument("--throughput", default="auto", choices=THROUGHPUT_CHOICES,
                    help="node throughput model: the reference's typical-batch model, a fixed-batch profile, "
-                        "or a roofline estimate for unprofiled GPUs/models; auto (default): the first of these "
-                        "that covers the cluster's GPUs and the model")
+                        "a roofline estimate for unprofiled GPUs/models, or measured profiles (--profiles) per "
+                        "node; auto (default): measured if --profiles covers a node, else the first of the "
+                        "others that covers the cluster's GPUs and the model")
+    _profiles_arg(p)
     p.add_argument("--partial-inference", action="store_true",
                    help="let a node run only the suffix of its layers that a route still needs")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -464,8 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the reference's pruned link set for the plan (its layouts/*/simulator_cluster.ini): route "
                         "over only these links, in its order, with its KV capacities and raw-float flows")
     p.add_argument("--model", default="llama2-70b", help="model of a --plan placement (default llama2-70b)")
-    p.add_argument("--throughput", default="auto", choices=["auto", "reference", "profile", "estimate"],
+    p.add_argument("--throughput", default="auto", choices=THROUGHPUT_CHOICES,
                    help="node throughput model for a --plan placement")
+    _profiles_arg(p)
     p.add_argument("--partial-inference", action="store_true", help="a --plan placement uses partial inference")
     p.add_argument("--initial-queries", type=int, metavar="N",
                    help="offline: queries launched at start (default 20 for maxflow, 240 for the others, as the "
@@ -486,6 +549,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", metavar="DIR", help="write PNG charts to this directory")
     p.set_defaults(handler=cmd_simulate)
+
+    p = sub.add_parser("profile", help="measure this machine's per-batch times for the planner",
+                       description="Run the partial-layer worker on this device for a sweep of layer counts, "
+                                   "prefill chunks and decode batches (at several contexts), and write a profile "
+                                   "for `plan/flow/simulate --profiles DIR`.")
+    p.add_argument("--model", required=True, help="the model directory (Hugging Face format, safetensors)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
+    p.add_argument("--dtype", default="auto", help="as serving's --dtype (auto: float32 on a host without CUDA)")
+    p.add_argument("--kv-fraction", type=_fraction, default=WorkerConfig().kv_fraction,
+                   help="share of free memory for the KV cache, as the nodes will serve (default %(default)s)")
+    p.add_argument("--gpu", help="the cluster file's `gpu:` value this profile is for (default: cpu, or the GPU "
+                                 "type in the device name, e.g. H200)")
+    p.add_argument("--quick", action="store_true", help="a short sweep (two layer counts, two sizes each)")
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="time eager layers (default: vLLM's torch.compile, as serving runs them)")
+    p.add_argument("-o", "--output", required=True, type=_writable, help="profile JSON to write")
+    p.set_defaults(handler=cmd_profile)
+
+    p = sub.add_parser("status", help="a running Helix server's nodes, flows and bottleneck (its helix_ metrics)",
+                       description="Read the helix_* Prometheus metrics of `vllm serve --executor helix` and print "
+                                   "nodes, layer ranges, live/planned flow and the bottleneck.")
+    p.add_argument("--url", required=True, help="the server, e.g. http://localhost:8000")
+    p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("worker", help="run one node of a plan (partial-layer vLLM engine)",
                        description="Serve the layers a plan gives NODE; waits for the coordinator "

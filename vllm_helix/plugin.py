@@ -32,6 +32,9 @@ class _SelectExecutor(argparse.Action):
         namespace.distributed_executor_backend = EXECUTOR_CLASS
         namespace.scheduler_cls = SCHEDULER_CLASS
         _helix_config(namespace)["enabled"] = True
+        from vllm_helix.coordinator.metrics import expose
+
+        expose()  # helix_* metrics on this API server's /metrics (before the engine core starts)
         if getattr(namespace, "dtype", None) == "auto":  # a --dtype given later still wins
             from vllm_helix.host import resolve_dtype
 

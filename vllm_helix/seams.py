@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -304,7 +305,25 @@ def _check_kv_cache_config() -> None:
     _need({"vllm_config", "supported_layouts"} <= _params(resolve_kv_cache_layout), "resolve_kv_cache_layout args")
 
 
+def _check_metrics_registry() -> None:
+    from prometheus_client import REGISTRY
+    from vllm.entrypoints.serve.instrumentator import metrics
+    from vllm.v1.metrics import prometheus
+
+    _need("get_prometheus_registry" in _source(metrics.attach_router), "/metrics serves get_prometheus_registry()")
+    _need("PROMETHEUS_MULTIPROC_DIR" in _source(prometheus.get_prometheus_registry),
+          "get_prometheus_registry switches on PROMETHEUS_MULTIPROC_DIR")
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        _need(prometheus.get_prometheus_registry() is REGISTRY, "one API server: /metrics is the global REGISTRY")
+
+
 SEAMS: tuple[Seam, ...] = (
+    Seam("metrics-registry", "coordinator/metrics.expose",
+         "vllm.v1.metrics.prometheus.get_prometheus_registry (prometheus_client.REGISTRY with one API server)",
+         "the coordinator runs in the engine-core process, /metrics is the API server's registry, and vLLM has no "
+         "hook to add a collector: helix_* values cross as snapshot files and a collector on that registry reads "
+         "them", "vLLM lets plugins add collectors to /metrics (or exports engine-core metrics itself)",
+         _check_metrics_registry),
     Seam("cli-args", "plugin._patch_cli", "EngineArgs.add_cli_args (replaced)",
          "vLLM has no plugin hook for CLI options; `--executor helix` and `--helix-*` must be in `vllm serve`'s parser",
          "vLLM lets general plugins add CLI arguments", _check_cli_args),

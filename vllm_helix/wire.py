@@ -113,13 +113,19 @@ class Progress(msgspec.Struct, tag="progress", frozen=True):
 
 
 class Busy(msgspec.Struct, tag="busy", frozen=True):
-    """A node's compute since it started serving: sent every stats interval and when it goes idle."""
+    """A node's compute since it started serving: sent every report interval and when it goes idle.
+    Counts are cumulative; the coordinator turns them into rates and metrics (coordinator/metrics.py)."""
 
     node: str
     busy_s: float  # seconds spent running batches
     batches: int
     tokens: int
     idle: bool  # no request is routed through the node now
+    decode_seqs: int = 0  # of `tokens`, those that were one-token decode steps (the rest prefill chunks)
+    kv_used_blocks: int = 0  # the node's paged KV cache now
+    kv_total_blocks: int = 0
+    bytes_sent: int = 0  # activation payload bytes through its channel
+    bytes_received: int = 0
 
 
 class Start(msgspec.Struct, tag="start", frozen=True):
@@ -211,6 +217,7 @@ class Channel:
         self.endpoint = endpoint
         self._curve = curve  # the same endpoint, when its links are CURVE: allow-list and refused peers
         self._denied_checked = time.monotonic()
+        self.payload_bytes_sent = self.payload_bytes_received = 0
 
     @property
     def encrypted(self) -> bool:
@@ -236,6 +243,7 @@ class Channel:
     def send(self, peer: str, message: Message, tensors: Sequence[torch.Tensor] = ()) -> None:
         """Raises PeerLost (peer gone) or TransportTimeout (its queue stayed full)."""
         self.endpoint.send(peer, encode(message, tensors), list(tensors), timeout=30.0)
+        self.payload_bytes_sent += sum(t.nbytes for t in tensors)  # for the Busy report's metrics
 
     def recv(self, timeout_s: float) -> Received | None:
         """Next message, or None after `timeout_s`. Raises PeerLost, FrameRejected (that message only)."""
@@ -245,8 +253,10 @@ class Channel:
             raw = self.endpoint.recv(timeout_s)
         except TransportTimeout:
             return None
-        return Received(raw.sender, decode(raw.header), [raw.tensor(i) for i in range(len(raw.header.tensors))],
-                        raw.received_at or time.time())
+        received = Received(raw.sender, decode(raw.header), [raw.tensor(i) for i in range(len(raw.header.tensors))],
+                            raw.received_at or time.time())
+        self.payload_bytes_received += sum(t.nbytes for t in received.tensors)  # for the Busy report's metrics
+        return received
 
     def _log_denied(self, curve: Endpoint) -> None:
         self._denied_checked = time.monotonic()

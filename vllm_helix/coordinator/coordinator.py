@@ -25,6 +25,7 @@ from vllm_helix import wire as p
 from vllm_helix.coordinator.batches import BatchBook, MakeOutput
 from vllm_helix.coordinator.launchers import launcher_for
 from vllm_helix.coordinator.membership import Membership
+from vllm_helix.coordinator.metrics import ClusterMetrics
 from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import (
     ConfigError,
@@ -78,6 +79,7 @@ class ServingCoordinator:
         self.kv_block_tokens = 1
         self.members = Membership(list(plan.placement.ranges))
         self.busy: dict[str, p.Busy] = {}  # each node's latest report
+        self.metrics = ClusterMetrics(plan, options["plan"], model_path)  # helix_* on /metrics
         self._served = False  # batches ran since the last summary
         self._busy_lock = threading.Lock()
         self._started = time.monotonic()
@@ -105,6 +107,7 @@ class ServingCoordinator:
             if received is not None:
                 self._on_hello(received.message, nodes)
         self.routes = RouteBook(self.plan, self.kv_tokens, self.kv_block_tokens, self.options)
+        self.routes.metrics = self.metrics
         for name in nodes:
             self.channel.send(name, p.Start(self.plan.public_keys if self.channel.encrypted else {}))
             self.members.up(name)
@@ -201,6 +204,7 @@ class ServingCoordinator:
                 continue
             finally:
                 self._housekeeping()
+                self.metrics.tick()
             if received is None:
                 continue
             message = received.message
@@ -208,10 +212,12 @@ class ServingCoordinator:
                 self.book.on_tokens(message)
             elif isinstance(message, p.Busy):
                 self._on_busy(message)
+                self.metrics.on_busy(message)
             elif isinstance(message, p.Failed):
                 failed = self.book.on_failed(message.step_id, message.request_ids,
                                              f"node {message.node}: {message.error}")
                 if failed:
+                    self.metrics.on_failed(len(failed))
                     logger.error("node %s failed requests %s: %s", message.node, failed, message.error)
             else:
                 self._on_membership(message)
@@ -284,6 +290,7 @@ class ServingCoordinator:
         self.members.up(node)
         self.workers.started(node)
         self.routes.node_back(node, hello.kv_tokens)
+        self.metrics.set_live_max_flow(self.routes.live_flow)
         logger.info("Helix node %s %s rejoined; %s", node, self.plan.placement[node], self.members.describe())
 
     def _take_rotated_keys(self) -> None:
@@ -347,6 +354,8 @@ class ServingCoordinator:
         self.members.lose(node, reason, draining=draining)
         affected = sorted(set(affected) | set(self.book.drop(through=node)))
         self.members.reroute(affected)
+        self.metrics.on_node_lost(node, self.routes.live_flow)
+        self.metrics.on_rerouted(len(affected))
         log = logger.warning if draining else logger.error
         log("Helix node %s lost: %s; rerouting %d requests routed through it; %s", node, reason, len(affected),
             self.members.describe())
@@ -408,5 +417,6 @@ class ServingCoordinator:
             self._receiver.join(timeout=2)
         self.workers.stop()
         self.channel.close()
+        self.metrics.close()
         if _current is self:
             _current = None

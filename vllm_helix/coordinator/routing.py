@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vllm_helix.planner.cluster import COORDINATOR
 from vllm_helix.planner.kv_expectation import KVParams
 from vllm_helix.planner.live_flow import live_max_flow
 from vllm_helix.planner.plan import Plan
 from vllm_helix.planner.router import ROUTERS, Route
+
+if TYPE_CHECKING:
+    from vllm_helix.coordinator.metrics import ClusterMetrics
 
 logger = logging.getLogger("vllm_helix.routes")
 STRICT_KV = KVParams(hwm=1.0, output_ratio=1.0)
@@ -44,6 +47,7 @@ class RouteBook:
         self._lock = threading.Lock()
         self.planned_flow, _ = live_max_flow(plan.flow)
         self.live_flow = self.planned_flow
+        self.metrics: ClusterMetrics | None = None  # set by the coordinator (coordinator/metrics.py)
 
     def admit(self, request_id: str, prompt_len: int, max_tokens: int) -> bool:
         """Reserve a route with KV room on every hop; False when none has room now."""
@@ -52,7 +56,11 @@ class RouteBook:
         with self._lock:
             route = self.router.route(request_id, prompt_len, worst - prompt_len)
             if route is None:
+                if self.metrics:
+                    self.metrics.on_wait(request_id)
                 return False
+            if self.metrics:
+                self.metrics.on_admit(request_id, route.nodes)
             self.routes[request_id] = route.nodes
         line = f"route {request_id}: {describe(route)}"
         logger.info(line)

@@ -65,6 +65,7 @@ class HelixScheduler(Scheduler):
                 logger.error("requests %s need more KV cache than the cluster has",
                              [r.request_id for r in impossible])
             self._fail_next_update(r.request_id for r in impossible)
+            coordinator.metrics.on_failed(len(impossible))
         if held and routes.live_flow <= 0 and not self.running:
             time.sleep(0.05)  # nothing can run until a node comes back: do not spin the engine loop
         hidden_running, hidden_waiting = self._other_lanes(routes.routes, set(held) | set(impossible))

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 HELLO_INTERVAL_S = 0.5
-STATS_INTERVAL_S = 10.0
+STATS_INTERVAL_S = 10.0  # the node's own log line
+REPORT_INTERVAL_S = 1.0  # Busy to the coordinator while serving: its metrics and plan-vs-real checks
 DRAIN_TIMEOUT_S = 120.0  # a draining node leaves after this even if the coordinator never answers
 
 
@@ -47,11 +48,13 @@ class _Stats:
     busy_s: float = 0.0
     batches: int = 0
     tokens: int = 0
+    decode_seqs: int = 0
 
-    def add(self, seconds: float, tokens: int) -> None:
+    def add(self, seconds: float, tokens: int, decode_seqs: int = 0) -> None:
         self.busy_s += seconds
         self.batches += 1
         self.tokens += tokens
+        self.decode_seqs += decode_seqs
 
     def due(self) -> bool:
         return time.monotonic() - self.since >= STATS_INTERVAL_S
@@ -99,6 +102,7 @@ class NodeServer:
         self.stats = _Stats()  # since the last report
         self.served = _Stats()  # since the start, reported to the coordinator
         self.trace = tracer(name)  # VLLM_HELIX_TRACE: per-batch timestamps (None: off)
+        self._reported = 0.0  # when the last Busy went out
 
     # ------------------------------------------------------------------ start-up
 
@@ -164,11 +168,15 @@ class NodeServer:
                 self._run(batch)
             if self.stats.due():
                 self.stats = self.stats.report(self.name)
+            if self.routes and time.monotonic() - self._reported >= REPORT_INTERVAL_S:
                 self._report_busy()
 
     def _report_busy(self) -> None:
-        served = self.served
-        busy = p.Busy(self.name, served.busy_s, served.batches, served.tokens, idle=not self.routes)
+        served, kv = self.served, self.worker.kv_stats()
+        busy = p.Busy(self.name, served.busy_s, served.batches, served.tokens, idle=not self.routes,
+                      decode_seqs=served.decode_seqs, kv_used_blocks=kv.used_blocks, kv_total_blocks=kv.total_blocks,
+                      bytes_sent=self.channel.payload_bytes_sent, bytes_received=self.channel.payload_bytes_received)
+        self._reported = time.monotonic()
         with contextlib.suppress(PeerLost, TransportTimeout):  # the coordinator is gone: nobody to tell
             self.channel.send(COORDINATOR_PEER, busy)
 
@@ -255,8 +263,9 @@ class NodeServer:
         try:
             results = self.worker.execute(batch.items)
             busy = time.monotonic() - started
+            decodes = sum(1 for item in batch.items if item.num_tokens == 1)
             for stats in (self.stats, self.served):
-                stats.add(busy, batch.tokens)
+                stats.add(busy, batch.tokens, decodes)
         except Exception as exc:  # noqa: BLE001 - any failure fails these requests, not the node
             logger.exception("node %s: batch failed", self.name)
             for step_id, rids in _group(batch.step_of).items():

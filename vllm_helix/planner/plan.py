@@ -1,7 +1,8 @@
 """Plan files: a placement with its cluster, model, evaluated flows and how it was found (YAML).
 
-A plan is self-contained: it embeds the cluster (with node addresses, which workers need) and the model
-sizes, so `vllm-helix worker --plan P` and `vllm serve --helix-plan P` need nothing else. The flows in it
+A plan is self-contained: it embeds the cluster (with node addresses, which workers need), the model
+sizes and the measured profiles its nodes' throughput came from (registered again when it is read),
+so `vllm-helix worker --plan P` and `vllm serve --helix-plan P` need nothing else. The flows in it
 are the evaluator's (`flow.max_flow`), never a solver's internal numbers.
 """
 
@@ -19,7 +20,8 @@ from vllm_helix.planner.cluster import ClusterSpec, cluster_from_dict, cluster_t
 from vllm_helix.planner.flow import FlowResult, max_flow
 from vllm_helix.planner.model import ModelSpec
 from vllm_helix.planner.placement import LayerRange, Placement
-from vllm_helix.planner.throughput import choose_source
+from vllm_helix.planner.profiles import measured_documents, register_measured
+from vllm_helix.planner.throughput import choose_source, node_sources
 
 PLAN_VERSION = 1
 
@@ -49,6 +51,9 @@ def evaluate_plan(
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     flow = plan.flow
+    sources = node_sources(plan.cluster, plan.model, plan.throughput_model)
+    used_gpus = {plan.cluster.node(n).gpu_type for n in plan.placement.ranges}
+    profiles = measured_documents(plan.model.name, used_gpus)
     return {
         "helix_plan": PLAN_VERSION,
         "method": plan.method,
@@ -64,6 +69,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                 "layers": [rng.start, rng.end],
                 "flow_tokens_per_s": round(flow.node_flow.get(name, 0.0), 6),
                 "capacity_tokens_per_s": round(flow.node_capacity.get(name, 0.0), 6),
+                "throughput_source": sources[name],
             }
             for name, rng in plan.placement.ranges.items()
         ],
@@ -76,6 +82,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         **({"public_keys": dict(plan.public_keys)} if plan.public_keys else {}),
         "model": dataclasses.asdict(plan.model),
         "cluster": cluster_to_dict(plan.cluster),
+        **({"profiles": profiles} if profiles else {}),
     }
 
 
@@ -88,6 +95,8 @@ def plan_from_dict(data: Any, source: str) -> Plan:
         raise ClusterSpecError(f"{source}: not a vllm-helix plan (expected 'helix_plan: {PLAN_VERSION}')")
     cluster = cluster_from_dict(data["cluster"], source=f"{source}: cluster")
     model = ModelSpec(**data["model"])
+    for i, document in enumerate(data.get("profiles") or []):
+        register_measured(document, f"{source}: profiles[{i}]")
     ranges = {}
     for i, node in enumerate(data["nodes"]):
         start, end = node["layers"]

@@ -1,8 +1,10 @@
 """GPU profiles: per-layer latency tables, KV block counts and batch caps of one (model, GPU type).
 
 The bundled profiles (`vllm_helix/data/profiles/*.json`) are the reference system's measurements
-(see data/README.md). A profile file measured elsewhere (`vllm-helix profile`, a later feature) has the
-same JSON shape and can be passed by path.
+(see data/README.md), keyed by the model's `profile_name`. Measured profiles (`vllm-helix profile`) have
+the same JSON shape plus `step_overhead_ms` and metadata; they are keyed by the model's name and the
+device (`gpu`), registered for this process by `load_profile_dir` (`--profiles DIR`) or from a plan that
+embeds them, and win over bundled ones: `profile_for(model, gpu_type)` is the one lookup.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from vllm_helix.errors import ClusterSpecError
+from vllm_helix.planner.model import ModelSpec
 
 BLOCK_TOKENS = 16  # vLLM KV block size the reference measured with
 
@@ -25,9 +28,13 @@ class LatencyTable:
 
     xs: tuple[float, ...]
     seconds: tuple[float, ...]
+    extrapolate: bool = False  # measured tables: beyond the last row, continue its last segment
 
     def __call__(self, x: float) -> float:
         """Seconds for one layer; x outside the measured grid is an error (the reference asserts)."""
+        if self.extrapolate and x > self.xs[-1]:
+            x0, x1, y0, y1 = self.xs[-2], self.xs[-1], self.seconds[-2], self.seconds[-1]
+            return y1 + (y1 - y0) * (x - x1) / (x1 - x0)
         if not self.xs[0] <= x <= self.xs[-1]:
             raise ValueError(f"batch size {x} outside the profiled range [{self.xs[0]}, {self.xs[-1]}]")
         right = bisect.bisect_left(self.xs, x)
@@ -51,6 +58,8 @@ class GPUProfile:
     decode_max_tokens: dict[int, int]
     prompt_latency: LatencyTable  # x = prompt tokens in the batch
     decode_latency: LatencyTable  # x = decode sequences in the batch
+    step_overhead_s: float = 0.0  # per batch, whatever its layers (measured: input preparation, sampling)
+    measured: bool = False  # from `vllm-helix profile` (not the reference's tables)
 
     def kv_slots(self, k: int) -> int:
         """Token-layer KV slots with k layers loaded (reference `kv_cache_capacity`)."""
@@ -68,21 +77,32 @@ def profile_from_dict(data: dict, source: str) -> GPUProfile:
                 raise ClusterSpecError(f"{source}: {key}: no entry for k = {missing}")
             return table
 
+        measured = bool(data.get("measured", False))
+
         def latency(key: str) -> LatencyTable:
             rows = sorted((float(x), float(ms) * 1e-3) for x, ms in data[key])
             if len(rows) < 2:
                 raise ClusterSpecError(f"{source}: {key}: needs at least two rows")
-            return LatencyTable(tuple(r[0] for r in rows), tuple(r[1] for r in rows))
+            if any(ms < 0 for _, ms in rows):
+                raise ClusterSpecError(f"{source}: {key}: negative latency")
+            return LatencyTable(tuple(r[0] for r in rows), tuple(r[1] for r in rows), extrapolate=measured)
+
+        if max_layers < 1:
+            raise ClusterSpecError(f"{source}: max_num_layers: must be >= 1, got {max_layers}")
+        overhead = float(data.get("step_overhead_ms", 0.0)) * 1e-3
+        if overhead < 0:
+            raise ClusterSpecError(f"{source}: step_overhead_ms: must be >= 0")
 
         return GPUProfile(
             model=str(data["model"]), gpu=str(data["gpu"]), max_layers=max_layers,
             kv_blocks=per_k("vllm_num_blocks"), prompt_max_requests=per_k("prompt_max_requests"),
             decode_max_tokens=per_k("decode_max_tokens"),
             prompt_latency=latency("prompt_layer_ms"), decode_latency=latency("decode_layer_ms"),
+            step_overhead_s=overhead, measured=measured,
         )
     except KeyError as exc:
         raise ClusterSpecError(f"{source}: missing field {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError) as exc:
         raise ClusterSpecError(f"{source}: malformed profile: {exc}") from None
 
 
@@ -105,9 +125,69 @@ def load_profile(model_profile: str, gpu_type: str) -> GPUProfile:
 
 
 def load_profile_file(path: str | Path) -> GPUProfile:
-    path = Path(path)
+    return profile_from_dict(_read_json(Path(path)), source=str(path))
+
+
+def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ClusterSpecError(f"{path}: cannot read profile: {exc}") from None
-    return profile_from_dict(data, source=str(path))
+    if not isinstance(data, dict):
+        raise ClusterSpecError(f"{path}: not a profile (expected a JSON object)")
+    return data
+
+
+# ------------------------------------------------------------------------------ measured profiles
+
+# (model name, device) -> (profile, its JSON document, which plans embed so they serve and simulate anywhere)
+_MEASURED: dict[tuple[str, str], tuple[GPUProfile, dict]] = {}
+
+
+def register_measured(data: dict, source: str) -> GPUProfile:
+    """Use a measured profile document for its (model, gpu) in this process; returns it parsed."""
+    if not data.get("measured"):
+        raise ClusterSpecError(f"{source}: not a measured profile (no 'measured: true'; write it with "
+                               "`vllm-helix profile`)")
+    profile = profile_from_dict(data, source)
+    _MEASURED[(profile.model, profile.gpu)] = (profile, data)
+    return profile
+
+
+def load_profile_dir(folder: str | Path) -> list[GPUProfile]:
+    """Register every `*.json` in `folder` (`--profiles DIR`); a bad file is a one-line error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ClusterSpecError(f"--profiles {folder}: not a directory")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise ClusterSpecError(f"--profiles {folder}: no *.json profiles in it (write one with `vllm-helix profile`)")
+    return [register_measured(_read_json(f), str(f)) for f in files]
+
+
+def measured_profile(model_name: str, gpu_type: str) -> GPUProfile | None:
+    entry = _MEASURED.get((model_name, gpu_type))
+    return entry[0] if entry else None
+
+
+def measured_documents(model_name: str, gpu_types: set[str]) -> list[dict]:
+    """The registered documents for these devices of a model (what a plan embeds)."""
+    return [_MEASURED[(model_name, g)][1] for g in sorted(gpu_types) if (model_name, g) in _MEASURED]
+
+
+def profile_for(model: ModelSpec, gpu_type: str) -> GPUProfile:
+    """The measured profile of (model, device) if one is registered, else the bundled one."""
+    found = measured_profile(model.name, gpu_type)
+    if found is not None:
+        return found
+    if model.profile_name is None:
+        raise ClusterSpecError(
+            f"model {model.name!r} has no profile for device {gpu_type!r}: measure one there "
+            f"(`vllm-helix profile --model MODEL -o DIR/{gpu_type}.json`) and pass --profiles DIR")
+    return load_profile(model.profile_name, gpu_type)
+
+
+def has_profiles(model: ModelSpec, gpu_types: set[str]) -> bool:
+    """Whether every one of these devices has a measured or bundled profile of the model."""
+    bundled = set(bundled_gpu_types(model.profile_name)) if model.profile_name else set()
+    return all(measured_profile(model.name, g) is not None or g in bundled for g in gpu_types)

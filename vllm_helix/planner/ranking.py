@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 from vllm_helix.errors import ClusterSpecError
 from vllm_helix.planner.candidates import Candidate
+from vllm_helix.planner.profiles import has_profiles
 from vllm_helix.planner.serving_estimate import estimate
 
 OBJECTIVES = ("throughput", "max-flow", "latency")
@@ -83,7 +84,8 @@ def score_plan(plan, objective: Objective) -> Score:
     """Evaluate one plan: max flow, estimate, and (when the objective simulates) offline/online simulation."""
     from vllm_helix.sim.run import SimConfig, simulate
 
-    est = estimate(plan).decode_tokens_per_s if plan.model.profile_name else 0.0
+    gpu_types = {plan.cluster.node(n).gpu_type for n in plan.placement.ranges}
+    est = estimate(plan).decode_tokens_per_s if has_profiles(plan.model, gpu_types) else 0.0
     if not objective.simulates:
         return Score(plan.flow.value, est)
     offline = simulate(plan, SimConfig(mode="offline", duration_s=objective.window_s, warmup_s=objective.warmup_s,

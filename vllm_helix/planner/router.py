@@ -38,7 +38,7 @@ from vllm_helix.planner.iwrr import IWRR
 from vllm_helix.planner.kv_expectation import OFFLINE_KV, KVExpectation, KVParams
 from vllm_helix.planner.model import ModelSpec
 from vllm_helix.planner.placement import LayerRange, Placement
-from vllm_helix.planner.profiles import load_profile
+from vllm_helix.planner.profiles import has_profiles, profile_for
 
 FLOW_FLOOR = 0.05  # arcs carrying < 5 % of a node's outbound flow are never chosen
 MAX_PROMPT_TOKENS_PER_REQUEST = 2048  # reference: prompt_max_tokens = prompt_max_requests * 2048
@@ -120,19 +120,20 @@ class _Topology:
 
 def default_kv_capacity(cluster: ClusterSpec, model: ModelSpec, placement: Placement) -> dict[str, int]:
     """KV token-layer slots of each used node from its GPU profile (reference `kv_cache_capacity`)."""
-    if model.profile_name is None:
+    gpu_types = {cluster.node(n).gpu_type for n in placement.ranges}
+    if not has_profiles(model, gpu_types):
         raise InfeasiblePlacement(f"model {model.name!r} has no GPU profiles; pass kv capacities explicitly")
     out = {}
     for name, rng in placement.ranges.items():
-        out[name] = load_profile(model.profile_name, cluster.node(name).gpu_type).kv_slots(rng.size)
+        out[name] = profile_for(model, cluster.node(name).gpu_type).kv_slots(rng.size)
     return out
 
 
 def prompt_limits(cluster: ClusterSpec, model: ModelSpec, placement: Placement) -> dict[str, int]:
     """Longest prompt each node accepts (prompt_max_requests(k) x 2048 tokens)."""
-    if model.profile_name is None:
+    if not has_profiles(model, {cluster.node(n).gpu_type for n in placement.ranges}):
         return {n: 1 << 30 for n in placement.ranges}
-    return {n: load_profile(model.profile_name, cluster.node(n).gpu_type).prompt_max_requests[r.size]
+    return {n: profile_for(model, cluster.node(n).gpu_type).prompt_max_requests[r.size]
             * MAX_PROMPT_TOKENS_PER_REQUEST for n, r in placement.ranges.items()}
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from vllm_helix.planner.cluster import COORDINATOR
 from vllm_helix.planner.plan import Plan
-from vllm_helix.planner.profiles import load_profile
+from vllm_helix.planner.profiles import profile_for
 from vllm_helix.planner.router import default_kv_capacity
 
 KV_WATERMARK = 0.8  # the offline feeder launches while the expected KV bottleneck is <= 0.8 (helix-spec §8.1)
@@ -52,7 +52,7 @@ def estimate(plan: Plan, prompt: float = MEAN_PROMPT, output: float = MEAN_OUTPU
     latency = sum((f * plan.cluster.link(a, b).latency_s for (a, b), f in flow.arc_flow.items()), 0.0) / total
     compute = 0.0
     for name, share in used.items():
-        profile = load_profile(plan.model.profile_name, plan.cluster.node(name).gpu_type)
+        profile = profile_for(plan.model, plan.cluster.node(name).gpu_type)
         table = profile.decode_latency
         batch = min(max(in_flight * share, table.xs[0]), table.xs[-1])
         compute += share * plan.placement[name].size * table(batch)

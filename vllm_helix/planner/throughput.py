@@ -10,8 +10,11 @@ Callers use `capacity_table(cluster, model, source)`; a source is anything with
   per batch), independent of the cluster mix; also what measured profiles plug into.
 * `EstimatedThroughput` — a roofline estimate from data-sheet bandwidth/compute, for GPUs (or CPUs) and
   models without a profile.
+* `MeasuredThroughput` — per node: its measured profile (`vllm-helix profile`, `--profiles DIR`) where one
+  covers (model, device), else the bundled profile, else the estimate; `node_sources` says which.
 
-`choose_source("auto", ...)` picks the first of these that covers the cluster and model.
+`choose_source("auto", ...)` picks measured when a measured profile covers any node, else the first of
+reference / profile / estimate that covers the cluster and model.
 
 `capacity_table` then applies what every source shares: the NIC cap (a node cannot take in more tokens
 than its NIC carries activations for) and the VRAM cap on layers.
@@ -26,7 +29,7 @@ from typing import Protocol
 from vllm_helix.errors import ClusterSpecError
 from vllm_helix.planner.cluster import ClusterSpec, NodeSpec
 from vllm_helix.planner.model import ModelSpec
-from vllm_helix.planner.profiles import GPUProfile, bundled_gpu_types, load_profile
+from vllm_helix.planner.profiles import GPUProfile, bundled_gpu_types, has_profiles, measured_profile, profile_for
 
 AVG_INPUT_LEN = 750
 AVG_OUTPUT_LEN = 240
@@ -62,13 +65,8 @@ class ThroughputSource(Protocol):
 
 
 def _profile_for(node: NodeSpec, model: ModelSpec) -> GPUProfile:
-    if model.profile_name is None:
-        raise ClusterSpecError(
-            f"model {model.name!r} has no bundled GPU profiles; measure one (`vllm-helix profile`) "
-            "or use llama2-70b / llama1-30b"
-        )
     try:
-        return load_profile(model.profile_name, node.gpu_type)
+        return profile_for(model, node.gpu_type)
     except ClusterSpecError as exc:
         raise ClusterSpecError(f"node {node.name!r}: {exc}") from None
 
@@ -166,8 +164,8 @@ class ProfileThroughput:
         profile = _profile_for(node, model)
         per_layer = profile.prompt_latency(self.prompt_tokens) + profile.decode_latency(self.decode_seqs)
         tokens = self.prompt_tokens + self.decode_seqs
-        return NodeCapacity(
-            tuple(tokens / (k * per_layer) for k in range(1, profile.max_layers + 1)),
+        return NodeCapacity(  # a batch through k layers: the per-batch overhead once, then k layers
+            tuple(tokens / (profile.step_overhead_s + k * per_layer) for k in range(1, profile.max_layers + 1)),
             tuple(profile.kv_slots(k) for k in range(1, profile.max_layers + 1)),
         )
 
@@ -208,12 +206,40 @@ class EstimatedThroughput:
         )
 
 
+@dataclass
+class MeasuredThroughput:
+    """Per node, the best numbers there are: measured profile, else bundled profile, else the estimate."""
+
+    name: str = "measured"
+
+    def node_capacity(self, node: NodeSpec, cluster: ClusterSpec, model: ModelSpec) -> NodeCapacity:
+        if node_source(node, model, self.name) == "estimate":
+            return EstimatedThroughput().node_capacity(node, cluster, model)
+        return ProfileThroughput().node_capacity(node, cluster, model)
+
+
+def node_source(node: NodeSpec, model: ModelSpec, throughput: str) -> str:
+    """Where a node's throughput came from under source `throughput`: measured, bundled or estimate."""
+    if throughput == "estimate":
+        return "estimate"
+    if measured_profile(model.name, node.gpu_type) is not None:
+        return "measured"
+    if throughput == "measured" and not has_profiles(model, {node.gpu_type}):
+        return "estimate"
+    return "bundled"
+
+
+def node_sources(cluster: ClusterSpec, model: ModelSpec, throughput: str) -> dict[str, str]:
+    return {n.name: node_source(n, model, throughput) for n in cluster.nodes}
+
+
 def _first_of_type(cluster: ClusterSpec, gpu_type: str) -> NodeSpec:
     return next(n for n in cluster.nodes if n.gpu_type == gpu_type)
 
 
 THROUGHPUT_SOURCES: dict[str, type] = {
     "reference": ReferenceThroughput, "profile": ProfileThroughput, "estimate": EstimatedThroughput,
+    "measured": MeasuredThroughput,
 }
 
 
@@ -223,6 +249,8 @@ def choose_source(name: str, cluster: ClusterSpec, model: ModelSpec) -> str:
     if name != "auto":
         return name
     gpu_types = set(cluster.composition())
+    if any(measured_profile(model.name, g) is not None for g in gpu_types):
+        return "measured"
     if model.profile_name is None or not gpu_types <= set(bundled_gpu_types(model.profile_name)):
         return "estimate"
     if model.profile_name in _TYPICAL and gpu_types <= set(_TYPICAL[model.profile_name][0]):

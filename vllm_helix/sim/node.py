@@ -103,7 +103,7 @@ class ComputeNode:
             decode_s *= 2
         layer_s = (self.fp(prompt_tokens) if prompt_tokens else 0.0) + decode_s
         now = self.loop.now
-        end = now + layer_s
+        end = now + layer_s + self.profile.step_overhead_s  # measured profiles: input preparation, sampling
         if entry == self.start:
             end += self.cpu_tokens * self.overhead_per_token
             self.cpu_tokens = 0

@@ -19,7 +19,7 @@ from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec
 from vllm_helix.planner.flow import max_flow
 from vllm_helix.planner.kv_expectation import IMPROVED_KV, OFFLINE_KV, ONLINE_KV, KVParams
 from vllm_helix.planner.plan import Plan
-from vllm_helix.planner.profiles import load_profile
+from vllm_helix.planner.profiles import profile_for
 from vllm_helix.planner.router import ROUTERS, ShortestQueueRouter, SwarmRouter, default_kv_capacity
 from vllm_helix.sim.coordinator import Coordinator, named_rng
 from vllm_helix.sim.link import Link
@@ -160,12 +160,10 @@ def _entry_layers(plan: Plan) -> dict[str, set[int]]:
 
 def _build(plan: Plan, config: SimConfig, kv_capacity: dict[str, int], loop: EventLoop):
     model, cluster = plan.model, plan.cluster
-    if model.profile_name is None:
-        raise ClusterSpecError(f"model {model.name!r} has no GPU profiles to simulate with")
     nodes = {}
     entries = _entry_layers(plan)
     for name, rng in plan.placement.ranges.items():
-        profile = load_profile(model.profile_name, cluster.node(name).gpu_type)
+        profile = profile_for(model, cluster.node(name).gpu_type)
         nodes[name] = ComputeNode(name, rng, profile, kv_capacity[name], loop, entries[name],
                                   activation_bytes=model.activation_bytes_per_token,
                                   reference_compat=config.reference_compat)

@@ -1,0 +1,129 @@
+"""The coordinator's metrics and plan-vs-real checks without an engine: node reports in, a real Prometheus
+endpoint (prometheus_client's HTTP server over the snapshot collector) out, read by `vllm-helix status`.
+(The same through `vllm serve`, with a CPU-capped node: tests/serving/test_observe.py.)"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, start_http_server
+
+from vllm_helix import wire as p
+from vllm_helix.cli import main
+from vllm_helix.coordinator import drift
+from vllm_helix.coordinator.drift import Expectation, NodeDrift, Work
+from vllm_helix.coordinator.local_nodes import free_port
+from vllm_helix.coordinator.metrics import ClusterMetrics, SnapshotCollector
+from vllm_helix.planner.files import load_cluster, load_placement
+from vllm_helix.planner.model import model_from_hf_config
+from vllm_helix.planner.plan import evaluate_plan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "planner"))
+from test_measured_profiles import TINY_CONFIG, synthetic_profile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def plan(monkeypatch):
+    """The local3 chain of the tiny model, planned on a measured CPU profile."""
+    from vllm_helix.planner import profiles
+
+    monkeypatch.setattr(profiles, "_MEASURED", {})
+    profiles.register_measured(synthetic_profile("tiny", "cpu"), "synthetic")
+    cluster = load_cluster(ROOT / "examples/local3-cluster.yaml")
+    model = model_from_hf_config(TINY_CONFIG, name="tiny")
+    placement = load_placement(ROOT / "examples/local3-placement.yaml", cluster)
+    return evaluate_plan(cluster, model, placement, "fixed", throughput="auto")
+
+
+def busy(node, work: Work, **extra) -> p.Busy:
+    return p.Busy(node, work.busy_s, work.batches, work.tokens, idle=False, decode_seqs=work.decode_seqs, **extra)
+
+
+def test_a_node_as_fast_as_its_profile_is_on_plan_and_a_slow_one_warns_after_the_hold(plan, monkeypatch, caplog):
+    monkeypatch.setattr(drift, "HOLD_S", 5.0)
+    expect = Expectation(plan, "node-b")
+    batch = Work(0.0, 1, 8, 8)  # one decode step of 8 sequences
+    per_batch = expect.seconds(batch)
+    assert per_batch == pytest.approx(2e-3 + 3 * 8 * 5e-5)  # overhead + 3 layers of 8 decodes at 50 us each
+
+    def run(node: NodeDrift, slowdown: float, seconds: int, start: int = 0, work: Work | None = None) -> Work:
+        work = work or Work()
+        for t in range(start, start + seconds):  # a report per second, 100 batches in it
+            work = Work(work.busy_s + 100 * per_batch * slowdown, work.batches + 100, work.tokens + 800,
+                        work.decode_seqs + 800)
+            node.update(float(t), work)
+        return work
+
+    on_plan = NodeDrift(plan, "node-b", "plan.yaml", "/models/tiny")
+    with caplog.at_level(logging.INFO, logger="vllm_helix.drift"):
+        run(on_plan, 1.1, 30)
+    assert on_plan.ratio == pytest.approx(1 / 1.1) and not on_plan.drifting and not caplog.records
+
+    slow = NodeDrift(plan, "node-b", "plan.yaml", "/models/tiny")
+    with caplog.at_level(logging.INFO, logger="vllm_helix.drift"):
+        work = run(slow, 2.0, 5)
+        assert not slow.drifting  # off, but not for HOLD_S yet
+        work = run(slow, 2.0, 3, start=5, work=work)
+        assert slow.drifting and slow.ratio == pytest.approx(0.5)
+        [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert "node node-b runs at 50 %" in warning and "vllm-helix profile --model /models/tiny --gpu cpu" in warning
+        assert "--previous plan.yaml" in warning
+        run(slow, 1.0, 15, start=8, work=work)  # back to speed: the window forgets the slow seconds
+    assert not slow.drifting and "back within" in caplog.records[-1].getMessage()
+
+
+def test_metrics_reach_a_prometheus_endpoint_and_status_prints_them(plan, tmp_path, capsys):
+    metrics = ClusterMetrics(plan, "plan.yaml", "/models/tiny", folder=str(tmp_path))
+    for node in ("node-a", "node-b", "node-c"):
+        metrics.on_busy(busy(node, Work(1.0, 10, 100, 80), kv_used_blocks=3, kv_total_blocks=40, bytes_sent=5,
+                             bytes_received=7), now=100.0)
+        metrics.on_busy(busy(node, Work(1.5 if node == "node-b" else 1.1, 20, 200, 160), kv_used_blocks=5,
+                             kv_total_blocks=40, bytes_sent=9, bytes_received=11), now=101.0)
+    metrics.on_admit("r1", ["node-a", "node-b", "node-c"])
+    metrics.on_wait("r2")
+    metrics.on_wait("r2")  # one request waiting over several steps counts once
+    metrics.on_failed(2)
+    metrics.publish()  # the receive loop's tick does this every second
+    snapshot = json.loads((tmp_path / f"{__import__('os').getpid()}.json").read_text())["families"]
+    assert snapshot["helix_node_kv_blocks_used"][1] == [{"node": "node-b"}, 5.0]
+
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(str(tmp_path)))
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        assert main(["status", "--url", f"http://127.0.0.1:{port}"]) == 0
+    finally:
+        server.shutdown()
+        thread.join()
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("node-")}
+    assert "[2, 5)" in rows["node-b"] and "5/40" in rows["node-b"] and "yes" in rows["node-b"]
+    assert "bottleneck (busiest live node): node-b (50% busy)" in out  # the busiest in the last interval
+    assert "100.0" in rows["node-a"]  # tokens/s over that second
+    assert "1 admitted, 0 rerouted, 2 failed, 1 waited for KV room" in out
+    assert "route node-a -> node-b -> node-c: 1" in out
+    assert f"planned {plan.flow.value:.1f} tokens/s, live {plan.flow.value:.1f}" in out
+    metrics.close()
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_status_of_a_server_without_helix_metrics_is_a_one_line_error(capsys):
+    registry = CollectorRegistry()  # a Prometheus endpoint with nothing of ours
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        assert main(["status", "--url", f"http://127.0.0.1:{port}"]) == 2
+    finally:
+        server.shutdown()
+        thread.join()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no helix_ metrics" in err
+    assert main(["status", "--url", f"http://127.0.0.1:{free_port()}"]) == 2
+    assert "cannot read" in capsys.readouterr().err

@@ -1,0 +1,160 @@
+"""Measured profiles without an engine: bad files get one-line errors, per-node sources in mixed clusters,
+the fit behind `vllm-helix profile`. (The real profile of the tiny model: tests/serving/test_observe.py.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vllm_helix.cli import main
+from vllm_helix.node.config import WorkerConfig
+from vllm_helix.planner.profiles import bundled_gpu_types
+from vllm_helix.profiling.measure import Memory, Timings
+from vllm_helix.profiling.profile_file import fit_line, profile_document
+from vllm_helix.profiling.sweep import QUICK
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_CONFIG = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "intermediate_size": 688,
+               "num_key_value_heads": 2, "torch_dtype": "float32"}
+
+
+def _line(overhead: float, per_layer: dict[int, float]) -> dict[tuple[int, int], float]:
+    return {(k, x): overhead + k * s for x, s in per_layer.items() for k in (1, 4, 7)}
+
+
+def synthetic_profile(model: str, gpu: str) -> dict:
+    """A profile document from timings that follow the model exactly (2 ms per batch + k layers)."""
+    timings = Timings(prompt=_line(2e-3, {16: 1e-4, 256: 1e-3}),
+                      decode={(k, 64, d): 2e-3 + k * 5e-5 * d for k in (1, 4, 7) for d in (1, 8)})
+    memory = Memory(available_bytes=8 << 30, layer_weight_bytes=2.4e6, kv_bytes_per_token_layer=2048)
+    return profile_document(model=model, gpu=gpu, timings=timings, memory=memory, sweep=QUICK, total_layers=8,
+                            most_layers=8, config=WorkerConfig(), fraction=0.05, metadata={"date": "test"})
+
+
+@pytest.fixture(autouse=True)
+def own_registry(monkeypatch):
+    """Measured profiles registered by a test (in-process CLI runs) stay with that test."""
+    from vllm_helix.planner import profiles
+
+    monkeypatch.setattr(profiles, "_MEASURED", {})
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
+    return folder
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_fit_recovers_overhead_and_per_layer_time():
+    overhead, slope = fit_line([(1, 0.003), (4, 0.006), (7, 0.009)])
+    assert overhead == pytest.approx(0.002) and slope == pytest.approx(0.001)
+    assert fit_line([(3, 0.009)]) == (0.0, pytest.approx(0.003))  # one layer count: all of it per layer
+    assert fit_line([(1, 0.005), (7, 0.004)])[1] > 0  # noise never makes a layer free
+
+
+def test_a_synthetic_profile_document_reads_back_with_its_overhead(tmp_path):
+    from vllm_helix.planner.profiles import load_profile_file
+
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps(synthetic_profile("tiny", "cpu")))
+    profile = load_profile_file(path)
+    assert profile.step_overhead_s == pytest.approx(2e-3)
+    assert profile.prompt_latency(256) == pytest.approx(1e-3) and profile.decode_latency(8) == pytest.approx(4e-4)
+    assert profile.prompt_latency(512) == pytest.approx(1e-3 + 256 * 0.9e-3 / 240)  # the last segment, extended
+    assert profile.kv_slots(2) == int(0.05 * (8 << 30) / (2 * 2048)) // 16 * 16 * 2
+
+
+def test_plan_uses_measured_profiles_where_they_cover_and_says_so_per_node(tmp_path, tiny_model, capsys):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "cpu.json").write_text(json.dumps(synthetic_profile("tiny", "cpu")))
+    cluster = yaml.safe_load((ROOT / "examples/local3-cluster.yaml").read_text())
+    cluster["nodes"][2]["gpu"] = "H100"  # not profiled: the data-sheet estimate
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(cluster))
+    code, out, err = run(capsys, "plan", "--cluster", tmp_path / "cluster.yaml", "--model", tiny_model, "--profiles",
+                         profiles, "--placement", ROOT / "examples/local3-placement.yaml", "-o", tmp_path / "plan.yaml")
+    assert code == 0, err
+    rows = {line.split()[0]: line.split()[-1] for line in out.splitlines() if line.startswith("node-")}
+    assert rows == {"node-a": "measured", "node-b": "measured", "node-c": "estimate"}
+    plan = yaml.safe_load((tmp_path / "plan.yaml").read_text())
+    assert plan["throughput_model"] == "measured" and [p["gpu"] for p in plan["profiles"]] == ["cpu"]
+    # flow reports the same sources; without --profiles the same cluster is all estimate
+    code, out, _ = run(capsys, "flow", "--cluster", tmp_path / "cluster.yaml", "--model", tiny_model, "--profiles",
+                       profiles, "--placement", tmp_path / "plan.yaml", "--json")
+    assert [n["throughput_source"] for n in json.loads(out)["nodes"]] == ["measured", "measured", "estimate"]
+
+
+def test_measured_capacity_is_the_profiles_batch_time(tmp_path, tiny_model, capsys):
+    """T(k) = tokens / (overhead + k * (prompt(750) + decode(32))): the planner's fixed batch on the profile."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "cpu.json").write_text(json.dumps(synthetic_profile("tiny", "cpu")))
+    code, out, err = run(capsys, "flow", "--cluster", ROOT / "examples/local3-cluster.yaml", "--model", tiny_model,
+                         "--profiles", profiles, "--placement", ROOT / "examples/local3-placement.yaml", "--json")
+    assert code == 0, err
+    capacity = {n["name"]: n["capacity_tokens_per_s"] for n in json.loads(out)["nodes"]}
+    prompt = 1e-3 + (750 - 256) * (1e-3 - 1e-4) / (256 - 16)  # extrapolated
+    decode = 5e-5 * 8 + (32 - 8) * 5e-5  # 50 us per sequence
+    assert capacity["node-b"] == pytest.approx(782 / (2e-3 + 3 * (prompt + decode)), rel=1e-6)
+
+
+BAD = {
+    "malformed.json": ('{"model": "tiny",', "cannot read profile"),
+    "array.json": ("[1, 2]", "not a profile"),
+    "missing.json": (json.dumps({"model": "tiny", "gpu": "cpu", "measured": True}), "missing field 'max_num_layers'"),
+    "negative.json": (None, "negative latency"),
+    "bundled.json": (None, "not a measured profile"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+@pytest.mark.parametrize("command", ["plan", "flow", "simulate"])
+def test_bad_profile_files_are_one_line_errors(tmp_path, tiny_model, capsys, name, command):
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    text, message = BAD[name]
+    if name == "negative.json":
+        doc = synthetic_profile("tiny", "cpu")
+        doc["decode_layer_ms"][1][1] = -1.0
+        text = json.dumps(doc)
+    if name == "bundled.json":
+        shutil.copy(ROOT / "vllm_helix/data/profiles/llama2_70b_A100.json", folder / name)
+    else:
+        (folder / name).write_text(text)
+    common = ["--cluster", ROOT / "examples/local3-cluster.yaml", "--model", tiny_model, "--profiles", folder]
+    placement = ROOT / "examples/local3-placement.yaml"
+    argv = {"plan": ["plan", *common, "--placement", placement, "-o", tmp_path / "p.yaml"],
+            "flow": ["flow", *common, "--placement", placement],
+            "simulate": ["simulate", *common, "--plan", placement]}[command]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+@pytest.mark.parametrize("make, message", [(lambda d: None, "not a directory"), (lambda d: d.mkdir(), "no *.json")])
+def test_a_profiles_folder_that_is_missing_or_empty_is_an_error(tmp_path, tiny_model, capsys, make, message):
+    make(tmp_path / "p")
+    code, _, err = run(capsys, "plan", "--cluster", ROOT / "examples/local3-cluster.yaml", "--model", tiny_model,
+                       "--profiles", tmp_path / "p", "-o", tmp_path / "plan.yaml")
+    assert code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_profile_refuses_a_device_this_build_cannot_run(tmp_path, tiny_model, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # --device cuda:N sets it; restored after the test
+    code, _, err = run(capsys, "profile", "--model", tiny_model, "--device", "tpu", "-o", tmp_path / "x.json")
+    assert code == 2 and "--device must be cpu or cuda:N" in err
+    code, _, err = run(capsys, "profile", "--model", tiny_model, "--device", "cuda:0", "-o", tmp_path / "x.json")
+    assert code == 2 and err.count("\n") == 1 and "cuda:0" in err
+    assert "cpu" not in bundled_gpu_types("llama2_70b")  # measured profiles never leak into the bundled set

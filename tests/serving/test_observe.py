@@ -1,0 +1,137 @@
+"""Knowing the cluster, end to end: `vllm-helix profile` of the tiny model on this CPU, a plan made from it that
+serves, helix_* metrics on `vllm serve`'s /metrics that move during a burst, and `vllm-helix status`.
+(The plan-vs-real checks are tested on node reports in tests/coordinator/test_metrics_and_drift.py; through
+`vllm serve` with a CPU-capped node they are not verified yet.)
+
+One profile (the short sweep, eager as the server) and one server serve the whole module: the 3-node chain of
+examples/local3-placement.yaml, planned with the measured profile.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from serve_helpers import COMMON, post
+
+from vllm_helix.planner.profiles import load_profile_file
+from vllm_helix.status import scrape
+from vllm_helix.vllm_server import VllmServer
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, check=True):
+    done = subprocess.run([sys.executable, "-m", "vllm_helix.cli", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def profiled(tiny_llama_path, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("profiles")
+    cli("profile", "--model", tiny_llama_path, "--quick", "--enforce-eager", "-o", folder / "cpu.json")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def measured_plan(profiled, tiny_llama_path, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("measured-plan")
+    done = cli("plan", "--cluster", ROOT / "examples/local3-cluster.yaml", "--model", tiny_llama_path,
+               "--profiles", profiled, "--placement", ROOT / "examples/local3-placement.yaml", "-o", tmp / "plan.yaml")
+    return tmp / "plan.yaml", done.stdout
+
+
+@pytest.fixture(scope="module")
+def server(measured_plan, tiny_llama_path, tmp_path_factory):
+    plan, _ = measured_plan
+    log = tmp_path_factory.mktemp("observe-serve") / "serve.log"
+    server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--enforce-eager",
+                                          *COMMON], log_path=log,)
+    with server as url:
+        yield url.removesuffix("/v1"), server
+
+
+def test_profile_has_the_bundled_schema_and_round_trips_through_plan_and_simulate(profiled, measured_plan,
+                                                                                  tiny_llama_path):
+    doc = json.loads((profiled / "cpu.json").read_text())
+    profile = load_profile_file(profiled / "cpu.json")  # the planner's own reader
+    assert profile.measured and profile.gpu == "cpu" and profile.model == Path(tiny_llama_path).name
+    assert profile.max_layers == 8 and all(profile.kv_blocks[k] > 0 for k in range(1, 9))
+    assert profile.prompt_latency(256) > 0 and profile.decode_latency(8) > 0
+    meta = doc["metadata"]
+    assert meta["vllm_version"] and meta["dtype"] == "float32" and meta["device"] == "cpu" and meta["date"]
+    assert meta["sweep"]["layers"] == [1, 7] and len(meta["raw_ms"]["prompt"]) == 4
+
+    plan_path, table = measured_plan
+    sources = [line.split()[-1] for line in table.splitlines() if line.startswith("node-")]
+    assert sources == ["measured"] * 3, table  # every node's source in the plan's table
+    plan = yaml.safe_load(plan_path.read_text())
+    assert plan["throughput_model"] == "measured"
+    assert [n["throughput_source"] for n in plan["nodes"]] == ["measured"] * 3
+    assert plan["profiles"][0]["gpu"] == "cpu"
+    # the plan embeds its profile: simulating it needs no --profiles
+    report = json.loads(cli("simulate", "--plan", plan_path, "--cluster", ROOT / "examples/local3-cluster.yaml",
+                            "--duration", "30", "--json").stdout)
+    assert report["decode_throughput"] > 0
+
+
+def _burst(url, model, n, max_tokens):
+    body = {"model": str(model), "prompt": "Placement is a maximum flow problem: nodes, links and capacities. " * 3,
+            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    with cf.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda i: post(url + "/v1", "/completions", {**body, "prompt": f"{i} {body['prompt']}"}),
+                             range(n)))
+
+
+def _node_values(metrics, name):
+    return {labels["node"]: value for labels, value in metrics.get(name, [])}
+
+
+def test_a_measured_plan_serves_and_its_metrics_move_during_a_burst(server, tiny_llama_path):
+    url, _ = server
+    scrapes, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            scrapes.append(scrape(url))
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        answers = _burst(url, tiny_llama_path, 12, 48)
+    finally:
+        time.sleep(2.5)  # the idle reports
+        done.set()
+        watcher.join()
+    assert all(a["choices"][0]["text"] and a["usage"]["completion_tokens"] == 48 for a in answers)
+    nodes = {"node-a", "node-b", "node-c"}
+    assert max(sum(_node_values(s, "helix_node_tokens_per_second").values()) for s in scrapes) > 0
+    peak_kv = {n: max(_node_values(s, "helix_node_kv_blocks_used").get(n, 0) for s in scrapes) for n in nodes}
+    assert all(v > 0 for v in peak_kv.values()), peak_kv  # KV use rose on every node ...
+    final = scrapes[-1]
+    assert set(_node_values(final, "helix_node_kv_blocks_used").values()) == {0.0}  # ... and fell
+    assert all(v > 0 for v in _node_values(final, "helix_node_kv_blocks_total").values())
+    assert _node_values(final, "helix_node_up") == dict.fromkeys(nodes, 1.0)
+    assert _node_values(final, "helix_node_layer_start") == {"node-a": 0, "node-b": 2, "node-c": 5}
+    # activations: node-a gets token ids only, node-c sends sampled tokens only
+    assert all(v > 0 for n, v in _node_values(final, "helix_node_bytes_received_total").items() if n != "node-a")
+    assert all(v > 0 for n, v in _node_values(final, "helix_node_bytes_sent_total").items() if n != "node-c")
+    admitted = final["helix_requests_admitted_total"]
+    assert [labels["route"] for labels, _ in admitted] == ["node-a>node-b>node-c"]
+    assert sum(v for _, v in admitted) >= 12
+    assert final["helix_planned_max_flow_tokens_per_second"][0][1] > 0
+
+    table = cli("status", "--url", url).stdout
+    assert "node-b" in table and "[2, 5)" in table and "bottleneck (busiest live node): node-" in table, table
+    assert "route node-a -> node-b -> node-c" in table

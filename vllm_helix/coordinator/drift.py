@@ -1,0 +1,117 @@
+"""Plan-vs-real checks: is each node as fast as the plan assumed?
+
+Every node reports its compute time and the shape of what it ran (batches, prefill tokens, decode steps;
+`wire.Busy`). Over a sliding window the coordinator predicts how long the plan's throughput numbers say
+those batches should have taken, and compares: the ratio predicted / measured is the node's measured
+throughput as a share of its planned throughput, whatever the batch mix (a fixed tokens/s would call a
+node serving small decode batches slow). With a profile (measured or bundled) the prediction is the
+profile's per-batch overhead plus k layers at the window's mean batch; without one, the plan's node
+capacity in tokens/s. A node more than `TOLERANCE` off for `HOLD_S` gets one warning with the commands
+that fix the plan (re-profile, re-plan), and another when it is back within the tolerance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass
+
+from vllm_helix import wire as p
+from vllm_helix.errors import HelixError
+from vllm_helix.planner.plan import Plan
+from vllm_helix.planner.profiles import GPUProfile, profile_for
+
+logger = logging.getLogger("vllm_helix.drift")
+TOLERANCE = 0.25
+HOLD_S = float(os.environ.get("HELIX_DRIFT_HOLD_S", 60.0))  # a minute; tests shorten it
+WINDOW_S = 10.0  # measured vs predicted over the last this many seconds
+MIN_BUSY_S = 0.5  # a window with less compute says nothing about speed
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """Cumulative counts of one node (as in its Busy reports)."""
+
+    busy_s: float = 0.0
+    batches: int = 0
+    tokens: int = 0
+    decode_seqs: int = 0
+
+    @classmethod
+    def of(cls, busy: p.Busy) -> Work:
+        return cls(busy.busy_s, busy.batches, busy.tokens, busy.decode_seqs)
+
+    def minus(self, other: Work) -> Work:
+        return Work(self.busy_s - other.busy_s, self.batches - other.batches, self.tokens - other.tokens,
+                    self.decode_seqs - other.decode_seqs)
+
+
+class Expectation:
+    """What the plan says a node's batches cost."""
+
+    def __init__(self, plan: Plan, node: str):
+        self.layers = plan.placement.ranges[node].size
+        self.capacity = plan.flow.node_capacity.get(node, 0.0)  # tokens/s through its layers
+        self.profile: GPUProfile | None
+        try:
+            self.profile = profile_for(plan.model, plan.cluster.node(node).gpu_type)
+        except HelixError:
+            self.profile = None  # an estimated plan: its capacity is all there is
+
+    def seconds(self, work: Work) -> float:
+        if work.batches <= 0:
+            return 0.0
+        if self.profile is None:
+            return work.tokens / self.capacity if self.capacity > 0 else 0.0
+        prompt = (work.tokens - work.decode_seqs) / work.batches  # mean prefill tokens per batch
+        decodes = work.decode_seqs / work.batches
+        f = self.profile
+        per_layer = (f.prompt_latency(prompt) if prompt else 0.0) + (f.decode_latency(decodes) if decodes else 0.0)
+        return work.batches * (f.step_overhead_s + self.layers * per_layer)
+
+
+class NodeDrift:
+    """One node's measured/planned throughput ratio over a sliding window, and whether it drifts."""
+
+    def __init__(self, plan: Plan, node: str, plan_path: str, model_path: str):
+        self.node, self.expect = node, Expectation(plan, node)
+        self.gpu = plan.cluster.node(node).gpu_type
+        self.plan_path, self.model_path = plan_path, model_path
+        self.history: deque[tuple[float, Work]] = deque()
+        self.ratio: float | None = None  # measured throughput / planned
+        self.off_since: float | None = None
+        self.warned = False
+
+    def update(self, now: float, work: Work) -> None:
+        self.history.append((now, work))
+        while len(self.history) > 2 and now - self.history[1][0] >= WINDOW_S:
+            self.history.popleft()
+        delta = work.minus(self.history[0][1])
+        if delta.busy_s < MIN_BUSY_S:
+            return  # too little compute in the window: keep the last verdict
+        self.ratio = self.expect.seconds(delta) / delta.busy_s
+        off = abs(self.ratio - 1) > TOLERANCE
+        if not off:
+            if self.warned:
+                logger.info("node %s is back within %d %% of its planned throughput (%.0f %%)", self.node,
+                            100 * TOLERANCE, 100 * self.ratio)
+            self.off_since, self.warned = None, False
+            return
+        self.off_since = self.off_since if self.off_since is not None else now
+        if not self.warned and now - self.off_since >= HOLD_S:
+            self.warned = True
+            logger.warning(self.advice())
+
+    @property
+    def drifting(self) -> bool:
+        return self.warned
+
+    def advice(self) -> str:
+        assert self.ratio is not None
+        return (f"node {self.node} runs at {100 * self.ratio:.0f} % of the throughput the plan assumed for "
+                f"{HOLD_S:.0f} s (more than {100 * TOLERANCE:.0f} % off): the plan no longer matches this cluster. "
+                f"Re-profile that host (`vllm-helix profile --model {self.model_path} --gpu {self.gpu} "
+                f"-o PROFILES/{self.gpu}.json`), re-plan (`vllm-helix plan --cluster CLUSTER --model "
+                f"{self.model_path} --profiles PROFILES --previous {self.plan_path} -o NEW_PLAN`) and restart "
+                f"with the new plan")

@@ -1,0 +1,243 @@
+"""Prometheus metrics of a Helix cluster (`helix_*`) on `vllm serve`'s own /metrics.
+
+Where they live: the coordinator runs in vLLM's engine-core process, but /metrics is served by the API
+server process from vLLM's prometheus registry (`get_prometheus_registry()`: prometheus_client's global
+REGISTRY with one API server; a multiprocess registry over PROMETHEUS_MULTIPROC_DIR with several, and
+vLLM itself computes its own metrics in the API server from the SchedulerStats that engine core sends
+with each step's outputs). So, the way prometheus_client's multiprocess mode shares values between
+processes, through files: the engine core's `ClusterMetrics` writes one snapshot file per process into
+$HELIX_METRICS_DIR (written whole, then renamed: a reader never sees half a file) every second and
+on every node report; in the API server, `expose()` — called when `--executor helix` is parsed, before
+the engine core starts, so the engine core inherits the folder — registers a collector on vLLM's
+registry that reads the snapshots at scrape time. No SchedulerStats field is borrowed, and the values
+stay fresh while the engine is idle (vLLM sends no stats then).
+
+Per node: up, layer range, busy ratio, tokens/s, batches, KV blocks used/total, payload bytes sent and
+received, planned and measured throughput and whether it drifts (coordinator/drift.py). Per cluster:
+planned and live max flow, requests admitted per route, rerouted, failed, and admission waits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from vllm_helix import wire as p
+from vllm_helix.coordinator.drift import NodeDrift, Work
+from vllm_helix.planner.plan import Plan
+
+logger = logging.getLogger(__name__)
+ENV = "HELIX_METRICS_DIR"  # not VLLM_*: vLLM warns about every VLLM_ variable it does not know
+PUBLISH_INTERVAL_S = 1.0
+
+# name -> help; every family is a gauge (counters are exported as their running totals)
+NODE_FAMILIES = {
+    "helix_node_up": "1 while the node serves, 0 once it is lost",
+    "helix_node_layer_start": "first layer the node holds",
+    "helix_node_layer_end": "one past the last layer the node holds",
+    "helix_node_busy_ratio": "share of the last report interval the node spent running batches",
+    "helix_node_tokens_per_second": "tokens the node ran per second over the last report interval",
+    "helix_node_batches_total": "batches the node ran since it started",
+    "helix_node_tokens_total": "tokens the node ran since it started",
+    "helix_node_kv_blocks_used": "KV cache blocks in use on the node",
+    "helix_node_kv_blocks_total": "KV cache blocks of the node",
+    "helix_node_bytes_sent_total": "activation payload bytes the node sent",
+    "helix_node_bytes_received_total": "activation payload bytes the node received",
+    "helix_node_planned_tokens_per_second": "the node's throughput in the plan (tokens/s through its layers)",
+    "helix_node_throughput_ratio": "measured throughput / planned, for the batches it ran (1 = as planned)",
+    "helix_node_drifting": "1 while the node is more than 25 % off its planned throughput for a minute",
+}
+CLUSTER_FAMILIES = {
+    "helix_planned_max_flow_tokens_per_second": "max flow of the plan",
+    "helix_live_max_flow_tokens_per_second": "max flow of the nodes still serving",
+    "helix_requests_admitted_total": "requests admitted, per route",
+    "helix_requests_rerouted_total": "requests moved to another route",
+    "helix_requests_failed_total": "requests failed by a node or a lost node",
+    "helix_admission_waits_total": "requests that waited for KV room on a route",
+}
+
+
+class _Node:
+    def __init__(self, name: str):
+        self.name = name
+        self.up = True
+        self.last: p.Busy | None = None
+        self.last_at = 0.0
+        self.busy_ratio = self.tokens_per_s = 0.0
+
+    def report(self, busy: p.Busy, now: float) -> None:
+        if self.last is not None and now > self.last_at:
+            dt = now - self.last_at
+            self.busy_ratio = min(1.0, max(0.0, (busy.busy_s - self.last.busy_s) / dt))
+            self.tokens_per_s = max(0.0, (busy.tokens - self.last.tokens) / dt)
+        self.last, self.last_at = busy, now
+
+
+class ClusterMetrics:
+    """The engine core's side: every event updates it; `publish()` writes the snapshot for /metrics."""
+
+    def __init__(self, plan: Plan, plan_path: str, model_path: str, folder: str | None = None):
+        self.plan = plan
+        self.folder = folder or os.environ.get(ENV)
+        self.nodes = {n: _Node(n) for n in plan.placement.ranges}
+        self.drift = {n: NodeDrift(plan, n, plan_path, model_path) for n in plan.placement.ranges}
+        self.live_max_flow = plan.flow.value
+        self.admitted: dict[str, int] = {}
+        self.rerouted = self.failed = 0
+        self._waited: set[str] = set()
+        self._lock = threading.Lock()
+        self._published = 0.0
+
+    # ------------------------------------------------------------------ events (one call per event)
+
+    def on_busy(self, busy: p.Busy, now: float | None = None) -> None:
+        """A node's report, received at `now` (monotonic seconds; default: now)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            node = self.nodes.get(busy.node)
+            if node is None:
+                return
+            node.report(busy, now)
+            self.drift[busy.node].update(now, Work.of(busy))
+        self.publish()
+
+    def on_admit(self, request_id: str, route: Iterable[str]) -> None:
+        key = ">".join(route)
+        with self._lock:
+            self.admitted[key] = self.admitted.get(key, 0) + 1
+
+    def on_wait(self, request_id: str) -> None:
+        with self._lock:
+            self._waited.add(request_id)
+
+    def on_failed(self, count: int) -> None:
+        with self._lock:
+            self.failed += count
+
+    def on_rerouted(self, count: int) -> None:
+        with self._lock:
+            self.rerouted += count
+
+    def on_node_lost(self, node: str, live_max_flow: float | None = None) -> None:
+        with self._lock:
+            if node in self.nodes:
+                self.nodes[node].up = False
+            if live_max_flow is not None:
+                self.live_max_flow = live_max_flow
+        self.publish()
+
+    def set_live_max_flow(self, value: float) -> None:
+        with self._lock:
+            self.live_max_flow = value
+
+    # ------------------------------------------------------------------ the snapshot
+
+    def tick(self) -> None:
+        """Called often (the receive loop): publish at most every PUBLISH_INTERVAL_S."""
+        if time.monotonic() - self._published >= PUBLISH_INTERVAL_S:
+            self.publish()
+
+    def families(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        out: dict[str, list[tuple[dict[str, str], float]]] = {name: [] for name in (*NODE_FAMILIES, *CLUSTER_FAMILIES)}
+        with self._lock:
+            for name, node in self.nodes.items():
+                rng, last, drift = self.plan.placement.ranges[name], node.last, self.drift[name]
+                values = {
+                    "helix_node_up": float(node.up), "helix_node_layer_start": rng.start,
+                    "helix_node_layer_end": rng.end, "helix_node_busy_ratio": node.busy_ratio,
+                    "helix_node_tokens_per_second": node.tokens_per_s,
+                    "helix_node_batches_total": last.batches if last else 0,
+                    "helix_node_tokens_total": last.tokens if last else 0,
+                    "helix_node_kv_blocks_used": last.kv_used_blocks if last else 0,
+                    "helix_node_kv_blocks_total": last.kv_total_blocks if last else 0,
+                    "helix_node_bytes_sent_total": last.bytes_sent if last else 0,
+                    "helix_node_bytes_received_total": last.bytes_received if last else 0,
+                    "helix_node_planned_tokens_per_second": self.plan.flow.node_capacity.get(name, 0.0),
+                    "helix_node_drifting": float(drift.drifting),
+                }
+                if drift.ratio is not None:
+                    values["helix_node_throughput_ratio"] = drift.ratio
+                for family, value in values.items():
+                    out[family].append(({"node": name}, float(value)))
+            out["helix_planned_max_flow_tokens_per_second"].append(({}, self.plan.flow.value))
+            out["helix_live_max_flow_tokens_per_second"].append(({}, self.live_max_flow))
+            out["helix_requests_admitted_total"] += [({"route": r}, float(n)) for r, n in sorted(self.admitted.items())]
+            out["helix_requests_rerouted_total"].append(({}, float(self.rerouted)))
+            out["helix_requests_failed_total"].append(({}, float(self.failed)))
+            out["helix_admission_waits_total"].append(({}, float(len(self._waited))))
+        return out
+
+    def publish(self) -> None:
+        self._published = time.monotonic()
+        if not self.folder:
+            return
+        folder = Path(self.folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            scratch = folder / f".{os.getpid()}.json.tmp"
+            scratch.write_text(json.dumps({"families": self.families()}))
+            scratch.replace(folder / f"{os.getpid()}.json")
+        except OSError as exc:  # metrics must never stop serving
+            logger.warning("cannot write Helix metrics to %s: %s", folder, exc)
+
+    def close(self) -> None:
+        if self.folder:
+            (Path(self.folder) / f"{os.getpid()}.json").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- the API server's side
+
+
+class SnapshotCollector:
+    """A prometheus_client collector over the engine cores' snapshot files."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        merged: dict[str, list] = {}
+        for path in sorted(self.folder.glob("*.json")):
+            try:
+                families = json.loads(path.read_text())["families"]
+            except (OSError, ValueError, KeyError):
+                continue  # an engine core that is gone or being replaced
+            for name, samples in families.items():
+                merged.setdefault(name, []).extend(samples)
+        helps = {**NODE_FAMILIES, **CLUSTER_FAMILIES}
+        for name, samples in merged.items():
+            labels = sorted({k for sample_labels, _ in samples for k in sample_labels})
+            family = GaugeMetricFamily(name, helps.get(name, name), labels=labels)
+            for sample_labels, value in samples:
+                family.add_metric([sample_labels.get(k, "") for k in labels], value)
+            yield family
+
+
+_exposed: str | None = None
+
+
+def expose() -> None:
+    """In the API server process, when `--executor helix` is parsed: pick the snapshot folder (inherited by
+    the engine core started later) and put the collector on vLLM's registry. Idempotent."""
+    global _exposed
+    if _exposed is not None:
+        return
+    folder = os.environ.get(ENV)
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix="vllm-helix-metrics-")
+        os.environ[ENV] = folder
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    from prometheus_client import REGISTRY
+
+    REGISTRY.register(SnapshotCollector(folder))
+    _exposed = folder
