@@ -62,6 +62,8 @@ class _StoreHelixOption(argparse.Action):
 
 
 def add_helix_args(parser: Any) -> Any:
+    if "--executor" in parser._option_string_actions:  # added already (vLLM calls plugins for every parser it builds)
+        return parser
     group = parser.add_argument_group(
         title="HelixConfig", description="Serve across a heterogeneous cluster with vllm-helix (Helix, ASPLOS'25)."
     )
