@@ -122,7 +122,7 @@ def test_workers_in_namespaces_serve_encrypted_by_default(tiny_llama_path, plain
             subprocess.run([sys.executable, "-m", "vllm_helix.cli", "keys", "--plan", str(plan), "--rotate", "far"],
                            check=True, capture_output=True)
             workers[1].kill()
-            workers[1].wait(30)
+            workers[1].wait(120)  # `ip netns exec` reaps the worker once it has died
             workers.append(worker(far, "far"))
             assert completion_tokens(url, tiny_llama_path) == expected  # waits for far to rejoin
             rotated_during_serving = intrude(far, [
