@@ -4,8 +4,11 @@ endpoint (prometheus_client's HTTP server over the snapshot collector) out, read
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -78,6 +81,17 @@ def test_a_node_as_fast_as_its_profile_is_on_plan_and_a_slow_one_warns_after_the
     assert not slow.drifting and "back within" in caplog.records[-1].getMessage()
 
 
+@contextlib.contextmanager
+def prometheus_endpoint(registry):
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
 def test_metrics_reach_a_prometheus_endpoint_and_status_prints_them(plan, tmp_path, capsys):
     metrics = ClusterMetrics(plan, "plan.yaml", "/models/tiny", folder=str(tmp_path))
     for node in ("node-a", "node-b", "node-c"):
@@ -90,18 +104,13 @@ def test_metrics_reach_a_prometheus_endpoint_and_status_prints_them(plan, tmp_pa
     metrics.on_wait("r2")  # one request waiting over several steps counts once
     metrics.on_failed(2)
     metrics.publish()  # the receive loop's tick does this every second
-    snapshot = json.loads((tmp_path / f"{__import__('os').getpid()}.json").read_text())["families"]
+    snapshot = json.loads((tmp_path / f"{os.getpid()}.json").read_text())["families"]
     assert snapshot["helix_node_kv_blocks_used"][1] == [{"node": "node-b"}, 5.0]
 
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(str(tmp_path)))
-    port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    try:
-        assert main(["status", "--url", f"http://127.0.0.1:{port}"]) == 0
-    finally:
-        server.shutdown()
-        thread.join()
+    with prometheus_endpoint(registry) as url:
+        assert main(["status", "--url", url]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("node-")}
     assert "[2, 5)" in rows["node-b"] and "5/40" in rows["node-b"] and "yes" in rows["node-b"]
@@ -115,15 +124,25 @@ def test_metrics_reach_a_prometheus_endpoint_and_status_prints_them(plan, tmp_pa
 
 
 def test_status_of_a_server_without_helix_metrics_is_a_one_line_error(capsys):
-    registry = CollectorRegistry()  # a Prometheus endpoint with nothing of ours
-    port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    try:
-        assert main(["status", "--url", f"http://127.0.0.1:{port}"]) == 2
-    finally:
-        server.shutdown()
-        thread.join()
+    with prometheus_endpoint(CollectorRegistry()) as url:  # a Prometheus endpoint with nothing of ours
+        assert main(["status", "--url", url]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no helix_ metrics" in err
     assert main(["status", "--url", f"http://127.0.0.1:{free_port()}"]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_the_snapshot_of_an_engine_core_that_died_is_not_exported(plan, tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid is free now: an engine core killed before it could remove its snapshot
+    stale = ClusterMetrics(plan, "plan.yaml", "/models/tiny", folder=str(tmp_path))
+    stale.on_busy(busy("node-a", Work(1.0, 10, 100, 80), kv_used_blocks=3, kv_total_blocks=40), now=100.0)
+    stale.publish()
+    (tmp_path / f"{os.getpid()}.json").rename(tmp_path / f"{gone.pid}.json")
+    live = ClusterMetrics(plan, "plan.yaml", "/models/tiny", folder=str(tmp_path))
+    live.publish()
+    families = {f.name: f for f in SnapshotCollector(str(tmp_path)).collect()}
+    used = [s.value for s in families["helix_node_kv_blocks_used"].samples]
+    assert used == [0.0, 0.0, 0.0]  # the live core's three nodes only
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [f"{os.getpid()}.json"]
+    live.close()

@@ -208,6 +208,9 @@ class SnapshotCollector:
 
         merged: dict[str, list] = {}
         for path in sorted(self.folder.glob("*.json")):
+            if not _alive(path.stem):
+                path.unlink(missing_ok=True)  # an engine core killed before it could remove its snapshot
+                continue
             try:
                 families = json.loads(path.read_text())["families"]
             except (OSError, ValueError, KeyError):
@@ -221,6 +224,16 @@ class SnapshotCollector:
             for sample_labels, value in samples:
                 family.add_metric([sample_labels.get(k, "") for k in labels], value)
             yield family
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
 
 
 _exposed: str | None = None
