@@ -21,6 +21,7 @@ the same choice on any machine.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -159,18 +160,22 @@ def search(candidates: Iterable[Candidate], objective: Objective, time_limit_s: 
     scoring_limit = time_limit_s * (1 - CONFIRM_SHARE) if time_limit_s is not None and objective.confirms \
         else time_limit_s
     scored: list[Ranked] = []
+    score_s: list[float] = []  # wall seconds per short-window scoring (the confirmations' cost estimate)
     stopped = "done"
     iterator = iter(candidates)
     try:
         for candidate in iterator:
+            t0 = time.monotonic()
             scored.append(Ranked(candidate, score_plan(candidate.plan, objective)))
+            score_s.append(time.monotonic() - t0)
             if on_scored is not None:
                 on_scored(scored[-1])
             if scoring_limit is not None and time.monotonic() - started >= scoring_limit:
                 stopped = "time limit"
                 break
         if objective.confirms and scored:
-            stopped = _confirm(scored, objective, started, time_limit_s) or stopped
+            deadline = None if time_limit_s is None else started + time_limit_s
+            stopped = _confirm(scored, objective, deadline, statistics.median(score_s)) or stopped
     except KeyboardInterrupt:
         stopped = "interrupted"
     if not scored:
@@ -183,12 +188,15 @@ def _ranked(scored: list[Ranked], objective: Objective) -> list[Ranked]:
     return [scored[i] for i in order]
 
 
-def _confirm(scored: list[Ranked], objective: Objective, started: float, time_limit_s: float | None) -> str | None:
-    """Re-simulate the best `confirm_top` on the confirm window, best first, while time is left (in place).
-    Returns "time limit" when it ran out before every finalist was confirmed."""
+def _confirm(scored: list[Ranked], objective: Objective, deadline: float | None, score_s: float) -> str | None:
+    """Re-simulate the best `confirm_top` on the confirm window, best first, while the time left (`deadline`,
+    time.monotonic()) covers one more: the simulator's cost grows with simulated time, so a confirmation costs
+    about `score_s` x (warm-up + confirm window) / (warm-up + window). Scores are updated in place; returns
+    "time limit" when a finalist was left unconfirmed."""
     assert objective.confirm_window_s is not None
+    cost = score_s * (objective.warmup_s + objective.confirm_window_s) / (objective.warmup_s + objective.window_s)
     for finalist in _ranked(scored, objective)[:objective.confirm_top]:
-        if time_limit_s is not None and time.monotonic() - started >= time_limit_s:
+        if deadline is not None and time.monotonic() + cost > deadline:
             return "time limit"
         decode = offline_decode(finalist.candidate.plan, objective, objective.confirm_window_s)
         finalist.score = dataclasses.replace(finalist.score, confirmed_decode_tokens_per_s=decode)
