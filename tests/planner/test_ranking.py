@@ -21,6 +21,7 @@ from vllm_helix.planner.throughput import capacity_table
 from vllm_helix.sim.run import SimConfig, simulate
 
 WINDOW, WARMUP = 5.0, 5.0  # simulated seconds: a 2-layer slice serves thousands of tokens/s
+SHORT = {"window_s": WINDOW, "warmup_s": WARMUP, "confirm_window_s": None}  # rank by the short window alone
 LAYERS = 2
 
 
@@ -58,7 +59,7 @@ def offline_decode(every_plan):
 
 
 def test_throughput_objective_chooses_the_brute_force_best(every_plan, offline_decode):
-    result = search(reversed(every_plan), Objective("throughput", window_s=WINDOW, warmup_s=WARMUP))
+    result = search(reversed(every_plan), Objective("throughput", **SHORT))
     assert offline_decode[result.best.candidate.label] == max(offline_decode.values())  # (ties: any of them)
     assert [r.score.decode_tokens_per_s for r in result.ranked] == sorted(offline_decode.values(), reverse=True)
     assert result.stopped_by == "done" and len(result.ranked) == len(every_plan)
@@ -73,7 +74,8 @@ def test_latency_objective_and_slo(every_plan):
     assert p95[result.best.candidate.label] == min(p95.values())
     # an SLO between the fastest and the slowest: every plan that meets it ranks above every one that misses
     slo = sorted(p95.values())[len(p95) // 2]
-    ranked = search(plans, Objective("throughput", window_s=2 * WINDOW, warmup_s=WARMUP, rate=rate, slo_s=slo)).ranked
+    ranked = search(plans, Objective("throughput", window_s=2 * WINDOW, warmup_s=WARMUP, rate=rate, slo_s=slo,
+                                    confirm_window_s=None)).ranked
     meets = [p95[r.candidate.label] <= slo for r in ranked]
     assert meets == sorted(meets, reverse=True) and any(meets) and not all(meets)
 
@@ -84,16 +86,36 @@ def test_max_flow_objective_does_not_simulate(every_plan):
     assert all(r.score.decode_tokens_per_s is None for r in result.ranked)
 
 
+def test_finalists_are_confirmed_on_the_longer_window(every_plan, offline_decode):
+    """The best three by the short window are re-simulated on the confirm window; the winner is the best of
+    them there (brute force), and the other candidates keep their short-window order below them."""
+    long = 3 * WINDOW
+    objective = Objective("throughput", window_s=WINDOW, warmup_s=WARMUP, confirm_window_s=long)
+    result = search(every_plan, objective)
+    finalists = sorted(every_plan, key=lambda c: offline_decode[c.label], reverse=True)[:3]
+    confirmed = {c.label: simulate(c.plan, SimConfig(duration_s=long, warmup_s=WARMUP)).decode_throughput
+                 for c in finalists}
+    assert {r.candidate.label for r in result.ranked[:3]} == set(confirmed)
+    assert [r.score.confirmed_decode_tokens_per_s for r in result.ranked[:3]] == sorted(confirmed.values(),
+                                                                                         reverse=True)
+    assert all(r.score.confirmed_decode_tokens_per_s is None for r in result.ranked[3:])
+    rest = [r.score.decode_tokens_per_s for r in result.ranked[3:]]
+    assert rest == sorted(rest, reverse=True)
+    # no time left after the short window: nothing is confirmed and the search says why
+    stopped = search(every_plan[:4], objective, time_limit_s=0)
+    assert stopped.stopped_by == "time limit" and stopped.ranked[0].score.confirmed_decode_tokens_per_s is None
+
+
 def test_anytime_stops_keep_the_best_scored(every_plan, offline_decode):
     def interrupted():
         yield from every_plan[:3]
         raise KeyboardInterrupt
 
-    result = search(interrupted(), Objective("throughput", window_s=WINDOW, warmup_s=WARMUP))
+    result = search(interrupted(), Objective("throughput", **SHORT))
     assert result.stopped_by == "interrupted" and len(result.ranked) == 3
     first = {c.label: offline_decode[c.label] for c in every_plan[:3]}
     assert first[result.best.candidate.label] == max(first.values())
-    result = search(every_plan, Objective("throughput", window_s=WINDOW, warmup_s=WARMUP), time_limit_s=0)
+    result = search(every_plan, Objective("throughput", **SHORT), time_limit_s=0)
     assert result.stopped_by == "time limit" and len(result.ranked) == 1
     with pytest.raises(ClusterSpecError, match="no candidate"):
         search(iter(()), Objective())
@@ -104,6 +126,7 @@ def test_anytime_stops_keep_the_best_scored(every_plan, offline_decode):
     ({"name": "latency"}, "need --rate"),
     ({"slo_s": 1.0}, "need --rate"),
     ({"window_s": 0}, "window must be > 0"),
+    ({"confirm_window_s": -1}, "confirm window must be > 0"),
 ])
 def test_bad_objectives_are_refused(kwargs, match):
     with pytest.raises(ClusterSpecError, match=match):
@@ -120,14 +143,14 @@ def test_estimate_counts_kv_room_and_round_trip():
 
 def test_choose_plan_records_every_candidate(small):
     cluster, model = small
-    objective = Objective("throughput", window_s=WINDOW, warmup_s=WARMUP)
+    objective = Objective("throughput", window_s=WINDOW, warmup_s=WARMUP, confirm_window_s=2 * WINDOW)
     plan, result = choose_plan(cluster, model, "profile", objective, SolverOptions(solver="cpsat", work_limit=2),
                                time_limit_s=600)
     rows = plan.details["candidates"]
     assert len(rows) == len(result.ranked) >= 3 and rows[0]["candidate"] == plan.details["candidate"]
     assert {"max_flow", "decode_tokens_per_s", "total_tokens_per_s", "prompt_p50_s", "prompt_p95_s",
             "decode_p50_s", "decode_p95_s"} <= set(rows[0])
-    assert plan.details["reproducible"] is True
+    assert plan.details["reproducible"] is True and rows[0]["confirmed_decode_tokens_per_s"] > 0
     again, _ = choose_plan(cluster, model, "profile", objective, SolverOptions(solver="cpsat", work_limit=2),
                            time_limit_s=600)
     assert again.placement == plan.placement and again.details["candidates"] == rows
@@ -180,3 +203,22 @@ def test_replicas_add_unused_nodes_as_exactly_chained_branches():
     boundaries = {r.start for r in pipeline.ranges.values()} | {r.end for r in pipeline.ranges.values()}
     assert all({r.start, r.end} <= boundaries for r in branched.ranges.values())  # replicas chain exactly
     assert integer_flow(form, branched)[0] >= integer_flow(form, pipeline)[0]
+
+
+def test_kv_balanced_pipelines_give_every_layer_at_least_kappa_kv_room():
+    from vllm_helix.planner.kv_pipelines import kv_per_layer, kv_pipelines
+    from vllm_helix.planner.milp.formulation import build_formulation, integer_flow
+
+    ex = reference_example("ilp")
+    form = build_formulation(ex.cluster, ex.model, capacity_table(ex.cluster, ex.model), SolverOptions())
+    kv = kv_per_layer(ex.cluster, ex.model, form)
+    assert kv["n6"][7] == 631072  # an A100 holding 8 layers of LLaMA-2-70B: 631k token slots per layer
+    found = list(kv_pipelines(form, ex.cluster, kv))
+    kappas = [kappa for kappa, _ in found]
+    assert len(found) >= 5 and kappas == sorted(kappas, reverse=True)
+    for kappa, placement in found:
+        assert integer_flow(form, placement)[0] > 0  # exactly chained through all 80 layers
+        assert all(kv[n][r.size - 1] >= kappa for n, r in placement.ranges.items())
+    # the max-flow optimum (A100s x 8, L4s x 3, T4s x 2) leaves its A100 layers 631k slots; the KV-balanced
+    # shapes go higher on every layer
+    assert max(kappas) > 631072

@@ -4,12 +4,14 @@ Max flow alone favours deep pipelines whose round trips are long (see `serving_e
 offers the simulator plans of different shapes, cheapest and most promising first:
 
 1. the max-flow MILP (deterministic work limit) — the bound's best plan;
-2. the MILP warm start's greedy pipelines at every target throughput tau (from one deep pipeline over every
-   node down to a short one on the fastest nodes), with the unused nodes added as parallel replicas of
-   existing stages (branches, as in the reference's layout: more KV room, smaller batches per node);
-3. the reference heuristics: petals, swarm, homogeneous;
-4. the greedy pipelines without replicas;
-5. the MILP under pipeline-depth bounds: every used node holds >= k layers, so a route has <= L / k stages.
+2. KV-balanced pipelines (`kv_pipelines`) at every per-layer KV target kappa, with the unused nodes added as
+   parallel replicas of existing stages (branches, as in the reference's layout: more KV room, smaller batches
+   per node) — the shapes that keep the most requests in flight;
+3. the MILP warm start's greedy pipelines at every target throughput tau (from one deep pipeline over every
+   node down to a short one on the fastest nodes), with replicas;
+4. the reference heuristics: petals, swarm, homogeneous;
+5. the greedy and KV-balanced pipelines without replicas;
+6. the MILP under pipeline-depth bounds: every used node holds >= k layers, so a route has <= L / k stages.
 
 Every candidate is an evaluated `Plan` (the evaluator's max flow and arc flows); generation is lazy so the
 caller can stop at any time.
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from vllm_helix.errors import InfeasiblePlacement
 from vllm_helix.planner import heuristics
 from vllm_helix.planner.cluster import ClusterSpec
+from vllm_helix.planner.kv_pipelines import kv_per_layer, kv_pipelines
 from vllm_helix.planner.milp import solve_milp
 from vllm_helix.planner.milp.formulation import build_formulation
 from vllm_helix.planner.milp.options import SolverOptions
@@ -76,21 +79,26 @@ def generate(cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, No
 def _sources(cluster, model, capacities, options: SolverOptions, solver):
     yield "milp max-flow", "milp", lambda: solve_milp(cluster, model, capacities, solver())
     form = build_formulation(cluster, model, capacities, options)
-    pipelines = list(greedy_pipelines(form, cluster))
-    for tau, placement in pipelines:
-        yield (f"greedy tau={tau / form.scale:.0f}+replicas", "greedy",
-               lambda p=placement, t=tau: _fixed(with_replicas(form, p), options, t, form))
+    kv_shapes = kv_pipelines(form, cluster, kv_per_layer(cluster, model, form)) if model.profile_name else ()
+    shapes: list[tuple[str, str, Placement, dict[str, float]]] = [
+        (f"kv={kappa / 1000:.0f}k", "kv-balanced", placement, {"kv_slots_per_layer": kappa})
+        for kappa, placement in kv_shapes]
+    shapes += [(f"greedy tau={tau / form.scale:.0f}", "greedy", placement,
+                {"greedy_tau_tokens_per_s": tau / form.scale}) for tau, placement in greedy_pipelines(form, cluster)]
+    for label, method, placement, info in shapes:
+        yield (f"{label}+replicas", method,
+               lambda p=placement, i=info: _fixed(with_replicas(form, p), options, i))
     for name in HEURISTICS:
         yield name, name, lambda name=name: getattr(heuristics, name)(cluster, model, capacities, seed=options.seed)
-    for tau, placement in pipelines:
-        yield f"greedy tau={tau / form.scale:.0f}", "greedy", lambda p=placement, t=tau: _fixed(p, options, t, form)
+    for label, method, placement, info in shapes:
+        yield label, method, lambda p=placement, i=info: _fixed(p, options, i)
     for k in depth_bounds(form.throughput, model.num_layers):
         yield (f"milp depth<={-(-model.num_layers // k)}", "milp",
                lambda k=k: solve_milp(cluster, model, capacities, solver(min_layers_per_node=k)))
 
 
-def _fixed(placement: Placement, options: SolverOptions, tau: int, form) -> PlacementResult:
-    return PlacementResult(placement, options.partial_inference, {"greedy_tau_tokens_per_s": tau / form.scale})
+def _fixed(placement: Placement, options: SolverOptions, info: dict) -> PlacementResult:
+    return PlacementResult(placement, options.partial_inference, dict(info))
 
 
 def depth_bounds(throughput: Mapping[str, tuple[int, ...]], num_layers: int) -> list[int]:

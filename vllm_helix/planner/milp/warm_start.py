@@ -9,7 +9,7 @@ the best one wins.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import networkx as nx
 
@@ -33,12 +33,23 @@ def warm_start(form: Formulation, cluster: ClusterSpec) -> tuple[Placement, int]
 
 def greedy_pipelines(form: Formulation, cluster: ClusterSpec) -> Iterator[tuple[int, Placement]]:
     """(tau, placement) for every target throughput tau, fastest first; distinct placements only."""
+    free = [n for n in form.nodes if n not in form.options.pins]
+    taus = sorted({t for n in free for t in form.throughput[n]}, reverse=True)
+    yield from pipelines_by_size(form, cluster, taus,
+                                 lambda n, tau: _layers_at(form.throughput[n], tau, form.min_layers))
+
+
+def pipelines_by_size(form: Formulation, cluster: ClusterSpec, targets: Iterable[int],
+                      layers_at: Callable[[str, int], int]) -> Iterator[tuple[int, Placement]]:
+    """(target, placement) per target: every free node takes `layers_at(node, target)` layers (0 = unused) and
+    the nodes are packed into exactly chained pipelines, fast-link groups first; distinct placements only,
+    none that breaks the depth bound."""
     fixed = {n: form.choices[n][0] for n in form.options.pins if n in form.choices}
     free = [n for n in form.nodes if n not in fixed]
     groups = _fast_groups(cluster, free)
     seen = set()
-    for tau in sorted({t for n in free for t in form.throughput[n]}, reverse=True):
-        sizes = {n: _layers_at(form.throughput[n], tau, form.min_layers) for n in free}
+    for target in targets:
+        sizes = {n: min(layers_at(n, target), len(form.throughput[n])) for n in free}
         assignment = dict(fixed)
         leftover: list[str] = []
         for group in groups:
@@ -49,7 +60,7 @@ def greedy_pipelines(form: Formulation, cluster: ClusterSpec) -> Iterator[tuple[
         key = tuple(sorted(assignment.items()))
         if key not in seen and len(assignment) > len(fixed):
             seen.add(key)
-            yield tau, placement_of(assignment)
+            yield target, placement_of(assignment)
 
 
 def _layers_at(throughput: tuple[int, ...], tau: int, min_k: int = 1) -> int:
