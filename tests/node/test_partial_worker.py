@@ -5,25 +5,17 @@ workers are in-process and start in ~1-2 s each.
 """
 
 import json
-import random
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from greedy_reference import BATCHED, CONFIG, PROMPT_LENS, plain_vllm, prompts
 
 from vllm_helix.errors import EngineStartError, HelixError
-from vllm_helix.node.config import WorkerConfig
 
 pytestmark = pytest.mark.engine
 
-BATCHED = 64  # small token budget: the long prompts need chunked prefill
-KV_BYTES = 64 << 20
-# float32 as reference_generate.py (equality is claimed in float32); eager, as the reference
-CONFIG = WorkerConfig(kv_cache_bytes=KV_BYTES, max_num_batched_tokens=BATCHED, max_num_seqs=64, max_model_len=1024,
-                      dtype="float32", enforce_eager=True)
-PROMPT_LENS = [3, 17, 64, 150, 9, 40, 130]
+KV_BYTES = CONFIG.kv_cache_bytes
 CHAINS = {
     2: [(0, 3), (3, 8)],
     3: [(0, 1), (1, 5), (5, 8)],
@@ -32,8 +24,7 @@ CHAINS = {
 
 
 def _prompts() -> list[list[int]]:
-    rng = random.Random(0)
-    return [[rng.randrange(3, 400) for _ in range(n)] for n in PROMPT_LENS]  # the vocabulary has 466 ids
+    return prompts(0)
 
 
 def _greedy_params() -> list[dict]:
@@ -54,20 +45,9 @@ def _seeded_params() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def reference(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    tmp = tmp_path_factory.mktemp("reference")
-    spec = {
-        "max_num_batched_tokens": BATCHED,
-        "runs": {
-            "greedy": {"prompts": _prompts(), "params": _greedy_params()},
-            "seeded": {"prompts": _seeded_prompts(), "params": _seeded_params()},
-        },
-    }
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    script = Path(__file__).with_name("reference_generate.py")
-    cmd = [sys.executable, str(script), str(tiny_llama_path), str(tmp / "spec.json"), str(tmp / "out.json")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((tmp / "out.json").read_text())
+    runs = {"greedy": {"prompts": _prompts(), "params": _greedy_params()},
+            "seeded": {"prompts": _seeded_prompts(), "params": _seeded_params()}}
+    return plain_vllm(tiny_llama_path, tmp_path_factory.mktemp("reference"), runs)
 
 
 _workers: dict = {}

@@ -5,43 +5,31 @@ runs attention and MLP sharded over its two ranks (vLLM's all-reduce), the LM he
 logits, and samples. One plain-vLLM reference engine (a subprocess) is the only engine start-up.
 """
 
-import json
-import random
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from greedy_reference import (
+    CONFIG,
+    GREEDY,
+    PROMPT_LENS,
+    assert_same_tokens_and_logprobs,
+    greedy_chain,
+    plain_vllm,
+    prompts,
+)
 
 from vllm_helix.errors import EngineStartError, HelixError
-from vllm_helix.node.config import WorkerConfig
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
-BATCHED = 64  # the long prompts need chunked prefill, as in test_partial_worker.py
-CONFIG = WorkerConfig(kv_cache_bytes=64 << 20, max_num_batched_tokens=BATCHED, max_num_seqs=64, max_model_len=1024,
-                      dtype="float32", enforce_eager=True)
-PROMPT_LENS = [3, 17, 64, 150, 9, 40, 130]
-GREEDY = dict(temperature=0.0, max_tokens=12, logprobs=2)
-
-
-def _prompts() -> list[list[int]]:
-    rng = random.Random(1)
-    return [[rng.randrange(3, 400) for _ in range(n)] for n in PROMPT_LENS]
+SEED = 1
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    tmp = tmp_path_factory.mktemp("tp-reference")
-    spec = {"max_num_batched_tokens": BATCHED, "runs": {"greedy": {"prompts": _prompts(),
-                                                                   "params": [GREEDY] * len(PROMPT_LENS)}}}
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    script = Path(__file__).with_name("reference_generate.py")
-    proc = subprocess.run([sys.executable, str(script), str(tiny_llama_path), str(tmp / "spec.json"),
-                           str(tmp / "out.json")], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((tmp / "out.json").read_text())["greedy"]
+    runs = {"greedy": {"prompts": prompts(SEED), "params": [GREEDY] * len(PROMPT_LENS)}}
+    return plain_vllm(tiny_llama_path, tmp_path_factory.mktemp("tp-reference"), runs)["greedy"]
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +42,10 @@ def tp_node(tiny_llama_path: Path):
 
 
 def test_a_tp2_node_in_a_chain_gives_plain_vllm_tokens_and_logprobs(tiny_llama_path, reference, tp_node):
-    from vllm import SamplingParams
-
-    from vllm_helix.node.local_chain import LocalChain
     from vllm_helix.node.partial_worker import PartialLayerWorker
 
     first = PartialLayerWorker(str(tiny_llama_path), (0, 3), CONFIG)
-    out = LocalChain([first, tp_node]).generate(_prompts(), [SamplingParams(**GREEDY)] * len(PROMPT_LENS),
-                                                max_num_batched_tokens=BATCHED)
-    assert [g.token_ids for g in out] == [r["token_ids"] for r in reference]
-    for got, want in zip(out, reference, strict=True):
-        for row, ref_row in zip(got.logprobs, want["logprobs"], strict=True):
-            assert {str(t) for t in row} == set(ref_row)
-            assert all(abs(row[int(t)] - lp) < 1e-4 for t, lp in ref_row.items())
+    assert_same_tokens_and_logprobs(greedy_chain([first, tp_node], SEED), reference)
     assert tp_node.kv_usage() == 0  # every request's blocks came back
 
 
