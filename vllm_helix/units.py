@@ -88,11 +88,3 @@ def format_size(n_bytes: float) -> str:
         if n_bytes >= scale:
             return f"{n_bytes / scale:.6g}{unit}"
     return f"{n_bytes:.6g}B"
-
-
-def format_duration(seconds: float) -> str:
-    if seconds >= 1 or seconds == 0:
-        return f"{seconds:.6g}s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.6g}ms"
-    return f"{seconds * 1e6:.6g}us"

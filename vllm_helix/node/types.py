@@ -78,7 +78,3 @@ class KVStats:
     @property
     def total_tokens(self) -> int:
         return self.total_blocks * self.block_size
-
-    @property
-    def free_tokens(self) -> int:
-        return self.free_blocks * self.block_size
