@@ -131,6 +131,7 @@ def test_workers_in_namespaces_serve_encrypted_by_default(tiny_llama_path, plain
                  "secret": secret(serving_key), "message": "hello"}])
     finally:
         late.join(60)
+        time.sleep(5)  # the workers lose the coordinator (heartbeats) and say Hello again: SIGTERM ends them at once
         for process in workers:
             process.terminate()
             process.wait(30)

@@ -98,6 +98,7 @@ class NodeServer:
         self.running = True
         self.rejoin_reason: str | None = None  # out of routing: forget everything, say Hello again
         self.drain_deadline: float | None = None  # SIGTERM: when to leave at the latest
+        self.joining = True  # saying Hello, not in routing (yet, or again)
         self.start_timeout_s = 600.0
         self.stats = _Stats()  # since the last report
         self.served = _Stats()  # since the start, reported to the coordinator
@@ -114,7 +115,10 @@ class NodeServer:
     def wait_for_start(self, timeout_s: float) -> None:
         self.start_timeout_s = timeout_s  # also how long a node out of routing tries to rejoin
         deadline = time.monotonic() + timeout_s
+        self.joining = True
         while time.monotonic() < deadline:
+            if not self.running:  # SIGTERM while out of routing: nothing held, nothing to hand back
+                return
             try:
                 self.channel.send(COORDINATOR_PEER, self.hello())  # queued until the coordinator is there
             except (PeerLost, TransportTimeout):  # not up yet; the transport keeps re-dialling it
@@ -130,6 +134,7 @@ class NodeServer:
             if isinstance(message, p.Start):
                 self._trust(message.public_keys)
                 logger.info("node %s: cluster started", self.name)
+                self.joining = False
                 return
             if isinstance(message, p.Shutdown):
                 raise StartupError(f"node {self.name}: the coordinator shut down before the cluster started")
@@ -377,6 +382,10 @@ class NodeServer:
     def drain(self) -> None:
         """SIGTERM: ask the coordinator to move this node's requests elsewhere; leave when it says Shutdown."""
         if self.drain_deadline is not None:
+            return
+        if self.joining:  # out of routing (the coordinator is gone or has not let it in): it holds nothing
+            logger.info("node %s: SIGTERM while out of routing; leaving", self.name)
+            self.running = False
             return
         self.drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
         logger.info("node %s: draining (SIGTERM): no new requests; leaving once the coordinator moved ours", self.name)
