@@ -51,3 +51,9 @@ def assert_same_tokens_and_logprobs(out, reference: list[dict]) -> None:
         for row, ref_row in zip(got.logprobs, want["logprobs"], strict=True):
             assert {str(t) for t in row} == set(ref_row)
             assert all(abs(row[int(t)] - lp) < 1e-4 for t, lp in ref_row.items())
+
+
+def plain_vllm_greedy(model: Path, folder: Path, seed: int) -> list[dict]:
+    """Plain vLLM's answer to the greedy workload of `seed` (what greedy_chain runs)."""
+    runs = {"greedy": {"prompts": prompts(seed), "params": [GREEDY] * len(PROMPT_LENS)}}
+    return plain_vllm(model, folder, runs)["greedy"]

@@ -12,15 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from greedy_reference import (
-    CONFIG,
-    GREEDY,
-    PROMPT_LENS,
-    assert_same_tokens_and_logprobs,
-    greedy_chain,
-    plain_vllm,
-    prompts,
-)
+from greedy_reference import CONFIG, assert_same_tokens_and_logprobs, greedy_chain, plain_vllm_greedy
 
 pytestmark = [pytest.mark.gpu, pytest.mark.engine, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -30,8 +22,7 @@ SEED = 2
 
 @pytest.fixture(scope="module")
 def reference(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    runs = {"greedy": {"prompts": prompts(SEED), "params": [GREEDY] * len(PROMPT_LENS)}}
-    return plain_vllm(tiny_llama_path, tmp_path_factory.mktemp("gpu-reference"), runs)["greedy"]
+    return plain_vllm_greedy(tiny_llama_path, tmp_path_factory.mktemp("gpu-reference"), SEED)
 
 
 def test_partial_workers_on_the_gpu_equal_plain_vllm(tiny_llama_path, reference):

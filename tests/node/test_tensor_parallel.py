@@ -9,15 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from greedy_reference import (
-    CONFIG,
-    GREEDY,
-    PROMPT_LENS,
-    assert_same_tokens_and_logprobs,
-    greedy_chain,
-    plain_vllm,
-    prompts,
-)
+from greedy_reference import CONFIG, assert_same_tokens_and_logprobs, greedy_chain, plain_vllm_greedy
 
 from vllm_helix.errors import EngineStartError, HelixError
 
@@ -28,8 +20,7 @@ SEED = 1
 
 @pytest.fixture(scope="module")
 def reference(tiny_llama_path: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    runs = {"greedy": {"prompts": prompts(SEED), "params": [GREEDY] * len(PROMPT_LENS)}}
-    return plain_vllm(tiny_llama_path, tmp_path_factory.mktemp("tp-reference"), runs)["greedy"]
+    return plain_vllm_greedy(tiny_llama_path, tmp_path_factory.mktemp("tp-reference"), SEED)
 
 
 @pytest.fixture(scope="module")
