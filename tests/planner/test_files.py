@@ -56,6 +56,18 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def test_a_plan_keeps_its_routing_and_a_bad_one_is_a_clear_error(tmp_path):
+    ex = reference_example("ilp")
+    path = tmp_path / "direct.yaml"
+    direct = evaluate_plan(ex.cluster, ex.model, ex.placement, "ilp", routing="direct")
+    save_plan(direct, path)
+    loaded = load_plan(path)
+    assert loaded.flow.routing == "direct" and loaded.flow.arc_flow == pytest.approx(direct.flow.arc_flow)
+    path.write_text(path.read_text().replace("routing: direct", "routing: zigzag"))
+    with pytest.raises(ClusterSpecError, match="routing: 'zigzag' is not one of"):
+        load_plan(path)
+
+
 def test_format_modules_do_not_import_each_other():
     root = Path(planner_pkg.__file__).parent
     graph = {p.stem: _imports(p) for p in root.glob("*.py")}

@@ -4,9 +4,10 @@ import pytest
 from checks import PUBLISHED, check_flow
 
 from vllm_helix.errors import InfeasiblePlacement
-from vllm_helix.planner.cluster import cluster_from_dict
+from vllm_helix.planner.cluster import COORDINATOR, cluster_from_dict
 from vllm_helix.planner.examples import REFERENCE_METHODS, reference_example
 from vllm_helix.planner.flow import compatible_arcs, max_flow
+from vllm_helix.planner.live_flow import live_max_flow
 from vllm_helix.planner.model import ModelSpec
 from vllm_helix.planner.placement import LayerRange, Placement
 from vllm_helix.planner.throughput import NodeCapacity
@@ -128,3 +129,33 @@ def test_equal_max_flows_take_the_low_latency_replica(order):
     flow = max_flow(cluster, TINY, placement, capacities=caps(a=[500] * 4, b=[500] * 4))
     assert flow.value == pytest.approx(100)
     assert flow.node_flow == {"a": 0, "b": pytest.approx(100)}
+
+
+def test_spread_routing_keeps_replicas_below_the_busy_share_and_direct_fills_the_fastest():
+    cluster = cluster_from_dict({  # the coordinator caps the flow at 100 tokens/s; a is 4 ms further away
+        "coordinator": {"nic_out": "100B/s", "nic_in": "1GB/s"},
+        "nodes": [{"name": n, "gpu": "X", "vram": "1GB", "nic_in": "1GB/s", "nic_out": "1GB/s"} for n in "ab"],
+        "links": [{"between": ["coordinator", "a"], "bandwidth": "1MB/s", "latency": "5ms"}],
+        "default_link": {"bandwidth": "1MB/s", "latency": "1ms"},
+    })
+    placement = Placement({n: LayerRange(0, 4) for n in ("a", "b")})
+    capacities = caps(a=[100] * 4, b=[100] * 4)  # either replica alone could carry it all
+    spread = max_flow(cluster, TINY, placement, capacities=capacities)
+    direct = max_flow(cluster, TINY, placement, capacities=capacities, routing="direct")
+    assert spread.value == direct.value == pytest.approx(100)
+    assert (spread.routing, direct.routing) == ("spread", "direct")
+    assert spread.node_flow == {"a": pytest.approx(20), "b": pytest.approx(80)}  # b (fast) up to 80 % busy
+    assert direct.node_flow == {"a": 0, "b": pytest.approx(100)}  # b (fast) carries everything
+    with pytest.raises(ValueError, match="routing must be one of"):
+        max_flow(cluster, TINY, placement, capacities=capacities, routing="fastest")
+
+
+def test_live_flow_after_a_loss_keeps_the_plans_routing():
+    placement = Placement({"a": LayerRange(0, 2), "b": LayerRange(0, 2), "c": LayerRange(2, 4), "d": LayerRange(2, 4)})
+    capacities = caps(a=[100] * 4, b=[100] * 4, c=[1, 100, 1, 1], d=[1, 100, 1, 1])
+    cluster = tiny_cluster("abcd")
+    for routing, busiest in (("spread", 80), ("direct", 100)):
+        flow = max_flow(cluster, TINY, placement, capacities=capacities, routing=routing)
+        value, arcs = live_max_flow(flow, lost={"d"})  # c alone (100 tokens/s) is the bottleneck now
+        assert value == pytest.approx(100)
+        assert max(arcs[(COORDINATOR, "a")], arcs[(COORDINATOR, "b")]) == pytest.approx(busiest)

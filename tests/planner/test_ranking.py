@@ -222,3 +222,19 @@ def test_kv_balanced_pipelines_give_every_layer_at_least_kappa_kv_room():
     # the max-flow optimum (A100s x 8, L4s x 3, T4s x 2) leaves its A100 layers 631k slots; the KV-balanced
     # shapes go higher on every layer
     assert max(kappas) > 631072
+
+
+def test_shapes_with_replicas_are_offered_again_with_direct_routing():
+    from vllm_helix.planner.candidates import generate
+
+    ex = reference_example("ilp")
+    capacities = capacity_table(ex.cluster, ex.model)
+    found = list(itertools.islice(generate(ex.cluster, ex.model, capacities, "reference",
+                                           SolverOptions(solver="cpsat", work_limit=2)), 8))
+    pairs = [(a, b) for a, b in itertools.pairwise(found) if b.label == f"{a.label} direct"]
+    assert pairs and all(a.label.endswith("+replicas") for a, _ in pairs)
+    for spread, direct in pairs:
+        assert direct.plan.placement == spread.plan.placement and direct.plan.flow.value == spread.plan.flow.value
+        assert (spread.plan.flow.routing, direct.plan.flow.routing) == ("spread", "direct")
+        assert direct.plan.flow.arc_flow != spread.plan.flow.arc_flow
+    assert not any(c.label.endswith("direct") for c in found if "+replicas" not in c.label)

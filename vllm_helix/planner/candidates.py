@@ -13,6 +13,10 @@ offers the simulator plans of different shapes, cheapest and most promising firs
 5. the greedy and KV-balanced pipelines without replicas;
 6. the MILP under pipeline-depth bounds: every used node holds >= k layers, so a route has <= L / k stages.
 
+Each candidate's arc flows (the router's weights) spread the load below 80 % of every node where the flow
+allows; the shapes with replicas are also offered with direct routing (label suffix " direct": shortest routes
+first, spare replicas idle), right after their spread version (`flow.ROUTINGS`).
+
 Every candidate is an evaluated `Plan` (the evaluator's max flow and arc flows); generation is lazy so the
 caller can stop at any time.
 """
@@ -37,6 +41,7 @@ from vllm_helix.planner.plan import Plan, evaluate_plan
 from vllm_helix.planner.throughput import NodeCapacity
 
 HEURISTICS = ("petals", "swarm", "homogeneous")
+REPLICAS = "+replicas"  # shapes with the unused nodes added as replicas: also tried with direct routing
 MAX_DEPTH_BOUNDS = 3  # depth-bounded MILP runs (each one solver run under the work limit)
 
 
@@ -62,6 +67,13 @@ def generate(cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, No
                              partial_inference=result.partial_inference, details=result.details)
         return Candidate(label, plan) if plan.flow.value > 0 else None
 
+    def direct(candidate: Candidate) -> Candidate | None:
+        plan = candidate.plan
+        routed = evaluate_plan(cluster, model, plan.placement, plan.method, throughput=throughput,
+                               partial_inference=plan.partial_inference, details=plan.details, routing="direct")
+        same = routed.flow.arc_flow == plan.flow.arc_flow
+        return None if same else Candidate(f"{candidate.label} direct", routed)
+
     def solver(**changes) -> SolverOptions:
         limit = options.time_limit_s if deadline is None else min(options.time_limit_s, deadline - time.monotonic())
         return options.updated(time_limit_s=max(0.5, limit), **changes)
@@ -74,6 +86,9 @@ def generate(cluster: ClusterSpec, model: ModelSpec, capacities: Mapping[str, No
         candidate = fresh(label, result, method)
         if candidate is not None:
             yield candidate
+            routed = direct(candidate) if label.endswith(REPLICAS) else None
+            if routed is not None:
+                yield routed
 
 
 def _sources(cluster, model, capacities, options: SolverOptions, solver):
@@ -86,7 +101,7 @@ def _sources(cluster, model, capacities, options: SolverOptions, solver):
     shapes += [(f"greedy tau={tau / form.scale:.0f}", "greedy", placement,
                 {"greedy_tau_tokens_per_s": tau / form.scale}) for tau, placement in greedy_pipelines(form, cluster)]
     for label, method, placement, info in shapes:
-        yield (f"{label}+replicas", method,
+        yield (f"{label}{REPLICAS}", method,
                lambda p=placement, i=info: _fixed(with_replicas(form, p), options, i))
     for name in HEURISTICS:
         yield name, name, lambda name=name: getattr(heuristics, name)(cluster, model, capacities, seed=options.seed)

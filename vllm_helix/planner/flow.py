@@ -15,8 +15,9 @@ purpose: the min-cost max flow whose cost is each link's latency plus its per-to
 plus 1 per hop), so among equal max flows the flow takes short, fast routes. It runs networkx's network
 simplex on capacities scaled to integers (`scale` units per token/s, 1e6 by default), whose result depends
 only on the insertion order of the graph (cluster and placement order), never on Python's hash order: the
-same placement always writes the same plan. ``scale=None`` runs the reference's preflow-push on raw floats
-instead (its bit-compatible routing weights, e.g. for the S1 reproduction).
+same placement always writes the same plan. Nodes are kept below BUSY_SHARE of their compute where the flow
+allows ("spread" routing) or not ("direct"; see ROUTINGS). ``scale=None`` runs the reference's preflow-push on
+raw floats instead (its bit-compatible routing weights, e.g. for the S1 reproduction).
 
 Example:
     >>> from vllm_helix.planner.examples import reference_example
@@ -27,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +48,14 @@ GRAPHS = ("split", "planner")
 Arc = tuple[str, str]  # (src, dst) of a physical link; COORDINATOR at either end
 Edge = tuple[tuple[str, str], tuple[str, str]]  # an edge of the flow graph between (name, role) vertices
 
+BUSY_SHARE = 0.8  # a node's compute beyond this share of its capacity ...
+BUSY_COST = 10_000  # ... costs as much as 10 ms of route latency per unit of flow
+# The two ways of choosing among a placement's max flows that `vllm-helix plan` tries (the simulator judges):
+# "spread" keeps every node below BUSY_SHARE where the flow allows (a saturated node queues; this raised the
+# reference layouts' simulated decode throughput), "direct" takes the shortest, fastest routes whatever the
+# nodes' load, leaving spare replicas idle (fewer, fuller batches; on single24's KV-balanced plan +4.5 %).
+ROUTINGS = {"spread": BUSY_SHARE, "direct": 1.0}
+
 
 @dataclass(frozen=True, slots=True)
 class FlowResult:
@@ -57,6 +67,7 @@ class FlowResult:
     arc_capacity: dict[Arc, float]  # tokens/s each such link can carry
     min_cut: tuple[str, ...]  # the saturated capacities that bound the flow, human-readable
     graph: str
+    routing: str = "spread"  # how this max flow was chosen among equal ones (ROUTINGS)
 
     @property
     def used_arcs(self) -> list[Arc]:
@@ -93,19 +104,24 @@ def max_flow(
     partial_inference: bool = False,
     link_order: Sequence[Arc] | None = None,
     scale: float | None = 1e6,
+    routing: str = "spread",
 ) -> FlowResult:
     """Max flow (tokens/s) of `placement` on `cluster`, with per-arc flows and the min cut.
 
+    `routing` (a ROUTINGS name) chooses among the max flows, whose arc flows are the router's weights.
     Raises InfeasiblePlacement if the placement names unknown nodes or holds more layers than fit.
     """
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {tuple(ROUTINGS)}, got {routing!r}")
     capacities = capacities if capacities is not None else capacity_table(cluster, model, throughput)
     placement.validate(cluster.node_names, model.num_layers, {n: c.max_layers for n, c in capacities.items()})
     arcs = compatible_arcs(cluster, placement, model.num_layers, partial_inference, link_order)
     builder = _split_graph if graph == "split" else _planner_graph
-    g, arc_edges, node_edges = builder(cluster, model, placement, capacities, arcs)
-    return _solve(g, arc_edges, node_edges, scale, upper_bound(capacities, model.num_layers), graph)
+    g, arc_edges, node_edges = builder(cluster, model, placement, capacities, arcs, ROUTINGS[routing])
+    result = _solve(g, arc_edges, node_edges, scale, upper_bound(capacities, model.num_layers), graph)
+    return dataclasses.replace(result, routing=routing)
 
 
 # ------------------------------------------------------------------------------------ graphs
@@ -113,7 +129,7 @@ def max_flow(
 # node -> its compute edges).
 
 
-def _split_graph(cluster, model, placement, capacities, arcs):
+def _split_graph(cluster, model, placement, capacities, arcs, busy_share):
     token, hop = model.token_bytes, model.token_bytes + model.activation_bytes_per_token
     g = nx.DiGraph()
     g.add_edge(SOURCE, (COORDINATOR, "out"), capacity=cluster.coordinator.nic_out_bytes_per_s / token)
@@ -126,7 +142,7 @@ def _split_graph(cluster, model, placement, capacities, arcs):
         size_in = token if inbound[name] == {COORDINATOR} else hop
         size_out = token if outbound[name] == {COORDINATOR} else hop
         g.add_edge((name, "in"), (name, "start"), capacity=node.nic_in_bytes_per_s / size_in)
-        node_edges[name] = _add_compute(g, name, "start", "end", capacities[name].throughput(rng.size))
+        node_edges[name] = _add_compute(g, name, "start", "end", capacities[name].throughput(rng.size), busy_share)
         g.add_edge((name, "end"), (name, "out"), capacity=node.nic_out_bytes_per_s / size_out)
     arc_edges = {}
     for src, dst in arcs:
@@ -138,11 +154,11 @@ def _split_graph(cluster, model, placement, capacities, arcs):
     return g, arc_edges, node_edges
 
 
-def _planner_graph(cluster, model, placement, capacities, arcs):
+def _planner_graph(cluster, model, placement, capacities, arcs, busy_share):
     g = nx.DiGraph()
     node_edges = {}
     for name, rng in placement.ranges.items():
-        node_edges[name] = _add_compute(g, name, "in", "out", capacities[name].throughput(rng.size))
+        node_edges[name] = _add_compute(g, name, "in", "out", capacities[name].throughput(rng.size), busy_share)
     arc_edges = {}
     for src, dst in arcs:
         bandwidth = cluster.link(src, dst).bandwidth_bytes_per_s
@@ -159,18 +175,13 @@ def _planner_graph(cluster, model, placement, capacities, arcs):
     return g, arc_edges, node_edges
 
 
-BUSY_SHARE = 0.8  # a node's compute beyond this share of its capacity ...
-BUSY_COST = 10_000  # ... costs as much as 10 ms of route latency per unit of flow
-
-
-def _add_compute(g: nx.DiGraph, name: str, a: str, b: str, capacity: float) -> tuple[Edge, ...]:
-    """A node's compute capacity as two parallel edges: the first BUSY_SHARE free, the rest at BUSY_COST, so
-    among equal max flows the flow spreads over nodes before it saturates any (a saturated node queues:
-    in the simulator this raised decode throughput on the reference layouts, see the README's Planning). Returns the
-    edges out of `a` that carry the node's flow."""
-    g.add_edge((name, a), (name, b), capacity=capacity * BUSY_SHARE, weight=0)
-    g.add_edge((name, a), (name, "busy"), capacity=capacity * (1 - BUSY_SHARE), weight=BUSY_COST)
-    g.add_edge((name, "busy"), (name, b), capacity=capacity * (1 - BUSY_SHARE), weight=0)
+def _add_compute(g: nx.DiGraph, name: str, a: str, b: str, capacity: float, busy_share: float) -> tuple[Edge, ...]:
+    """A node's compute capacity as two parallel edges: the first `busy_share` free, the rest at BUSY_COST, so
+    among equal max flows the flow spreads over nodes before it saturates any. Returns the edges out of `a`
+    that carry the node's flow."""
+    g.add_edge((name, a), (name, b), capacity=capacity * busy_share, weight=0)
+    g.add_edge((name, a), (name, "busy"), capacity=capacity * (1 - busy_share), weight=BUSY_COST)
+    g.add_edge((name, "busy"), (name, b), capacity=capacity * (1 - busy_share), weight=0)
     return ((name, a), (name, b)), ((name, a), (name, "busy"))
 
 

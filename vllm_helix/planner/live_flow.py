@@ -4,8 +4,9 @@ Serving cannot wait for the placement solver when a node drops out, and need not
 some nodes are gone. The plan's flow result already holds every node's compute capacity and every arc's
 capacity, so the live cluster's flow network is that graph without the lost nodes (each node split in two
 by its compute capacity), solved with networkx's min-cost max flow. Costs as in the planner's graph: one unit
-per hop (short routes first), and a node's compute beyond BUSY_SHARE of its capacity costs BUSY_COST, so the
-flow spreads over the nodes left before it saturates any. Milliseconds for a plan of dozens of nodes.
+per hop (short routes first), and with the plan's "spread" routing a node's compute beyond BUSY_SHARE of its
+capacity costs BUSY_COST, so the flow spreads over the nodes left before it saturates any. Milliseconds for a
+plan of dozens of nodes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import networkx as nx
 from networkx.algorithms.flow.mincost import max_flow_min_cost
 
 from vllm_helix.planner.cluster import COORDINATOR
-from vllm_helix.planner.flow import BUSY_COST, BUSY_SHARE, FlowResult
+from vllm_helix.planner.flow import BUSY_COST, ROUTINGS, FlowResult
 
 Arc = tuple[str, str]
 _SCALE = 1000  # integer capacities for network simplex: units of 1/1000 token/s
@@ -25,9 +26,10 @@ _SCALE = 1000  # integer capacities for network simplex: units of 1/1000 token/s
 def live_max_flow(flow: FlowResult, lost: Collection[str] = ()) -> tuple[float, dict[Arc, float]]:
     """(max flow in tokens/s, flow of each arc) of the plan's flow graph without the `lost` nodes."""
     g = nx.DiGraph()
+    busy_share = ROUTINGS[flow.routing]  # the plan's own way of choosing among max flows
     for node, capacity in flow.node_capacity.items():
         if node not in lost:
-            free = round(capacity * BUSY_SHARE * _SCALE)
+            free = round(capacity * busy_share * _SCALE)
             g.add_edge((node, "in"), (node, "out"), capacity=free, weight=0)
             g.add_edge((node, "in"), (node, "busy"), capacity=round(capacity * _SCALE) - free, weight=BUSY_COST)
             g.add_edge((node, "busy"), (node, "out"), capacity=round(capacity * _SCALE) - free, weight=0)

@@ -17,7 +17,7 @@ import yaml
 
 from vllm_helix.errors import ClusterSpecError
 from vllm_helix.planner.cluster import ClusterSpec, cluster_from_dict, cluster_to_dict
-from vllm_helix.planner.flow import FlowResult, max_flow
+from vllm_helix.planner.flow import ROUTINGS, FlowResult, max_flow
 from vllm_helix.planner.model import ModelSpec
 from vllm_helix.planner.placement import LayerRange, Placement
 from vllm_helix.planner.profiles import measured_documents, register_measured
@@ -42,10 +42,12 @@ class Plan:
 def evaluate_plan(
     cluster: ClusterSpec, model: ModelSpec, placement: Placement, method: str, *,
     throughput: str = "reference", partial_inference: bool = False, details: dict[str, Any] | None = None,
+    routing: str = "spread",
 ) -> Plan:
-    """Fix the placement, compute its max flow with the evaluator, and wrap it as a Plan."""
+    """Fix the placement, compute its max flow with the evaluator (`routing`: flow.ROUTINGS), and wrap it as a Plan."""
     throughput = choose_source(throughput, cluster, model)
-    flow = max_flow(cluster, model, placement, throughput=throughput, partial_inference=partial_inference)
+    flow = max_flow(cluster, model, placement, throughput=throughput, partial_inference=partial_inference,
+                    routing=routing)
     return Plan(cluster, model, placement, flow, method, throughput, partial_inference, dict(details or {}))
 
 
@@ -62,6 +64,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "max_flow_tokens_per_s": round(flow.value, 6),
         "upper_bound_tokens_per_s": round(flow.upper_bound, 6),
         "graph": flow.graph,
+        "routing": flow.routing,
         "min_cut": list(flow.min_cut),
         "nodes": [
             {
@@ -114,10 +117,17 @@ def plan_from_dict(data: Any, source: str) -> Plan:
         arc_capacity={(a["from"], a["to"]): float(a["capacity_tokens_per_s"]) for a in data["arcs"]},
         min_cut=tuple(data.get("min_cut", ())),
         graph=data.get("graph", "split"),
+        routing=_routing(data.get("routing", "spread"), source),
     )
     return Plan(cluster, model, Placement(ranges), flow, data["method"], data.get("throughput_model", "reference"),
                 bool(data.get("partial_inference", False)), data.get("details") or {},
                 _public_keys(data.get("public_keys") or {}, source))
+
+
+def _routing(name: Any, source: str) -> str:
+    if name not in ROUTINGS:
+        raise ClusterSpecError(f"{source}: routing: {name!r} is not one of {sorted(ROUTINGS)}")
+    return name
 
 
 def _public_keys(keys: Any, source: str) -> dict[str, str]:

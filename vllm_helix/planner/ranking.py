@@ -215,14 +215,14 @@ def format_table(result: SearchResult, objective: Objective) -> str:
         return "-" if v is None else fmt.format(v)
 
     confirm = f"decode {objective.confirm_window_s:.0f}s" if objective.confirms else ""
-    head = (f"{'#':>2}  {'candidate':<22} {'max flow':>9} {'estimate':>9} {'decode':>8} {'total':>8} "
+    head = (f"{'#':>2}  {'candidate':<28} {'max flow':>9} {'estimate':>9} {'decode':>8} {'total':>8} "
             f"{'prompt p50/p95 s':>17} {'decode p50/p95 s':>17}" + (f" {confirm:>12}" if confirm else ""))
     if objective.online:
         head += f"  {'online p95 @ ' + format(objective.rate, '.0f'):>16}"
     lines = [head]
     for i, r in enumerate(result.ranked, 1):
         s = r.score
-        line = (f"{i:>2}  {r.candidate.label:<22} {s.max_flow:9.1f} {s.estimate:9.1f} "
+        line = (f"{i:>2}  {r.candidate.label:<28} {s.max_flow:9.1f} {s.estimate:9.1f} "
                 f"{num(s.decode_tokens_per_s):>8} {num(s.total_tokens_per_s):>8} "
                 f"{num(s.prompt_p50_s, '{:.2f}') + '/' + num(s.prompt_p95_s, '{:.2f}'):>17} "
                 f"{num(s.decode_p50_s, '{:.2f}') + '/' + num(s.decode_p95_s, '{:.2f}'):>17}")
