@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import ctypes
 import json
+import os
 import time
 import urllib.request
 
 WORKLOAD = [f"{i} little robots counted {'the stars ' * (i % 4 + 1)}in the night sky, and then" for i in range(16)]
 MAX_TOKENS = 40
+PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH, WALL = 0x4206, 0x4207, 17, 0x40000000  # <sys/ptrace.h>, __WALL
 
 
 def stream(url: str, model, prompt: str, progress: list[int] | None = None) -> tuple[list[int], str]:
@@ -61,3 +65,20 @@ def wait_for(condition, timeout_s: float, what: str, poke=None) -> float:
 def health(url: str) -> int:
     with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=10) as response:
         return response.status
+
+
+@contextlib.contextmanager
+def main_thread_stopped(pid: int):
+    """Stop only the main thread of process `pid` (a ptrace interrupt; root), as a step hung in a wedged kernel
+    would: its other threads, the transport's I/O thread answering heartbeats among them, run on. Call from one
+    thread (ptrace ties the stop to the thread that made it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    if libc.ptrace(PTRACE_SEIZE, pid, None, None) != 0:
+        raise OSError(ctypes.get_errno(), f"ptrace cannot seize thread {pid}")
+    try:
+        libc.ptrace(PTRACE_INTERRUPT, pid, None, None)
+        os.waitpid(pid, WALL)  # until it is stopped
+        yield
+    finally:
+        libc.ptrace(PTRACE_DETACH, pid, None, None)  # it runs on

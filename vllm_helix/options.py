@@ -64,7 +64,8 @@ OPTIONS = (
     Option("--helix-start-timeout", "start_timeout_s", float, _NODE.start_timeout_s,
            "seconds to wait for every worker of the plan to come up", problem=_positive),
     Option("--helix-step-timeout", "step_timeout_s", float, 120.0,
-           "seconds a batch may take through the cluster before its requests are recomputed on another route",
+           "seconds a batch may take through the cluster before its requests are recomputed on another route "
+           "(the first node on its route silent that long is lost)",
            problem=_positive),
     Option("--helix-reroute-timeout", "reroute_timeout_s", float, 60.0,
            "seconds a request waits for a complete route when lost nodes left none, before it fails",

@@ -11,7 +11,7 @@ from vllm.v1.core.sched.output import CachedRequestData, NewRequestData, Schedul
 from vllm_helix import wire as p
 from vllm_helix.coordinator.batches import BatchBook
 from vllm_helix.coordinator.local_nodes import LocalNodes
-from vllm_helix.coordinator.membership import Membership
+from vllm_helix.coordinator.membership import Membership, stuck_nodes
 from vllm_helix.planner.live_flow import live_max_flow
 
 
@@ -71,6 +71,23 @@ def test_a_step_timeout_drops_its_requests_for_rerouting():
     book = BatchBook(_outputs, step_timeout_s=0.0)
     batch, _ = book.build(_new("r", [1, 2], 2), {"r": ["head", "x"]})
     assert book.expire() == ["r"] and batch.future.result() == {"r": []} and book.take_failed() == {}
+
+
+def test_a_timed_out_step_is_blamed_on_the_first_silent_node_of_its_route():
+    book = _route_book({"head": 4096, "x": 4096, "y": 4096})
+    assert book.admit("r1", 10, 10) and book.admit("r2", 10, 10)
+    routes = book.routes_of(["r1", "r2", "gone"])
+    assert sorted(map(tuple, routes)) == sorted(tuple(book.routes[r]) for r in ("r1", "r2"))
+    everyone = {n for route in routes for n in route}
+    now = 100.0
+    assert stuck_nodes(routes, dict.fromkeys(everyone, now - 1), now, 5.0) == []  # all reporting: a lost message
+    route = routes[0]  # head -> a branch node
+    reporting = dict.fromkeys(everyone, now - 1)
+    # the head stuck mid-step (silent since t=90): the branch node after it, which never got the step and
+    # holds nothing, is silent too (it never reported) but not blamed
+    assert stuck_nodes([route], {**reporting, "head": now - 10, route[1]: float("-inf")}, now, 5.0) == ["head"]
+    assert stuck_nodes([route], {**reporting, route[1]: now - 10}, now, 5.0) == [route[1]]  # the branch node
+    assert stuck_nodes([route], {route[1]: now}, now, 5.0) == ["head"]  # a node that never reported at all
 
 
 def test_live_max_flow_follows_the_lost_nodes_and_the_router_avoids_them():

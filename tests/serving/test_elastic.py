@@ -7,12 +7,15 @@ order: SIGKILL of elastic-c mid-stream (every request completes with exactly the
 coordinator restarts elastic-c and routes pass through it again); SIGTERM of elastic-b mid-stream (it drains:
 no request fails, it exits 0); with elastic-b gone, SIGSTOP of elastic-c leaves no complete route: a request
 waits --helix-reroute-timeout and fails with the lost nodes in the log, and one sent before SIGCONT completes;
-elastic-b started again rejoins and serves. (The tests run in this order and build on each other.)
+elastic-b started again rejoins and serves; elastic-c stuck in a step (its serving thread stopped, its link
+alive) is lost at the step timeout, its requests complete elsewhere, and it rejoins once it runs on. (The tests
+run in this order and build on each other.)
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import re
 import signal
@@ -25,7 +28,7 @@ import urllib.request
 
 import psutil
 import pytest
-from elastic_helpers import MAX_TOKENS, health, run_workload, wait_for
+from elastic_helpers import MAX_TOKENS, health, main_thread_stopped, run_workload, wait_for
 from serve_helpers import COMMON, local_worker, post, write_plan
 
 from vllm_helix.coordinator.local_nodes import free_port
@@ -34,6 +37,7 @@ from vllm_helix.vllm_server import VllmServer
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 ENV = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="nobind")
 REROUTE_TIMEOUT_S = 15
+STEP_TIMEOUT_S = 20
 
 
 class Cluster:
@@ -71,7 +75,8 @@ def cluster(tiny_llama_path, tmp_path_factory):
                    "--max-num-seqs", "32", "--enforce-eager", "--kv-fraction", "0.05"]
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--enforce-eager",
                                           "--helix-route-log", str(tmp / "routes.log"),
-                                          "--helix-reroute-timeout", str(REROUTE_TIMEOUT_S), *COMMON],
+                                          "--helix-reroute-timeout", str(REROUTE_TIMEOUT_S),
+                                          "--helix-step-timeout", str(STEP_TIMEOUT_S), *COMMON],
                         log_path=tmp / "serve.log")
     setup = Cluster("", server, tmp / "routes.log", plan, tiny_llama_path, worker_args, tmp)
     setup.start_worker()
@@ -165,3 +170,24 @@ def test_a_worker_started_again_rejoins_without_a_server_restart(cluster, undist
     before = len(cluster.route_lines())
     assert run_workload(cluster) == undisturbed
     assert any("elastic-b" in line for line in cluster.route_lines()[before:])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="stopping one thread of another process needs ptrace (root)")
+def test_a_node_stuck_in_a_step_is_lost_at_the_step_timeout_and_rejoins(cluster, undisturbed):
+    """elastic-c's serving thread stops mid-stream while its transport thread keeps its link alive (no heartbeat
+    is missed): the step timeout finds it silent, its requests complete on elastic-b, and it comes back."""
+    before = len(cluster.route_lines())
+    node = cluster.local_node("elastic-c")
+    with contextlib.ExitStack() as stack:
+        def stick():
+            assert any("elastic-c" in line for line in cluster.route_lines()[before:]), "no stream through elastic-c"
+            stack.enter_context(main_thread_stopped(node.pid))
+
+        assert run_workload(cluster, stick) == undisturbed
+        log = cluster.server.log_path.read_text()
+        assert re.search(r"Helix node elastic-c lost: stuck in a step: no answer and no report for 20 s; "
+                         r"rerouting [1-9]", log)
+        assert "elastic-c lost: its link" not in log.split("stuck in a step")[-1]  # heartbeats went on
+    wait_for(lambda: log.count("Helix node elastic-c [2, 8) rejoined") <
+             cluster.server.log_path.read_text().count("Helix node elastic-c [2, 8) rejoined"), 300,
+             "elastic-c rejoined after it ran on")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from vllm_helix import wire as p
 from vllm_helix.coordinator.batches import BatchBook, MakeOutput
 from vllm_helix.coordinator.launchers import launcher_for
-from vllm_helix.coordinator.membership import Membership
+from vllm_helix.coordinator.membership import Membership, stuck_nodes
 from vllm_helix.coordinator.metrics import ClusterMetrics
 from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import (
@@ -338,11 +338,15 @@ class ServingCoordinator:
             self.members.restarting(name)
 
     def _expire(self) -> None:
+        timeout = self.options["step_timeout_s"]
         late = self.book.expire()
-        if late:
-            logger.error("Helix: no answer for requests %s within %.0f s; rerouting them", late,
-                         self.options["step_timeout_s"])
-            self.members.reroute(late)
+        if not late or self.routes is None:
+            return
+        routes = self.routes.routes_of(late)  # before the scheduler moves them
+        logger.error("Helix: no answer for requests %s within %.0f s; rerouting them", late, timeout)
+        self.members.reroute(late)
+        for node in stuck_nodes(routes, self.metrics.last_reports(), time.monotonic(), timeout):
+            self._lose(node, f"stuck in a step: no answer and no report for {timeout:.0f} s", reset=True)
 
     def _lose(self, node: str | None, reason: str, *, reset: bool = False, draining: bool = False) -> None:
         """Stop routing through a lost node; the requests routed through it move to other routes (replayed)."""

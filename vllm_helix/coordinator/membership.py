@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 UP, DRAINING, DRAINED = "up", "draining", "drained"
 
@@ -92,3 +92,21 @@ class Membership:
         with self._lock:
             taken, self._reroute = self._reroute, set()
         return taken
+
+
+
+def stuck_nodes(routes: Iterable[Sequence[str]], last_report: Mapping[str, float], now: float,
+                silence_s: float) -> list[str]:
+    """The node each of `routes` (those of a step that timed out) is stuck at: its first node silent for `silence_s`.
+
+    A node holding requests reports (Busy) every second from its serving loop, between batches, while the
+    transport's own thread keeps answering heartbeats; so a node on a timed-out step's route that has been silent
+    as long as the step timeout is stuck in a step (a hung kernel, a wedged device). The nodes after it on the
+    route may be silent too, only because the step never reached them: the first silent one is the culprit.
+    """
+    stuck = set()
+    for route in routes:
+        silent = [n for n in route if now - last_report.get(n, float("-inf")) >= silence_s]
+        if silent:
+            stuck.add(silent[0])
+    return sorted(stuck)

@@ -110,6 +110,11 @@ class ClusterMetrics:
             self.drift[busy.node].update(now, Work.of(busy))
         self.publish()
 
+    def last_reports(self) -> dict[str, float]:
+        """When each node's latest report arrived (monotonic seconds), for the nodes that reported."""
+        with self._lock:
+            return {n: node.last_at for n, node in self.nodes.items() if node.last is not None}
+
     def on_admit(self, request_id: str, route: Iterable[str]) -> None:
         key = ">".join(route)
         with self._lock:

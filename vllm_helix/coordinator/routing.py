@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from vllm_helix.planner.cluster import COORDINATOR
@@ -103,6 +104,11 @@ class RouteBook:
         lost = f"; lost: {', '.join(sorted(self.lost))}" if self.lost else ""
         logger.info("Helix live max flow %.1f tokens/s of the planned %.1f (%.0f%%)%s", self.live_flow,
                     self.planned_flow, 100 * self.live_flow / self.planned_flow if self.planned_flow else 0, lost)
+
+    def routes_of(self, request_ids: Iterable[str]) -> list[list[str]]:
+        """The routes (nodes in order) of those of `request_ids` that hold one."""
+        with self._lock:
+            return [self.routes[rid] for rid in request_ids if rid in self.routes]
 
     def routes_through(self, node: str) -> list[str]:
         with self._lock:
