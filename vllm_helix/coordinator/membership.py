@@ -94,7 +94,6 @@ class Membership:
         return taken
 
 
-
 def stuck_nodes(routes: Iterable[Sequence[str]], last_report: Mapping[str, float], now: float,
                 silence_s: float) -> list[str]:
     """The node each of `routes` (those of a step that timed out) is stuck at: its first node silent for `silence_s`.
