@@ -8,8 +8,9 @@ coordinator restarts elastic-c and routes pass through it again); SIGTERM of ela
 no request fails, it exits 0); with elastic-b gone, SIGSTOP of elastic-c leaves no complete route: a request
 waits --helix-reroute-timeout and fails with the lost nodes in the log, and one sent before SIGCONT completes;
 elastic-b started again rejoins and serves; elastic-c stuck in a step (its serving thread stopped, its link
-alive) is lost at the step timeout, its requests complete elsewhere, and it rejoins once it runs on. (The tests
-run in this order and build on each other.)
+alive) is lost at the step timeout, its requests complete elsewhere, and it rejoins once it runs on; with its
+weights gone, elastic-c killed again crashes at every restart and is given up on. (The tests run in this order
+and build on each other.)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import concurrent.futures as cf
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -64,6 +67,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tiny_llama_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("elastic")
+    tiny_llama_path = Path(shutil.copytree(tiny_llama_path, tmp / "model"))  # its own: the last test breaks it
     nodes = {"name": "elastic", "coordinator": {"address": f"127.0.0.1:{free_port()}"},
              "nodes": [{"name": "elastic-a", "gpu": "cpu", "gpus": 4, "vram": "4GB", "address": "local"},
                        {"name": "elastic-b", "gpu": "cpu", "gpus": 2, "vram": "4GB",
@@ -191,3 +195,19 @@ def test_a_node_stuck_in_a_step_is_lost_at_the_step_timeout_and_rejoins(cluster,
     wait_for(lambda: log.count("Helix node elastic-c [2, 8) rejoined") <
              cluster.server.log_path.read_text().count("Helix node elastic-c [2, 8) rejoined"), 300,
              "elastic-c rejoined after it ran on")
+
+
+def test_a_local_node_that_keeps_crashing_at_start_up_is_given_up_with_its_log(cluster):
+    """elastic-c's weights are gone (a broken disk): killed, it is restarted and crashes loading them, again and
+    again; the coordinator gives up on it with the tail of its log, and serving goes on through elastic-b."""
+    weights = cluster.model / "model.safetensors"
+    weights.rename(cluster.tmp / "weights.hidden")
+    cluster.local_node("elastic-c").send_signal(signal.SIGKILL)
+    wait_for(lambda: "Helix gives up on local node elastic-c" in cluster.server.log_path.read_text(), 600,
+             "elastic-c given up on")
+    log = cluster.server.log_path.read_text().split("Helix gives up on local node elastic-c")[-1]
+    assert "exited 3 times in a row before it came up" in log
+    assert re.search(r"(?i)weights", log.split("ends:")[1]), "the error shows no cause from the node's log"
+    assert health(cluster.url) == 200
+    body = {"model": str(cluster.model), "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
+    assert post(cluster.url, "/completions", body)["choices"][0]["finish_reason"] == "length"
