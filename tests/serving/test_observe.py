@@ -4,7 +4,8 @@ serves, helix_* metrics on `vllm serve`'s /metrics that move during a burst, and
 `vllm serve` with a CPU-capped node they are not verified yet.)
 
 One profile (the short sweep, eager as the server) and one server serve the whole module: the 3-node chain of
-examples/local3-placement.yaml, planned with the measured profile.
+examples/local3-placement.yaml, planned with the measured profile, behind two API servers (`--api-server-count 2`:
+vLLM's multiprocess registry, the harder path; one API server's is on the drift test's server).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def server(measured_plan, tiny_llama_path, tmp_path_factory):
     plan, _ = measured_plan
     log = tmp_path_factory.mktemp("observe-serve") / "serve.log"
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--enforce-eager",
-                                          *COMMON], log_path=log,)
+                                          "--api-server-count", "2", *COMMON], log_path=log)
     with server as url:
         yield url.removesuffix("/v1"), server
 
@@ -135,3 +136,13 @@ def test_a_measured_plan_serves_and_its_metrics_move_during_a_burst(server, tiny
     table = cli("status", "--url", url).stdout
     assert "node-b" in table and "[2, 5)" in table and "bottleneck (busiest live node): node-" in table, table
     assert "route node-a -> node-b -> node-c" in table
+
+
+def test_every_api_server_exports_the_helix_metrics(server):
+    """Each API server builds its registry over vLLM's PROMETHEUS_MULTIPROC_DIR, where the engine core writes."""
+    url, _ = server
+    for _ in range(8):  # a new connection each: either API server may accept it
+        metrics = scrape(url)
+        assert _node_values(metrics, "helix_node_up") == dict.fromkeys(["node-a", "node-b", "node-c"], 1.0)
+        assert _node_values(metrics, "helix_node_layer_end") == {"node-a": 2, "node-b": 5, "node-c": 8}
+        assert metrics["helix_planned_max_flow_tokens_per_second"][0][1] > 0
