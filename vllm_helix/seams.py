@@ -311,18 +311,31 @@ def _check_metrics_registry() -> None:
     from vllm.v1.metrics import prometheus
 
     _need("get_prometheus_registry" in _source(metrics.attach_router), "/metrics serves get_prometheus_registry()")
-    _need("PROMETHEUS_MULTIPROC_DIR" in _source(prometheus.get_prometheus_registry),
-          "get_prometheus_registry switches on PROMETHEUS_MULTIPROC_DIR")
+    _need("PROMETHEUS_MULTIPROC_DIR" in _source(prometheus.get_prometheus_registry)
+          and "MultiProcessCollector" in _source(prometheus.get_prometheus_registry),
+          "get_prometheus_registry switches on PROMETHEUS_MULTIPROC_DIR to a MultiProcessCollector")
+    from vllm.entrypoints.cli import serve
+
+    multi = _source(serve.run_multi_api_server)
+    _need(0 <= multi.index("setup_multiprocess_prometheus()") < multi.index("launch_core_engines("),
+          "several API servers: PROMETHEUS_MULTIPROC_DIR is set before the engine core starts (it inherits it)")
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    _need({"metric_name", "name", "labelnames", "labelvalues", "help_text"} <= _params(mmap_key)
+          and hasattr(MmapedDict, "write_value"), "prometheus_client's multiprocess value files")
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         _need(prometheus.get_prometheus_registry() is REGISTRY, "one API server: /metrics is the global REGISTRY")
 
 
 SEAMS: tuple[Seam, ...] = (
-    Seam("metrics-registry", "coordinator/metrics.expose",
-         "vllm.v1.metrics.prometheus.get_prometheus_registry (prometheus_client.REGISTRY with one API server)",
-         "the coordinator runs in the engine-core process, /metrics is the API server's registry, and vLLM has no "
-         "hook to add a collector: helix_* values cross as snapshot files and a collector on that registry reads "
-         "them", "vLLM lets plugins add collectors to /metrics (or exports engine-core metrics itself)",
+    Seam("metrics-registry", "coordinator/metrics.expose, ClusterMetrics",
+         "vllm.v1.metrics.prometheus.get_prometheus_registry (prometheus_client.REGISTRY with one API server, a "
+         "MultiProcessCollector over PROMETHEUS_MULTIPROC_DIR with several), set by run_multi_api_server before "
+         "the engine core starts",
+         "the coordinator runs in the engine-core process, /metrics is the API servers' registry, and vLLM has no "
+         "hook to add a collector: helix_* values cross as prometheus_client multiprocess value files, in vLLM's "
+         "PROMETHEUS_MULTIPROC_DIR with several API servers, in a folder whose collector is on REGISTRY with one",
+         "vLLM lets plugins add collectors to /metrics (or exports engine-core metrics itself)",
          _check_metrics_registry),
     Seam("cli-args", "plugin._patch_cli", "EngineArgs.add_cli_args (replaced)",
          "vLLM has no plugin hook for CLI options; `--executor helix` and `--helix-*` must be in `vllm serve`'s parser",

@@ -1,11 +1,11 @@
 """The coordinator's metrics and plan-vs-real checks without an engine: node reports in, a real Prometheus
-endpoint (prometheus_client's HTTP server over the snapshot collector) out, read by `vllm-helix status`.
+endpoint (prometheus_client's HTTP server over a multiprocess collector of the values folder, as vLLM's
+/metrics with several API servers) out, read by `vllm-helix status`.
 (The same through `vllm serve`, with a CPU-capped node: tests/serving/test_observe.py.)"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import subprocess
@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from vllm_helix import wire as p
 from vllm_helix.cli import main
 from vllm_helix.coordinator import drift
 from vllm_helix.coordinator.drift import Expectation, NodeDrift, Work
 from vllm_helix.coordinator.local_nodes import free_port
-from vllm_helix.coordinator.metrics import ClusterMetrics, SnapshotCollector
+from vllm_helix.coordinator.metrics import ClusterMetrics, forget_dead_processes
 from vllm_helix.planner.files import load_cluster, load_placement
 from vllm_helix.planner.model import model_from_hf_config
 from vllm_helix.planner.plan import evaluate_plan
@@ -104,11 +104,10 @@ def test_metrics_reach_a_prometheus_endpoint_and_status_prints_them(plan, tmp_pa
     metrics.on_wait("r2")  # one request waiting over several steps counts once
     metrics.on_failed(2)
     metrics.publish()  # the receive loop's tick does this every second
-    snapshot = json.loads((tmp_path / f"{os.getpid()}.json").read_text())["families"]
-    assert snapshot["helix_node_kv_blocks_used"][1] == [{"node": "node-b"}, 5.0]
+    assert [p.name for p in tmp_path.iterdir()] == [f"gauge_livemostrecent_{os.getpid()}.db"]
 
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(str(tmp_path)))
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
     with prometheus_endpoint(registry) as url:
         assert main(["status", "--url", url]) == 0
     out = capsys.readouterr().out
@@ -120,7 +119,7 @@ def test_metrics_reach_a_prometheus_endpoint_and_status_prints_them(plan, tmp_pa
     assert "route node-a -> node-b -> node-c: 1" in out
     assert f"planned {plan.flow.value:.1f} tokens/s, live {plan.flow.value:.1f}" in out
     metrics.close()
-    assert not list(tmp_path.glob("*.json"))
+    assert not list(tmp_path.iterdir())  # a closed engine core's values are gone
 
 
 def test_status_of_a_server_without_helix_metrics_is_a_one_line_error(capsys):
@@ -132,17 +131,18 @@ def test_status_of_a_server_without_helix_metrics_is_a_one_line_error(capsys):
     assert "cannot read" in capsys.readouterr().err
 
 
-def test_the_snapshot_of_an_engine_core_that_died_is_not_exported(plan, tmp_path):
+def test_the_values_of_an_engine_core_that_died_are_not_exported(plan, tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()  # its pid is free now: an engine core killed before it could remove its snapshot
+    gone.wait()  # its pid is free now: an engine core killed before it could remove its value file
     stale = ClusterMetrics(plan, "plan.yaml", "/models/tiny", folder=str(tmp_path))
     stale.on_busy(busy("node-a", Work(1.0, 10, 100, 80), kv_used_blocks=3, kv_total_blocks=40), now=100.0)
-    stale.publish()
-    (tmp_path / f"{os.getpid()}.json").rename(tmp_path / f"{gone.pid}.json")
+    mine, stale_file = (tmp_path / f"gauge_livemostrecent_{pid}.db" for pid in (os.getpid(), gone.pid))
+    mine.rename(stale_file)
     live = ClusterMetrics(plan, "plan.yaml", "/models/tiny", folder=str(tmp_path))
     live.publish()
-    families = {f.name: f for f in SnapshotCollector(str(tmp_path)).collect()}
-    used = [s.value for s in families["helix_node_kv_blocks_used"].samples]
+    forget_dead_processes(str(tmp_path))  # what expose() does with the folder it is given
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == [mine.name] and not stale_file.exists()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+    used = [s.value for f in registry.collect() if f.name == "helix_node_kv_blocks_used" for s in f.samples]
     assert used == [0.0, 0.0, 0.0]  # the live core's three nodes only
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == [f"{os.getpid()}.json"]
-    live.close()

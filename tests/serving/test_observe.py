@@ -1,16 +1,25 @@
 """Knowing the cluster, end to end: `vllm-helix profile` of the tiny model on this CPU, a plan made from it that
-serves, helix_* metrics on `vllm serve`'s /metrics that move during a burst, and `vllm-helix status`.
-(The plan-vs-real checks are tested on node reports in tests/coordinator/test_metrics_and_drift.py; through
-`vllm serve` with a CPU-capped node they are not verified yet.)
+serves, helix_* metrics on `vllm serve`'s /metrics that move during a burst, `vllm-helix status`, and the drift
+warning for a node slowed by a real CPU cap (and none for the others). The drift arithmetic on node reports:
+tests/coordinator/test_metrics_and_drift.py.
 
 One profile (the short sweep, eager as the server) and one server serve the whole module: the 3-node chain of
-examples/local3-placement.yaml, planned with the measured profile.
+examples/local3-placement.yaml, planned with the measured profile, behind two API servers (`--api-server-count 2`:
+vLLM's multiprocess registry, the harder path).
+
+Conditions, so that "as fast as its profile" holds on a small shared host: the profile and the nodes run one
+torch thread each (OMP_NUM_THREADS=1: two threads spinning at an OpenMP barrier on 2 shared cores ran nodes at
+25-45 % of their profile), and, as root, the profile and node-a, node-b each in a cgroup with 20 times the default
+CPU weight (their own core, as far as a contended host gives one); node-c is capped at 1/8 of a core
+(cgroup CFS quota): the slowed node.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -19,7 +28,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from serve_helpers import COMMON, post
+from cpu_cap import CpuCap
+from serve_helpers import COMMON, local_worker, post
 
 from vllm_helix.planner.profiles import load_profile_file
 from vllm_helix.status import scrape
@@ -27,10 +37,15 @@ from vllm_helix.vllm_server import VllmServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+CAPS = CpuCap.available()  # root and a cgroup cpu controller
+SLOWED_SHARE = 0.125  # of one core, for node-c
+DRIFT_HOLD_S = 10  # instead of a minute
 
 
-def cli(*args, check=True):
-    done = subprocess.run([sys.executable, "-m", "vllm_helix.cli", *map(str, args)], capture_output=True, text=True)
+def cli(*args, check=True, cap=None):
+    done = subprocess.run([sys.executable, "-m", "vllm_helix.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **ONE_THREAD}, preexec_fn=cap.enter if cap else None)
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -39,7 +54,9 @@ def cli(*args, check=True):
 @pytest.fixture(scope="module")
 def profiled(tiny_llama_path, tmp_path_factory):
     folder = tmp_path_factory.mktemp("profiles")
-    cli("profile", "--model", tiny_llama_path, "--quick", "--enforce-eager", "-o", folder / "cpu.json")
+    with contextlib.ExitStack() as stack:
+        cap = stack.enter_context(CpuCap("profile", None, weight=20)) if CAPS else None
+        cli("profile", "--model", tiny_llama_path, "--quick", "--enforce-eager", "-o", folder / "cpu.json", cap=cap)
     return folder
 
 
@@ -56,8 +73,12 @@ def server(measured_plan, tiny_llama_path, tmp_path_factory):
     plan, _ = measured_plan
     log = tmp_path_factory.mktemp("observe-serve") / "serve.log"
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--enforce-eager",
-                                          *COMMON], log_path=log,)
-    with server as url:
+                                          "--api-server-count", "2", *COMMON], log_path=log,
+                        env={**ONE_THREAD, "HELIX_DRIFT_HOLD_S": str(DRIFT_HOLD_S)})
+    with server as url, contextlib.ExitStack() as caps:
+        if CAPS:  # before any request: the nodes serve every test of the module under these conditions
+            for node, share, weight in (("node-a", None, 20), ("node-b", None, 20), ("node-c", SLOWED_SHARE, 1)):
+                caps.enter_context(CpuCap(node, share, weight)).add(local_worker(server, node).pid)
         yield url.removesuffix("/v1"), server
 
 
@@ -135,3 +156,27 @@ def test_a_measured_plan_serves_and_its_metrics_move_during_a_burst(server, tiny
     table = cli("status", "--url", url).stdout
     assert "node-b" in table and "[2, 5)" in table and "bottleneck (busiest live node): node-" in table, table
     assert "route node-a -> node-b -> node-c" in table
+
+
+def test_every_api_server_exports_the_helix_metrics(server):
+    """Each API server builds its registry over vLLM's PROMETHEUS_MULTIPROC_DIR, where the engine core writes."""
+    url, _ = server
+    for _ in range(8):  # a new connection each: either API server may accept it
+        metrics = scrape(url)
+        assert _node_values(metrics, "helix_node_up") == dict.fromkeys(["node-a", "node-b", "node-c"], 1.0)
+        assert _node_values(metrics, "helix_node_layer_end") == {"node-a": 2, "node-b": 5, "node-c": 8}
+        assert metrics["helix_planned_max_flow_tokens_per_second"][0][1] > 0
+
+
+@pytest.mark.skipif(not CAPS, reason="a CPU cap needs root and a cgroup cpu controller")
+def test_the_drift_warning_names_the_capped_node_and_no_other(server, tiny_llama_path):
+    url, vllm = server
+    deadline = time.monotonic() + 10 + 2 * DRIFT_HOLD_S  # the 10 s window, then the hold, with room
+    while time.monotonic() < deadline:  # keep every node busy
+        _burst(url, tiny_llama_path, 8, 32)
+    warnings = [line for line in vllm.log_path.read_text().splitlines() if "the plan assumed" in line]
+    assert any("node node-c runs at" in line for line in warnings), vllm.log_tail(40)
+    assert not [line for line in warnings if "node node-a " in line or "node node-b " in line], warnings
+    assert "vllm-helix profile --model" in warnings[0] and "vllm-helix plan" in warnings[0]
+    drifting = _node_values(scrape(url), "helix_node_drifting")
+    assert drifting == {"node-a": 0.0, "node-b": 0.0, "node-c": 1.0}

@@ -1,16 +1,18 @@
 """Prometheus metrics of a Helix cluster (`helix_*`) on `vllm serve`'s own /metrics.
 
 Where they live: the coordinator runs in vLLM's engine-core process, but /metrics is served by the API
-server process from vLLM's prometheus registry (`get_prometheus_registry()`: prometheus_client's global
-REGISTRY with one API server; a multiprocess registry over PROMETHEUS_MULTIPROC_DIR with several, and
-vLLM itself computes its own metrics in the API server from the SchedulerStats that engine core sends
-with each step's outputs). So, the way prometheus_client's multiprocess mode shares values between
-processes, through files: the engine core's `ClusterMetrics` writes one snapshot file per process into
-$HELIX_METRICS_DIR (written whole, then renamed: a reader never sees half a file) every second and
-on every node report; in the API server, `expose()` — called when `--executor helix` is parsed, before
-the engine core starts, so the engine core inherits the folder — registers a collector on vLLM's
-registry that reads the snapshots at scrape time. No SchedulerStats field is borrowed, and the values
-stay fresh while the engine is idle (vLLM sends no stats then).
+server process(es) from vLLM's prometheus registry (`get_prometheus_registry()`): prometheus_client's global
+REGISTRY with one API server; with several (`--api-server-count`), a fresh registry per scrape whose
+`MultiProcessCollector` reads every process's value files in PROMETHEUS_MULTIPROC_DIR. So the values cross
+the way prometheus_client's multiprocess mode shares them: the engine core's `ClusterMetrics` writes its
+gauges (`livemostrecent`) into one value file of that format every second and on every node report:
+- several API servers: into vLLM's PROMETHEUS_MULTIPROC_DIR (set before the engine core starts, inherited),
+  where vLLM's own collector finds them, whichever API server answers;
+- one API server: into $HELIX_METRICS_DIR, which `expose()` — called when `--executor helix` is parsed,
+  before the engine core starts, so the engine core inherits the folder — puts on the global REGISTRY
+  with a MultiProcessCollector of its own.
+No SchedulerStats field is borrowed, and the values stay fresh while the engine is idle (vLLM sends no
+stats then).
 
 Per node: up, layer range, busy ratio, tokens/s, batches, KV blocks used/total, payload bytes sent and
 received, planned and measured throughput and whether it drifts (coordinator/drift.py). Per cluster:
@@ -20,16 +22,14 @@ planned and live max flow, requests admitted per route, rerouted, failed, and ad
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from vllm_helix import wire as p
 from vllm_helix.coordinator.drift import NodeDrift, Work
@@ -83,11 +83,13 @@ class _Node:
 
 
 class ClusterMetrics:
-    """The engine core's side: every event updates it; `publish()` writes the snapshot for /metrics."""
+    """The engine core's side: every event updates it; `publish()` writes the values for /metrics."""
 
     def __init__(self, plan: Plan, plan_path: str, model_path: str, folder: str | None = None):
         self.plan = plan
-        self.folder = folder or os.environ.get(ENV)
+        # several API servers (or a user's PROMETHEUS_MULTIPROC_DIR): vLLM's /metrics reads that folder
+        self.folder = folder or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(ENV)
+        self._file: GaugeFile | None = None
         self.nodes = {n: _Node(n) for n in plan.placement.ranges}
         self.drift = {n: NodeDrift(plan, n, plan_path, model_path) for n in plan.placement.ranges}
         self.live_max_flow = plan.flow.value
@@ -185,50 +187,55 @@ class ClusterMetrics:
         self._published = time.monotonic()
         if not self.folder:
             return
-        folder = Path(self.folder)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            scratch = folder / f".{os.getpid()}.json.tmp"
-            scratch.write_text(json.dumps({"families": self.families()}))
-            scratch.replace(folder / f"{os.getpid()}.json")
+            if self._file is None:
+                self._file = GaugeFile(self.folder)
+            self._file.write(self.families())
         except OSError as exc:  # metrics must never stop serving
-            logger.warning("cannot write Helix metrics to %s: %s", folder, exc)
+            logger.warning("cannot write Helix metrics to %s: %s", self.folder, exc)
 
     def close(self) -> None:
-        if self.folder:
-            (Path(self.folder) / f"{os.getpid()}.json").unlink(missing_ok=True)
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
-# ---------------------------------------------------------------------------- the API server's side
-
-
-class SnapshotCollector:
-    """A prometheus_client collector over the engine cores' snapshot files."""
+class GaugeFile:
+    """This process's prometheus_client multiprocess value file of `livemostrecent` gauges (the format a
+    MultiProcessCollector reads; `live`: removed when the process is marked dead)."""
 
     def __init__(self, folder: str):
-        self.folder = Path(folder)
+        from prometheus_client.mmap_dict import MmapedDict
 
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self._dict = MmapedDict(str(Path(folder) / f"gauge_livemostrecent_{os.getpid()}.db"))
 
-        merged: dict[str, list] = {}
-        for path in sorted(self.folder.glob("*.json")):
-            if not _alive(path.stem):
-                path.unlink(missing_ok=True)  # an engine core killed before it could remove its snapshot
-                continue
-            try:
-                families = json.loads(path.read_text())["families"]
-            except (OSError, ValueError, KeyError):
-                continue  # an engine core that is gone or being replaced
-            for name, samples in families.items():
-                merged.setdefault(name, []).extend(samples)
+    def write(self, families: dict[str, list[tuple[dict[str, str], float]]]) -> None:
+        from prometheus_client.mmap_dict import mmap_key
+
+        now = time.time()  # mostrecent: the newest timestamp wins
         helps = {**NODE_FAMILIES, **CLUSTER_FAMILIES}
-        for name, samples in merged.items():
-            labels = sorted({k for sample_labels, _ in samples for k in sample_labels})
-            family = GaugeMetricFamily(name, helps.get(name, name), labels=labels)
-            for sample_labels, value in samples:
-                family.add_metric([sample_labels.get(k, "") for k in labels], value)
-            yield family
+        for name, samples in families.items():
+            for labels, value in samples:
+                key = mmap_key(name, name, list(labels), list(labels.values()), helps[name])
+                self._dict.write_value(key, value, now)
+
+    def close(self) -> None:
+        from prometheus_client import multiprocess
+
+        self._dict.close()
+        multiprocess.mark_process_dead(os.getpid(), self.folder)
+
+
+def forget_dead_processes(folder: str) -> None:
+    """Value files of processes that are gone (an engine core killed before it could remove its file)."""
+    from prometheus_client import multiprocess
+
+    for path in Path(folder).glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if not _alive(pid):
+            multiprocess.mark_process_dead(int(pid), folder)
 
 
 def _alive(pid: str) -> bool:
@@ -245,8 +252,9 @@ _exposed: str | None = None
 
 
 def expose() -> None:
-    """In the API server process, when `--executor helix` is parsed: pick the snapshot folder (inherited by
-    the engine core started later) and put the collector on vLLM's registry. Idempotent."""
+    """In the API server process, when `--executor helix` is parsed: pick the value folder (inherited by the
+    engine core started later) and put a collector over it on the global REGISTRY, what /metrics serves with
+    one API server. Idempotent."""
     global _exposed
     if _exposed is not None:
         return
@@ -255,7 +263,9 @@ def expose() -> None:
         folder = tempfile.mkdtemp(prefix="vllm-helix-metrics-")
         os.environ[ENV] = folder
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    from prometheus_client import REGISTRY
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    forget_dead_processes(folder)
+    from prometheus_client import REGISTRY, multiprocess
 
-    REGISTRY.register(SnapshotCollector(folder))
+    multiprocess.MultiProcessCollector(REGISTRY, path=folder)  # several API servers: unused, vLLM reads its own
     _exposed = folder

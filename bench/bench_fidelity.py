@@ -1,0 +1,169 @@
+"""Simulator fidelity: does `vllm-helix simulate` predict our own cluster? Predicted vs measured, side by side.
+
+    .venv/bin/python bench/bench_fidelity.py [--requests 16] [--max-tokens 32] [--hidden 1024]
+
+1. Profiles this machine (`vllm-helix profile --quick --enforce-eager`): `cpu` as a node runs (one torch thread),
+   and `cpu-half` the same under a cgroup cap of half a core (root; the capped node's "slower GPU").
+2. For each setup, plans it from those profiles (`vllm-helix plan --profiles`), simulates the benchmark's load
+   on the plan (`vllm-helix simulate --mode online --trace`: every request arrives at once, the real prompt
+   length, `--max-tokens` out) and serves the same plan with `vllm serve --executor helix`, measured with
+   bench_serving's load generator (concurrent streaming completions, output tokens/s).
+   (a) the 3-node chain of examples/local3-placement.yaml;
+   (b) 2 replicas of the whole model, node `fast` (cpu) and node `slow` (cpu-half, capped at half a core once
+       it runs); the plan's max flow splits requests between them.
+Predicted = requests x max_tokens / (the last simulated finish - the first arrival). Goal: within 15 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_serving import PROMPT, load  # noqa: E402
+from cpu_cap import CpuCap  # noqa: E402
+
+from vllm_helix.models.tiny import build_tiny_llama  # noqa: E402
+from vllm_helix.vllm_server import VllmServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NODE_ENV = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}  # as the local nodes run
+SERVE = ["--max-model-len", "1024", "--max-num-batched-tokens", "512", "--max-num-seqs", "64", "--dtype", "float32",
+         "--enforce-eager"]
+HALF = 0.5  # of a core: the capped node
+
+
+def cli(*args: object, cap: CpuCap | None = None) -> str:
+    done = subprocess.run([sys.executable, "-m", "vllm_helix.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **NODE_ENV}, preexec_fn=cap.enter if cap else None)
+    if done.returncode != 0:
+        raise SystemExit(f"vllm-helix {args[0]} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def profile(model: Path, folder: Path) -> None:
+    cli("profile", "--model", model, "--quick", "--enforce-eager", "-o", folder / "cpu.json")
+    with CpuCap("fidelity-profile", HALF) as cap:
+        cli("profile", "--model", model, "--quick", "--enforce-eager", "--gpu", "cpu-half",
+            "-o", folder / "cpu-half.json", cap=cap)
+
+
+def plan(work: Path, model: Path, profiles: Path, cluster: Path, placement: Path) -> Path:
+    out = work / "plan.yaml"
+    cli("plan", "--cluster", cluster, "--model", model, "--profiles", profiles, "--placement", placement, "-o", out)
+    return out
+
+
+def predict(work: Path, plan_path: Path, cluster: Path, requests: int, prompt_tokens: int, max_tokens: int) -> dict:
+    trace = work / "trace.csv"
+    with open(trace, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arrival_time_s", "input_tokens", "output_tokens"])
+        writer.writerows([0.0, prompt_tokens, max_tokens] for _ in range(requests))
+    report = json.loads(cli("simulate", "--plan", plan_path, "--cluster", cluster, "--mode", "online",
+                            "--trace", trace, "--json"))
+    return {"tokens_per_s": requests * max_tokens / (report["last_finish_s"] - report["window_s"][0]),
+            "ttft_s": report["prompt_latency"]["mean"], "tpot_s": report["decode_latency"]["mean"]}
+
+
+def measure(work: Path, model: Path, plan_path: Path, requests: int, max_tokens: int, capped: dict[str, float]):
+    """Output tokens/s of the real cluster, and the prompt's length in tokens."""
+    from serve_helpers import local_worker, post
+
+    server = VllmServer(model, ["--executor", "helix", "--helix-plan", str(plan_path), *SERVE], env=NODE_ENV,
+                        log_path=work / "serve.log")
+    with server as url:
+        caps = [CpuCap(f"fidelity-{node}", share) for node, share in capped.items()]
+        try:
+            for cap, node in zip(caps, capped, strict=True):
+                cap.add(local_worker(server, node).pid)
+            body = {"model": str(model), "prompt": f"0. {PROMPT}", "max_tokens": 1}
+            prompt_tokens = post(url, "/completions", body)["usage"]["prompt_tokens"]
+            load(url, str(model), 4, 4)  # warm-up
+            before, started = cpu_seconds(server.process.pid), time.monotonic()
+            result = load(url, str(model), requests, max_tokens)
+            wall, after = time.monotonic() - started, cpu_seconds(server.process.pid)
+            result["cores"] = {part: (after[part] - before.get(part, 0.0)) / wall for part in after}
+            return result, prompt_tokens
+        finally:
+            for cap in caps:
+                cap.close()
+
+
+def cpu_seconds(root_pid: int) -> dict[str, float]:
+    """CPU seconds so far of `vllm serve`'s processes: the local nodes, and the rest (API server, engine core with
+    the coordinator)."""
+    import psutil
+
+    out = {"nodes": 0.0, "coordinator": 0.0}
+    root = psutil.Process(root_pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times, command = process.cpu_times(), process.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        part = "nodes" if "worker" in command and "--node" in command else "coordinator"
+        out[part] += times.user + times.system
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=1024, help="hidden size of the 8-layer random model")
+    opts = parser.parse_args()
+    if not CpuCap.available():
+        parser.error("the capped node needs root and a cgroup cpu controller")
+    work = Path(tempfile.mkdtemp(prefix="helix-fidelity-"))
+    model = build_tiny_llama(work / "model", hidden_size=opts.hidden, heads=opts.hidden // 64, kv_heads=4,
+                             intermediate=opts.hidden * 11 // 4)
+    profiles = work / "profiles"
+    profiles.mkdir()
+    print(f"profiling {model.name} (hidden {opts.hidden}), load average {os.getloadavg()[0]:.2f}", flush=True)
+    profile(model, profiles)
+
+    hetero = work / "b"
+    hetero.mkdir()
+    (hetero / "cluster.yaml").write_text(yaml.safe_dump({
+        "name": "replicas", "coordinator": {"address": "local"},
+        "nodes": [{"name": "fast", "gpu": "cpu", "vram": "4GB", "address": "local"},
+                  {"name": "slow", "gpu": "cpu-half", "vram": "4GB", "address": "local"}],
+        "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"}}))
+    (hetero / "placement.yaml").write_text(yaml.safe_dump({"fast": [0, 8], "slow": [0, 8]}))
+    setups = [("(a) 3-node chain, local3-placement", work / "a", ROOT / "examples/local3-cluster.yaml",
+               ROOT / "examples/local3-placement.yaml", {}),
+              (f"(b) 2 replicas, `slow` capped at {HALF} core", hetero, hetero / "cluster.yaml",
+               hetero / "placement.yaml", {"slow": HALF})]
+    rows = []
+    for name, folder, cluster, placement, capped in setups:
+        folder.mkdir(exist_ok=True)
+        plan_path = plan(folder, model, profiles, cluster, placement)
+        measured, prompt_tokens = measure(folder, model, plan_path, opts.requests, opts.max_tokens, capped)
+        predicted = predict(folder, plan_path, cluster, opts.requests, prompt_tokens, opts.max_tokens)
+        rows.append((name, predicted, measured))
+        print(f"{name}: predicted {predicted['tokens_per_s']:.1f}, measured {measured['tokens_per_s']:.1f} tokens/s "
+              f"(prompt {prompt_tokens} tokens; CPU cores used: nodes {measured['cores']['nodes']:.2f}, "
+              f"coordinator {measured['cores']['coordinator']:.2f}; load average {os.getloadavg()[0]:.2f})",
+              flush=True)
+    print(f"\n{opts.requests} concurrent requests x {opts.max_tokens} output tokens; predicted / measured\n"
+          "| setup | out tok/s | ratio | TTFT s | TPOT ms |\n|---|---|---|---|---|")
+    for name, p, m in rows:
+        print(f"| {name} | {p['tokens_per_s']:.1f} / {m['tokens_per_s']:.1f} | "
+              f"{p['tokens_per_s'] / m['tokens_per_s']:.2f} | {p['ttft_s']:.2f} / {m['ttft_s']:.2f} | "
+              f"{1e3 * p['tpot_s']:.1f} / {1e3 * m['tpot_s']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
