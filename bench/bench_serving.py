@@ -45,6 +45,9 @@ from vllm_helix.models.tiny import build_tiny_llama
 from vllm_helix.trace import TRACE_ENV, format_summary, summarize
 from vllm_helix.vllm_server import VllmServer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from cpu_cap import CpuCap  # noqa: E402
+
 COMMON = ["--max-model-len", "1024", "--max-num-batched-tokens", "512", "--max-num-seqs", "64",
           "--dtype", "float32"]
 PROMPT = "Large language models are served on clusters of graphics processors connected by networks. " * 4
@@ -75,33 +78,21 @@ def load(url: str, model: str, requests: int, max_tokens: int) -> dict[str, floa
             "tpot_s": statistics.mean(r[1] for r in results)}
 
 
-CGROUP = Path("/sys/fs/cgroup/cpu/helix-bench-slow")  # cgroup v1 cpu controller
-
-
 @contextlib.contextmanager
 def half_speed_core(core: int):
-    """Yields `slow(pid)`, which caps a process at half a CPU (cgroup CFS quota). Without writable cgroups,
-    `slow` does nothing and a busy loop pinned to `core` halves that core for everything on it instead."""
-    try:
-        CGROUP.mkdir(exist_ok=True)
-        (CGROUP / "cpu.cfs_period_us").write_text("100000")
-        (CGROUP / "cpu.cfs_quota_us").write_text("50000")
-    except OSError:
-        print(f"(no writable cgroup at {CGROUP}: a busy loop on core {core} emulates the slow machine)")
-        hog = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
-        try:
-            yield lambda pid: None
-        finally:
-            hog.kill()
-            hog.wait()
+    """Yields `slow(pid)`, which caps a process at half a CPU (a cgroup CFS quota: tests/cpu_cap.py). Without
+    writable cgroups, `slow` does nothing and a busy loop pinned to `core` halves that core for everything on it."""
+    if CpuCap.available():
+        with CpuCap("bench-slow", 0.5) as cap:
+            yield cap.add
         return
+    print(f"(no writable cgroup: a busy loop on core {core} emulates the slow machine)")
+    hog = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
     try:
-        yield lambda pid: (CGROUP / "cgroup.procs").write_text(str(pid))
+        yield lambda pid: None
     finally:
-        for pid in (CGROUP / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                Path("/sys/fs/cgroup/cpu/cgroup.procs").write_text(pid)
-        CGROUP.rmdir()
+        hog.kill()
+        hog.wait()
 
 
 def pid_of(pattern: str) -> int:
