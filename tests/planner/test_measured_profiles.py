@@ -110,6 +110,15 @@ def test_measured_capacity_is_the_profiles_batch_time(tmp_path, tiny_model, caps
     assert capacity["node-b"] == pytest.approx(782 / (2e-3 + 3 * (prompt + decode)), rel=1e-6)
 
 
+def test_a_noisy_measured_table_that_falls_at_its_end_is_not_extrapolated_below_its_last_row():
+    from vllm_helix.planner.profiles import LatencyTable
+
+    noisy = LatencyTable((16.0, 64.0), (0.336, 0.020), extrapolate=True)  # a slow first row, on a busy host
+    assert noisy(64.0) == 0.020 and noisy(10_000.0) == 0.020  # held (extrapolated, it went negative)
+    rising = LatencyTable((16.0, 64.0), (0.010, 0.020), extrapolate=True)
+    assert rising(112.0) == pytest.approx(0.030)
+
+
 BAD = {
     "malformed.json": ('{"model": "tiny",', "cannot read profile"),
     "array.json": ("[1, 2]", "not a profile"),

@@ -28,13 +28,14 @@ class LatencyTable:
 
     xs: tuple[float, ...]
     seconds: tuple[float, ...]
-    extrapolate: bool = False  # measured tables: beyond the last row, continue its last segment
+    extrapolate: bool = False  # measured tables: beyond the last row, continue its last segment if it rises
 
     def __call__(self, x: float) -> float:
         """Seconds for one layer; x outside the measured grid is an error (the reference asserts)."""
         if self.extrapolate and x > self.xs[-1]:
+            # a noisy measurement can make the last segment fall; a larger batch never takes less time
             x0, x1, y0, y1 = self.xs[-2], self.xs[-1], self.seconds[-2], self.seconds[-1]
-            return y1 + (y1 - y0) * (x - x1) / (x1 - x0)
+            return y1 + max(0.0, y1 - y0) * (x - x1) / (x1 - x0)
         if not self.xs[0] <= x <= self.xs[-1]:
             raise ValueError(f"batch size {x} outside the profiled range [{self.xs[0]}, {self.xs[-1]}]")
         right = bisect.bisect_left(self.xs, x)
