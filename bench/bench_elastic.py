@@ -72,7 +72,8 @@ def write_plan(tmp: Path, model: Path) -> Path:
     import sys
 
     cluster = {"name": "churn", "coordinator": {"address": "local"},
-               "nodes": [{"name": n, "gpu": "cpu", "gpus": g, "vram": "4GB", "address": "local"}
+               # `gpus` weights the plan's flows; `tp: 1` keeps each node one process on this small host
+               "nodes": [{"name": n, "gpu": "cpu", "gpus": g, "tp": 1, "vram": "4GB", "address": "local"}
                          for n, g in (("a", 4), ("b", 2), ("c", 2))],
                "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"}}
     (tmp / "cluster.yaml").write_text(yaml.safe_dump(cluster))

@@ -69,10 +69,10 @@ def cluster(tiny_llama_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("elastic")
     tiny_llama_path = Path(shutil.copytree(tiny_llama_path, tmp / "model"))  # its own: the last test breaks it
     nodes = {"name": "elastic", "coordinator": {"address": f"127.0.0.1:{free_port()}"},
-             "nodes": [{"name": "elastic-a", "gpu": "cpu", "gpus": 4, "vram": "4GB", "address": "local"},
-                       {"name": "elastic-b", "gpu": "cpu", "gpus": 2, "vram": "4GB",
+             "nodes": [{"name": "elastic-a", "gpu": "cpu", "gpus": 4, "tp": 1, "vram": "4GB", "address": "local"},
+                       {"name": "elastic-b", "gpu": "cpu", "gpus": 2, "tp": 1, "vram": "4GB",
                         "address": f"127.0.0.1:{free_port()}"},
-                       {"name": "elastic-c", "gpu": "cpu", "gpus": 2, "vram": "4GB", "address": "local"}],
+                       {"name": "elastic-c", "gpu": "cpu", "gpus": 2, "tp": 1, "vram": "4GB", "address": "local"}],
              "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"}}
     plan = write_plan(tmp, tiny_llama_path, nodes, {"elastic-a": [0, 2], "elastic-b": [2, 8], "elastic-c": [2, 8]})
     worker_args = ["--dtype", "float32", "--max-model-len", "512", "--max-num-batched-tokens", "64",

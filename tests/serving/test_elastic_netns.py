@@ -37,9 +37,9 @@ class _Cluster:
 def test_a_cut_link_costs_no_request_and_the_node_rejoins_when_it_heals(tiny_llama_path, make_host, tmp_path):
     host = make_host("1gbit", 1)
     nodes = {"name": "elastic-netns", "coordinator": {"address": f"{host.gateway}:{free_port()}"},
-             "nodes": [{"name": "elastic-a", "gpu": "cpu", "gpus": 4, "vram": "4GB", "address": "local"},
-                       {"name": "elastic-b", "gpu": "cpu", "gpus": 2, "vram": "4GB", "address": "local"},
-                       {"name": "elastic-x", "gpu": "cpu", "gpus": 2, "vram": "4GB",
+             "nodes": [{"name": "elastic-a", "gpu": "cpu", "gpus": 4, "tp": 1, "vram": "4GB", "address": "local"},
+                       {"name": "elastic-b", "gpu": "cpu", "gpus": 2, "tp": 1, "vram": "4GB", "address": "local"},
+                       {"name": "elastic-x", "gpu": "cpu", "gpus": 2, "tp": 1, "vram": "4GB",
                         "address": f"{host.address}:7411"}],
              "default_link": {"bandwidth": "1Gbps", "latency": "1ms"}}
     plan = write_plan(tmp_path, tiny_llama_path, nodes,
