@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--phase-s", type=float, default=30.0)
+    parser.add_argument("--rejoin-timeout-s", type=float, default=300.0, help="how long a restarted node may take")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-elastic-"))
     model = build_tiny_llama(tmp / "model")
@@ -131,6 +132,7 @@ def main() -> None:
             thread.start()
         time.sleep(args.phase_s)
         kills: list[tuple[float, str, set[str]]] = []  # (when, node, completion ids routed through it)
+        not_back = "none"
         first_kill = time.monotonic()
         for k in range(args.kills):
             node = "bc"[k % 2]
@@ -142,12 +144,18 @@ def main() -> None:
             routed = {line.split()[1].rstrip(":") for line in routes_log.read_text().splitlines()
                       if f"-> {node} " in line}
             kills.append((when, node, {c for c in in_flight if any(r.startswith(c) for r in routed)}))
-            deadline = time.monotonic() + 600
+            deadline = time.monotonic() + args.rejoin_timeout_s
             while server.log_path.read_text().count(f"Helix node {node} [2, 8) rejoined") <= rejoined:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"node {node} did not rejoin within 600 s; see {server.log_path}")
+                    break
                 time.sleep(0.5)
-            print(f"kill {k + 1}/{args.kills}: {node} back after {time.monotonic() - when:.1f} s", flush=True)
+            else:
+                print(f"kill {k + 1}/{args.kills}: {node} back after {time.monotonic() - when:.1f} s", flush=True)
+                continue
+            # a failure of what the benchmark measures: report it with the numbers so far, stop killing
+            not_back = f"{node} (kill {k + 1}) not back within {args.rejoin_timeout_s:.0f} s; see {server.log_path}"
+            print(f"kill {k + 1}/{args.kills}: {not_back}", flush=True)
+            break
         last_rejoin = time.monotonic()
         time.sleep(args.phase_s)
         stop.set()
@@ -168,6 +176,7 @@ def main() -> None:
     rows = [
         ("requests finished / lost", f"{len(finished)} / {len(lost)}"),
         ("kills (each node restarted by the coordinator)", f"{len(kills)}"),
+        ("restarted nodes that did not rejoin (the kills stop there)", not_back),
         ("requests rerouted (routed through a killed node)", f"{len(gaps)}"),
         ("kill -> next token of a rerouted request, p50 / p99", f"{percentile(gaps, 0.5):.2f} s / "
                                                                  f"{percentile(gaps, 0.99):.2f} s"),
