@@ -66,8 +66,9 @@ def plan(work: Path, model: Path, profiles: Path, cluster: Path, placement: Path
 
 
 def predict(work: Path, plan_path: Path, cluster: Path, requests: int, prompt_tokens: int, max_tokens: int,
-            earlier_model: bool = False) -> dict:
-    """The simulator's prediction; `earlier_model`: nodes batch what is queued, each on a core of its own."""
+            earlier_model: bool = False, cores: float | None = None) -> dict:
+    """The simulator's prediction; `cores`: the nodes share that many (default: the cluster's, all of this machine's);
+    `earlier_model`: nodes batch what is queued, each on a core of its own."""
     trace = work / "trace.csv"
     with open(trace, "w", newline="") as f:
         writer = csv.writer(f)
@@ -75,11 +76,14 @@ def predict(work: Path, plan_path: Path, cluster: Path, requests: int, prompt_to
         writer.writerows([0.0, prompt_tokens, max_tokens] for _ in range(requests))
     steps = ["--helix-depth", "0", "--max-num-batched-tokens", serve_setting("--max-num-batched-tokens"),
              "--max-num-seqs", serve_setting("--max-num-seqs")]
-    if earlier_model:
-        steps = []
+    if earlier_model or cores is not None:
         plan_data = yaml.safe_load(plan_path.read_text())
         plan_data["cluster"].pop("host_cores", None)
-        plan_path = work / "plan-own-cores.yaml"
+        if earlier_model:
+            steps = []
+        else:
+            plan_data["cluster"]["host_cores"] = {"local": cores}
+        plan_path = work / ("plan-own-cores.yaml" if earlier_model else "plan-free-cores.yaml")
         plan_path.write_text(yaml.safe_dump(plan_data, sort_keys=False))
     report = json.loads(cli("simulate", "--plan", plan_path, "--cluster", cluster, "--mode", "online",
                             "--trace", trace, "--json", *steps))
@@ -113,14 +117,22 @@ def measure(work: Path, model: Path, plan_path: Path, requests: int, max_tokens:
             body = {"model": str(model), "prompt": f"0. {PROMPT}", "max_tokens": 1}
             prompt_tokens = post(url, "/completions", body)["usage"]["prompt_tokens"]
             load(url, str(model), 4, 4)  # warm-up
-            before, started = cpu_seconds(server.process.pid), time.monotonic()
+            before, busy, started = cpu_seconds(server.process.pid), machine_busy_s(), time.monotonic()
             result = load(url, str(model), requests, max_tokens)
             wall, after = time.monotonic() - started, cpu_seconds(server.process.pid)
             result["cores"] = {part: (after[part] - before.get(part, 0.0)) / wall for part in after}
+            others = (machine_busy_s() - busy) / wall - sum(result["cores"].values())  # other sessions' jobs
+            result["free_cores"] = max(0.1, (os.cpu_count() or 1) - max(0.0, others))
             return result, prompt_tokens
         finally:
             for cap in caps:
                 cap.close()
+
+
+def machine_busy_s() -> float:
+    """CPU seconds this machine's cores have been busy (or stolen by the hypervisor) since boot, from /proc/stat."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(root_pid: int) -> dict[str, float]:
@@ -174,13 +186,18 @@ def main() -> int:
         folder.mkdir(exist_ok=True)
         plan_path = plan(folder, model, profiles, cluster, placement)
         measured, prompt_tokens = measure(folder, model, plan_path, opts.requests, opts.max_tokens, capped)
-        predicted = predict(folder, plan_path, cluster, opts.requests, prompt_tokens, opts.max_tokens)
-        earlier = predict(folder, plan_path, cluster, opts.requests, prompt_tokens, opts.max_tokens, True)
+        args = (folder, plan_path, cluster, opts.requests, prompt_tokens, opts.max_tokens)
+        # the cores the cluster had: this machine's, less what other jobs used meanwhile (a shared VM)
+        predicted = predict(*args, cores=measured["free_cores"])
+        all_cores, earlier = predict(*args), predict(*args, earlier_model=True)
         rows.append((name, predicted, measured))
-        print(f"{name}: predicted {predicted['tokens_per_s']:.1f} (earlier model {earlier['tokens_per_s']:.1f}), "
+        print(f"{name}: predicted {predicted['tokens_per_s']:.1f} on the {measured['free_cores']:.2f} free cores "
+              f"({all_cores['tokens_per_s']:.1f} on all {os.cpu_count()}; "
+              f"earlier model {earlier['tokens_per_s']:.1f}), "
               f"measured {measured['tokens_per_s']:.1f} tokens/s "
               f"(prompt {prompt_tokens} tokens; CPU cores used: nodes {measured['cores']['nodes']:.2f}, "
-              f"coordinator {measured['cores']['coordinator']:.2f}; load average {os.getloadavg()[0]:.2f})",
+              f"coordinator {measured['cores']['coordinator']:.2f}, other jobs "
+              f"{(os.cpu_count() or 1) - measured['free_cores']:.2f}; load average {os.getloadavg()[0]:.2f})",
               flush=True)
     print(f"\n{opts.requests} concurrent requests x {opts.max_tokens} output tokens; predicted / measured\n"
           "| setup | out tok/s | ratio | TTFT s | TPOT ms |\n|---|---|---|---|---|")
