@@ -6,6 +6,7 @@ prompt's route. Offline mode keeps the cluster full (the reference's `OfflineReq
 launches one more query 0.1 s after a prompt or a query finishes while the router's expected KV
 bottleneck is <= feed_hwm; the baselines launch one per finished query (constant concurrency).
 A query the router cannot place is dropped in offline mode (reference) and waits in online mode.
+With `engine` limits the iterations go out in a vllm-helix server's steps instead (sim/batching.py).
 """
 
 from __future__ import annotations
