@@ -2,16 +2,20 @@
 
     .venv/bin/python bench/bench_fidelity.py [--requests 16] [--max-tokens 32] [--hidden 1024]
 
-1. Profiles this machine (`vllm-helix profile --quick --enforce-eager`): `cpu` as a node runs (one torch thread),
-   and `cpu-half` the same under a cgroup cap of half a core (root; the capped node's "slower GPU").
-2. For each setup, plans it from those profiles (`vllm-helix plan --profiles`), simulates the benchmark's load
+1. Profiles this machine (`vllm-helix profile --quick --enforce-eager`): `cpu` as a node runs (one torch thread).
+2. For each setup, plans it from that profile (`vllm-helix plan --profiles`), simulates the benchmark's load
    on the plan (`vllm-helix simulate --mode online --trace`: every request arrives at once, the real prompt
-   length, `--max-tokens` out) and serves the same plan with `vllm serve --executor helix`, measured with
+   length, `--max-tokens` out; `--helix-depth 0` with the server's token budget and running cap: the steps the
+   coordinator keeps in flight) and serves the same plan with `vllm serve --executor helix`, measured with
    bench_serving's load generator (concurrent streaming completions, output tokens/s).
+   The cluster files say what the model needs to know: every node is local (`host_cores`: they share this
+   machine's cores), and the capped node runs under a CPU quota (`cpu_quota`: the planner plans for what it
+   sustains, the simulator throttles it per CFS period as the kernel does).
    (a) the 3-node chain of examples/local3-placement.yaml;
-   (b) 2 replicas of the whole model, node `fast` (cpu) and node `slow` (cpu-half, capped at half a core once
-       it runs); the plan's max flow splits requests between them.
+   (b) 2 replicas of the whole model, node `fast` and node `slow` (capped at half a core once it runs); the
+       plan's max flow splits requests between them.
 Predicted = requests x max_tokens / (the last simulated finish - the first arrival). Goal: within 15 %.
+Also printed: what the simulator's earlier model predicts (nodes batch whatever is queued, each on its own core).
 """
 
 from __future__ import annotations
@@ -53,9 +57,6 @@ def cli(*args: object, cap: CpuCap | None = None) -> str:
 
 def profile(model: Path, folder: Path) -> None:
     cli("profile", "--model", model, "--quick", "--enforce-eager", "-o", folder / "cpu.json")
-    with CpuCap("fidelity-profile", HALF) as cap:
-        cli("profile", "--model", model, "--quick", "--enforce-eager", "--gpu", "cpu-half",
-            "-o", folder / "cpu-half.json", cap=cap)
 
 
 def plan(work: Path, model: Path, profiles: Path, cluster: Path, placement: Path) -> Path:
@@ -64,16 +65,42 @@ def plan(work: Path, model: Path, profiles: Path, cluster: Path, placement: Path
     return out
 
 
-def predict(work: Path, plan_path: Path, cluster: Path, requests: int, prompt_tokens: int, max_tokens: int) -> dict:
+def predict(work: Path, plan_path: Path, cluster: Path, requests: int, prompt_tokens: int, max_tokens: int,
+            earlier_model: bool = False, cores: float | None = None) -> dict:
+    """The simulator's prediction; `cores`: the nodes share that many (default: the cluster's, all of this machine's);
+    `earlier_model`: nodes batch what is queued, each on a core of its own."""
     trace = work / "trace.csv"
     with open(trace, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["arrival_time_s", "input_tokens", "output_tokens"])
         writer.writerows([0.0, prompt_tokens, max_tokens] for _ in range(requests))
+    steps = ["--helix-depth", "0", "--max-num-batched-tokens", serve_setting("--max-num-batched-tokens"),
+             "--max-num-seqs", serve_setting("--max-num-seqs")]
+    if earlier_model or cores is not None:
+        plan_data = yaml.safe_load(plan_path.read_text())
+        plan_data["cluster"].pop("host_cores", None)
+        if earlier_model:
+            steps = []
+        else:
+            plan_data["cluster"]["host_cores"] = {"local": cores}
+        plan_path = work / ("plan-own-cores.yaml" if earlier_model else "plan-free-cores.yaml")
+        plan_path.write_text(yaml.safe_dump(plan_data, sort_keys=False))
     report = json.loads(cli("simulate", "--plan", plan_path, "--cluster", cluster, "--mode", "online",
-                            "--trace", trace, "--json"))
+                            "--trace", trace, "--json", *steps))
     return {"tokens_per_s": requests * max_tokens / (report["last_finish_s"] - report["window_s"][0]),
             "ttft_s": report["prompt_latency"]["mean"], "tpot_s": report["decode_latency"]["mean"]}
+
+
+def serve_setting(flag: str) -> str:
+    return SERVE[SERVE.index(flag) + 1]
+
+
+def local_cluster(name: str, nodes: list[dict], path: Path) -> Path:
+    """A cluster of local nodes that share this machine's cores (what the simulator needs to know)."""
+    path.write_text(yaml.safe_dump({
+        "name": name, "coordinator": {"address": "local"}, "nodes": nodes,
+        "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"}, "host_cores": {"local": os.cpu_count()}}))
+    return path
 
 
 def measure(work: Path, model: Path, plan_path: Path, requests: int, max_tokens: int, capped: dict[str, float]):
@@ -90,14 +117,22 @@ def measure(work: Path, model: Path, plan_path: Path, requests: int, max_tokens:
             body = {"model": str(model), "prompt": f"0. {PROMPT}", "max_tokens": 1}
             prompt_tokens = post(url, "/completions", body)["usage"]["prompt_tokens"]
             load(url, str(model), 4, 4)  # warm-up
-            before, started = cpu_seconds(server.process.pid), time.monotonic()
+            before, busy, started = cpu_seconds(server.process.pid), machine_busy_s(), time.monotonic()
             result = load(url, str(model), requests, max_tokens)
             wall, after = time.monotonic() - started, cpu_seconds(server.process.pid)
             result["cores"] = {part: (after[part] - before.get(part, 0.0)) / wall for part in after}
+            others = (machine_busy_s() - busy) / wall - sum(result["cores"].values())  # other sessions' jobs
+            result["free_cores"] = max(0.1, (os.cpu_count() or 1) - max(0.0, others))
             return result, prompt_tokens
         finally:
             for cap in caps:
                 cap.close()
+
+
+def machine_busy_s() -> float:
+    """CPU seconds this machine's cores have been busy (or stolen by the hypervisor) since boot, from /proc/stat."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(root_pid: int) -> dict[str, float]:
@@ -133,28 +168,36 @@ def main() -> int:
     print(f"profiling {model.name} (hidden {opts.hidden}), load average {os.getloadavg()[0]:.2f}", flush=True)
     profile(model, profiles)
 
-    hetero = work / "b"
+    chain, hetero = work / "a", work / "b"
+    chain.mkdir()
     hetero.mkdir()
-    (hetero / "cluster.yaml").write_text(yaml.safe_dump({
-        "name": "replicas", "coordinator": {"address": "local"},
-        "nodes": [{"name": "fast", "gpu": "cpu", "vram": "4GB", "address": "local"},
-                  {"name": "slow", "gpu": "cpu-half", "vram": "4GB", "address": "local"}],
-        "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"}}))
+    local3 = yaml.safe_load((ROOT / "examples/local3-cluster.yaml").read_text())
+    node = {"gpu": "cpu", "vram": "4GB", "address": "local"}
     (hetero / "placement.yaml").write_text(yaml.safe_dump({"fast": [0, 8], "slow": [0, 8]}))
-    setups = [("(a) 3-node chain, local3-placement", work / "a", ROOT / "examples/local3-cluster.yaml",
+    setups = [("(a) 3-node chain, local3-placement", chain,
+               local_cluster("local3", local3["nodes"], chain / "cluster.yaml"),
                ROOT / "examples/local3-placement.yaml", {}),
-              (f"(b) 2 replicas, `slow` capped at {HALF} core", hetero, hetero / "cluster.yaml",
+              (f"(b) 2 replicas, `slow` capped at {HALF} core", hetero,
+               local_cluster("replicas", [{"name": "fast", **node}, {"name": "slow", **node, "cpu_quota": HALF}],
+                             hetero / "cluster.yaml"),
                hetero / "placement.yaml", {"slow": HALF})]
     rows = []
     for name, folder, cluster, placement, capped in setups:
         folder.mkdir(exist_ok=True)
         plan_path = plan(folder, model, profiles, cluster, placement)
         measured, prompt_tokens = measure(folder, model, plan_path, opts.requests, opts.max_tokens, capped)
-        predicted = predict(folder, plan_path, cluster, opts.requests, prompt_tokens, opts.max_tokens)
+        args = (folder, plan_path, cluster, opts.requests, prompt_tokens, opts.max_tokens)
+        # the cores the cluster had: this machine's, less what other jobs used meanwhile (a shared VM)
+        predicted = predict(*args, cores=measured["free_cores"])
+        all_cores, earlier = predict(*args), predict(*args, earlier_model=True)
         rows.append((name, predicted, measured))
-        print(f"{name}: predicted {predicted['tokens_per_s']:.1f}, measured {measured['tokens_per_s']:.1f} tokens/s "
+        print(f"{name}: predicted {predicted['tokens_per_s']:.1f} on the {measured['free_cores']:.2f} free cores "
+              f"({all_cores['tokens_per_s']:.1f} on all {os.cpu_count()}; "
+              f"earlier model {earlier['tokens_per_s']:.1f}), "
+              f"measured {measured['tokens_per_s']:.1f} tokens/s "
               f"(prompt {prompt_tokens} tokens; CPU cores used: nodes {measured['cores']['nodes']:.2f}, "
-              f"coordinator {measured['cores']['coordinator']:.2f}; load average {os.getloadavg()[0]:.2f})",
+              f"coordinator {measured['cores']['coordinator']:.2f}, other jobs "
+              f"{(os.cpu_count() or 1) - measured['free_cores']:.2f}; load average {os.getloadavg()[0]:.2f})",
               flush=True)
     print(f"\n{opts.requests} concurrent requests x {opts.max_tokens} output tokens; predicted / measured\n"
           "| setup | out tok/s | ratio | TTFT s | TPOT ms |\n|---|---|---|---|---|")

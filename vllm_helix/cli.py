@@ -298,7 +298,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         config = SimConfig(mode=args.mode, scheduler=args.scheduler, improved=args.improved,
                            reference_compat=args.reference_compat, seed=args.seed, duration_s=args.duration,
                            token_rate=args.rate, trace=args.trace, dataset=args.dataset,
-                           initial_queries=args.initial_queries)
+                           initial_queries=args.initial_queries, engine=_engine_limits(args))
     import dataclasses
 
     report = simulate(plan, dataclasses.replace(config, progress=not args.json), kv, cluster)
@@ -314,6 +314,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if args.plot:
             print("plots: " + ", ".join(map(str, written)))
     return 0
+
+
+def _engine_limits(args: argparse.Namespace):
+    """--helix-depth: batch as `vllm serve --executor helix` with these settings does, not at the nodes."""
+    if args.helix_depth is None:
+        return None
+    from vllm_helix.sim.batching import EngineLimits
+
+    return EngineLimits(args.helix_depth, args.max_num_batched_tokens, args.max_num_seqs)
 
 
 def _simulated_plan(args: argparse.Namespace):
@@ -545,6 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="azure_conv", help="request lengths: azure_conv, azure_code, alpaca, "
                                                             "shared_gpt")
     p.add_argument("--duration", type=float, help="measured seconds (default 600 offline, 1800 online)")
+    p.add_argument("--helix-depth", type=int, metavar="N",
+                   help="batch as a vllm-helix server does: N steps in flight from the coordinator (0 = one per "
+                        "node, its default), formed under the two vLLM limits below (default: the reference's "
+                        "model, every node batching what is queued there)")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="with --helix-depth: vLLM's token budget")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="with --helix-depth: vLLM's running requests cap")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", metavar="DIR", help="write PNG charts to this directory")

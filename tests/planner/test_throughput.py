@@ -48,6 +48,15 @@ def test_nic_caps_node_capacity(single24):
     assert caps["n1"].tokens_per_s[0] == pytest.approx(SPEC_TABLE["T4"][0], abs=0.051)
 
 
+def test_a_cpu_quota_caps_what_a_node_sustains(single24):
+    capped = dataclasses.replace(single24.cluster.nodes[6], cpu_quota=0.5)  # an A100's host capped at half a core
+    cluster = dataclasses.replace(single24.cluster, nodes=(*single24.cluster.nodes[:6], capped,
+                                                           *single24.cluster.nodes[7:]))
+    source = ProfileThroughput()
+    full = capacity_table(single24.cluster, single24.model, source)["n6"].tokens_per_s
+    assert capacity_table(cluster, single24.model, source)["n6"].tokens_per_s == pytest.approx([t / 2 for t in full])
+
+
 def test_vram_caps_layers(single24):
     small = dataclasses.replace(single24.cluster.nodes[6], vram_bytes=10e9)  # an A100 with 10 GB
     cluster = dataclasses.replace(single24.cluster, nodes=(*single24.cluster.nodes[:6], small,

@@ -11,6 +11,11 @@ All quantities are stored in SI base units (bytes, bytes/s, seconds); the YAML c
       - {between: [a100-0, l4-0], bandwidth: 1Gbps, latency: 40ms}     # both directions
       - {from: coordinator, to: a100-0, bandwidth: 10Gbps, latency: 1ms} # one direction
     default_link: {bandwidth: 10Gbps, latency: 1ms}  # fills every pair not listed (optional)
+    host_cores: {local: 2}  # optional, for the simulator: nodes on this host share its 2 cores
+
+`host_cores` (host -> cores; a node's host is its address without the port, `local` for local nodes) and a
+node's `cpu_quota` (cores, a cgroup cpu.max it runs under) tell the simulator about CPU nodes that share a
+machine or are capped; the planner and the servers ignore them.
 
 The coordinator (vLLM's API server / engine core) is the flow source (it sends token ids to nodes holding
 layer 0) and the sink (it receives sampled tokens from nodes holding the last layer).
@@ -50,6 +55,12 @@ class NodeSpec:
     region: str = "default"
     address: str = "local"
     tp: int | None = None  # None: all gpu_count devices
+    cpu_quota: float | None = None  # cores of a CFS quota it runs under (simulator only)
+
+    @property
+    def host(self) -> str:
+        """The machine it runs on: its address without the port (`local` for local nodes)."""
+        return self.address.rsplit(":", 1)[0] if ":" in self.address else self.address
 
     @property
     def tensor_parallel_size(self) -> int:
@@ -84,6 +95,7 @@ class ClusterSpec:
     links: tuple[LinkSpec, ...]
     coordinator: CoordinatorSpec = CoordinatorSpec()
     name: str = "cluster"
+    host_cores: tuple[tuple[str, float], ...] = ()  # (host, cores) of hosts whose nodes share their cores
     _by_name: dict[str, NodeSpec] = field(init=False, repr=False, compare=False)
     _links: dict[tuple[str, str], LinkSpec] = field(init=False, repr=False, compare=False)
 
@@ -186,11 +198,24 @@ def cluster_from_dict(data: Any, source: str = "<cluster>") -> ClusterSpec:
     for i, raw in enumerate(raw_links):
         for link in _links(raw, f"links[{i}]", known, source):
             links[(link.src, link.dst)] = link
+    host_cores = top.get("host_cores", _host_cores, default=())
     default_link = top.get("default_link", default=None)
     if default_link is not None:
         _fill_default_links(links, nodes, _Fields(default_link, "default_link", source))
     top.finish()
-    return ClusterSpec(nodes=nodes, links=tuple(links.values()), coordinator=coordinator, name=name)
+    return ClusterSpec(nodes=nodes, links=tuple(links.values()), coordinator=coordinator, name=name,
+                       host_cores=host_cores)
+
+
+def _host_cores(value: Any) -> tuple[tuple[str, float], ...]:
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a mapping of host to cores, e.g. {local: 2}")
+    out = []
+    for host, cores in value.items():
+        if isinstance(cores, bool) or not isinstance(cores, int | float) or not cores > 0:
+            raise ValueError(f"{host}: cores must be a number > 0, got {cores!r}")
+        out.append((str(host), float(cores)))
+    return tuple(out)
 
 
 def _coordinator(raw: Any, source: str) -> CoordinatorSpec:
@@ -221,6 +246,7 @@ def _node(raw: Any, index: int, defaults: Mapping[str, Any], source: str) -> Nod
         region=f.get("region", str, "default"),
         address=f.get("address", str, "local"),
         tp=f.get("tp", _int, None),
+        cpu_quota=f.get("cpu_quota", float, None, _positive),
     )
     if node.tp is not None and not 1 <= node.tp <= node.gpu_count:
         raise f.error("tp", f"tensor parallel size must be between 1 and the node's gpus ({node.gpu_count}), "
@@ -296,6 +322,7 @@ def cluster_to_dict(cluster: ClusterSpec) -> dict[str, Any]:
                 "nic_out": _bw(n.nic_out_bytes_per_s),
                 "region": n.region,
                 "address": n.address,
+                **({"cpu_quota": n.cpu_quota} if n.cpu_quota is not None else {}),
             }
             for n in cluster.nodes
         ],
@@ -304,6 +331,7 @@ def cluster_to_dict(cluster: ClusterSpec) -> dict[str, Any]:
              "latency": f"{lk.latency_s:.10g}s"}
             for lk in cluster.links
         ],
+        **({"host_cores": dict(cluster.host_cores)} if cluster.host_cores else {}),
     }
 
 

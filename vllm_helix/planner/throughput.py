@@ -284,9 +284,11 @@ def capacity_table(
     for node in cluster.nodes:
         raw = source.node_capacity(node, cluster, model)
         nic_cap = min(node.nic_in_bytes_per_s, node.nic_out_bytes_per_s) / model.activation_bytes_per_token
+        # a node busy all the time under a CPU quota of q cores (one core solo) sustains q of its solo speed
+        share = min(1.0, node.cpu_quota) if node.cpu_quota is not None else 1.0
         k_max = min(raw.max_layers, max(max_layers_in_vram(node, model), 0))
         table[node.name] = NodeCapacity(
-            tuple(min(t, nic_cap) for t in raw.tokens_per_s[:k_max]), raw.kv_slots[:k_max]
+            tuple(min(t * share, nic_cap) for t in raw.tokens_per_s[:k_max]), raw.kv_slots[:k_max]
         )
     return table
 

@@ -6,6 +6,7 @@ prompt's route. Offline mode keeps the cluster full (the reference's `OfflineReq
 launches one more query 0.1 s after a prompt or a query finishes while the router's expected KV
 bottleneck is <= feed_hwm; the baselines launch one per finished query (constant concurrency).
 A query the router cannot place is dropped in offline mode (reference) and waits in online mode.
+With `engine` limits the iterations go out in a vllm-helix server's steps instead (sim/batching.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from vllm_helix.planner.cluster import COORDINATOR
 from vllm_helix.planner.router import Route
+from vllm_helix.sim.batching import EngineLimits, EngineSteps
 from vllm_helix.sim.link import Link, reference_rate
 from vllm_helix.sim.loop import EventLoop
 from vllm_helix.sim.metrics import Metrics
@@ -37,7 +39,8 @@ class Step:
 
 
 class Query:
-    __slots__ = ("id", "arrival", "prompt_len", "output_len", "done_tokens", "decoded", "path", "nodes")
+    __slots__ = ("id", "arrival", "prompt_len", "output_len", "done_tokens", "decoded", "path", "nodes",
+                 "lane", "prefilled", "prompt_back", "in_flight")
 
     def __init__(self, qid: int, arrival: float, prompt_len: int, output_len: int):
         self.id, self.arrival = qid, arrival
@@ -46,12 +49,16 @@ class Query:
         self.decoded = 0
         self.path: list[Step] = []
         self.nodes: list[ComputeNode] = []
+        # with engine steps (sim/batching.py): its route, prompt tokens scheduled / back, its iterations in flight
+        self.lane: tuple[str, ...] = ()
+        self.prefilled = self.prompt_back = self.in_flight = 0
 
 
 class Coordinator:
     def __init__(self, loop: EventLoop, router, nodes: dict[str, ComputeNode], links: dict[tuple[str, str], Link],
                  metrics: Metrics, *, offline: bool, feed_until: float, feed_hwm: float,
-                 lengths: LengthSampler | None, reference_compat: bool, own_lengths: bool):
+                 lengths: LengthSampler | None, reference_compat: bool, own_lengths: bool,
+                 engine: EngineLimits | None = None):
         self.loop, self.router, self.nodes, self.links, self.metrics = loop, router, nodes, links, metrics
         self.offline, self.feed_until, self.feed_hwm = offline, feed_until, feed_hwm
         self.lengths = lengths
@@ -64,6 +71,8 @@ class Coordinator:
         self._next_id = 0
         for node in nodes.values():
             node.forward = self._forward
+        # None: each iteration goes out on its own and nodes batch what is queued (the reference's model)
+        self.engine = EngineSteps(self, engine, len(nodes)) if engine is not None else None
 
     # ------------------------------------------------------------------ admission
     def submit(self, arrival: Arrival) -> None:
@@ -89,7 +98,10 @@ class Coordinator:
         q.path = self._resolve(route)
         q.nodes = [self.nodes[h.node] for h in route.hops[:-1]]
         self.active += 1
-        self._send(Iteration(q, True, q.prompt_len, 0, self.loop.now))
+        if self.engine is not None:
+            self.engine.add(q)
+        else:
+            self.send(Iteration(q, True, q.prompt_len, 0, self.loop.now))
         return True
 
     def _resolve(self, route: Route) -> list[Step]:
@@ -106,7 +118,7 @@ class Coordinator:
         return steps
 
     # ------------------------------------------------------------------ movement
-    def _send(self, it: Iteration) -> None:
+    def send(self, it: Iteration) -> None:
         step = it.query.path[it.hop]
         now = self.loop.now
         it.sent_at = now
@@ -114,9 +126,12 @@ class Coordinator:
 
     def _forward(self, it: Iteration) -> None:
         it.hop += 1
-        self._send(it)
+        self.send(it)
 
     def gather(self, it: Iteration) -> None:
+        if self.engine is not None:
+            self.engine.back(it)
+            return
         now, q = self.loop.now, it.query
         q.done_tokens += it.tokens
         latency = now - (q.arrival if it.prompt else it.issued)
@@ -124,11 +139,30 @@ class Coordinator:
         if q.decoded < q.output_len:
             q.decoded += 1
             self.router.on_decode_step(q.id)
-            self._send(Iteration(q, False, 1, q.done_tokens, now))
+            self.send(Iteration(q, False, 1, q.done_tokens, now))
             if it.prompt and self.offline and self.kv_feeder:
                 self._feed()
             return
         self._finish(q)
+
+    def step_done(self, it: Iteration) -> bool:
+        """An engine step came back with this iteration's token: account it; True when its query finished."""
+        now, q = self.loop.now, it.query
+        if it.prompt:
+            q.prompt_back += it.tokens
+            if q.prompt_back < q.prompt_len:
+                return False  # a chunk of the prompt: no token yet
+            q.done_tokens = q.prompt_len
+            q.decoded = 1  # the prompt's pass samples the first output token (vLLM)
+            self.metrics.on_iteration_done(now, True, q.prompt_len, now - q.arrival)
+        else:
+            q.done_tokens += 1
+            q.decoded += 1
+            self.metrics.on_iteration_done(now, False, 1, now - it.issued)
+        if q.decoded < q.output_len:
+            return False
+        self._finish(q)
+        return True
 
     def _finish(self, q: Query) -> None:
         for node in q.nodes:

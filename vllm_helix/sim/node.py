@@ -5,6 +5,10 @@ partial-inference route enters). A batch picked at entry layer e runs every laye
 layer (or the node's end) without interruption — that is what the reference's cyclic layer pointer does,
 because no other request can join in between — so one event covers the whole segment.
 
+With batches in flight (the Helix coordinator's steps, see sim/batching.py), a node runs one step at a time, as
+a real node runs one Step message: the iterations of the step at the head of its queue, whatever the caps.
+A node on a shared host (sim/cpu.py) runs its batch on cores it shares with the host's other nodes.
+
 Layer time = f_prompt(prompt tokens) + f_decode(decode sequences); with `reference_compat`, f_decode is
 doubled when exactly one decode is batched and the first layer pays the CPU copy overhead of every token
 received since the previous first-layer batch (tokens x activation x (1/4e9 + 1/5e9) s).
@@ -17,6 +21,7 @@ from collections.abc import Callable
 from vllm_helix.planner.placement import LayerRange
 from vllm_helix.planner.profiles import GPUProfile
 from vllm_helix.planner.router import MAX_PROMPT_TOKENS_PER_REQUEST
+from vllm_helix.sim.cpu import SharedCpu
 from vllm_helix.sim.kv import KVCache
 from vllm_helix.sim.loop import EventLoop
 
@@ -27,9 +32,9 @@ CPU_OVERHEAD_S_PER_BYTE = 1 / 4e9 + 1 / 5e9  # "concat" at 4 GB/s + "transfer" a
 class Iteration:
     """One iteration of a query: its prompt (tokens = P) or one decode step (tokens = 1)."""
 
-    __slots__ = ("query", "prompt", "tokens", "context", "issued", "hop", "sent_at")
+    __slots__ = ("query", "prompt", "tokens", "context", "issued", "hop", "sent_at", "step")
 
-    def __init__(self, query, prompt: bool, tokens: int, context: int, issued: float):
+    def __init__(self, query, prompt: bool, tokens: int, context: int, issued: float, step=None):
         self.query = query
         self.prompt = prompt
         self.tokens = tokens
@@ -37,11 +42,13 @@ class Iteration:
         self.issued = issued
         self.hop = 0  # index into query.path of the link it is on / the node it is at
         self.sent_at = issued
+        self.step = step  # the coordinator's batch it belongs to (None: nodes batch what is queued)
 
 
 class ComputeNode:
     def __init__(self, name: str, layers: LayerRange, profile: GPUProfile, kv_capacity: int, loop: EventLoop,
-                 entry_layers: set[int], *, activation_bytes: int, reference_compat: bool):
+                 entry_layers: set[int], *, activation_bytes: int, reference_compat: bool,
+                 cpu: SharedCpu | None = None, cpu_quota: float | None = None):
         k = layers.size
         self.name, self.start, self.end = name, layers.start, layers.end
         self.profile, self.loop = profile, loop
@@ -63,6 +70,7 @@ class ComputeNode:
         self.batches = 0
         self.forward: Callable[[Iteration], None] = lambda it: None  # set by the coordinator
         self.on_hop_time: Callable[[str, float], None] | None = None
+        self.cpu, self.cpu_quota = cpu, cpu_quota  # None: its own device, at its profile's speed
 
     @property
     def queued(self) -> int:
@@ -96,6 +104,8 @@ class ComputeNode:
         if entry is None:
             return
         batch, rest, prompt_tokens, decodes = self._select(self.queues[entry])
+        if not batch:
+            return
         self.queues[entry] = rest
         seg_end = next((e for e in self.entries if e > entry), self.end)
         decode_s = self.fd(decodes) if decodes else 0.0
@@ -109,13 +119,24 @@ class ComputeNode:
             self.cpu_tokens = 0
         for _ in range(seg_end - entry - 1):
             end += layer_s  # summed per layer like the reference's per-layer events
-        self.busy_s += end - now
         self.batches += 1
         self.batch = (batch, entry, seg_end)
-        self.loop.at(end, self._finish)
+        if self.cpu is None:
+            self.busy_s += end - now
+            self.loop.at(end, self._finish)
+        else:
+            self.cpu.run(self, end - now, self._finish_shared, self.cpu_quota)
 
     def _select(self, queue: list[Iteration]) -> tuple[list[Iteration], list[Iteration], int, int]:
-        """FIFO under the batch caps; requests that do not fit stay queued (no head-of-line block)."""
+        """FIFO under the batch caps; requests that do not fit stay queued (no head-of-line block). With steps,
+        the head's step, whole."""
+        if queue[0].step is not None:
+            step = queue[0].step
+            batch = [it for it in queue if it.step is step]
+            if len(batch) < step.size:  # the rest of the step is still on the link: one message, one batch
+                return [], queue, 0, 0
+            prompts = [it.tokens for it in batch if it.prompt]
+            return batch, [it for it in queue if it.step is not step], sum(prompts), len(batch) - len(prompts)
         batch, rest = [], []
         n_prompts = prompt_tokens = decodes = context = 0
         for it in queue:
@@ -132,6 +153,10 @@ class ComputeNode:
                 continue
             rest.append(it)
         return batch, rest, prompt_tokens, decodes
+
+    def _finish_shared(self, wall_s: float) -> None:
+        self.busy_s += wall_s
+        self._finish()
 
     def _finish(self, _=None) -> None:
         assert self.batch is not None  # scheduled only while a batch runs

@@ -21,7 +21,9 @@ from vllm_helix.planner.kv_expectation import IMPROVED_KV, OFFLINE_KV, ONLINE_KV
 from vllm_helix.planner.plan import Plan
 from vllm_helix.planner.profiles import profile_for
 from vllm_helix.planner.router import ROUTERS, ShortestQueueRouter, SwarmRouter, default_kv_capacity
+from vllm_helix.sim.batching import EngineLimits
 from vllm_helix.sim.coordinator import Coordinator, named_rng
+from vllm_helix.sim.cpu import SharedCpu
 from vllm_helix.sim.link import Link
 from vllm_helix.sim.loop import EventLoop
 from vllm_helix.sim.metrics import Metrics, cdf, latency_stats
@@ -51,6 +53,7 @@ class SimConfig:
     sample_interval_s: float = 10.0  # series resolution (throughput, utilization, KV usage)
     max_time_s: float = 1e6  # online: give up draining after this much simulated time
     progress: bool = False  # rich progress bar with live status
+    engine: EngineLimits | None = None  # batch as a vllm-helix server does (sim/batching.py); None: at the nodes
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -162,11 +165,16 @@ def _build(plan: Plan, config: SimConfig, kv_capacity: dict[str, int], loop: Eve
     model, cluster = plan.model, plan.cluster
     nodes = {}
     entries = _entry_layers(plan)
+    hosts = {host: SharedCpu(loop, cores) for host, cores in cluster.host_cores}
     for name, rng in plan.placement.ranges.items():
-        profile = profile_for(model, cluster.node(name).gpu_type)
+        node = cluster.node(name)
+        profile = profile_for(model, node.gpu_type)
+        cpu = hosts.get(node.host)
+        if cpu is None and node.cpu_quota is not None:
+            cpu = SharedCpu(loop)  # a host of its own, under its quota
         nodes[name] = ComputeNode(name, rng, profile, kv_capacity[name], loop, entries[name],
                                   activation_bytes=model.activation_bytes_per_token,
-                                  reference_compat=config.reference_compat)
+                                  reference_compat=config.reference_compat, cpu=cpu, cpu_quota=node.cpu_quota)
     links = {}
     for src, dst in plan.flow.arc_flow:
         spec = cluster.link(src, dst)
@@ -220,7 +228,7 @@ def simulate(plan: Plan, config: SimConfig | None = None, kv_capacity: dict[str,
     feed_hwm = config.feed_hwm or (0.9 if config.improved else 0.8)
     coord = Coordinator(loop, router, nodes, links, metrics, offline=offline, feed_until=window[1],
                         feed_hwm=feed_hwm, lengths=lengths if offline else None,
-                        reference_compat=config.reference_compat, own_lengths=config.improved)
+                        reference_compat=config.reference_compat, own_lengths=config.improved, engine=config.engine)
     expected = None
     if offline:
         initial = config.initial_queries or (20 if config.scheduler == "maxflow" else 240)
@@ -313,6 +321,7 @@ def _report(plan, config, metrics, coord, nodes, sampler, window, cost) -> SimRe
               "decode_latency_cdf": {"seconds": d_x, "fraction": d_y}}
     cfg = {k: getattr(config, k) for k in ("mode", "scheduler", "improved", "reference_compat", "seed",
                                             "token_rate", "initial_queries", "feed_hwm")}
+    cfg["engine"] = asdict(config.engine) if config.engine is not None else None
     cfg["trace"] = config.trace if isinstance(config.trace, (str, type(None))) else f"{len(config.trace)} arrivals"
     return SimReport(
         config=cfg, max_flow=plan.flow.value, window_s=window,
