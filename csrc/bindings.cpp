@@ -158,6 +158,7 @@ PYBIND11_MODULE(_transport, m) {
         .def("peers", &Endpoint::peers)
         .def("rekey", &Endpoint::rekey, py::arg("peer"), py::arg("server_key"),
              py::call_guard<py::gil_scoped_release>())
+        .def("redial", &Endpoint::redial, py::arg("peer"), py::call_guard<py::gil_scoped_release>())
         .def("set_allowed", &Endpoint::set_allowed, py::arg("keys"))
         .def("take_denied", &Endpoint::take_denied)
         .def("stats",

@@ -102,13 +102,16 @@ const char* state_name(PeerState s) {
 
 struct PeerOut {
     std::string name, address;
-    std::mutex smu;                           // guards sock and partial
+    std::mutex smu;                           // guards sock, partial, generation and server_key
     void* sock = nullptr;                     // nullptr once closed
     bool partial = false;                     // a multipart message is half written: no heartbeat now
+    uint64_t generation = 0;                  // bumped when sock is replaced: a half-sent message is lost
+    std::string server_key;                   // Z85 CURVE key the peer must prove; empty without CURVE
+    double redial_at = 0;                     // guarded by mu: when a lost peer gets a fresh socket next
     std::atomic<size_t> inflight{0};          // zero-copy payload bytes libzmq still holds
     PeerState state = PeerState::Connecting;  // guarded by mu
     std::string lost_why;                     // guarded by mu
-    double last_heard = 0;                    // I/O thread only
+    double last_heard = 0;                    // guarded by mu
 };
 
 struct Item {  // one entry of the receive queue
@@ -240,7 +243,7 @@ struct Endpoint::Impl {
 
     // I/O thread only
     std::map<std::string, double> senders;  // routing id -> last heard
-    std::set<std::string> reported_lost;
+    std::set<std::string> reported_lost;  // guarded by mu
     bool reading_paused = false;
     std::string ping = encode_first(Kind::Ping, {}, nullptr, 0);
     std::string bye = encode_first(Kind::Bye, {}, nullptr, 0);
@@ -285,6 +288,9 @@ struct Endpoint::Impl {
     void serve_zap();
     void heartbeat(double now);
     void peer_lost(PeerOut* p, const std::string& why);  // caller holds mu
+    void* dial(const std::string& address, const std::string& server_key);
+    bool redial(PeerOut* p);  // caller holds p->smu
+    PeerOut* find_peer(const std::string& peer);  // throws std::invalid_argument
     void shutdown_io();
 };
 
@@ -482,6 +488,7 @@ void Endpoint::Impl::read_dealer(PeerOut* p, double now) {  // caller holds p->s
         p->last_heard = now;
         if (p->state != PeerState::Alive) {
             p->state = PeerState::Alive;
+            p->redial_at = 0;  // lost again: a fresh socket at once
             reported_lost.erase(p->name);
         }
     }
@@ -573,14 +580,62 @@ void Endpoint::Impl::heartbeat(double now) {
             }
         }
     }
-    // A cut link leaves TCP in exponential retransmit back-off; a fresh connection heals as soon as
-    // the link is back. Messages libzmq still held for the lost peer are dropped with the old one.
-    for (PeerOut* p : newly_lost) {
-        std::lock_guard<std::mutex> sg(p->smu);
-        if (!p->sock || p->partial) continue;
-        zmq_disconnect(p->sock, p->address.c_str());
-        zmq_connect(p->sock, p->address.c_str());
+    // A lost peer gets a fresh socket now and again while it stays lost: a cut link leaves TCP in
+    // exponential retransmit back-off, and a socket whose reconnect went wrong never heals by itself.
+    // Messages libzmq still held for the lost peer are dropped with the old socket.
+    std::vector<PeerOut*> redials;
+    {
+        std::lock_guard<std::mutex> g(mu);
+        for (PeerOut* p : outs)
+            if (p->state == PeerState::Lost && now >= p->redial_at) {
+                p->redial_at = now + opt.peer_timeout_s;
+                redials.push_back(p);
+            }
     }
+    for (PeerOut* p : redials) {
+        std::lock_guard<std::mutex> sg(p->smu);
+        if (p->sock) redial(p);
+    }
+}
+
+void* Endpoint::Impl::dial(const std::string& address, const std::string& server_key) {
+    void* s = zmq_socket(ctx, ZMQ_DEALER);
+    if (!s) zmq_fail("zmq_socket");
+    try {
+        if (zmq_setsockopt(s, ZMQ_ROUTING_ID, name.data(), name.size()) != 0) zmq_fail("ZMQ_ROUTING_ID");
+        set_int(s, ZMQ_SNDHWM, int(std::min<size_t>(opt.send_queue_msgs, 1 << 30)));
+        set_int(s, ZMQ_RCVHWM, opt.zmq_hwm_msgs);
+        set_int(s, ZMQ_RECONNECT_IVL, 100);
+        set_int(s, ZMQ_RECONNECT_IVL_MAX, 1000);
+        set_int(s, ZMQ_LINGER, 0);
+        int64_t maxmsg = 4096;  // only heartbeats come back on this socket
+        if (zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0) zmq_fail("ZMQ_MAXMSGSIZE");
+        if (!server_key.empty()) {
+            if (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server_key.c_str(), 40) != 0 ||
+                zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, opt.curve_public.c_str(), 40) != 0 ||
+                zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, opt.curve_secret.c_str(), 40) != 0)
+                zmq_fail("CURVE keys");
+        }
+        if (zmq_connect(s, address.c_str()) != 0) zmq_fail("connect " + address);
+    } catch (...) {
+        zmq_close(s);
+        throw;
+    }
+    return s;
+}
+
+bool Endpoint::Impl::redial(PeerOut* p) {
+    void* fresh;
+    try {
+        fresh = dial(p->address, p->server_key);
+    } catch (const TransportError&) {
+        return false;  // e.g. the context is shutting down: keep the old socket
+    }
+    zmq_close(p->sock);  // linger 0: what it still queued is dropped
+    p->sock = fresh;
+    p->partial = false;
+    ++p->generation;
+    return true;
 }
 
 void Endpoint::Impl::shutdown_io() {
@@ -658,31 +713,11 @@ void Endpoint::connect(const std::string& peer, const std::string& address, cons
         if (I.closed) throw ClosedError();
         if (I.peers.count(peer)) throw std::invalid_argument("peer '" + peer + "' is already connected");
     }
-    void* s = zmq_socket(I.ctx, ZMQ_DEALER);
-    if (!s) zmq_fail("zmq_socket");
-    try {
-        if (zmq_setsockopt(s, ZMQ_ROUTING_ID, I.name.data(), I.name.size()) != 0) zmq_fail("ZMQ_ROUTING_ID");
-        set_int(s, ZMQ_SNDHWM, int(std::min<size_t>(I.opt.send_queue_msgs, 1 << 30)));
-        set_int(s, ZMQ_RCVHWM, I.opt.zmq_hwm_msgs);
-        set_int(s, ZMQ_RECONNECT_IVL, 100);
-        set_int(s, ZMQ_RECONNECT_IVL_MAX, 1000);
-        set_int(s, ZMQ_LINGER, 0);
-        int64_t maxmsg = 4096;  // only heartbeats come back on this socket
-        if (zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0) zmq_fail("ZMQ_MAXMSGSIZE");
-        if (curve) {
-            if (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server_key.c_str(), 40) != 0 ||
-                zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, I.opt.curve_public.c_str(), 40) != 0 ||
-                zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, I.opt.curve_secret.c_str(), 40) != 0)
-                zmq_fail("CURVE keys");
-        }
-        if (zmq_connect(s, address.c_str()) != 0) zmq_fail("connect " + address);
-    } catch (...) {
-        zmq_close(s);
-        throw;
-    }
+    void* s = I.dial(address, curve ? server_key : std::string());
     auto p = std::make_unique<PeerOut>();
     p->name = peer;
     p->address = address;
+    p->server_key = curve ? server_key : std::string();
     p->sock = s;
     p->last_heard = now_s();
     {
@@ -736,8 +771,11 @@ bool Endpoint::send(const std::string& peer, const void* header, size_t header_l
     }
     const double deadline = now_s() + std::max(0.0, timeout_s);
     std::unique_lock<std::mutex> sl(p->smu);
+    const uint64_t generation = p->generation;
     for (;;) {
         if (!p->sock) throw ClosedError();
+        if (p->generation != generation)  // the socket was replaced under a message in the making
+            throw PeerLostError(peer, "the link was dialled again while this message was being sent");
         {
             std::lock_guard<std::mutex> g(I.mu);
             if (I.closed) throw ClosedError();
@@ -858,23 +896,37 @@ void Endpoint::close() {
     I.cv_recv.notify_all();
 }
 
+PeerOut* Endpoint::Impl::find_peer(const std::string& peer) {
+    std::lock_guard<std::mutex> g(mu);
+    auto it = peers.find(peer);
+    if (it == peers.end()) throw std::invalid_argument("unknown peer '" + peer + "': call connect(name, address) first");
+    return it->second.get();
+}
+
 void Endpoint::rekey(const std::string& peer, const std::string& server_key) {
     Impl& I = *impl_;
     if (I.opt.curve_secret.empty()) throw std::invalid_argument("rekey needs CURVE keys for this endpoint");
     z85_decode_key(server_key, "peer public key");
-    PeerOut* p = nullptr;
-    {
-        std::lock_guard<std::mutex> g(I.mu);
-        auto it = I.peers.find(peer);
-        if (it == I.peers.end()) throw std::invalid_argument("unknown peer '" + peer + "': call connect(name, address) first");
-        p = it->second.get();
-    }
-    // The server key applies to connections made from now on: drop the current one and dial again.
+    PeerOut* p = I.find_peer(peer);
+    // The server key applies to connections made from now on: a fresh socket dials again.
     std::lock_guard<std::mutex> sg(p->smu);
     if (!p->sock) throw ClosedError();
-    if (zmq_setsockopt(p->sock, ZMQ_CURVE_SERVERKEY, server_key.c_str(), 40) != 0) zmq_fail("ZMQ_CURVE_SERVERKEY");
-    zmq_disconnect(p->sock, p->address.c_str());
-    if (zmq_connect(p->sock, p->address.c_str()) != 0) zmq_fail("connect " + p->address);
+    p->server_key = server_key;
+    if (!I.redial(p)) throw ClosedError();
+}
+
+void Endpoint::redial(const std::string& peer) {
+    Impl& I = *impl_;
+    PeerOut* p = I.find_peer(peer);
+    std::lock_guard<std::mutex> sg(p->smu);
+    if (!p->sock || !I.redial(p)) throw ClosedError();
+    std::lock_guard<std::mutex> g(I.mu);
+    if (p->state == PeerState::Lost) {  // heard from it another way: give the new link a full timeout
+        p->state = PeerState::Connecting;
+        p->last_heard = now_s();
+        p->redial_at = 0;
+        I.reported_lost.erase(p->name);
+    }
 }
 
 void Endpoint::set_allowed(const std::vector<std::string>& keys) {

@@ -127,6 +127,9 @@ class Endpoint {
     void connect(const std::string& peer, const std::string& address, const std::string& server_key);
     // A connected peer's new CURVE public key (its key was rotated): reconnect, proving the new key.
     void rekey(const std::string& peer, const std::string& server_key);
+    // Replace the socket to `peer` with a fresh one, for a peer known alive by other means (its Hello)
+    // while this link still says lost; the new link gets a full peer timeout to prove itself.
+    void redial(const std::string& peer);
     // Hand a message for `peer` to libzmq, waiting up to timeout_s while the peer's queue is full.
     // Returns false on timeout (nothing sent; tokens still released).
     // Throws PeerLostError, ClosedError, std::invalid_argument.

@@ -232,6 +232,10 @@ class Channel:
         if self._curve:
             self._curve.rekey(peer, public_key)
 
+    def redial(self, peer: str) -> None:
+        """`peer` spoke to us though our link to it says lost: dial it again on a fresh socket."""
+        self.endpoint.redial(peer)
+
     def allow(self, public_keys: Sequence[str]) -> None:
         """Accept connections from these keys only (encrypted channels)."""
         if self._curve:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
 import textwrap
@@ -144,6 +146,59 @@ def test_killed_peer_is_reported_on_send_and_recv() -> None:
         assert me.peers() == {"victim": "lost"}
         with pytest.raises(PeerLost, match="victim"):
             me.send("victim", Header("x"))
+
+
+def _wait_state(ep: Endpoint, peer: str, state: str, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while ep.peers()[peer] != state and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ep.peers()[peer] == state
+
+
+def _next_hello(ep: Endpoint):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with contextlib.suppress(PeerLost):  # the loss, reported once as it happened
+            if (m := ep.recv(timeout=5)).header.kind == "hello":
+                return m
+    raise AssertionError("no echo")
+
+
+def test_a_killed_peer_restarted_at_its_address_is_alive_again_and_reachable() -> None:
+    proc, addr = start_peer("victim", "tcp://127.0.0.1:*")
+    with Endpoint("me", options=FAST) as me:
+        me.connect("victim", addr)
+        me.send("victim", Header("hello", meta={"reply_to": me.address}), [b"one"])
+        assert bytes(me.recv(timeout=5).payloads[0]) == b"one"
+        for round_ in range(3):  # lost, then back, again and again: the link heals each time
+            proc.kill()
+            proc.wait()
+            _wait_state(me, "victim", "lost", 5)
+            proc, _ = start_peer("victim", addr)
+            _wait_state(me, "victim", "alive", 5)
+            me.send("victim", Header("hello", meta={"reply_to": me.address}), [b"again"])
+            assert bytes(_next_hello(me).payloads[0]) == b"again", round_
+        proc.stdin.close()
+        proc.wait(5)
+
+
+def test_redial_gives_a_lost_peer_a_fresh_link_that_carries_the_next_message() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    with Endpoint("me", options=FAST) as me:
+        me.connect("late", addr)
+        _wait_state(me, "late", "lost", 5)
+        with pytest.raises(PeerLost):
+            me.send("late", Header("x"))
+        me.redial("late")  # e.g. it said Hello: it is up, whatever our link thought
+        assert me.peers()["late"] == "connecting"
+        me.send("late", Header("x"), [b"queued"])  # held for the new link
+        with Endpoint("late", addr, options=FAST) as late:
+            m = late.recv(timeout=5)
+            assert (m.sender, bytes(m.payloads[0])) == ("me", b"queued")
+        with pytest.raises(ValueError, match="unknown peer"):
+            me.redial("nobody")
 
 
 def test_connecting_to_nobody_is_reported_as_lost() -> None:

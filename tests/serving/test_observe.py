@@ -41,6 +41,9 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 CAPS = CpuCap.available()  # root and a cgroup cpu controller
 SLOWED_SHARE = 0.125  # of one core, for node-c
 DRIFT_HOLD_S = 10  # instead of a minute
+# Warn only below 25 % of plan: the capped node runs at 5-8 %; uncapped nodes sharing 2 cores with the API
+# servers and the engine core ran at 40-125 % (40 % on a loaded CI host), which the default 25 % would flag.
+DRIFT_TOLERANCE = 0.75
 
 
 def cli(*args, check=True, cap=None):
@@ -74,7 +77,8 @@ def server(measured_plan, tiny_llama_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("observe-serve") / "serve.log"
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--enforce-eager",
                                           "--api-server-count", "2", *COMMON], log_path=log,
-                        env={**ONE_THREAD, "HELIX_DRIFT_HOLD_S": str(DRIFT_HOLD_S)})
+                        env={**ONE_THREAD, "HELIX_DRIFT_HOLD_S": str(DRIFT_HOLD_S),
+                             "HELIX_DRIFT_TOLERANCE": str(DRIFT_TOLERANCE)})
     with server as url, contextlib.ExitStack() as caps:
         if CAPS:  # before any request: the nodes serve every test of the module under these conditions
             for node, share, weight in (("node-a", None, 20), ("node-b", None, 20), ("node-c", SLOWED_SHARE, 1)):
@@ -178,5 +182,7 @@ def test_the_drift_warning_names_the_capped_node_and_no_other(server, tiny_llama
     assert any("node node-c runs at" in line for line in warnings), vllm.log_tail(40)
     assert not [line for line in warnings if "node node-a " in line or "node node-b " in line], warnings
     assert "vllm-helix profile --model" in warnings[0] and "vllm-helix plan" in warnings[0]
-    drifting = _node_values(scrape(url), "helix_node_drifting")
-    assert drifting == {"node-a": 0.0, "node-b": 0.0, "node-c": 1.0}
+    metrics = scrape(url)
+    assert _node_values(metrics, "helix_node_drifting") == {"node-a": 0.0, "node-b": 0.0, "node-c": 1.0}
+    ratio = _node_values(metrics, "helix_node_throughput_ratio")
+    assert ratio["node-c"] < min(ratio["node-a"], ratio["node-b"]) / 2, ratio

@@ -228,6 +228,10 @@ class Endpoint:
         """`peer`'s key was rotated: reconnect to it, expecting `public_key` (Z85)."""
         self._ep.rekey(peer, public_key)
 
+    def redial(self, peer: str) -> None:
+        """`peer` is alive (it spoke to us) but our link to it says lost: dial it again on a fresh socket."""
+        self._ep.redial(peer)
+
     def set_allowed(self, public_keys: Sequence[str]) -> None:
         """Replace the CURVE allow-list; handshakes from now on are checked against it."""
         self._ep.set_allowed(list(public_keys))

@@ -74,6 +74,11 @@ class PyzmqEndpoint:
             out.append(Message(sender, decode_header(frames[1].bytes, sender), [f.buffer for f in frames[2:]]))
         return out
 
+    def redial(self, peer: str) -> None:
+        address = self._dealers[peer].getsockopt_string(zmq.LAST_ENDPOINT)
+        self._dealers.pop(peer).close(linger=0)
+        self.connect(peer, address)
+
     def peers(self) -> dict[str, str]:
         return {p: "connected" for p in self._dealers}
 

@@ -21,6 +21,9 @@ class Transport(Protocol):
 
     def recv_many(self, max_n: int = 256, timeout: float | None = None) -> list[Message]: ...
 
+    def redial(self, peer: str) -> None:
+        """Dial `peer` again on a fresh socket: it spoke to us, though our link to it says lost."""
+
     def peers(self) -> dict[str, str]:
         """Connected peers: name -> address."""
         ...

@@ -283,9 +283,18 @@ class ServingCoordinator:
             return
         self.kv_tokens[node] = hello.kv_tokens
         self.routes.block_tokens = max(self.routes.block_tokens, hello.kv_block_tokens)
+        start = p.Start(self.plan.public_keys if self.channel.encrypted else {})
         try:
-            self.channel.send(node, p.Start(self.plan.public_keys if self.channel.encrypted else {}))
-        except (PeerLost, TransportTimeout):
+            self.channel.send(node, start)
+        except PeerLost as exc:  # its Hello proves it is up: our link to it is what is stale
+            logger.warning("Helix node %s said Hello, but the link to it says lost (%s): dialling it again",
+                           node, exc)
+            self.channel.redial(node)
+            try:
+                self.channel.send(node, start)
+            except (PeerLost, TransportTimeout):
+                return  # it says Hello again
+        except TransportTimeout:
             return  # it says Hello again
         self.members.up(node)
         self.workers.started(node)
