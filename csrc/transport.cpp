@@ -108,6 +108,7 @@ struct PeerOut {
     uint64_t generation = 0;                  // bumped when sock is replaced: a half-sent message is lost
     std::string server_key;                   // Z85 CURVE key the peer must prove; empty without CURVE
     double redial_at = 0;                     // guarded by mu: when a lost peer gets a fresh socket next
+    std::atomic<bool> io_waiting{false};      // the I/O thread waits for smu: a sender lets it in
     std::atomic<size_t> inflight{0};          // zero-copy payload bytes libzmq still holds
     PeerState state = PeerState::Connecting;  // guarded by mu
     std::string lost_why;                     // guarded by mu
@@ -290,6 +291,13 @@ struct Endpoint::Impl {
     void peer_lost(PeerOut* p, const std::string& why);  // caller holds mu
     void* dial(const std::string& address, const std::string& server_key);
     bool redial(PeerOut* p);  // caller holds p->smu
+    // smu for the I/O thread: a sender waiting on a full queue steps aside, so heartbeats never starve
+    static std::unique_lock<std::mutex> io_lock(PeerOut* p) {
+        p->io_waiting.store(true);
+        std::unique_lock<std::mutex> l(p->smu);
+        p->io_waiting.store(false);
+        return l;
+    }
     PeerOut* find_peer(const std::string& peer);  // throws std::invalid_argument
     void shutdown_io();
 };
@@ -545,7 +553,7 @@ void Endpoint::Impl::heartbeat(double now) {
     }
     uint64_t n_sent = 0;
     for (PeerOut* p : outs) {
-        std::lock_guard<std::mutex> sg(p->smu);
+        std::unique_lock<std::mutex> sg = io_lock(p);
         if (!p->sock) continue;
         read_dealer(p, now);
         if (!p->partial && zmq_send(p->sock, ping.data(), ping.size(), ZMQ_DONTWAIT) >= 0) ++n_sent;
@@ -593,7 +601,7 @@ void Endpoint::Impl::heartbeat(double now) {
             }
     }
     for (PeerOut* p : redials) {
-        std::lock_guard<std::mutex> sg(p->smu);
+        std::unique_lock<std::mutex> sg = io_lock(p);
         if (p->sock) redial(p);
     }
 }
@@ -806,7 +814,8 @@ bool Endpoint::send(const std::string& peer, const void* header, size_t header_l
             zmq_poll(&it, 1, slice_ms);
             if (!(it.revents & ZMQ_POLLOUT)) {  // let the heartbeat in between slices
                 sl.unlock();
-                std::this_thread::yield();
+                do std::this_thread::yield();
+                while (p->io_waiting.load());
                 sl.lock();
             }
         }
