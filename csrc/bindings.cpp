@@ -23,15 +23,15 @@ void release_pybuffer(void* token) {  // runs with the GIL held (drain_released 
     delete view;
 }
 
-void raise_helix(const char* cls_name, const char* what, const std::string& peer) {
-    py::object cls = py::module_::import("vllm_helix.errors").attr(cls_name);
-    py::object exc = cls(what);
-    exc.attr("peer") = peer.empty() ? py::object(py::none()) : py::object(py::str(peer));
-    PyErr_SetObject(cls.ptr(), exc.ptr());
-}
-
 py::str lenient_str(const std::string& s) {  // routing ids from foreign sockets may not be UTF-8
     return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(s.data(), Py_ssize_t(s.size()), "replace"));
+}
+
+void raise_helix(const char* cls_name, const char* what, const std::string& peer) {
+    py::object cls = py::module_::import("vllm_helix.errors").attr(cls_name);
+    py::object exc = cls(lenient_str(what));  // the message may quote a peer's name
+    exc.attr("peer") = peer.empty() ? py::object(py::none()) : py::object(lenient_str(peer));
+    PyErr_SetObject(cls.ptr(), exc.ptr());
 }
 
 bool send(Endpoint& ep, const std::string& peer, const py::bytes& header, const py::sequence& payloads, double timeout_s) {

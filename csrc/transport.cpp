@@ -286,6 +286,7 @@ struct Endpoint::Impl {
     void run();
     void read_router();
     void read_dealer(PeerOut* p, double now);
+    void drop_rest(bool more);  // the router's frames left of a message nobody will read
     void serve_zap();
     void heartbeat(double now);
     void peer_lost(PeerOut* p, const std::string& why);  // caller holds mu
@@ -395,6 +396,14 @@ void Endpoint::Impl::read_router() {
         std::string sender(static_cast<char*>(zmq_msg_data(&id)), zmq_msg_size(&id));
         bool more = zmq_msg_more(&id);
         zmq_msg_close(&id);
+        if (sender.empty() || sender[0] == '\0') {
+            // An id libzmq made up: a connection whose peer dialled us again on a fresh socket (the
+            // handover renamed the stale one), or a socket that never named itself. Not a peer of ours.
+            drop_rest(more);
+            std::lock_guard<std::mutex> g(mu);
+            ++st.rejected;
+            continue;
+        }
         auto rec = std::make_shared<Received>();
         size_t n_frames = 0, bytes = 0;
         zmq_msg_t first;
@@ -456,6 +465,16 @@ void Endpoint::Impl::read_router() {
         rq_bytes += it.bytes;
         rq.push_back(std::move(it));
         if (recv_waiters) cv_recv.notify_one();
+    }
+}
+
+void Endpoint::Impl::drop_rest(bool more) {
+    while (more) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, router, 0) < 0) more = false;
+        else more = zmq_msg_more(&m);
+        zmq_msg_close(&m);
     }
 }
 

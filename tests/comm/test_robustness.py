@@ -13,7 +13,7 @@ from comm_helpers import FAST
 from vllm_helix.comm import Endpoint, EndpointOptions, Header
 from vllm_helix.comm import _transport as T
 from vllm_helix.comm.messages import encode_header
-from vllm_helix.errors import FrameRejected, TransportTimeout
+from vllm_helix.errors import FrameRejected, PeerLost, TransportTimeout
 
 LIMITED = EndpointOptions(
     heartbeat_s=0.05, peer_timeout_s=5.0, max_header_bytes=256, max_payload_bytes=64 << 10, max_payloads=4
@@ -113,3 +113,36 @@ def test_random_wire_traffic_never_kills_the_endpoint(target) -> None:
             errors += 1
     assert got_good >= sent_good  # mutants may happen to be valid too
     assert ep.stats()["rejected"] > 1000
+
+
+def test_senders_without_a_name_of_their_own_are_dropped_and_odd_names_never_crash_recv() -> None:
+    """libzmq names a connection itself (a NUL byte and a counter) when the peer set no routing id, or when the
+    peer dialled again on a fresh socket and the handover renamed the stale connection: not a peer of ours.
+    A named peer whose name is not UTF-8 is still reported, its name decoded leniently."""
+    with Endpoint("target", options=LIMITED) as ep:
+        ctx = zmq.Context()
+        try:
+            anonymous, odd = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+            odd.routing_id = b"\xff\x8b-odd"
+            for s in (anonymous, odd):
+                s.linger = 0
+                s.connect(ep.address)
+            anonymous.send_multipart(good(1))
+            anonymous.send_multipart(BAD["garbage"])
+            odd.send_multipart(BAD["garbage"])
+            odd.send_multipart(good(2))
+            with pytest.raises(FrameRejected) as e:
+                ep.recv(timeout=2)
+            assert e.value.peer == "\ufffd\ufffd-odd"
+            m = ep.recv(timeout=2)
+            assert (m.sender, m.header.meta) == ("\ufffd\ufffd-odd", {"i": 2})
+            with pytest.raises(PeerLost) as lost:  # the odd one sends no heartbeats: silent, so lost
+                ep.recv(timeout=LIMITED.peer_timeout_s + 2)
+            assert lost.value.peer == "\ufffd\ufffd-odd"
+            with pytest.raises(TransportTimeout):  # nothing of the anonymous socket's, no loss event for it
+                ep.recv(timeout=1)
+            assert ep.stats()["rejected"] >= 3
+        finally:
+            for s in (anonymous, odd):
+                s.close()
+            ctx.term()
