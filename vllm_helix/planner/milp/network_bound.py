@@ -1,26 +1,29 @@
-"""Network-aware upper bound on every placement's max flow (the "crossing bound"); proof in docs/milp.md.
+"""Network-aware upper bound on every placement's max flow (the "column bound"); proof in docs/milp.md.
 
-The compute ("clipping") bound counts layer-tokens: a flow F passes L layers, so L*F = sum_i k_i*f_i <=
-sum_i A_i(F), A_i(F) = max_k k*min(T_i(k), F). Its slack S(F) = sum_i A_i(F) - L*F is what a placement
-may lose against that ideal. On a cluster whose fast-link regions each hold fewer than L layers, every
-route crosses a slow link; when F exceeds the fastest slow link, one hop cannot carry the whole flow past
-that layer boundary, so two nodes cover one layer there and share its flow F. Two nodes sharing F lose at
-least PL2(F) = min over node pairs of A_i(F) + A_j(F) - max_{f_i + f_j <= F} (a_i(f_i) + a_j(f_j)), with
-a_i(f) = max_k k*min(T_i(k), f). So any F with S(F) < PL2(F) is out of reach: the bound is the smallest
-such F found on a scan between the slow-link threshold and the compute bound.
+A flow F passes every layer once, and node i passes at most T_i(k_i) tokens/s through each of its k_i
+layers, so the nodes covering any layer have capacities summing to >= F: each layer is a *column* of
+nodes. Forgetting where layers sit, a placement becomes L columns, each with a minimal set of (node kind,
+layer count) whose throughputs reach F, using each node with k layers in at most k columns. A small integer
+program over those patterns says whether the cluster's nodes can fill L columns at F; it is at least as
+strong as the compute ("clipping") bound and much stronger when a node's best size falls just short of F.
 
-Exact chaining only (with partial inference a node may join a route inside its range).
+The network adds one constraint: when the regions joined by links faster than theta each hold fewer than
+L layers, every route crosses a link of <= theta tokens/s; if F > theta, that link cannot carry the whole
+flow past its layer boundary alone, so some layer is covered by two nodes: sum_i k_i >= L + 1. On
+3cluster24 this is what separates the compute bound (2045.6: every node at its best size, one pipeline of
+exactly 80 layers, no room for a second node anywhere) from the optimum.
+
+Feasibility is monotone in F (a filling at F' > F is one at F after shrinking each column to a minimal
+set), so the bound is found by bisection; every value reported is an F the solver proved infeasible.
+Exact chaining only (with partial inference a node may run part of its range).
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import networkx as nx
+from ortools.sat.python import cp_model
 
 from vllm_helix.errors import InfeasiblePlacement
 from vllm_helix.planner.cluster import ClusterSpec
@@ -28,90 +31,80 @@ from vllm_helix.planner.milp.formulation import Formulation, link_capacities
 from vllm_helix.planner.model import ModelSpec
 from vllm_helix.planner.throughput import NodeCapacity
 
-SCAN_STEPS = 400  # flows tried between the threshold and the compute bound ...
-REFINE_STEPS = 64  # ... then between the first refuted one and the flow tried before it
+MAX_PATTERNS = 50_000  # more minimal columns than this ...
+MAX_STEPS = 2_000_000  # ... or more partial columns tried: give up on F (it counts as reachable)
+SOLVE_LIMIT_S = 5.0  # per feasibility check; an unproven check counts as reachable
+TOLERANCE = 1e-6  # bisection stops when the interval is this share of the bound
 
 
 @dataclass(frozen=True, slots=True)
-class Table:
-    """A node's allowed layer counts and their throughputs (tokens/s)."""
+class Kind:
+    """Interchangeable nodes: same throughput table, same allowed layer counts."""
 
     throughput: tuple[float, ...]  # T(k), index k - 1
-    allowed: tuple[int, ...]  # layer counts the node may take
-
-    def area(self, flow: float) -> float:
-        """a(f) = max_k k*min(T(k), f): the most layer-tokens/s the node passes carrying at most `flow`."""
-        return max(k * min(self.throughput[k - 1], flow) for k in self.allowed)
-
-    def kinks(self) -> tuple[float, ...]:
-        """Flows where a(f) may bend: each T(k) and where two terms k*f and k'*T(k') meet."""
-        return _kinks(self)
-
-
-@functools.lru_cache(maxsize=256)
-def _kinks(table: Table) -> tuple[float, ...]:
-    ts = [table.throughput[k - 1] for k in table.allowed]
-    pairs = itertools.product(table.allowed, zip(table.allowed, ts, strict=True))
-    return tuple(sorted({*ts, *(k2 * t / k for k, (k2, t) in pairs)}))
+    allowed: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class NetworkBound:
-    value: float  # tokens/s no placement reaches (math.inf when the argument does not apply)
-    threshold: float  # tokens/s of the fastest slow link (links at most this fast join no region)
+    value: float  # tokens/s that no placement reaches: the column bound with the network constraint
+    column_value: float  # the column bound alone (no network argument)
+    threshold: float | None  # tokens/s of the fastest slow link; None when a fast region holds the model
     regions: tuple[tuple[str, ...], ...]  # nodes joined by links faster than the threshold
-    note: str  # why the bound applies or not, one line
+    note: str  # which argument gave `value`, one line
 
 
-def crossing_bound(
+def network_bound(
     form: Formulation,
     cluster: ClusterSpec,
     model: ModelSpec,
     capacities: Mapping[str, NodeCapacity],
-    steps: int = SCAN_STEPS,
+    tolerance: float = TOLERANCE,
 ) -> NetworkBound:
-    """Upper bound on the max flow of every placement that `form` allows (its pins, excludes, layer limits).
+    """Upper bound on the max flow of every placement `form` allows (its pins, excludes, layer limits).
 
-    Raises InfeasiblePlacement for partial inference (not covered) or `steps` < 1.
+    Raises InfeasiblePlacement for partial inference (not covered) or a tolerance outside (0, 1).
     """
     if form.partial:
         raise InfeasiblePlacement(
             "the network-aware bound assumes exact chaining; it does not cover --partial-inference"
         )
-    if steps < 1:
-        raise InfeasiblePlacement(f"scan steps must be >= 1, got {steps}")
-    tables = {
-        n: Table(
+    if not 0 < tolerance < 1:
+        raise InfeasiblePlacement(f"bound tolerance must be in (0, 1), got {tolerance}")
+    kinds = node_kinds(form, capacities)
+    layers = {n: max(k for _, k in form.choices[n]) for n in form.nodes}
+    links = {(a, b): c for (a, b), c in link_capacities(cluster, model).items() if a in layers and b in layers}
+    threshold, regions = slow_link_threshold(links, layers, form.num_layers)
+    top = form.flow_cap * (1 + 1e-9) + 1e-9  # above the compute bound: never reachable
+    column = min(form.flow_cap, smallest_unreachable(kinds, form.num_layers, 0.0, top, False, tolerance))
+    if threshold is None or threshold >= column:
+        why = "a region of fast links holds the whole model" if threshold is None else "the slow links are fast"
+        return NetworkBound(column, column, threshold, regions, f"column bound ({why})")
+    value = smallest_unreachable(kinds, form.num_layers, threshold, column, True, tolerance)
+    return NetworkBound(
+        value, column, threshold, regions, f"column bound + every route crosses a link of <= {threshold:.1f} tok/s"
+    )
+
+
+def node_kinds(form: Formulation, capacities: Mapping[str, NodeCapacity]) -> dict[Kind, int]:
+    """How many usable nodes of each kind the formulation has."""
+    kinds: dict[Kind, int] = {}
+    for n in form.nodes:
+        kind = Kind(
             tuple(capacities[n].tokens_per_s[: len(form.throughput[n])]), tuple(sorted({k for _, k in form.choices[n]}))
         )
-        for n in form.nodes
-    }
-    layers = {n: max(t.allowed) for n, t in tables.items()}
-    links = {(a, b): c for (a, b), c in link_capacities(cluster, model).items() if a in tables and b in tables}
-    threshold, regions = slow_link_threshold(links, layers, form.num_layers)
-    if threshold is None:
-        return NetworkBound(math.inf, math.inf, regions, "a region of fast links holds the whole model")
-    if form.flow_cap <= threshold:
-        return NetworkBound(math.inf, threshold, regions, "the slow links are faster than the compute bound")
-    miss = first_miss(list(tables.values()), form.num_layers, threshold, form.flow_cap, steps)
-    if miss is None:
-        return NetworkBound(math.inf, threshold, regions, "the compute slack covers two nodes sharing a layer")
-    return NetworkBound(
-        miss, threshold, regions, f"every route crosses a link of <= {threshold:.1f} tok/s, so two nodes share a layer"
-    )
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 def slow_link_threshold(
     links: Mapping[tuple[str, str], float], layers: Mapping[str, int], num_layers: int
 ) -> tuple[float | None, tuple[tuple[str, ...], ...]]:
     """Smallest theta such that the regions of links faster than theta each hold < num_layers layers, and
-    those regions; (None, one region) when even the fastest links leave a region that holds the model."""
-    if max(layers.values()) >= num_layers:
-        return None, ((max(layers, key=layers.__getitem__),),)
-    g = nx.Graph()
-    g.add_nodes_from(layers)
-    held = dict(layers)  # region root -> layers it holds
-    root = {n: n for n in layers}
+    those regions; (None, regions of all links) when even that leaves a region holding the whole model."""
+    names = list(layers)
+    root = {n: n for n in names}
+    held = dict(layers)  # region root -> layers its nodes hold at most
 
     def find(n: str) -> str:
         while root[n] != n:
@@ -119,71 +112,99 @@ def slow_link_threshold(
             n = root[n]
         return n
 
-    for (a, b), cap in sorted(links.items(), key=lambda item: -item[1]):
+    def regions() -> tuple[tuple[str, ...], ...]:
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            groups.setdefault(find(n), []).append(n)
+        return tuple(tuple(g) for g in groups.values())
+
+    if max(layers.values()) >= num_layers:
+        return None, regions()
+    for (a, b), cap in sorted(links.items(), key=lambda item: -item[1]):  # fastest links join first
         ra, rb = find(a), find(b)
         if ra == rb:
             continue
-        if held[ra] + held[rb] >= num_layers:  # this link (and every slower one) must count as slow
-            return cap, _regions(g, layers)
+        if held[ra] + held[rb] >= num_layers:  # this link, and every slower one, has to count as slow
+            return cap, regions()
         root[rb] = ra
         held[ra] += held[rb]
-        g.add_edge(a, b)
-    return None, _regions(g, layers)  # check_fits makes this unreachable: all nodes hold the model
+    return None, regions()
 
 
-def _regions(g: nx.Graph, order: Mapping[str, int]) -> tuple[tuple[str, ...], ...]:
-    names = list(order)
-    comps = sorted((sorted(c, key=names.index) for c in nx.connected_components(g)), key=lambda c: names.index(c[0]))
-    return tuple(tuple(c) for c in comps)
+def smallest_unreachable(
+    kinds: Mapping[Kind, int], num_layers: int, low: float, high: float, crossing: bool, tolerance: float
+) -> float:
+    """Bisection between `low` (not proven unreachable) and `high` (assumed unreachable); returns a flow
+    proven unreachable, or `high`."""
+    if fills(kinds, num_layers, high, crossing) is not False:
+        return high
+    while high - low > tolerance * high:
+        mid = (low + high) / 2
+        if fills(kinds, num_layers, mid, crossing) is False:
+            high = mid
+        else:
+            low = mid
+    return high
 
 
-def slack(tables: Sequence[Table], num_layers: int, flow: float) -> float:
-    """S(F) = sum_i A_i(F) - L*F: the layer-tokens/s placements may lose against the compute bound."""
-    return sum(t.area(flow) for t in tables) - num_layers * flow
+def fills(kinds: Mapping[Kind, int], num_layers: int, flow: float, crossing: bool) -> bool | None:
+    """Can the nodes fill `num_layers` columns of capacity >= flow (with `crossing`: and one column holding
+    a second node)? False only when CP-SAT proves it impossible; None when undecided."""
+    types = sorted(((kind, k) for kind in kinds for k in kind.allowed), key=lambda t: -t[0].throughput[t[1] - 1])
+    patterns = minimal_columns([kind.throughput[k - 1] for kind, k in types], [kind for kind, _ in types], kinds, flow)
+    if patterns is None:
+        return None
+    m = cp_model.CpModel()
+    count = [m.NewIntVar(0, kinds[kind], f"m_{i}") for i, (kind, _) in enumerate(types)]  # nodes with k layers
+    for kind, limit in kinds.items():
+        m.Add(sum(c for c, (kd, _) in zip(count, types, strict=True) if kd == kind) <= limit)
+    columns = [m.NewIntVar(0, num_layers, f"x_{p}") for p in range(len(patterns))]
+    m.Add(sum(columns) == num_layers)
+    use: list[list] = [[] for _ in types]
+    for x, pattern in zip(columns, patterns, strict=True):
+        for i in set(pattern):
+            use[i].append(pattern.count(i) * x)
+    for i, (_, k) in enumerate(types):
+        m.Add(sum(use[i]) <= k * count[i])  # a node with k layers sits in at most k columns
+    if crossing:
+        m.Add(sum(k * c for c, (_, k) in zip(count, types, strict=True)) >= num_layers + 1)
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.max_time_in_seconds = SOLVE_LIMIT_S
+    status = solver.Solve(m)
+    if status == cp_model.INFEASIBLE:
+        return False
+    return True if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) else None
 
 
-def pair_loss(first: Table, second: Table, flow: float) -> float:
-    """Least loss of two nodes whose flows add up to at most `flow` (they cover one layer together)."""
-    cuts = {0.0, flow}
-    cuts.update(f for f in first.kinks() if 0 < f < flow)
-    cuts.update(flow - f for f in second.kinks() if 0 < f < flow)
-    best = max(first.area(f) + second.area(flow - f) for f in cuts)
-    return first.area(flow) + second.area(flow) - best
+def minimal_columns(
+    throughput: Sequence[float], kind_of: Sequence[Kind], limits: Mapping[Kind, int], flow: float
+) -> list[tuple[int, ...]] | None:
+    """Multisets of type indices (types sorted by throughput, fastest first) whose throughputs reach `flow`
+    and stop reaching it without their slowest member; at most `limits[kind]` nodes of a kind. None when
+    there are more than MAX_PATTERNS (or the search takes more than MAX_STEPS)."""
+    out: list[tuple[int, ...]] = []
+    chosen: list[int] = []
+    used: dict[Kind, int] = {}
+    steps = [0]
 
+    def extend(first: int, total: float) -> bool:
+        steps[0] += 1
+        if steps[0] > MAX_STEPS:
+            return False
+        if total >= flow * (1 - 1e-12):  # float sums: never refute a flow a real column reaches
+            out.append(tuple(chosen))
+            return len(out) <= MAX_PATTERNS
+        for i in range(first, len(throughput)):
+            if used.get(kind_of[i], 0) >= limits[kind_of[i]]:
+                continue
+            used[kind_of[i]] = used.get(kind_of[i], 0) + 1
+            chosen.append(i)
+            ok = extend(i, total + throughput[i])
+            chosen.pop()
+            used[kind_of[i]] -= 1
+            if not ok:
+                return False
+        return True
 
-def least_pair_loss(tables: Sequence[Table], flow: float) -> float:
-    """min over pairs of distinct nodes of pair_loss (identical tables are tried once)."""
-    kinds: dict[Table, int] = {}
-    for t in tables:
-        kinds[t] = kinds.get(t, 0) + 1
-    pairs = [(a, b) for a, b in itertools.combinations(kinds, 2)] + [(a, a) for a, n in kinds.items() if n > 1]
-    return min((pair_loss(a, b, flow) for a, b in pairs), default=math.inf)
-
-
-def refuted(tables: Sequence[Table], num_layers: int, flow: float) -> bool:
-    """True when no placement can carry `flow` past a slow link: the slack cannot pay for a shared layer."""
-    return slack(tables, num_layers, flow) < least_pair_loss(tables, flow)
-
-
-def first_miss(tables: Sequence[Table], num_layers: int, low: float, high: float, steps: int) -> float | None:
-    """Smallest flow in (low, high] on the scan that is refuted (a valid bound: any refuted flow is one)."""
-    grid = [low + (high - low) * i / steps for i in range(1, steps + 1)]
-    for i, flow in enumerate(grid):
-        if refuted(tables, num_layers, flow):
-            prev = grid[i - 1] if i else low
-            fine = [prev + (flow - prev) * j / REFINE_STEPS for j in range(1, REFINE_STEPS)]
-            return next((f for f in fine if refuted(tables, num_layers, f)), flow)
-    return None
-
-
-__all__ = [
-    "NetworkBound",
-    "Table",
-    "crossing_bound",
-    "first_miss",
-    "least_pair_loss",
-    "pair_loss",
-    "refuted",
-    "slack",
-    "slow_link_threshold",
-]
+    return out if extend(0, 0.0) else None

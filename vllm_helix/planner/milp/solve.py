@@ -14,7 +14,7 @@ from vllm_helix.planner.cluster import ClusterSpec
 from vllm_helix.planner.flow import max_flow
 from vllm_helix.planner.milp.cpsat import SolveOutcome
 from vllm_helix.planner.milp.formulation import Formulation, build_formulation, describe
-from vllm_helix.planner.milp.network_bound import crossing_bound
+from vllm_helix.planner.milp.network_bound import network_bound
 from vllm_helix.planner.milp.options import SolverOptions
 from vllm_helix.planner.milp.progress import Progress
 from vllm_helix.planner.milp.warm_start import warm_start as greedy_warm_start
@@ -39,7 +39,7 @@ def solve_milp(
         solver = "gurobi" if importlib.util.find_spec("gurobipy") else "cpsat"
     started = time.monotonic()
     form = build_formulation(cluster, model, capacities, options)
-    network = None if options.partial_inference else crossing_bound(form, cluster, model, capacities)
+    network = None if options.partial_inference else network_bound(form, cluster, model, capacities)
     ceiling = min(form.flow_cap, network.value) if network else form.flow_cap
 
     def verify(placement: Placement) -> float:
@@ -54,6 +54,7 @@ def solve_milp(
     with Progress(solver, show=options.progress) as bar:
         bar.set_bound(form.flow_cap, "compute")
         if network is not None:
+            bar.set_bound(network.column_value, "column")
             bar.set_bound(network.value, "network")
         if start_flow > 0:
             bar.incumbent(start_flow, start_flow, ceiling)
@@ -68,22 +69,26 @@ def solve_milp(
     best, best_flow = (outcome.placement, outcome.max_flow) if outcome.max_flow > start_flow else (start, start_flow)
     if best is None or best_flow <= 0:
         raise InfeasiblePlacement(_no_flow_message(outcome))
-    bounds = {"solver": outcome.bound, "compute": form.flow_cap, "network": network.value if network else math.inf}
+    bounds = {"solver": outcome.bound, "compute": form.flow_cap,
+              "column": network.column_value if network else math.inf,
+              "network": network.value if network and network.value < network.column_value else math.inf}
     kind = min(bounds, key=lambda k: (bounds[k], TIE_ORDER.index(k)))
     details = _details(form, used, outcome, best_flow, bounds[kind], start_flow, bar, run, note, started, options)
     details["bound_kind"] = BOUND_KINDS[kind]
     details["bounds_tokens_per_s"] = {k: round(v, 6) if math.isfinite(v) else None for k, v in bounds.items()}
     if network is not None:
-        details["network_bound"] = {"threshold_tokens_per_s": round(network.threshold, 6), "note": network.note,
-                                    "regions": [list(r) for r in network.regions]}
+        details["network_bound"] = {"note": network.note, "regions": [list(r) for r in network.regions],
+                                    "threshold_tokens_per_s": None if network.threshold is None
+                                    else round(network.threshold, 6)}
     return PlacementResult(best, options.partial_inference, details)
 
 
-TIE_ORDER = ("network", "compute", "solver")  # equal bounds: name the argument, not the solver echoing it
+TIE_ORDER = ("network", "compute", "column", "solver")  # equal bounds: name the argument, not the solver echoing it
 BOUND_KINDS = {  # what the reported bound is (details.bound_kind)
     "solver": "solver (the MILP's proven bound)",
     "compute": "compute (clipping: layer-tokens/s of the nodes at their best sizes)",
-    "network": "network (crossing: every route crosses a slow link, so two nodes share a layer)",
+    "column": "column (every layer's nodes reach the flow together; docs/milp.md)",
+    "network": "network (column bound + every route crosses a slow link, so two nodes share a layer; docs/milp.md)",
 }
 
 
