@@ -12,6 +12,7 @@ from vllm_helix.errors import InfeasiblePlacement
 from vllm_helix.planner.cluster import cluster_from_dict
 from vllm_helix.planner.examples import reference_example
 from vllm_helix.planner.flow import max_flow
+from vllm_helix.planner.milp import network_bound as nb
 from vllm_helix.planner.milp import solve_milp
 from vllm_helix.planner.milp.formulation import build_formulation
 from vllm_helix.planner.milp.network_bound import Kind, fills, network_bound
@@ -82,6 +83,21 @@ def test_bound_never_below_brute_force_on_random_clusters(seed):
     cross = f"{rng.randint(20, 200) * 18}B/s"
     form, bound, best = bound_and_best(tables, layers, sizes, cross)
     assert bound.value >= best - 1e-9, (tables, layers, cross)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_merged_node_tables_keep_the_bound_valid(seed, monkeypatch):
+    """Measured tables differ a little per node; merging them into kinds (largest T(k)) stays a relaxation."""
+    monkeypatch.setattr(nb, "MAX_TYPES", 3)
+    rng = random.Random(100 + seed)
+    tables = [[round(300 * rng.uniform(0.95, 1.05)), round(150 * rng.uniform(0.95, 1.05))] for _ in range(2)]
+    tables += [[round(150 * rng.uniform(0.95, 1.05))] for _ in range(2)]
+    tables = [tables[0], tables[2], tables[1], tables[3]]  # each region: one 2-layer node, one 1-layer node
+    cluster, model, capacities = two_regions((2, 2), "2520B/s"), tiny_model(6), caps(tables)
+    form = build_formulation(cluster, model, capacities, SolverOptions())
+    kinds, spread = nb.node_kinds(form, capacities)
+    assert spread > 0 and sum(kinds.values()) == 4
+    assert nb.network_bound(form, cluster, model, capacities).value >= brute_force(cluster, model, capacities) - 1e-9
 
 
 def test_no_network_term_when_a_fast_region_holds_the_model():

@@ -20,6 +20,7 @@ Exact chaining only (with partial inference a node may run part of its range).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +35,10 @@ from vllm_helix.planner.throughput import NodeCapacity
 MAX_PATTERNS = 50_000  # more minimal columns than this ...
 MAX_STEPS = 2_000_000  # ... or more partial columns tried: give up on F (it counts as reachable)
 SOLVE_LIMIT_S = 5.0  # per feasibility check; an unproven check counts as reachable
-TOLERANCE = 1e-6  # bisection stops when the interval is this share of the bound
+TOLERANCE = 1e-6  # bisection stops when the interval is this share of the bound ...
+MERGE_SPREADS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # merging nearly equal node tables ...
+MAX_TYPES = 40  # ... until at most this many (kind, layer count) remain
+TIME_LIMIT_S = 20.0  # ... or after this long (clusters with many distinct node tables)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,7 @@ def network_bound(
         )
     if not 0 < tolerance < 1:
         raise InfeasiblePlacement(f"bound tolerance must be in (0, 1), got {tolerance}")
-    kinds = node_kinds(form, capacities)
+    kinds, rounding = node_kinds(form, capacities)
     layers = {n: max(k for _, k in form.choices[n]) for n in form.nodes}
     links = {(a, b): c for (a, b), c in link_capacities(cluster, model).items() if a in layers and b in layers}
     threshold, regions = slow_link_threshold(links, layers, form.num_layers)
@@ -79,22 +83,47 @@ def network_bound(
     column = min(form.flow_cap, smallest_unreachable(kinds, form.num_layers, 0.0, top, False, tolerance))
     if threshold is None or threshold >= column:
         why = "a region of fast links holds the whole model" if threshold is None else "the slow links are fast"
-        return NetworkBound(column, column, threshold, regions, f"column bound ({why})")
+        return NetworkBound(column, column, threshold, regions, f"column bound ({why}){_rounded(rounding)}")
     value = smallest_unreachable(kinds, form.num_layers, threshold, column, True, tolerance)
     return NetworkBound(
-        value, column, threshold, regions, f"column bound + every route crosses a link of <= {threshold:.1f} tok/s"
+        value,
+        column,
+        threshold,
+        regions,
+        f"column bound + every route crosses a link of <= {threshold:.1f} tok/s{_rounded(rounding)}",
     )
 
 
-def node_kinds(form: Formulation, capacities: Mapping[str, NodeCapacity]) -> dict[Kind, int]:
-    """How many usable nodes of each kind the formulation has."""
-    kinds: dict[Kind, int] = {}
-    for n in form.nodes:
-        kind = Kind(
-            tuple(capacities[n].tokens_per_s[: len(form.throughput[n])]), tuple(sorted({k for _, k in form.choices[n]}))
-        )
-        kinds[kind] = kinds.get(kind, 0) + 1
-    return kinds
+def _rounded(rounding: float) -> str:
+    return f"; node tables within {rounding:.1%} merged (their largest T(k))" if rounding else ""
+
+
+def node_kinds(form: Formulation, capacities: Mapping[str, NodeCapacity]) -> tuple[dict[Kind, int], float]:
+    """How many usable nodes of each kind the formulation has, and the spread merged: measured tables differ
+    a little from node to node, so nodes with the same layer counts whose T(k) lie within a ratio 1 + r of
+    each other form one kind with their largest T(k) (a relaxation: every real column still reaches F), with
+    the smallest r in MERGE_SPREADS that leaves at most MAX_TYPES (kind, k)."""
+    tables = {n: tuple(capacities[n].tokens_per_s[: len(form.throughput[n])]) for n in form.nodes}
+    allowed = {n: tuple(sorted({k for _, k in form.choices[n]})) for n in form.nodes}
+    for spread in MERGE_SPREADS:
+        groups: list[tuple[tuple[int, ...], list[float], list[float], list[str]]] = []  # allowed, max, min, nodes
+        for n in sorted(form.nodes, key=lambda n: (allowed[n], tables[n])):
+            group = next((g for g in groups if g[0] == allowed[n] and _close(g, tables[n], spread)), None)
+            if group is None:
+                groups.append((allowed[n], list(tables[n]), list(tables[n]), [n]))
+                continue
+            group[1][:] = map(max, group[1], tables[n])
+            group[2][:] = map(min, group[2], tables[n])
+            group[3].append(n)
+        kinds = {Kind(tuple(hi), ks): len(names) for ks, hi, _, names in groups}
+        if sum(len(kind.allowed) for kind in kinds) <= MAX_TYPES:
+            break
+    return kinds, spread
+
+
+def _close(group, table: tuple[float, ...], spread: float) -> bool:
+    _, hi, lo, _ = group
+    return all(max(h, t) <= (1 + spread) * min(low, t) for h, low, t in zip(hi, lo, table, strict=True))
 
 
 def slow_link_threshold(
@@ -135,10 +164,11 @@ def smallest_unreachable(
     kinds: Mapping[Kind, int], num_layers: int, low: float, high: float, crossing: bool, tolerance: float
 ) -> float:
     """Bisection between `low` (not proven unreachable) and `high` (assumed unreachable); returns a flow
-    proven unreachable, or `high`."""
+    proven unreachable, or `high`. Stops after TIME_LIMIT_S with the lowest one proven so far."""
     if fills(kinds, num_layers, high, crossing) is not False:
         return high
-    while high - low > tolerance * high:
+    deadline = time.monotonic() + TIME_LIMIT_S
+    while high - low > tolerance * high and time.monotonic() < deadline:
         mid = (low + high) / 2
         if fills(kinds, num_layers, mid, crossing) is False:
             high = mid
