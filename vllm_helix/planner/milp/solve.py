@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -62,7 +63,9 @@ def solve_milp(
             outcome, used, note = _proven_by_bound(start, start_flow, ceiling), "warm start", None
         else:
             try:
-                outcome, used, note = _run_backend(solver, form, start, verify, bar, run, options.log,
+                # the solver's F never exceeds the lowest bound, so it can stop when an incumbent meets it
+                searched = dataclasses.replace(form, flow_cap=ceiling)
+                outcome, used, note = _run_backend(solver, searched, start, verify, bar, run, options.log,
                                                    options.formulation)
             except KeyboardInterrupt:  # Ctrl-C before the backend's own handler runs (model building)
                 outcome, used, note = SolveOutcome(None, 0.0, "unknown", ceiling, "interrupted"), solver, None
