@@ -26,7 +26,8 @@ def run(cluster_file: str, budgets: list[float], threads: int, cold: bool) -> No
         print(f"{method:<28} {plan.flow.value:10.2f}")
     if cluster_file in REFERENCE_GUROBI:
         print(f"{'reference MILP (Gurobi)':<28} {REFERENCE_GUROBI[cluster_file]:10.2f}")
-    print(f"{'milp run':<28} {'budget s':>10} {'wall s':>8} {'max flow':>10} {'bound':>10} {'gap':>8} stopped")
+    print(f"{'milp run':<28} {'budget s':>10} {'wall s':>8} {'max flow':>10} {'bound':>10} {'gap':>8} "
+          "stopped, bound kind")
     for warm in (True, False) if cold else (True,):
         for budget in budgets:
             started = time.monotonic()
@@ -39,7 +40,8 @@ def run(cluster_file: str, budgets: list[float], threads: int, cold: bool) -> No
             gap = "-" if d["gap"] is None else f"{100 * d['gap']:.1f}%"
             label = "milp (warm start)" if warm else "milp (cold, CP-SAT only)"
             print(f"{label:<28} {budget:10.0f} {time.monotonic() - started:8.1f} {plan.flow.value:10.2f} "
-                  f"{d['bound_tokens_per_s']:10.2f} {gap:>8} {d['stopped_by']}", flush=True)
+                  f"{d['bound_tokens_per_s']:10.2f} {gap:>8} {d['stopped_by']}, {d['bound_kind'].split()[0]}",
+                  flush=True)
             if d["stopped_by"] == "solved":
                 break
 

@@ -59,6 +59,17 @@ def test_plan_and_flow_tables_show_each_nodes_tensor_parallel_degree(tmp_path):
     assert {n["name"]: n["tensor_parallel_size"] for n in nodes} == {"a": 2, "b": 1, "c": 2}
 
 
+def test_milp_plan_prints_and_stores_the_lowest_bound_and_its_kind(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    out = run("plan", "--cluster", REF / "3cluster24.ini", "--method", "milp", "--threads", "1", "--work-limit", "1",
+              "--time-limit", "10", "-o", plan).stdout
+    line = next(line for line in out.splitlines() if line.startswith("upper bound on any placement's max flow"))
+    assert "1754.382 tokens/s" in line and "; network (" in line  # below the compute bound 2045.6
+    details = yaml.safe_load(plan.read_text())["details"]
+    assert details["bound_kind"].startswith("network") and details["bound_tokens_per_s"] == pytest.approx(1754.382)
+    assert details["bounds_tokens_per_s"]["compute"] == pytest.approx(2045.641)
+
+
 def test_plan_writes_a_plan_that_flow_reads_back(tmp_path):
     plan = tmp_path / "plan.yaml"
     run("plan", "--cluster", SINGLE24, "--method", "swarm", "-o", plan)

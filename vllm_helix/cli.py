@@ -229,9 +229,19 @@ def _write_plan(args: argparse.Namespace, cluster, model, plan) -> int:
         _print_json(summary)
     else:
         print(flow_table(cluster, plan.placement, plan.flow, node_sources(cluster, model, plan.throughput_model)))
+        _print_bound(plan.details)
         print(f"\nplan ({plan.method}) written to {args.output}")
         _print_key_lines(key_lines)
     return 0
+
+
+def _print_bound(details: dict[str, Any]) -> None:
+    """The max-flow MILP's upper bound on any placement, which bound it is, and the gap to this plan."""
+    if details.get("bound_tokens_per_s") is None:
+        return
+    gap = "" if details.get("gap") is None else f", gap {100 * details['gap']:.1f} %"
+    print(f"upper bound on any placement's max flow: {details['bound_tokens_per_s']:.3f} tokens/s{gap}; "
+          f"{details.get('bound_kind', 'solver')}")
 
 
 def _print_key_lines(lines: list[str]) -> None:

@@ -192,6 +192,11 @@ def _links(cluster: ClusterSpec, model: ModelSpec,
     return links
 
 
+def link_capacities(cluster: ClusterSpec, model: ModelSpec) -> dict[tuple[str, str], float]:
+    """Tokens/s of every physical link (no pruning), as the evaluator's split graph counts them."""
+    return _links(cluster, model, None)
+
+
 def prune_links(cluster: ClusterSpec, min_keep: int, max_keep: int, threshold: float) -> set[frozenset[str]]:
     """The reference's `prune_cluster` (helix-spec §4.2): per endpoint, keep its fastest `min_keep` links and,
     up to `max_keep`, those faster than `threshold` bytes/s (strictly for the source, as the reference);

@@ -25,6 +25,7 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     best: float = 0.0
     bound: float = float("inf")
+    bound_source: str = "solver"  # which bound is the lowest: solver | compute | network
     history: list[Incumbent] = field(default_factory=list)
     _live: Any = None
 
@@ -62,8 +63,9 @@ class Progress:
                                           round(self.bound, 6)))
         self._refresh()
 
-    def set_bound(self, bound: float) -> None:
-        self.bound = min(self.bound, bound)
+    def set_bound(self, bound: float, source: str = "solver") -> None:
+        if bound < self.bound:
+            self.bound, self.bound_source = bound, source
         self._refresh()
 
     def _refresh(self) -> None:
@@ -74,6 +76,6 @@ class Progress:
         from rich.text import Text
 
         gap = "-" if self.gap is None else f"{100 * self.gap:.2f} %"
-        bound = "-" if self.bound == float("inf") else f"{self.bound:.2f}"
+        bound = "-" if self.bound == float("inf") else f"{self.bound:.2f} ({self.bound_source})"
         return Text(f"{self.solver}: best max flow {self.best:.2f} tok/s | bound {bound} | gap {gap} | "
                     f"{self.elapsed:.1f} s  (Ctrl-C stops and keeps the best plan)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -13,6 +15,7 @@ from vllm_helix.planner.cluster import ClusterSpec
 from vllm_helix.planner.flow import max_flow
 from vllm_helix.planner.milp.cpsat import SolveOutcome
 from vllm_helix.planner.milp.formulation import Formulation, build_formulation, describe
+from vllm_helix.planner.milp.network_bound import network_bound
 from vllm_helix.planner.milp.options import SolverOptions
 from vllm_helix.planner.milp.progress import Progress
 from vllm_helix.planner.milp.warm_start import warm_start as greedy_warm_start
@@ -37,6 +40,8 @@ def solve_milp(
         solver = "gurobi" if importlib.util.find_spec("gurobipy") else "cpsat"
     started = time.monotonic()
     form = build_formulation(cluster, model, capacities, options)
+    network = None if options.partial_inference else network_bound(form, cluster, model, capacities)
+    ceiling = min(form.flow_cap, network.value) if network else form.flow_cap
 
     def verify(placement: Placement) -> float:
         return max_flow(cluster, model, placement, capacities=capacities,
@@ -48,22 +53,46 @@ def solve_milp(
                time_limit_s=max(0.1, options.time_limit_s - (time.monotonic() - started)),
                work_limit=options.work_limit)
     with Progress(solver, show=options.progress) as bar:
+        bar.set_bound(form.flow_cap, "compute")
+        if network is not None:
+            bar.set_bound(network.column_value, "column")
+            bar.set_bound(network.value, "network")
         if start_flow > 0:
-            bar.incumbent(start_flow, start_flow, form.flow_cap)
-        if start_flow >= form.flow_cap * (1 - options.relative_gap):
-            outcome, used, note = _proven_by_bound(start, start_flow, form), "warm start", None
+            bar.incumbent(start_flow, start_flow, ceiling)
+        if start_flow >= ceiling * (1 - options.relative_gap):
+            outcome, used, note = _proven_by_bound(start, start_flow, ceiling), "warm start", None
         else:
             try:
-                outcome, used, note = _run_backend(solver, form, start, verify, bar, run, options.log,
+                # the solver's F never exceeds the lowest bound, so it can stop when an incumbent meets it
+                searched = dataclasses.replace(form, flow_cap=ceiling)
+                outcome, used, note = _run_backend(solver, searched, start, verify, bar, run, options.log,
                                                    options.formulation)
             except KeyboardInterrupt:  # Ctrl-C before the backend's own handler runs (model building)
-                outcome, used, note = SolveOutcome(None, 0.0, "unknown", form.flow_cap, "interrupted"), solver, None
+                outcome, used, note = SolveOutcome(None, 0.0, "unknown", ceiling, "interrupted"), solver, None
     best, best_flow = (outcome.placement, outcome.max_flow) if outcome.max_flow > start_flow else (start, start_flow)
     if best is None or best_flow <= 0:
         raise InfeasiblePlacement(_no_flow_message(outcome))
-    bound = min(outcome.bound, form.flow_cap)
-    details = _details(form, used, outcome, best_flow, bound, start_flow, bar, run, note, started, options)
+    bounds = {"solver": outcome.bound, "compute": form.flow_cap,
+              "column": network.column_value if network else math.inf,
+              "network": network.value if network and network.value < network.column_value else math.inf}
+    kind = min(bounds, key=lambda k: (bounds[k], TIE_ORDER.index(k)))
+    details = _details(form, used, outcome, best_flow, bounds[kind], start_flow, bar, run, note, started, options)
+    details["bound_kind"] = BOUND_KINDS[kind]
+    details["bounds_tokens_per_s"] = {k: round(v, 6) if math.isfinite(v) else None for k, v in bounds.items()}
+    if network is not None:
+        details["network_bound"] = {"note": network.note, "regions": [list(r) for r in network.regions],
+                                    "threshold_tokens_per_s": None if network.threshold is None
+                                    else round(network.threshold, 6)}
     return PlacementResult(best, options.partial_inference, details)
+
+
+TIE_ORDER = ("network", "compute", "column", "solver")  # equal bounds: name the argument, not the solver echoing it
+BOUND_KINDS = {  # what the reported bound is (details.bound_kind)
+    "solver": "solver (the MILP's proven bound)",
+    "compute": "compute (clipping: layer-tokens/s of the nodes at their best sizes)",
+    "column": "column (every layer's nodes reach the flow together; docs/milp.md)",
+    "network": "network (column bound + every route crosses a slow link, so two nodes share a layer; docs/milp.md)",
+}
 
 
 def _run_backend(solver, form, start, verify, bar, run, log, variant) -> tuple[SolveOutcome, str, str | None]:
@@ -83,9 +112,9 @@ def _run_backend(solver, form, start, verify, bar, run, log, variant) -> tuple[S
     return solve_cpsat(form, start, verify, bar, variant=variant, **run), "cpsat", note
 
 
-def _proven_by_bound(start: Placement | None, start_flow: float, form: Formulation) -> SolveOutcome:
-    """The warm start already meets the capacity bound (helix-spec §9 clipping): optimal, no search needed."""
-    return SolveOutcome(start, start_flow, "optimal", form.flow_cap, "solved")
+def _proven_by_bound(start: Placement | None, start_flow: float, bound: float) -> SolveOutcome:
+    """The warm start already meets the capacity (helix-spec §9 clipping) or network bound: optimal, no search."""
+    return SolveOutcome(start, start_flow, "optimal", bound, "solved")
 
 
 def _no_flow_message(outcome: SolveOutcome) -> str:

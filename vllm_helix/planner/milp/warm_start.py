@@ -46,7 +46,7 @@ def pipelines_by_size(form: Formulation, cluster: ClusterSpec, targets: Iterable
     none that breaks the depth bound."""
     fixed = {n: form.choices[n][0] for n in form.options.pins if n in form.choices}
     free = [n for n in form.nodes if n not in fixed]
-    groups = _fast_groups(cluster, free)
+    groups = fast_groups(cluster, free)
     seen = set()
     for target in targets:
         sizes = {n: min(layers_at(n, target), len(form.throughput[n])) for n in free}
@@ -67,7 +67,7 @@ def _layers_at(throughput: tuple[int, ...], tau: int, min_k: int = 1) -> int:
     return max((k for k, t in enumerate(throughput, 1) if t >= tau and k >= min_k), default=0)
 
 
-def _fast_groups(cluster: ClusterSpec, names: list[str]) -> list[list[str]]:
+def fast_groups(cluster: ClusterSpec, names: list[str]) -> list[list[str]]:
     bandwidth = {(lk.src, lk.dst): lk.bandwidth_bytes_per_s for lk in cluster.links}
     fastest = max((b for (s, d), b in bandwidth.items() if s in names and d in names), default=0.0)
     g = nx.Graph()
