@@ -232,9 +232,12 @@ class Channel:
         if self._curve:
             self._curve.rekey(peer, public_key)
 
-    def redial(self, peer: str) -> None:
-        """`peer` spoke to us though our link to it says lost: dial it again on a fresh socket."""
+    def redial_if_lost(self, peer: str) -> bool:
+        """`peer` spoke to us: if our link to it says lost, dial it again on a fresh socket (and say so)."""
+        if self.endpoint.peers().get(peer) != "lost":
+            return False
         self.endpoint.redial(peer)
+        return True
 
     def allow(self, public_keys: Sequence[str]) -> None:
         """Accept connections from these keys only (encrypted channels)."""

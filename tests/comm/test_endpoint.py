@@ -129,25 +129,6 @@ def test_clean_close_is_reported_to_the_peer_at_once(pair) -> None:
     a.close()  # idempotent
 
 
-def test_killed_peer_is_reported_on_send_and_recv() -> None:
-    proc, addr = start_peer("victim", "tcp://127.0.0.1:*")
-    with Endpoint("me", options=FAST) as me:
-        me.connect("victim", addr)
-        me.send("victim", Header("hello", meta={"reply_to": me.address}), [b"ping"])
-        assert bytes(me.recv(timeout=5).payloads[0]) == b"ping"
-        proc.kill()
-        proc.wait()
-        with pytest.raises(PeerLost) as e:
-            me.recv(timeout=3)
-        assert e.value.peer == "victim"  # first report: as a sender (its messages stopped) or as a peer
-        deadline = time.monotonic() + 2
-        while me.peers()["victim"] != "lost" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert me.peers() == {"victim": "lost"}
-        with pytest.raises(PeerLost, match="victim"):
-            me.send("victim", Header("x"))
-
-
 def _wait_state(ep: Endpoint, peer: str, state: str, within_s: float) -> None:
     deadline = time.monotonic() + within_s
     while ep.peers()[peer] != state and time.monotonic() < deadline:
@@ -164,20 +145,39 @@ def _next_hello(ep: Endpoint):
     raise AssertionError("no echo")
 
 
+def _echo(me: Endpoint, peer: str, data: bytes) -> bytes:
+    me.send(peer, Header("hello", meta={"reply_to": me.address}), [data])
+    return bytes(_next_hello(me).payloads[0])
+
+
+def test_killed_peer_is_reported_on_send_and_recv() -> None:
+    proc, addr = start_peer("victim", "tcp://127.0.0.1:*")
+    with Endpoint("me", options=FAST) as me:
+        me.connect("victim", addr)
+        assert _echo(me, "victim", b"ping") == b"ping"
+        proc.kill()
+        proc.wait()
+        with pytest.raises(PeerLost) as e:
+            me.recv(timeout=3)
+        assert e.value.peer == "victim"  # first report: as a sender (its messages stopped) or as a peer
+        _wait_state(me, "victim", "lost", 2)
+        assert me.peers() == {"victim": "lost"}
+        with pytest.raises(PeerLost, match="victim"):
+            me.send("victim", Header("x"))
+
+
 def test_a_killed_peer_restarted_at_its_address_is_alive_again_and_reachable() -> None:
     proc, addr = start_peer("victim", "tcp://127.0.0.1:*")
     with Endpoint("me", options=FAST) as me:
         me.connect("victim", addr)
-        me.send("victim", Header("hello", meta={"reply_to": me.address}), [b"one"])
-        assert bytes(me.recv(timeout=5).payloads[0]) == b"one"
+        assert _echo(me, "victim", b"one") == b"one"
         for round_ in range(3):  # lost, then back, again and again: the link heals each time
             proc.kill()
             proc.wait()
             _wait_state(me, "victim", "lost", 5)
             proc, _ = start_peer("victim", addr)
             _wait_state(me, "victim", "alive", 5)
-            me.send("victim", Header("hello", meta={"reply_to": me.address}), [b"again"])
-            assert bytes(_next_hello(me).payloads[0]) == b"again", round_
+            assert _echo(me, "victim", b"again") == b"again", round_
         proc.stdin.close()
         proc.wait(5)
 

@@ -283,18 +283,11 @@ class ServingCoordinator:
             return
         self.kv_tokens[node] = hello.kv_tokens
         self.routes.block_tokens = max(self.routes.block_tokens, hello.kv_block_tokens)
-        start = p.Start(self.plan.public_keys if self.channel.encrypted else {})
+        if self.channel.redial_if_lost(node):  # its Hello proves it is up: our link to it was what went stale
+            logger.warning("Helix node %s said Hello over a link that said lost: dialled it again", node)
         try:
-            self.channel.send(node, start)
-        except PeerLost as exc:  # its Hello proves it is up: our link to it is what is stale
-            logger.warning("Helix node %s said Hello, but the link to it says lost (%s): dialling it again",
-                           node, exc)
-            self.channel.redial(node)
-            try:
-                self.channel.send(node, start)
-            except (PeerLost, TransportTimeout):
-                return  # it says Hello again
-        except TransportTimeout:
+            self.channel.send(node, p.Start(self.plan.public_keys if self.channel.encrypted else {}))
+        except (PeerLost, TransportTimeout):
             return  # it says Hello again
         self.members.up(node)
         self.workers.started(node)
