@@ -146,3 +146,16 @@ def test_the_values_of_an_engine_core_that_died_are_not_exported(plan, tmp_path)
     multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
     used = [s.value for f in registry.collect() if f.name == "helix_node_kv_blocks_used" for s in f.samples]
     assert used == [0.0, 0.0, 0.0]  # the live core's three nodes only
+
+
+@pytest.mark.parametrize("raw", ["fast", "-1", "nan", "1e9"])
+def test_a_bad_drift_knob_in_the_environment_is_named_and_ignored(raw, monkeypatch, caplog):
+    monkeypatch.setenv("HELIX_DRIFT_TOLERANCE", raw)
+    with caplog.at_level(logging.WARNING, logger="vllm_helix.drift"):
+        assert drift.env_number("HELIX_DRIFT_TOLERANCE", 0.25, 0.0, 10.0) == 0.25
+    assert f"HELIX_DRIFT_TOLERANCE={raw!r} is not a number in [0, 10]: using 0.25" in caplog.text
+
+
+def test_a_good_drift_knob_is_taken(monkeypatch):
+    monkeypatch.setenv("HELIX_DRIFT_TOLERANCE", "0.75")
+    assert drift.env_number("HELIX_DRIFT_TOLERANCE", 0.25, 0.0, 10.0) == 0.75

@@ -23,8 +23,25 @@ from vllm_helix.planner.plan import Plan
 from vllm_helix.planner.profiles import GPUProfile, profile_for
 
 logger = logging.getLogger("vllm_helix.drift")
-TOLERANCE = float(os.environ.get("HELIX_DRIFT_TOLERANCE", 0.25))  # a shared test host widens it
-HOLD_S = float(os.environ.get("HELIX_DRIFT_HOLD_S", 60.0))  # a minute; tests shorten it
+
+
+def env_number(name: str, default: float, low: float, high: float) -> float:
+    """A tuning knob from the environment; a value that is no number in [low, high] is named and ignored."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        logger.warning("%s=%r is not a number in [%g, %g]: using %g", name, raw, low, high, default)
+        return default
+    return value
+
+
+TOLERANCE = env_number("HELIX_DRIFT_TOLERANCE", 0.25, 0.0, 10.0)  # a shared test host widens it
+HOLD_S = env_number("HELIX_DRIFT_HOLD_S", 60.0, 0.0, 86400.0)  # a minute; tests shorten it
 WINDOW_S = 10.0  # measured vs predicted over the last this many seconds
 MIN_BUSY_S = 0.5  # a window with less compute says nothing about speed
 
