@@ -58,6 +58,28 @@ def test_a_dropped_request_gets_no_token_ignores_late_ones_and_is_replayed_under
     assert book.forget({"r"}) == {"r#1": ["head", "y"]} and not book.requests
 
 
+def test_a_batch_in_flight_never_waits_on_an_incarnation_that_moved_on():
+    """Rerouted twice in a row (the step timeout and the stuck node's loss each queued it): the first new route's
+    prefill is still in flight when the request moves again. That batch answers it with no token at once, instead of
+    waiting for a token the book would ignore; the engine once waited on such a batch for good, after the request
+    finished on its next route."""
+    book = BatchBook(_outputs, step_timeout_s=60)
+    routes = {"r": ["head", "x"], "s": ["head", "x"]}
+    book.build(_new("s", [5], 1), routes)
+    first, _ = book.build(_new("r", [1, 2], 2), routes)
+    book.retire(["r"])  # moved again before its prefill came back
+    assert first.future.done() and first.future.result() == {"r": []}
+    routes["r"] = ["head", "y"]
+    again, steps = book.build(_cached("r", 0, 2, resumed_tokens=[1, 2]), routes)
+    assert steps["head"].items[0].request_id == "r#1" and not again.future.done()
+    book.on_tokens(p.Tokens(first.step_id, [p.TokenOut("r", 9)]))  # the old incarnation's: ignored
+    book.on_tokens(p.Tokens(again.step_id, [p.TokenOut("r#1", 7)]))
+    assert again.future.result() == {"r": [7]}
+    decode, _ = book.build(_cached("s", 1, 1), routes)  # s is aborted by its client while a step is in flight
+    book.forget({"s"})
+    assert decode.future.result() == {"s": []} and not book.pending
+
+
 def test_a_node_failure_of_a_rerouted_request_is_no_error():
     book = BatchBook(_outputs, step_timeout_s=60)
     batch, _ = book.build(_new("r", [1, 2], 2), {"r": ["head", "x"]})

@@ -117,8 +117,7 @@ class BatchBook:
             if not self.pending:
                 self._serving_since = now
             self.pending[step_id] = batch
-        if batch.done:
-            self._finish(batch)
+        self._finish_done()  # this one (every request dropped) and any an older incarnation held up
         return batch, {hop: p.Step(step_id, items) for hop, items in by_hop.items()}
 
     def sent(self, batch: PendingBatch) -> None:
@@ -131,17 +130,23 @@ class BatchBook:
         """A request (re)starts on `route` from these tokens: new, or recomputed after a preemption."""
         old = self.requests.get(rid)
         if old is not None:  # preempted: the nodes of its old route free what they hold of it
-            self._retire(old)
+            self._retire(rid, old)
             self.reroutes[rid] = self.reroutes.get(rid, 0) + 1
         n = self.reroutes.get(rid, 0)
         wire_id = f"{rid}#{n}" if n else rid
         self.requests[rid] = RequestState(list(tokens), route, sampling, wire_id)
         self.by_wire[wire_id] = rid
 
-    def _retire(self, state: RequestState) -> None:
+    def _retire(self, rid: str, state: RequestState) -> None:
+        """End an incarnation: its nodes free it, and batches in flight answer it with no token (its late tokens
+        are ignored, so nothing else would; a batch left waiting on it would stall the engine until it expired,
+        or for good once the request finished under its next incarnation)."""
         state.dropped = True
         if self.by_wire.pop(state.wire_id, None) is not None and state.introduced:
             self.retired[state.wire_id] = state.route
+        for batch in self.pending.values():
+            if rid in batch.request_ids and rid not in batch.tokens:
+                batch.failed.setdefault(rid, REROUTED)
 
     def _item(self, state: RequestState, start: int, count: int, grammar: bytes) -> p.Item:
         decode = start >= len(state.prompt_token_ids)
@@ -157,9 +162,10 @@ class BatchBook:
             for rid in request_ids:
                 state = self.requests.pop(rid, None)
                 if state is not None:
-                    self._retire(state)
+                    self._retire(rid, state)
                 self.failed_requests.pop(rid, None)
                 self.reroutes.pop(rid, None)
+        self._finish_done()
         return self.take_retired()
 
     def retire(self, request_ids: list[str]) -> dict[str, list[str]]:
@@ -168,7 +174,8 @@ class BatchBook:
             for rid in request_ids:
                 state = self.requests.get(rid)
                 if state is not None:
-                    self._retire(state)
+                    self._retire(rid, state)
+        self._finish_done()
         return self.take_retired()
 
     def holds(self, node: str) -> bool:
@@ -223,7 +230,6 @@ class BatchBook:
     def drop(self, through: str | None = None, request_ids: Collection[str] = ()) -> list[str]:
         """Drop the requests routed through node `through` (and these): no more steps for them, no token in any
         batch in flight (late ones are ignored), until the scheduler moves them to another route. Returns them."""
-        done = []
         with self._lock:
             wanted = set(request_ids)
             dropped = [rid for rid, state in self.requests.items()
@@ -234,10 +240,7 @@ class BatchBook:
                 for rid in batch.request_ids:
                     if rid in self.requests and self.requests[rid].dropped and rid not in batch.tokens:
                         batch.failed.setdefault(rid, REROUTED)
-                if batch.done:
-                    done.append(batch)
-        for batch in done:
-            self._finish(batch)
+        self._finish_done()
         return dropped
 
     def expire(self) -> list[str]:
@@ -246,6 +249,12 @@ class BatchBook:
         late = [rid for batch in list(self.pending.values()) if now > batch.deadline
                 for rid in batch.request_ids if rid not in batch.tokens and rid not in batch.failed]
         return self.drop(request_ids=late) if late else []
+
+    def _finish_done(self) -> None:
+        with self._lock:
+            done = [batch for batch in self.pending.values() if batch.done]
+        for batch in done:
+            self._finish(batch)
 
     def _finish(self, batch: PendingBatch) -> None:
         with self._lock:

@@ -346,17 +346,21 @@ class ServingCoordinator:
             return
         routes = self.routes.routes_of(late)  # before the scheduler moves them
         logger.error("Helix: no answer for requests %s within %.0f s; rerouting them", late, timeout)
-        self.members.reroute(late)
+        moved: set[str] = set()
         for node in stuck_nodes(routes, self.metrics.last_reports(), time.monotonic(), timeout):
-            self._lose(node, f"stuck in a step: no answer and no report for {timeout:.0f} s", reset=True)
+            moved.update(self._lose(node, f"stuck in a step: no answer and no report for {timeout:.0f} s",
+                                    reset=True))
+        # once each: a request queued for rerouting twice could be taken, admitted and then moved again
+        self.members.reroute(set(late) - moved)
 
-    def _lose(self, node: str | None, reason: str, *, reset: bool = False, draining: bool = False) -> None:
-        """Stop routing through a lost node; the requests routed through it move to other routes (replayed)."""
+    def _lose(self, node: str | None, reason: str, *, reset: bool = False, draining: bool = False) -> list[str]:
+        """Stop routing through a lost node; the requests routed through it move to other routes (replayed).
+        Returns those requests."""
         if node is None or node not in self.plan.placement.ranges or self.routes is None:
-            return
+            return []
         affected = self.routes.node_lost(node)
         if affected is None:
-            return  # known already
+            return []  # known already
         self.members.lose(node, reason, draining=draining)
         affected = sorted(set(affected) | set(self.book.drop(through=node)))
         self.members.reroute(affected)
@@ -368,6 +372,7 @@ class ServingCoordinator:
         if reset:  # it may still be up: it must forget what it holds before it rejoins
             with contextlib.suppress(PeerLost, TransportTimeout):
                 self.channel.send(node, p.Reset(reason))
+        return affected
 
     def _reset_returned(self) -> None:
         """A lost node heard again (a healed link, a process continued) still holds what it held: reset it, so it

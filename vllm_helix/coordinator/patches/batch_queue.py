@@ -2,8 +2,8 @@
 
 vLLM waits for the oldest batch in flight. Helix batches follow different routes (a fast replica and a
 slow one, say), so a batch that finished behind an older, slower one would wait for it, and the fast
-nodes with it. Each request is in at most one batch in flight (synchronous scheduling), so the scheduler
-can take finished batches in any order.
+nodes with it. Each request is in at most one batch in flight (synchronous scheduling; a rerouted request's
+old incarnation is answered at once, `batches.py`), so the scheduler can take finished batches in any order.
 """
 
 from __future__ import annotations
