@@ -1,8 +1,10 @@
 """Simulator fidelity: does `vllm-helix simulate` predict our own cluster? Predicted vs measured, side by side.
 
-    .venv/bin/python bench/bench_fidelity.py [--requests 16] [--max-tokens 32] [--hidden 1024]
+    .venv/bin/python bench/bench_fidelity.py [--requests 16] [--max-tokens 32] [--hidden 1024] [--quick-profile]
 
-1. Profiles this machine (`vllm-helix profile --quick --enforce-eager`): `cpu` as a node runs (one torch thread).
+1. Profiles this machine (`vllm-helix profile --enforce-eager`, the full sweep: a median of 5 runs per point;
+   `--quick-profile`: the quick one, 3 runs, whose noise moves the prediction by up to 20 %): `cpu` as a node
+   runs (one torch thread).
 2. For each setup, plans it from that profile (`vllm-helix plan --profiles`), simulates the benchmark's load
    on the plan (`vllm-helix simulate --mode online --trace`: every request arrives at once, the real prompt
    length, `--max-tokens` out; `--helix-depth 0` with the server's token budget and running cap: the steps the
@@ -55,8 +57,8 @@ def cli(*args: object, cap: CpuCap | None = None) -> str:
     return done.stdout
 
 
-def profile(model: Path, folder: Path) -> None:
-    cli("profile", "--model", model, "--quick", "--enforce-eager", "-o", folder / "cpu.json")
+def profile(model: Path, folder: Path, quick: bool) -> None:
+    cli("profile", "--model", model, *(["--quick"] if quick else []), "--enforce-eager", "-o", folder / "cpu.json")
 
 
 def plan(work: Path, model: Path, profiles: Path, cluster: Path, placement: Path) -> Path:
@@ -157,6 +159,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=1024, help="hidden size of the 8-layer random model")
+    parser.add_argument("--quick-profile", action="store_true", help="profile with the quick sweep (noisier)")
     opts = parser.parse_args()
     if not CpuCap.available():
         parser.error("the capped node needs root and a cgroup cpu controller")
@@ -166,7 +169,9 @@ def main() -> int:
     profiles = work / "profiles"
     profiles.mkdir()
     print(f"profiling {model.name} (hidden {opts.hidden}), load average {os.getloadavg()[0]:.2f}", flush=True)
-    profile(model, profiles)
+    started = time.monotonic()
+    profile(model, profiles, opts.quick_profile)
+    print(f"profiled in {time.monotonic() - started:.0f} s", flush=True)
 
     chain, hetero = work / "a", work / "b"
     chain.mkdir()
