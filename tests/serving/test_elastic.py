@@ -179,22 +179,38 @@ def test_a_worker_started_again_rejoins_without_a_server_restart(cluster, undist
 @pytest.mark.skipif(os.geteuid() != 0, reason="stopping one thread of another process needs ptrace (root)")
 def test_a_node_stuck_in_a_step_is_lost_at_the_step_timeout_and_rejoins(cluster, undisturbed):
     """elastic-c's serving thread stops mid-stream while its transport thread keeps its link alive (no heartbeat
-    is missed): the step timeout finds it silent, its requests complete on elastic-b, and it comes back."""
-    before = len(cluster.route_lines())
+    is missed): the step timeout finds it silent, its requests complete on elastic-b, and it comes back.
+
+    The stop lands wherever the thread is. Where that is inside a send (it holds the link's socket, a few percent
+    of its time on a loaded machine), the transport thread cannot send heartbeats either and the link's loss finds
+    the node first, as it should: the requests still complete, and the stop is tried again."""
+    for attempt in range(3):
+        if _stop_elastic_c_mid_stream(cluster, undisturbed):
+            return
+        print(f"attempt {attempt + 1}: the stop landed inside a send (the link was lost); trying again")
+    pytest.fail("every stop landed inside a send: the step timeout was never tried")
+
+
+def _stop_elastic_c_mid_stream(cluster, undisturbed) -> bool:
+    """One try: the workload with elastic-c's main thread stopped, until it rejoined. False if its link was lost."""
+    log_before = len(cluster.server.log_path.read_text())
+    routes_before = len(cluster.route_lines())
     node = cluster.local_node("elastic-c")
     with contextlib.ExitStack() as stack:
         def stick():
-            assert any("elastic-c" in line for line in cluster.route_lines()[before:]), "no stream through elastic-c"
+            assert any("elastic-c" in line for line in cluster.route_lines()[routes_before:]), \
+                "no stream through elastic-c"
             stack.enter_context(main_thread_stopped(node.pid))
 
         assert run_workload(cluster, stick) == undisturbed
-        log = cluster.server.log_path.read_text()
-        assert re.search(r"Helix node elastic-c lost: stuck in a step: no answer and no report for 20 s; "
-                         r"rerouting [1-9]", log)
-        assert "elastic-c lost: its link" not in log.split("stuck in a step")[-1]  # heartbeats went on
-    wait_for(lambda: log.count("Helix node elastic-c [2, 8) rejoined") <
-             cluster.server.log_path.read_text().count("Helix node elastic-c [2, 8) rejoined"), 300,
-             "elastic-c rejoined after it ran on")
+        log = cluster.server.log_path.read_text()[log_before:]
+        stuck = "Helix node elastic-c lost: its link" not in log  # heartbeats went on
+        if stuck:
+            assert re.search(r"Helix node elastic-c lost: stuck in a step: no answer and no report for 20 s; "
+                             r"rerouting [1-9]", log)
+    wait_for(lambda: "Helix node elastic-c [2, 8) rejoined" in cluster.server.log_path.read_text()[log_before:],
+             300, "elastic-c rejoined after it ran on")
+    return stuck
 
 
 def test_a_local_node_that_keeps_crashing_at_start_up_is_given_up_with_its_log(cluster):
