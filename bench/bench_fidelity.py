@@ -17,7 +17,8 @@
    (b) 2 replicas of the whole model, node `fast` and node `slow` (capped at half a core once it runs); the
        plan's max flow splits requests between them.
 Predicted = requests x max_tokens / (the last simulated finish - the first arrival). Goal: within 15 %.
-Also printed: what the simulator's earlier model predicts (nodes batch whatever is queued, each on its own core).
+Also printed: what the simulator's earlier model predicts (nodes batch whatever is queued, each on its own core),
+and, as a diagnostic, the prediction on the free cores less what the coordinator's processes used in the run.
 """
 
 from __future__ import annotations
@@ -195,10 +196,14 @@ def main() -> int:
         # the cores the cluster had: this machine's, less what other jobs used meanwhile (a shared VM)
         predicted = predict(*args, cores=measured["free_cores"])
         all_cores, earlier = predict(*args), predict(*args, earlier_model=True)
+        # diagnostic, from this run's own measurement: the model leaves the coordinator's CPU (engine loop, API
+        # server) out; what would it predict on the cores the nodes had once the coordinator took its share?
+        nodes_only = predict(*args, cores=max(0.1, measured["free_cores"] - measured["cores"]["coordinator"]))
         rows.append((name, predicted, measured))
         print(f"{name}: predicted {predicted['tokens_per_s']:.1f} on the {measured['free_cores']:.2f} free cores "
               f"({all_cores['tokens_per_s']:.1f} on all {os.cpu_count()}; "
-              f"earlier model {earlier['tokens_per_s']:.1f}), "
+              f"earlier model {earlier['tokens_per_s']:.1f}; on the free cores less the coordinator's "
+              f"{nodes_only['tokens_per_s']:.1f}), "
               f"measured {measured['tokens_per_s']:.1f} tokens/s "
               f"(prompt {prompt_tokens} tokens; CPU cores used: nodes {measured['cores']['nodes']:.2f}, "
               f"coordinator {measured['cores']['coordinator']:.2f}, other jobs "
