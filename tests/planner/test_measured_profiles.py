@@ -15,7 +15,7 @@ from vllm_helix.node.config import WorkerConfig
 from vllm_helix.planner.profiles import bundled_gpu_types
 from vllm_helix.profiling.measure import Memory, Timings
 from vllm_helix.profiling.profile_file import fit_line, profile_document
-from vllm_helix.profiling.sweep import QUICK
+from vllm_helix.profiling.sweep import FULL, QUICK
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "intermediate_size": 688,
@@ -167,3 +167,14 @@ def test_profile_refuses_a_device_this_build_cannot_run(tmp_path, tiny_model, ca
     code, _, err = run(capsys, "profile", "--model", tiny_model, "--device", "cuda:0", "-o", tmp_path / "x.json")
     assert code == 2 and err.count("\n") == 1 and "cuda:0" in err
     assert "cpu" not in bundled_gpu_types("llama2_70b")  # measured profiles never leak into the bundled set
+
+
+def test_the_sweep_fits_the_models_context_and_a_model_too_short_is_a_one_line_error(tmp_path, tiny_model, capsys):
+    fitted = FULL.within(2048)  # the full sweep's 2048-token prompt does not fit a 2048-position model
+    assert max(fitted.prompt_tokens) == 1024 and fitted.longest_sequence() <= 2048 and FULL.within(None) is FULL
+    config = json.loads((Path(tiny_model) / "config.json").read_text())
+    short = tmp_path / "short"
+    shutil.copytree(tiny_model, short)
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 12}))
+    code, _, err = run(capsys, "profile", "--model", short, "-o", tmp_path / "x.json")
+    assert code == 2 and err.count("\n") == 1 and "at most 12 tokens" in err

@@ -27,6 +27,7 @@ class ModelSpec:
     token_bytes: int = 2  # what one token costs on a coordinator hop (ids in, sampled id out)
     kv_bytes_per_token_layer: int = 0  # K+V of one token in one layer
     profile_name: str | None = None
+    max_context: int | None = None  # the longest sequence it takes (max_position_embeddings), when known
 
     @property
     def total_layer_bytes(self) -> float:
@@ -97,4 +98,6 @@ def model_from_hf_config(config: dict, name: str, source: str = "<config>") -> M
         activation_bytes_per_token=hidden * width,
         token_bytes=4,  # int32 token ids
         kv_bytes_per_token_layer=2 * kv_heads * head_dim * width,
+        max_context=config.get("max_position_embeddings") if isinstance(config.get("max_position_embeddings"),
+                                                                          int) else None,
     )

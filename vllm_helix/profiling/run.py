@@ -74,7 +74,7 @@ def run_profile(model_path: str, device: Device, *, dtype: str, kv_fraction: flo
 
     device.select()
     spec = load_model(model_path)  # a config vLLM cannot read is a one-line error before any engine starts
-    sweep: Sweep = QUICK if quick else FULL
+    sweep: Sweep = (QUICK if quick else FULL).within(spec.max_context)
     total = spec.num_layers
     timed_most = max(1, total - 1)  # layers [0, k) with k < total: no sampling in the timed steps
     counts = sweep.layer_counts(timed_most)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+from vllm_helix.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +25,21 @@ class Sweep:
 
     def longest_sequence(self) -> int:
         """Tokens the longest timed sequence reaches: a context plus one token per timed decode step."""
-        return max(max(self.contexts) + len(self.decode_seqs) * (self.repeats + 1) + 2, max(self.prompt_tokens) + 2)
+        return max(self._decode_reach(max(self.contexts)), max(self.prompt_tokens) + 2)
+
+    def _decode_reach(self, context: int) -> int:
+        return context + len(self.decode_seqs) * (self.repeats + 1) + 2
+
+    def within(self, max_context: int | None) -> Sweep:
+        """This sweep less the prompt sizes and contexts a model taking at most `max_context` tokens cannot run."""
+        if max_context is None:
+            return self
+        prompts = tuple(n for n in self.prompt_tokens if n + 2 <= max_context)
+        contexts = tuple(c for c in self.contexts if self._decode_reach(c) <= max_context)
+        if not prompts or not contexts:
+            raise ConfigError(f"the model takes at most {max_context} tokens (max_position_embeddings): too few to "
+                              f"profile prompts of {min(self.prompt_tokens)} and decodes at {min(self.contexts)}")
+        return dataclasses.replace(self, prompt_tokens=prompts, contexts=contexts)
 
 
 FULL = Sweep(prompt_tokens=(16, 64, 128, 256, 512, 1024, 2048), decode_seqs=(1, 2, 4, 8, 16, 32, 64),
