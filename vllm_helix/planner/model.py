@@ -90,6 +90,7 @@ def model_from_hf_config(config: dict, name: str, source: str = "<config>") -> M
     mlp = 3 * hidden * intermediate
     experts = config.get("num_local_experts") or config.get("num_experts") or 1
     params = attention + mlp * experts + 2 * hidden
+    positions = config.get("max_position_embeddings")
     return ModelSpec(
         name=name,
         num_layers=layers,
@@ -98,6 +99,5 @@ def model_from_hf_config(config: dict, name: str, source: str = "<config>") -> M
         activation_bytes_per_token=hidden * width,
         token_bytes=4,  # int32 token ids
         kv_bytes_per_token_layer=2 * kv_heads * head_dim * width,
-        max_context=config.get("max_position_embeddings") if isinstance(config.get("max_position_embeddings"),
-                                                                          int) else None,
+        max_context=positions if isinstance(positions, int) else None,
     )
