@@ -1,10 +1,11 @@
 """Simulator fidelity: does `vllm-helix simulate` predict our own cluster? Predicted vs measured, side by side.
 
-    .venv/bin/python bench/bench_fidelity.py [--requests 16] [--max-tokens 32] [--hidden 1024] [--quick-profile]
+    .venv/bin/python bench/bench_fidelity.py [--rounds 3] [--requests 16] [--max-tokens 32] [--hidden 1024]
+                                             [--quick-profile | --profiles DIR]
 
 1. Profiles this machine (`vllm-helix profile --enforce-eager`, the full sweep: a median of 5 runs per point;
    `--quick-profile`: the quick one, 3 runs, whose noise moves the prediction by up to 20 %): `cpu` as a node
-   runs (one torch thread).
+   runs (one torch thread). `--profiles DIR`: use a profile taken before (of the same `--hidden` model).
 2. For each setup, plans it from that profile (`vllm-helix plan --profiles`), simulates the benchmark's load
    on the plan (`vllm-helix simulate --mode online --trace`: every request arrives at once, the real prompt
    length, `--max-tokens` out; `--helix-depth 0` with the server's token budget and running cap: the steps the
@@ -16,9 +17,13 @@
    (a) the 3-node chain of examples/local3-placement.yaml;
    (b) 2 replicas of the whole model, node `fast` and node `slow` (capped at half a core once it runs); the
        plan's max flow splits requests between them.
+   Each setup's server serves the load `--rounds` times; the table has the median and the spread.
 Predicted = requests x max_tokens / (the last simulated finish - the first arrival). Goal: within 15 %.
 Also printed: what the simulator's earlier model predicts (nodes batch whatever is queued, each on its own core),
-and, as a diagnostic, the prediction on the free cores less what the coordinator's processes used in the run.
+and two diagnostics from each round's own measurement: the prediction on the free cores less what the
+coordinator's processes used, and "CPU / profiled": the CPU seconds the nodes' processes used over the profile's
+solo seconds for the batches they ran (from the per-batch trace, VLLM_HELIX_TRACE): 1.00 means each served batch
+cost what the profile says, so the rest of any gap is in the schedule (who waits for whom), not in the nodes' speed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import argparse
 import csv
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_serving import PROMPT, load  # noqa: E402
 from cpu_cap import CpuCap  # noqa: E402
 
+from vllm_helix.coordinator.drift import Expectation, Work  # noqa: E402
 from vllm_helix.models.tiny import build_tiny_llama  # noqa: E402
+from vllm_helix.planner.files import load_plan  # noqa: E402
+from vllm_helix.trace import TRACE_ENV, read_rows  # noqa: E402
 from vllm_helix.vllm_server import VllmServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,12 +116,16 @@ def local_cluster(name: str, nodes: list[dict], path: Path) -> Path:
     return path
 
 
-def measure(work: Path, model: Path, plan_path: Path, requests: int, max_tokens: int, capped: dict[str, float]):
-    """Output tokens/s of the real cluster, and the prompt's length in tokens."""
+def measure(work: Path, model: Path, plan_path: Path, requests: int, max_tokens: int, capped: dict[str, float],
+            rounds: int) -> tuple[list[dict], int]:
+    """Output tokens/s of the real cluster, one result per round, and the prompt's length in tokens."""
     from serve_helpers import local_worker, post
 
-    server = VllmServer(model, ["--executor", "helix", "--helix-plan", str(plan_path), *SERVE], env=NODE_ENV,
-                        log_path=work / "serve.log")
+    trace = work / "trace"
+    shutil.rmtree(trace, ignore_errors=True)
+    server = VllmServer(model, ["--executor", "helix", "--helix-plan", str(plan_path), *SERVE],
+                        env={**NODE_ENV, TRACE_ENV: str(trace)}, log_path=work / "serve.log")
+    results = []
     with server as url:
         caps = [CpuCap(f"fidelity-{node}", share) for node, share in capped.items()]
         try:
@@ -120,16 +134,38 @@ def measure(work: Path, model: Path, plan_path: Path, requests: int, max_tokens:
             body = {"model": str(model), "prompt": f"0. {PROMPT}", "max_tokens": 1}
             prompt_tokens = post(url, "/completions", body)["usage"]["prompt_tokens"]
             load(url, str(model), 4, 4)  # warm-up
-            before, busy, started = cpu_seconds(server.process.pid), machine_busy_s(), time.monotonic()
-            result = load(url, str(model), requests, max_tokens)
-            wall, after = time.monotonic() - started, cpu_seconds(server.process.pid)
-            result["cores"] = {part: (after[part] - before.get(part, 0.0)) / wall for part in after}
-            others = (machine_busy_s() - busy) / wall - sum(result["cores"].values())  # other sessions' jobs
-            result["free_cores"] = max(0.1, (os.cpu_count() or 1) - max(0.0, others))
-            return result, prompt_tokens
+            for _ in range(rounds):
+                before, busy, started = cpu_seconds(server.process.pid), machine_busy_s(), time.monotonic()
+                window = [time.time()]
+                result = load(url, str(model), requests, max_tokens)
+                wall, after = time.monotonic() - started, cpu_seconds(server.process.pid)
+                result["window"] = [*window, time.time()]
+                result["cores"] = {part: (after[part] - before.get(part, 0.0)) / wall for part in after}
+                others = (machine_busy_s() - busy) / wall - sum(result["cores"].values())  # other sessions' jobs
+                result["free_cores"] = max(0.1, (os.cpu_count() or 1) - max(0.0, others))
+                result["node_cpu_s"] = after["nodes"] - before["nodes"]
+                results.append(result)
         finally:
             for cap in caps:
                 cap.close()
+    plan = load_plan(plan_path)  # after the server stopped: the nodes' last trace lines are on disk
+    for result in results:
+        result["cpu_per_profiled"] = result["node_cpu_s"] / profiled_seconds(trace, plan, *result["window"])
+    return results, prompt_tokens
+
+
+def profiled_seconds(trace: Path, plan, since: float, until: float) -> float:
+    """Solo seconds the plan's profiles give for the batches the nodes' traces show started in [since, until]
+    (the drift check's per-batch expectation: overhead + layers x per-layer time of the batch's shape, decodes at
+    their context, as the simulator times them)."""
+    total = 0.0
+    for name in plan.placement.ranges:
+        expect = Expectation(plan, name)
+        for row in read_rows(trace / f"{name}.jsonl"):
+            if since <= row["model"][0] <= until:
+                work = Work(batches=1, tokens=row["tokens"], decode_seqs=row["decodes"])
+                total += expect.seconds(work, row.get("context"))
+    return total
 
 
 def machine_busy_s() -> float:
@@ -155,24 +191,44 @@ def cpu_seconds(root_pid: int) -> dict[str, float]:
     return out
 
 
+def _median(rounds: list[dict], *keys: str) -> float:
+    """The median over rounds of r[keys[0]][keys[1]]..."""
+    values = []
+    for r in rounds:
+        for key in keys:
+            r = r[key]
+        values.append(r)
+    return statistics.median(values)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="loads served per setup (the table has the median)")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=1024, help="hidden size of the 8-layer random model")
-    parser.add_argument("--quick-profile", action="store_true", help="profile with the quick sweep (noisier)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--quick-profile", action="store_true", help="profile with the quick sweep (noisier)")
+    which.add_argument("--profiles", type=Path, help="a folder with this machine's profile (cpu.json) of the "
+                                                     "same model, taken before: skip profiling")
     opts = parser.parse_args()
     if not CpuCap.available():
         parser.error("the capped node needs root and a cgroup cpu controller")
+    if opts.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    if opts.profiles is not None and not (opts.profiles / "cpu.json").is_file():
+        parser.error(f"--profiles {opts.profiles}: no cpu.json there")
     work = Path(tempfile.mkdtemp(prefix="helix-fidelity-"))
     model = build_tiny_llama(work / "model", hidden_size=opts.hidden, heads=opts.hidden // 64, kv_heads=4,
                              intermediate=opts.hidden * 11 // 4)
-    profiles = work / "profiles"
-    profiles.mkdir()
-    print(f"profiling {model.name} (hidden {opts.hidden}), load average {os.getloadavg()[0]:.2f}", flush=True)
-    started = time.monotonic()
-    profile(model, profiles, opts.quick_profile)
-    print(f"profiled in {time.monotonic() - started:.0f} s", flush=True)
+    profiles = opts.profiles
+    if profiles is None:
+        profiles = work / "profiles"
+        profiles.mkdir()
+        print(f"profiling {model.name} (hidden {opts.hidden}), load average {os.getloadavg()[0]:.2f}", flush=True)
+        started = time.monotonic()
+        profile(model, profiles, opts.quick_profile)
+        print(f"profiled in {time.monotonic() - started:.0f} s", flush=True)
 
     chain, hetero = work / "a", work / "b"
     chain.mkdir()
@@ -189,32 +245,36 @@ def main() -> int:
                hetero / "placement.yaml", {"slow": HALF})]
     rows = []
     for name, folder, cluster, placement, capped in setups:
-        folder.mkdir(exist_ok=True)
         plan_path = plan(folder, model, profiles, cluster, placement)
-        measured, prompt_tokens = measure(folder, model, plan_path, opts.requests, opts.max_tokens, capped)
+        rounds, prompt_tokens = measure(folder, model, plan_path, opts.requests, opts.max_tokens, capped, opts.rounds)
         args = (folder, plan_path, cluster, opts.requests, prompt_tokens, opts.max_tokens)
-        # the cores the cluster had: this machine's, less what other jobs used meanwhile (a shared VM)
-        predicted = predict(*args, cores=measured["free_cores"])
         all_cores, earlier = predict(*args), predict(*args, earlier_model=True)
-        # diagnostic, from this run's own measurement: the model leaves the coordinator's CPU (engine loop, API
-        # server) out; what would it predict on the cores the nodes had once the coordinator took its share?
-        nodes_only = predict(*args, cores=max(0.1, measured["free_cores"] - measured["cores"]["coordinator"]))
-        rows.append((name, predicted, measured))
-        print(f"{name}: predicted {predicted['tokens_per_s']:.1f} on the {measured['free_cores']:.2f} free cores "
-              f"({all_cores['tokens_per_s']:.1f} on all {os.cpu_count()}; "
-              f"earlier model {earlier['tokens_per_s']:.1f}; on the free cores less the coordinator's "
-              f"{nodes_only['tokens_per_s']:.1f}), "
-              f"measured {measured['tokens_per_s']:.1f} tokens/s "
-              f"(prompt {prompt_tokens} tokens; CPU cores used: nodes {measured['cores']['nodes']:.2f}, "
-              f"coordinator {measured['cores']['coordinator']:.2f}, other jobs "
-              f"{(os.cpu_count() or 1) - measured['free_cores']:.2f}; load average {os.getloadavg()[0]:.2f})",
-              flush=True)
-    print(f"\n{opts.requests} concurrent requests x {opts.max_tokens} output tokens; predicted / measured\n"
-          "| setup | out tok/s | ratio | TTFT s | TPOT ms |\n|---|---|---|---|---|")
-    for name, p, m in rows:
-        print(f"| {name} | {p['tokens_per_s']:.1f} / {m['tokens_per_s']:.1f} | "
-              f"{p['tokens_per_s'] / m['tokens_per_s']:.2f} | {p['ttft_s']:.2f} / {m['ttft_s']:.2f} | "
-              f"{1e3 * p['tpot_s']:.1f} / {1e3 * m['tpot_s']:.1f} |")
+        for i, measured in enumerate(rounds, 1):
+            # the cores the cluster had: this machine's, less what other jobs used meanwhile (a shared VM)
+            measured["predicted"] = predict(*args, cores=measured["free_cores"])
+            # diagnostic: the model leaves the coordinator's CPU (engine loop, API server) out; what would it
+            # predict on the cores the nodes had once the coordinator took its share?
+            nodes_only = predict(*args, cores=max(0.1, measured["free_cores"] - measured["cores"]["coordinator"]))
+            used, free = measured["cores"], measured["free_cores"]
+            print(f"{name}, round {i}: predicted {measured['predicted']['tokens_per_s']:.1f} on the {free:.2f} free "
+                  f"cores (less the coordinator's: {nodes_only['tokens_per_s']:.1f}), measured "
+                  f"{measured['tokens_per_s']:.1f} tokens/s; CPU / profiled {measured['cpu_per_profiled']:.2f} "
+                  f"(CPU cores used: nodes {used['nodes']:.2f}, coordinator {used['coordinator']:.2f}, other jobs "
+                  f"{(os.cpu_count() or 1) - free:.2f}; load average {os.getloadavg()[0]:.2f})", flush=True)
+        print(f"{name}: on all {os.cpu_count()} cores {all_cores['tokens_per_s']:.1f}, earlier model "
+              f"{earlier['tokens_per_s']:.1f} (prompt {prompt_tokens} tokens)", flush=True)
+        rows.append((name, rounds))
+    print(f"\n{opts.requests} concurrent requests x {opts.max_tokens} output tokens, {opts.rounds} rounds per setup; "
+          "predicted / measured, medians (measured min-max)\n"
+          "| setup | out tok/s | ratio | TTFT s | TPOT ms | CPU / profiled |\n|---|---|---|---|---|---|")
+    for name, rounds in rows:
+        tokens = [r["tokens_per_s"] for r in rounds]
+        print(f"| {name} | {_median(rounds, 'predicted', 'tokens_per_s'):.1f} / {statistics.median(tokens):.1f} "
+              f"({min(tokens):.1f}-{max(tokens):.1f}) | "
+              f"{statistics.median(r['predicted']['tokens_per_s'] / r['tokens_per_s'] for r in rounds):.2f} | "
+              f"{_median(rounds, 'predicted', 'ttft_s'):.2f} / {_median(rounds, 'ttft_s'):.2f} | "
+              f"{1e3 * _median(rounds, 'predicted', 'tpot_s'):.1f} / {1e3 * _median(rounds, 'tpot_s'):.1f} | "
+              f"{_median(rounds, 'cpu_per_profiled'):.2f} |")
     return 0
 
 

@@ -9,11 +9,13 @@ JSON line per step (coordinator) or per batch (node) to `DIR/<name>.jsonl`, with
   arrive (decoded), `done` when the engine's output is ready (the time from a `done` to the next `submit`
   is vLLM's scheduler and output processing: the table's `engine`), `cpu` the engine thread's CPU seconds
   from `submit` to `sent`;
-* node `{"node", "arrived": {step: t}, "model": [start, end], "sent": {step: t}, "cpu", "tokens", "seqs"}`:
+* node `{"node", "arrived": {step: t}, "model": [start, end], "sent": {step: t}, "cpu", "tokens", "seqs",
+  "decodes", "context"}`:
   each Step taken off the socket by the transport's I/O thread, the vLLM runner's forward (the node's
   compute), each step's output queued to the next hop; `cpu` is the serving thread's CPU seconds for the
   batch outside the forward (decode, merge, input building, encode, send): unlike wall-clock phases it
-  barely moves when other processes share the cores.
+  barely moves when other processes share the cores; `tokens`, `seqs`, `decodes` (its one-token items) and
+  `context` (their mean tokens cached, or null) are the batch's shape.
 
 `summarize(DIR)` turns them into the per-hop table bench/bench_serving.py prints. When tracing is off the
 hot path pays one `is None` test per step.
@@ -66,7 +68,7 @@ def tracer(name: str) -> StepTrace | None:
 PHASES = ("in", "assembly", "compute", "post", "queue", "cpu")
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
+def read_rows(path: Path) -> list[dict[str, Any]]:
     rows = []
     for line in path.read_text().splitlines():
         try:
@@ -110,7 +112,7 @@ def summarize(directory: Path, since: float = 0.0) -> dict[str, Any]:
     """Medians (ms) per node and phase, the coordinator's own costs, and the per-hop overhead
     (in + assembly + post of each node step; the return leg to the coordinator counts as a hop too),
     over the steps submitted from `since` (a time.time()) on."""
-    files = {p.stem: _rows(p) for p in sorted(Path(directory).glob("*.jsonl"))}
+    files = {p.stem: read_rows(p) for p in sorted(Path(directory).glob("*.jsonl"))}
     steps = {row["step"] for row in files.get("coordinator", []) if row["submit"] >= since}
     files = {name: [r for r in rows if r.get("step") in steps or any(int(s) in steps for s in r.get("arrived", ()))]
              for name, rows in files.items()}

@@ -76,6 +76,74 @@ def test_a_synthetic_profile_document_reads_back_with_its_overhead(tmp_path):
     assert profile.kv_slots(2) == int(0.05 * (8 << 30) / (2 * 2048)) // 16 * 16 * 2
 
 
+def by_context_profile(model: str, gpu: str) -> dict:
+    """Decodes cost 50 us per sequence and layer with 64 tokens cached, three times that with 512."""
+    document = synthetic_profile(model, gpu)
+    timings = Timings(prompt=_line(2e-3, {16: 1e-4, 256: 1e-3}),
+                      decode={(k, c, d): 2e-3 + k * 5e-5 * d * (1 if c == 64 else 3)
+                              for k in (1, 4, 7) for c in (64, 512) for d in (1, 8)})
+    return profile_document(model=model, gpu=gpu, timings=timings, memory=Memory(8 << 30, 2.4e6, 2048),
+                            sweep=QUICK, total_layers=8, most_layers=8, config=WorkerConfig(), fraction=0.05,
+                            metadata=document["metadata"])
+
+
+def test_decodes_take_the_time_of_their_context_between_the_timed_ones():
+    from vllm_helix.planner.profiles import load_profile, profile_from_dict
+
+    profile = profile_from_dict(by_context_profile("tiny", "cpu"), "test")
+    assert profile.decode_seconds(8, 64) == pytest.approx(4e-4)
+    assert profile.decode_seconds(8, 512) == pytest.approx(12e-4)
+    assert profile.decode_seconds(8, 288) == pytest.approx(8e-4)  # half-way
+    assert profile.decode_seconds(8, 10) == pytest.approx(4e-4)  # the nearest timed context beyond them
+    assert profile.decode_seconds(8, 4000) == pytest.approx(12e-4)
+    assert profile.decode_seconds(8) == profile.decode_latency(8) == pytest.approx(12e-4)  # the middle table
+    bundled = load_profile("llama2_70b", "A100")  # one decode table: the context changes nothing
+    assert bundled.decode_seconds(8, 100) == bundled.decode_latency(8)
+
+
+def simulated_seconds(tmp_path, tiny_model, capsys, document: dict, name: str) -> float:
+    """Plan the local 3-node chain from `document` and simulate 8 short requests at once: seconds to the last."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_time_s,input_tokens,output_tokens\n" + "0.0,16,40\n" * 8)
+    profiles = tmp_path / f"profiles-{name}"
+    profiles.mkdir()
+    (profiles / "cpu.json").write_text(json.dumps(document))
+    plan = tmp_path / f"plan-{name}.yaml"
+    code, _, err = run(capsys, "plan", "--cluster", ROOT / "examples/local3-cluster.yaml", "--model", tiny_model,
+                       "--profiles", profiles, "--placement", ROOT / "examples/local3-placement.yaml", "-o", plan)
+    assert code == 0, err
+    code, out, err = run(capsys, "simulate", "--plan", plan, "--cluster", ROOT / "examples/local3-cluster.yaml",
+                         "--mode", "online", "--trace", trace, "--json", "--helix-depth", "0")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["queries"]["finished"] == 8
+    return report["last_finish_s"] - report["window_s"][0]
+
+
+def test_the_simulator_times_decodes_at_their_context(tmp_path, tiny_model, capsys):
+    """Short sequences on a profile whose decodes are 3x slower at 512 tokens cached than at 64: with the
+    per-context tables they run at the 64-token speed, without them at the one table's (512)."""
+    document = by_context_profile("tiny", "cpu")
+    with_tables = simulated_seconds(tmp_path, tiny_model, capsys, document, "contexts")
+    del document["decode_layer_ms_by_context"]
+    assert with_tables < 0.8 * simulated_seconds(tmp_path, tiny_model, capsys, document, "one-table")
+
+
+def test_the_last_node_pays_for_sampling_and_only_it(tmp_path, tiny_model, capsys):
+    from vllm_helix.coordinator.drift import Expectation, Work
+    from vllm_helix.planner.files import load_plan
+
+    document = by_context_profile("tiny", "cpu")
+    without = simulated_seconds(tmp_path, tiny_model, capsys, document, "without")
+    document["sampling_ms"] = [[0, 0.0], [1, 5.0], [8, 5.0]]  # 5 ms a batch
+    # 40 output tokens: at least 40 batches on node-c, each 5 ms longer; node-a and node-b never wait for it
+    assert simulated_seconds(tmp_path, tiny_model, capsys, document, "with") >= without + 40 * 5e-3 - 1e-9
+    plan = load_plan(tmp_path / "plan-with.yaml")
+    batch = Work(batches=1, tokens=8, decode_seqs=8)
+    assert Expectation(plan, "node-c").seconds(batch) - Expectation(plan, "node-b").seconds(batch) == \
+        pytest.approx(5e-3)  # both hold 3 layers; the drift check expects the last one's sampling too
+
+
 def test_plan_uses_measured_profiles_where_they_cover_and_says_so_per_node(tmp_path, tiny_model, capsys):
     profiles = tmp_path / "profiles"
     profiles.mkdir()
@@ -125,6 +193,8 @@ BAD = {
     "missing.json": (json.dumps({"model": "tiny", "gpu": "cpu", "measured": True}), "missing field 'max_num_layers'"),
     "negative.json": (None, "negative latency"),
     "bundled.json": (None, "not a measured profile"),
+    "context.json": (None, "decode_layer_ms_by_context[64]: needs at least two rows"),
+    "contexts.json": (None, "decode_layer_ms_by_context: expected a context -> table mapping"),
 }
 
 
@@ -137,6 +207,10 @@ def test_bad_profile_files_are_one_line_errors(tmp_path, tiny_model, capsys, nam
     if name == "negative.json":
         doc = synthetic_profile("tiny", "cpu")
         doc["decode_layer_ms"][1][1] = -1.0
+        text = json.dumps(doc)
+    if name in ("context.json", "contexts.json"):
+        doc = synthetic_profile("tiny", "cpu")
+        doc["decode_layer_ms_by_context"] = {"64": [[0, 0.0]]} if name == "context.json" else [[0, 0.0]]
         text = json.dumps(doc)
     if name == "bundled.json":
         shutil.copy(ROOT / "vllm_helix/data/profiles/llama2_70b_A100.json", folder / name)

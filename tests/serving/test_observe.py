@@ -96,6 +96,10 @@ def test_profile_has_the_bundled_schema_and_round_trips_through_plan_and_simulat
     meta = doc["metadata"]
     assert meta["vllm_version"] and meta["dtype"] == "float32" and meta["device"] == "cpu" and meta["date"]
     assert meta["sweep"]["layers"] == [1, 7] and len(meta["raw_ms"]["prompt"]) == 4
+    # decodes per context timed, and what the last range adds per batch (LM head, sampling)
+    assert [c for c, _ in profile.decode_by_context] == [64]
+    assert [d for d, _ in doc["sampling_ms"]] == [0, 1, 8] and all(ms >= 0 for _, ms in doc["sampling_ms"])
+    assert profile.sampling_seconds(8) == pytest.approx(doc["sampling_ms"][2][1] * 1e-3)
 
     plan_path, table = measured_plan
     sources = [line.split()[-1] for line in table.splitlines() if line.startswith("node-")]

@@ -69,6 +69,7 @@ class Expectation:
 
     def __init__(self, plan: Plan, node: str):
         self.layers = plan.placement.ranges[node].size
+        self.samples = plan.placement.ranges[node].end == plan.model.num_layers  # the last range
         self.capacity = plan.flow.node_capacity.get(node, 0.0)  # tokens/s through its layers
         self.profile: GPUProfile | None
         try:
@@ -76,7 +77,8 @@ class Expectation:
         except HelixError:
             self.profile = None  # an estimated plan: its capacity is all there is
 
-    def seconds(self, work: Work) -> float:
+    def seconds(self, work: Work, context: float | None = None) -> float:
+        """What `work` costs by the plan; `context`: the decodes' mean tokens cached, where it is known."""
         if work.batches <= 0:
             return 0.0
         if self.profile is None:
@@ -84,8 +86,10 @@ class Expectation:
         prompt = (work.tokens - work.decode_seqs) / work.batches  # mean prefill tokens per batch
         decodes = work.decode_seqs / work.batches
         f = self.profile
-        per_layer = (f.prompt_latency(prompt) if prompt else 0.0) + (f.decode_latency(decodes) if decodes else 0.0)
-        return work.batches * (f.step_overhead_s + self.layers * per_layer)
+        per_layer = (f.prompt_latency(prompt) if prompt else 0.0) + \
+            (f.decode_seconds(decodes, context) if decodes else 0.0)
+        sampling = f.sampling_seconds(round(decodes) or 1) if self.samples else 0.0
+        return work.batches * (f.step_overhead_s + sampling + self.layers * per_layer)
 
 
 class NodeDrift:

@@ -282,8 +282,10 @@ class NodeServer:
             self._forward(batch, results)  # type: ignore[arg-type]  # the others HiddenResults
         if self.trace is not None:
             cpu = time.thread_time() - batch.cpu_start - self.worker.model_cpu  # the hop's own CPU on this thread
+            cached = [item.start_position for item in batch.items if item.num_tokens == 1]
             self.trace.record({"node": self.name, "arrived": batch.arrived, "model": self.worker.model_span,
-                               "sent": batch.sent, "cpu": cpu, "tokens": batch.tokens, "seqs": len(batch.items)})
+                               "sent": batch.sent, "cpu": cpu, "tokens": batch.tokens, "seqs": len(batch.items),
+                               "decodes": decodes, "context": sum(cached) / len(cached) if cached else None})
 
     def _reply_failed(self, step_id: int, request_ids: list[str], exc: Exception) -> None:
         self._to_coordinator(p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))

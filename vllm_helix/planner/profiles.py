@@ -61,6 +61,28 @@ class GPUProfile:
     decode_latency: LatencyTable  # x = decode sequences in the batch
     step_overhead_s: float = 0.0  # per batch, whatever its layers (measured: input preparation, sampling)
     measured: bool = False  # from `vllm-helix profile` (not the reference's tables)
+    # measured profiles: (context, decode table) at each context the sweep timed, ascending
+    decode_by_context: tuple[tuple[int, LatencyTable], ...] = ()
+    sampling: LatencyTable | None = None  # measured: what the last range adds per batch (x = sequences)
+
+    def sampling_seconds(self, seqs: int) -> float:
+        """Final norm, LM head and sampling of a batch of `seqs` sequences on the last range (0: not measured)."""
+        return self.sampling(seqs) if self.sampling is not None and seqs > 0 else 0.0
+
+    def decode_seconds(self, seqs: float, context: float | None = None) -> float:
+        """One layer's decode step for `seqs` sequences with `context` tokens cached each (their mean):
+        interpolated between the per-context tables around it (the nearest one beyond them), or the one
+        decode table when the profile has no per-context tables or the context is not known."""
+        tables = self.decode_by_context
+        if context is None or not tables:
+            return self.decode_latency(seqs)
+        contexts = [c for c, _ in tables]
+        right = bisect.bisect_left(contexts, context)
+        if right == 0 or right == len(tables):
+            return tables[min(right, len(tables) - 1)][1](seqs)
+        (c0, low), (c1, high) = tables[right - 1], tables[right]
+        w = (context - c0) / (c1 - c0)
+        return (1 - w) * low(seqs) + w * high(seqs)
 
     def kv_slots(self, k: int) -> int:
         """Token-layer KV slots with k layers loaded (reference `kv_cache_capacity`)."""
@@ -80,13 +102,20 @@ def profile_from_dict(data: dict, source: str) -> GPUProfile:
 
         measured = bool(data.get("measured", False))
 
-        def latency(key: str) -> LatencyTable:
-            rows = sorted((float(x), float(ms) * 1e-3) for x, ms in data[key])
+        def latency(key: str, table: list | None = None) -> LatencyTable:
+            rows = sorted((float(x), float(ms) * 1e-3) for x, ms in (data[key] if table is None else table))
             if len(rows) < 2:
                 raise ClusterSpecError(f"{source}: {key}: needs at least two rows")
             if any(ms < 0 for _, ms in rows):
                 raise ClusterSpecError(f"{source}: {key}: negative latency")
             return LatencyTable(tuple(r[0] for r in rows), tuple(r[1] for r in rows), extrapolate=measured)
+
+        by_context = data.get("decode_layer_ms_by_context", {})
+        if not isinstance(by_context, dict):
+            raise ClusterSpecError(f"{source}: decode_layer_ms_by_context: expected a context -> table mapping")
+        decode_by_context = tuple(sorted(
+            (int(context), latency(f"decode_layer_ms_by_context[{context}]", table))
+            for context, table in by_context.items()))
 
         if max_layers < 1:
             raise ClusterSpecError(f"{source}: max_num_layers: must be >= 1, got {max_layers}")
@@ -99,7 +128,8 @@ def profile_from_dict(data: dict, source: str) -> GPUProfile:
             kv_blocks=per_k("vllm_num_blocks"), prompt_max_requests=per_k("prompt_max_requests"),
             decode_max_tokens=per_k("decode_max_tokens"),
             prompt_latency=latency("prompt_layer_ms"), decode_latency=latency("decode_layer_ms"),
-            step_overhead_s=overhead, measured=measured,
+            step_overhead_s=overhead, measured=measured, decode_by_context=decode_by_context,
+            sampling=latency("sampling_ms") if "sampling_ms" in data else None,
         )
     except KeyError as exc:
         raise ClusterSpecError(f"{source}: missing field {exc.args[0]!r}") from None

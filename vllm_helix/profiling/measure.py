@@ -2,8 +2,10 @@
 
 Each layer count k runs one `PartialLayerWorker` on layers [0, k) — the first range, so batches need no
 hidden states from a previous node — with vLLM's own model runner, as a serving node does (torch.compile
-unless enforce_eager). A point's time is the median of `sweep.repeats` runs after one untimed run of the
-same shape (the first batch of a shape pays for kernel selection and first-touch memory).
+unless enforce_eager). What the last range adds to a batch (final norm, LM head, sampling) is timed apart,
+as the last layer less the one before it (`measure_sampling`). A point's time is the median of
+`sweep.repeats` runs after one untimed run of the same shape (the first batch of a shape pays for kernel
+selection and first-touch memory).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Timings:
 
     prompt: dict[tuple[int, int], float] = field(default_factory=dict)  # (k, prompt tokens)
     decode: dict[tuple[int, int, int], float] = field(default_factory=dict)  # (k, context, sequences)
+    sampling: dict[int, float] = field(default_factory=dict)  # sequences -> what the last range adds per batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,27 @@ def measure(model_path: str, layer_counts: list[int], sweep: Sweep, config: Work
     return timings, memory
 
 
+def measure_sampling(model_path: str, total: int, sweep: Sweep, config: WorkerConfig, timings: Timings,
+                     tick: Callable[[str], None]) -> None:
+    """What the last range adds to a decode batch (final norm, LM head, sampling), per batch size: a decode
+    step of the last layer less one of the layer before it, both fed hidden states, at the shortest context."""
+    from vllm_helix.node.partial_worker import PartialLayerWorker
+
+    if total < 2:
+        return  # the only range is the first and the last: the sweep's own k = 1 has no layer to compare
+    steps = {}
+    for layers in ((total - 2, total - 1), (total - 1, total)):
+        worker = PartialLayerWorker(model_path, layers, config)
+        try:
+            worker.warm_up()
+            steps[layers] = Timings()
+            _time_decodes(worker, 1, sweep, steps[layers], tick, contexts=sweep.contexts[:1])
+        finally:
+            del worker
+    before, last = steps[(total - 2, total - 1)].decode, steps[(total - 1, total)].decode
+    timings.sampling.update({d: max(0.0, last[(k, c, d)] - before[(k, c, d)]) for k, c, d in last})
+
+
 def _tokens(n: int, offset: int = 0) -> list[int]:
     return [3 + (offset + i) * 7 % 97 for i in range(n)]  # ids every vocabulary has (the tiny one has 466)
 
@@ -73,6 +97,14 @@ def _timed(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _item(worker, rid: str, start: int, n: int, token: list[int] | None = None) -> StepItem:
+    """A batch item; a range after the first gets hidden states and residual rows, as from the node before."""
+    import torch
+
+    rows = None if worker.is_first else torch.zeros(n, worker.hidden_size, dtype=worker.vllm_config.model_config.dtype)
+    return StepItem(rid, start, n, token or [], rows, rows)
+
+
 def _time_prompts(worker, k: int, sweep: Sweep, timings: Timings, tick: Callable[[str], None]) -> None:
     serial = iter(range(1 << 30))
 
@@ -80,7 +112,7 @@ def _time_prompts(worker, k: int, sweep: Sweep, timings: Timings, tick: Callable
         rid = f"profile-prompt-{next(serial)}"
         worker.add_request(rid, _tokens(n))
         try:
-            worker.execute([StepItem(rid, 0, n)])
+            worker.execute([_item(worker, rid, 0, n)])
         finally:
             worker.free_request(rid)
 
@@ -91,15 +123,16 @@ def _time_prompts(worker, k: int, sweep: Sweep, timings: Timings, tick: Callable
 
 def _decode(worker, rids: list[str], position: dict[str, int]) -> None:
     """One decode step of these sequences (the first range embeds the token it is given)."""
-    worker.execute([StepItem(rid, position[rid], 1, [5]) for rid in rids])
+    worker.execute([_item(worker, rid, position[rid], 1, [5]) for rid in rids])
     for rid in rids:
         position[rid] += 1
 
 
-def _time_decodes(worker, k: int, sweep: Sweep, timings: Timings, tick: Callable[[str], None]) -> None:
+def _time_decodes(worker, k: int, sweep: Sweep, timings: Timings, tick: Callable[[str], None],
+                  contexts: tuple[int, ...] | None = None) -> None:
     budget = worker.config.max_num_batched_tokens
     most = max(sweep.decode_seqs)
-    for context in sweep.contexts:
+    for context in sweep.contexts if contexts is None else contexts:
         rids = [f"profile-decode-{context}-{i}" for i in range(most)]
         position = dict.fromkeys(rids, 0)
         for i, rid in enumerate(rids):
@@ -108,7 +141,7 @@ def _time_decodes(worker, k: int, sweep: Sweep, timings: Timings, tick: Callable
             for rid in rids:  # prefill every sequence to `context` tokens, in chunks the worker accepts
                 while position[rid] < context:
                     n = min(budget, context - position[rid])
-                    worker.execute([StepItem(rid, position[rid], n)])
+                    worker.execute([_item(worker, rid, position[rid], n)])
                     position[rid] += n
 
             for d in sweep.decode_seqs:

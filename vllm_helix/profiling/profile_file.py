@@ -3,9 +3,11 @@
 A batch through k layers takes `overhead + k * per_layer(x)`: a straight line in k for each batch shape x,
 fitted by least squares over the measured layer counts. Its slope is the per-layer time the bundled
 schema holds (`prompt_layer_ms`, `decode_layer_ms`); the intercepts (input preparation, the scheduler
-output, sampling: large for a small model on a CPU) become `step_overhead_ms`, which the planner and the
-simulator add once per batch. KV capacity is what a serving node gets: `kv_fraction` of the memory
-available before loading, over k layers' K+V per token, in the bundled schema's 16-token blocks.
+output: large for a small model on a CPU) become `step_overhead_ms`, which the planner and the simulator add
+once per batch. `sampling_ms` (per decode batch size) is what the last range adds to a batch (final norm,
+LM head, sampling), which the simulator adds to the last node's batches. KV capacity is what a serving node
+gets: `kv_fraction` of the memory available before loading, over k layers' K+V per token, in the bundled
+schema's 16-token blocks.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ def profile_document(*, model: str, gpu: str, timings: Timings, memory: Memory, 
         "decode_layer_ms": decode_rows[middle],
         "step_overhead_ms": round(statistics.median(overheads) * 1e3, 6),
         "decode_layer_ms_by_context": {str(c): r for c, r in decode_rows.items()},
+        **({"sampling_ms": [[0, 0.0], *([d, round(t * 1e3, 6)] for d, t in sorted(timings.sampling.items()))]}
+           if timings.sampling else {}),
         "metadata": {
             **metadata,
             "total_layers": total_layers,

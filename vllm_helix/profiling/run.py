@@ -69,7 +69,7 @@ def run_profile(model_path: str, device: Device, *, dtype: str, kv_fraction: flo
     from tqdm import tqdm
 
     from vllm_helix.planner.model import load_model
-    from vllm_helix.profiling.measure import measure
+    from vllm_helix.profiling.measure import measure, measure_sampling
     from vllm_helix.profiling.profile_file import max_layers, profile_document
 
     device.select()
@@ -80,6 +80,7 @@ def run_profile(model_path: str, device: Device, *, dtype: str, kv_fraction: flo
     counts = sweep.layer_counts(timed_most)
     config = _worker_config(spec, sweep, dtype, enforce_eager)
     points = len(counts) * (len(sweep.prompt_tokens) + len(sweep.contexts) * len(sweep.decode_seqs))
+    points += 2 * len(sweep.decode_seqs) if total > 1 else 0  # the last range's sampling
     with tqdm(total=points, desc=f"profiling {spec.name} on {device.kind}", unit="point", file=sys.stderr,
               disable=not show_progress) as bar:
         def tick(label: str) -> None:
@@ -87,6 +88,7 @@ def run_profile(model_path: str, device: Device, *, dtype: str, kv_fraction: flo
             bar.update()
 
         timings, memory = measure(model_path, counts, sweep, config, tick)
+        measure_sampling(model_path, total, sweep, config, timings, tick)
     from vllm import __version__ as vllm_version
 
     from vllm_helix.host import resolve_dtype

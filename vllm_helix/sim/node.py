@@ -9,7 +9,8 @@ With batches in flight (the Helix coordinator's steps, see sim/batching.py), a n
 a real node runs one Step message: the iterations of the step at the head of its queue, whatever the caps.
 A node on a shared host (sim/cpu.py) runs its batch on cores it shares with the host's other nodes.
 
-Layer time = f_prompt(prompt tokens) + f_decode(decode sequences); with `reference_compat`, f_decode is
+Layer time = f_prompt(prompt tokens) + f_decode(decode sequences) (a measured profile's f_decode at the decodes'
+mean context, between the contexts it timed); with `reference_compat`, f_decode is
 doubled when exactly one decode is batched and the first layer pays the CPU copy overhead of every token
 received since the previous first-layer batch (tokens x activation x (1/4e9 + 1/5e9) s).
 """
@@ -48,7 +49,7 @@ class Iteration:
 class ComputeNode:
     def __init__(self, name: str, layers: LayerRange, profile: GPUProfile, kv_capacity: int, loop: EventLoop,
                  entry_layers: set[int], *, activation_bytes: int, reference_compat: bool,
-                 cpu: SharedCpu | None = None, cpu_quota: float | None = None):
+                 cpu: SharedCpu | None = None, cpu_quota: float | None = None, samples: bool = False):
         k = layers.size
         self.name, self.start, self.end = name, layers.start, layers.end
         self.profile, self.loop = profile, loop
@@ -59,7 +60,7 @@ class ComputeNode:
         self.prompt_max_tokens = self.prompt_max_requests * MAX_PROMPT_TOKENS_PER_REQUEST
         self.decode_max_tokens = profile.decode_max_tokens[k]
         self.decode_max_context = self.decode_max_tokens * DECODE_CONTEXT_PER_TOKEN
-        self.fp, self.fd = profile.prompt_latency, profile.decode_latency
+        self.fp = profile.prompt_latency
         self.compat = reference_compat
         self.overhead_per_token = activation_bytes * CPU_OVERHEAD_S_PER_BYTE if reference_compat else 0.0
         self.cpu_tokens = 0
@@ -71,6 +72,7 @@ class ComputeNode:
         self.forward: Callable[[Iteration], None] = lambda it: None  # set by the coordinator
         self.on_hop_time: Callable[[str, float], None] | None = None
         self.cpu, self.cpu_quota = cpu, cpu_quota  # None: its own device, at its profile's speed
+        self.samples = samples  # the last range: its batches end with the LM head and sampling
 
     @property
     def queued(self) -> int:
@@ -108,12 +110,16 @@ class ComputeNode:
             return
         self.queues[entry] = rest
         seg_end = next((e for e in self.entries if e > entry), self.end)
-        decode_s = self.fd(decodes) if decodes else 0.0
+        by_context = decodes and self.profile.decode_by_context  # measured profiles time decodes per context
+        context = sum(it.context for it in batch if not it.prompt) / decodes if by_context else None
+        decode_s = self.profile.decode_seconds(decodes, context) if decodes else 0.0
         if decodes == 1 and self.compat:
             decode_s *= 2
         layer_s = (self.fp(prompt_tokens) if prompt_tokens else 0.0) + decode_s
         now = self.loop.now
-        end = now + layer_s + self.profile.step_overhead_s  # measured profiles: input preparation, sampling
+        end = now + layer_s + self.profile.step_overhead_s  # measured profiles: input preparation
+        if self.samples and seg_end == self.end:
+            end += self.profile.sampling_seconds(len(batch))  # measured profiles
         if entry == self.start:
             end += self.cpu_tokens * self.overhead_per_token
             self.cpu_tokens = 0

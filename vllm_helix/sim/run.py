@@ -174,7 +174,8 @@ def _build(plan: Plan, config: SimConfig, kv_capacity: dict[str, int], loop: Eve
             cpu = SharedCpu(loop)  # a host of its own, under its quota
         nodes[name] = ComputeNode(name, rng, profile, kv_capacity[name], loop, entries[name],
                                   activation_bytes=model.activation_bytes_per_token,
-                                  reference_compat=config.reference_compat, cpu=cpu, cpu_quota=node.cpu_quota)
+                                  reference_compat=config.reference_compat, cpu=cpu, cpu_quota=node.cpu_quota,
+                                  samples=rng.end == model.num_layers)
     links = {}
     for src, dst in plan.flow.arc_flow:
         spec = cluster.link(src, dst)
