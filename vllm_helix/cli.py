@@ -378,7 +378,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(f"{doc['model']} on {doc['gpu']} ({meta['device_name']}, {meta['dtype']}, vLLM {meta['vllm_version']}): "
           f"up to {doc['max_num_layers']} layers, {doc['step_overhead_ms']:.2f} ms per batch + per layer "
           f"{_row_ms(doc['prompt_layer_ms'])} (prefill tokens: ms), {_row_ms(doc['decode_layer_ms'])} "
-          f"(decode sequences: ms)")
+          f"(decode sequences: ms)" + (f"; the last range adds {_row_ms(doc['sampling_ms'])} per batch (sampling)"
+                                        if "sampling_ms" in doc else ""))
     print(f"profile written to {args.output}; use it with `vllm-helix plan --profiles {Path(args.output).parent}`")
     return 0
 
