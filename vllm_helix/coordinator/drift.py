@@ -5,9 +5,10 @@ Every node reports its compute time and the shape of what it ran (batches, prefi
 those batches should have taken, and compares: the ratio predicted / measured is the node's measured
 throughput as a share of its planned throughput, whatever the batch mix (a fixed tokens/s would call a
 node serving small decode batches slow). With a profile (measured or bundled) the prediction is the
-profile's per-batch overhead plus k layers at the window's mean batch; without one, the plan's node
-capacity in tokens/s. A node more than `TOLERANCE` off for `HOLD_S` gets one warning with the commands
-that fix the plan (re-profile, re-plan), and another when it is back within the tolerance.
+profile's per-batch overhead plus k layers at the window's mean batch (and the last range's sampling);
+without one, the plan's node capacity in tokens/s. A node more than `TOLERANCE` off for `HOLD_S` gets one
+warning with the commands that fix the plan (re-profile, re-plan), and another when it is back within the
+tolerance.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class GPUProfile:
     decode_max_tokens: dict[int, int]
     prompt_latency: LatencyTable  # x = prompt tokens in the batch
     decode_latency: LatencyTable  # x = decode sequences in the batch
-    step_overhead_s: float = 0.0  # per batch, whatever its layers (measured: input preparation, sampling)
+    step_overhead_s: float = 0.0  # per batch, whatever its layers (measured: input preparation)
     measured: bool = False  # from `vllm-helix profile` (not the reference's tables)
     # measured profiles: (context, decode table) at each context the sweep timed, ascending
     decode_by_context: tuple[tuple[int, LatencyTable], ...] = ()
