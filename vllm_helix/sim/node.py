@@ -110,8 +110,9 @@ class ComputeNode:
             return
         self.queues[entry] = rest
         seg_end = next((e for e in self.entries if e > entry), self.end)
-        by_context = decodes and self.profile.decode_by_context  # measured profiles time decodes per context
-        context = sum(it.context for it in batch if not it.prompt) / decodes if by_context else None
+        context = None  # measured profiles time decodes per context: the batch's mean
+        if decodes and self.profile.decode_by_context:
+            context = sum(it.context for it in batch if not it.prompt) / decodes
         decode_s = self.profile.decode_seconds(decodes, context) if decodes else 0.0
         if decodes == 1 and self.compat:
             decode_s *= 2
