@@ -44,7 +44,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bench_serving import PROMPT, load  # noqa: E402
+from bench_serving import PROMPT, load, warm_up  # noqa: E402
 from cpu_cap import CpuCap  # noqa: E402
 
 from vllm_helix.coordinator.drift import Expectation, Work  # noqa: E402
@@ -133,7 +133,7 @@ def measure(work: Path, model: Path, plan_path: Path, requests: int, max_tokens:
                 cap.add(local_worker(server, node).pid)
             body = {"model": str(model), "prompt": f"0. {PROMPT}", "max_tokens": 1}
             prompt_tokens = post(url, "/completions", body)["usage"]["prompt_tokens"]
-            load(url, str(model), 4, 4)  # warm-up
+            warm_up(url, str(model))
             for _ in range(rounds):
                 before, busy, started = cpu_seconds(server.process.pid), machine_busy_s(), time.monotonic()
                 window = [time.time()]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from bench_serving import COMMON, load
+from bench_serving import COMMON, load, warm_up
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from netns_hosts import NetnsHosts  # noqa: E402
@@ -145,7 +145,7 @@ def main() -> int:
             for insecure in (False, True):
                 mode = "plain" if insecure else "curve"
                 with cluster(hosts, plan, model, workdir, insecure, opts.enforce_eager) as (url, pids):
-                    load(url, str(model), 4, 4)  # warm-up
+                    warm_up(url, str(model))
                     cpu0 = tree_cpu_s(pids)
                     out = load(url, str(model), opts.requests, opts.max_tokens)
                     cpu_ms = (tree_cpu_s(pids) - cpu0) * 1e3 / (opts.requests * opts.max_tokens)

@@ -53,11 +53,12 @@ COMMON = ["--max-model-len", "1024", "--max-num-batched-tokens", "512", "--max-n
 PROMPT = "Large language models are served on clusters of graphics processors connected by networks. " * 4
 
 
-def load(url: str, model: str, requests: int, max_tokens: int) -> dict[str, float]:
-    """`requests` concurrent streaming completions: output tokens/s, mean TTFT and TPOT."""
+def load(url: str, model: str, requests: int, max_tokens: int, label: str = "") -> dict[str, float]:
+    """`requests` concurrent streaming completions: output tokens/s, mean TTFT and TPOT. Prompt i starts with
+    `label` and i, so no two share a first KV block."""
 
     def one(i: int) -> tuple[float, float, int]:
-        body = {"model": model, "prompt": f"{i}. {PROMPT}", "max_tokens": max_tokens, "temperature": 0,
+        body = {"model": model, "prompt": f"{label}{i}. {PROMPT}", "max_tokens": max_tokens, "temperature": 0,
                 "ignore_eos": True, "stream": True}
         request = urllib.request.Request(url + "/completions", json.dumps(body).encode(),
                                          {"Content-Type": "application/json"})
@@ -76,6 +77,12 @@ def load(url: str, model: str, requests: int, max_tokens: int) -> dict[str, floa
     wall = time.monotonic() - start
     return {"tokens_per_s": sum(r[2] for r in results) / wall, "ttft_s": statistics.mean(r[0] for r in results),
             "tpot_s": statistics.mean(r[1] for r in results)}
+
+
+def warm_up(url: str, model: str) -> None:
+    """A few short requests before a measured load, with prompts of their own: vLLM's prefix cache (on in the
+    plain vLLM and PP setups, off under Helix, whose nodes hold the KV) must not skip measured prompt tokens."""
+    load(url, model, 4, 4, label="warm-up ")
 
 
 @contextlib.contextmanager
@@ -143,7 +150,7 @@ def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, work
     with VllmServer(model, [*COMMON, *args], env=env, log_path=workdir / f"{slug}.log") as url:
         if started is not None:
             started()
-        load(url, str(model), 4, 4)  # warm-up
+        warm_up(url, str(model))
         measured = time.time()  # the per-hop table covers the measured load only
         result = load(url, str(model), opts.requests, opts.max_tokens)
         result["since"] = measured
