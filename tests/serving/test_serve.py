@@ -117,6 +117,14 @@ def test_over_long_prompt_is_http_400(helix, tiny_llama_path):
     assert info.value.code == 400
 
 
+def test_prefix_caching_is_turned_off_and_says_so(helix, tiny_llama_path):
+    """vLLM turns prefix caching on by default; under Helix it would skip prompt tokens the nodes never saw."""
+    prompt = "The same long system prompt for every request. " * 8
+    first, again = (completion_tokens(helix[0], tiny_llama_path, prompt=[prompt]) for _ in range(2))
+    assert first == again  # a repeated prompt is computed again, in full, and gives the same tokens
+    assert "prefix caching is off under --executor helix" in helix[2].log_path.read_text()
+
+
 @pytest.mark.kills_a_node
 def test_a_lost_node_costs_no_request_and_the_rest_go_on(helix, tiny_llama_path):
     """Kill `slow` mid-burst: its requests are recomputed through `fast` and complete normally; nothing hangs.

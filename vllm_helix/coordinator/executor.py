@@ -96,6 +96,9 @@ class HelixExecutor(Executor):
                                    seed=self.model_config.seed or 0, start_timeout_s=options["start_timeout_s"],
                                    insecure=options["insecure"])
         # Nodes hold the KV cache; the scheduler's prefix cache would skip prompt tokens they never saw.
+        if self.vllm_config.cache_config.enable_prefix_caching:
+            logger.info("prefix caching is off under --executor helix: the nodes hold the KV cache, so every prompt "
+                        "is computed in full")
         self.vllm_config.cache_config.enable_prefix_caching = False
         self.coordinator = ServingCoordinator(plan, self.model_config.model, options, _model_output, local_nodes)
         self.coordinator.start()
