@@ -7,8 +7,9 @@ time so that measurements do not share the network: between the coordinator and 
 two hosts (the discoverer asks the sending probe to measure). A link's latency is half the shortest of a few
 round trips (one-way delays cannot be told apart without synchronized clocks); its bandwidth is a burst's bytes
 over the time from its first byte sent to its last received (the sender's clock, less one round trip), the burst
-doubling until it lasts PROBE_MIN_S; the better of the last two bursts counts. Timed by the sender: a receiver
-that stalls (a busy host) makes an estimate low, never high. The result is a cluster file for `vllm-helix plan`.
+doubling until it lasts PROBE_MIN_S; the best of the last two bursts counts (of three when those two differ by
+over a tenth). Timed by the sender: a receiver that stalls (a busy host) makes an estimate low, never high.
+The result is a cluster file for `vllm-helix plan`.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class Prober:
         # address is dialed once: two connections of one sender to one probe would clash there.
         self.alias: dict[str, str] = {}
         self._bursts: dict[str, int] = {}  # chunks received of each burst
+        self._burst_id = 0  # bursts this prober sent
 
     def close(self) -> None:
         self.endpoint.close()
@@ -187,21 +189,30 @@ class Prober:
             self.wait_for("pong", peer)
             rtts.append(time.perf_counter() - sent)
         rtt = min(rtts)
-        chunk = bytes(CHUNK_BYTES)
-        chunks, burst_id, rate = FIRST_BURST_BYTES // CHUNK_BYTES, 0, 0.0
+        chunks, previous = FIRST_BURST_BYTES // CHUNK_BYTES, 0.0
         while True:  # the earlier, shorter bursts also open the TCP window for the one that counts
-            burst_id += 1
-            started = time.perf_counter()
-            for _ in range(chunks):
-                self.send(peer, "burst", [chunk], id=burst_id, chunks=chunks)
-            self.wait_for("burst.done", peer, self.timeout_s + 8 * chunks * CHUNK_BYTES / 1e6)
-            # from the first byte sent to the last received: less the way there of the first and back of the reply
-            seconds = max(time.perf_counter() - started - rtt, 1e-6)
-            previous, rate = rate, chunks * CHUNK_BYTES / seconds
+            rate, seconds = self._burst(peer, chunks, rtt)
             if seconds >= PROBE_MIN_S or chunks * CHUNK_BYTES >= MAX_BURST_BYTES:
-                # the better of the last two: a stall on a busy host only ever slows one down
-                return max(rate, previous), rtt / 2
-            chunks *= 2
+                break
+            previous, chunks = rate, chunks * 2
+        # a stall on a busy host only ever slows a burst down: the best of the last two, and of a third when they
+        # disagree by more than a tenth
+        best = max(rate, previous)
+        if min(rate, previous) < 0.9 * best:
+            best = max(best, self._burst(peer, chunks, rtt)[0])
+        return best, rtt / 2
+
+    def _burst(self, peer: str, chunks: int, rtt: float) -> tuple[float, float]:
+        """(bytes/s, seconds) of one burst of `chunks` chunks to `peer`."""
+        self._burst_id += 1
+        chunk = bytes(CHUNK_BYTES)
+        started = time.perf_counter()
+        for _ in range(chunks):
+            self.send(peer, "burst", [chunk], id=self._burst_id, chunks=chunks)
+        self.wait_for("burst.done", peer, self.timeout_s + 8 * chunks * CHUNK_BYTES / 1e6)
+        # from the first byte sent to the last received: less the way there of the first and back of the reply
+        seconds = max(time.perf_counter() - started - rtt, 1e-6)
+        return chunks * CHUNK_BYTES / seconds, seconds
 
 
 # ------------------------------------------------------------------------------------ the discoverer
