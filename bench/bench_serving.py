@@ -12,7 +12,9 @@ workers), so the two stages really run in parallel:
 (d) heterogeneous: the second machine is half as fast — the process on core 1 (vLLM's PP rank 1 in (b*),
     Helix node 1 in (d)) is capped at half a core by a CPU cgroup (a hard cap, like a slower GPU; where
     cgroups are not writable, a busy loop on core 1 shares it instead). vLLM PP keeps the even split (b*);
-    Helix (d) serves the placement its planner chose for a cluster that says node 1 is half as fast.
+    Helix (d) serves the placement its planner chose for a cluster that says node 1 is half as fast; its
+    routing weights follow the nodes' measured speed. (d0), not run by default: the same with the plan's
+    weights only (--helix-static-weights). The Helix rows show how many measured requests each first node took.
 
 Each round runs every setup once, in that order, so slow phases of a shared machine hit all setups alike;
 the table shows each setup's median over the rounds and the spread (min-max). The Helix setups run with
@@ -145,16 +147,29 @@ def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], spee
             w.wait(30)
 
 
+def first_nodes(route_log: Path) -> list[str]:
+    """The first node of each route in a `--helix-route-log` file, in order."""
+    lines = route_log.read_text().splitlines() if route_log.exists() else []
+    return [line.split(" -> ")[1].split()[0] for line in lines]
+
+
 def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, workdir: Path, started=None) -> dict:
     slug = re.sub(r"[^A-Za-z0-9]+", "_", name.split(")")[0])
+    routes = workdir / f"{slug}.routes"
+    routes.unlink(missing_ok=True)
+    if "helix" in args:
+        args = [*args, "--helix-route-log", str(routes)]
     with VllmServer(model, [*COMMON, *args], env=env, log_path=workdir / f"{slug}.log") as url:
         if started is not None:
             started()
         warm_up(url, str(model))
         measured = time.time()  # the per-hop table covers the measured load only
+        before = len(first_nodes(routes))
         result = load(url, str(model), opts.requests, opts.max_tokens)
         result["since"] = measured
-    print(f"{name:<52}{result['tokens_per_s']:>10.1f}{result['ttft_s']:>10.2f}{result['tpot_s'] * 1e3:>10.1f}",
+    taken = first_nodes(routes)[before:]
+    split = "  routes: " + ", ".join(f"{n} {taken.count(n)}" for n in sorted(set(taken))) if taken else ""
+    print(f"{name:<52}{result['tokens_per_s']:>10.1f}{result['ttft_s']:>10.2f}{result['tpot_s'] * 1e3:>10.1f}{split}",
           flush=True)
     return result
 
@@ -186,11 +201,16 @@ def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[st
             with helix_workers(workdir / "d", model, [], [2, 1], slow, env=trace) as (plan, layers):
                 rows["d"] = run(f"(d) Helix planned {layers}, node 1 at 1/2", model,
                                 [*helix, "--helix-plan", str(plan)], trace, opts, workdir)
+        if "d0" in want:
+            with helix_workers(workdir / "d0", model, [], [2, 1], slow) as (plan, layers):
+                rows["d0"] = run("(d0) as (d), the plan's weights only", model,
+                                 [*helix, "--helix-plan", str(plan), "--helix-static-weights"], {}, opts, workdir)
     return rows, {s: t for s, t in traces.items() if s in rows}
 
 
 NAMES = {"a": "(a) plain vLLM, 1 engine", "b": "(b) vLLM PP=2, [0,4) [4,8)", "c": "(c) Helix 2 nodes, same split",
-         "b*": "(b*) vLLM PP=2 even split, rank 1 at 1/2", "d": "(d) Helix planned, node 1 at 1/2"}
+         "b*": "(b*) vLLM PP=2 even split, rank 1 at 1/2", "d": "(d) Helix planned, node 1 at 1/2",
+         "d0": "(d0) as (d), static weights"}
 
 
 def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -206,7 +226,7 @@ def report(results: dict[str, list[dict]], hop_tables: dict[str, list[dict]]) ->
     for setup, rows in results.items():
         print(f"| {NAMES[setup]} | {spread([r['tokens_per_s'] for r in rows])} | "
               f"{spread([r['ttft_s'] for r in rows], digits=2)} | {spread([r['tpot_s'] for r in rows], 1e3)} |")
-    for ours, theirs in (("c", "b"), ("d", "b*")):
+    for ours, theirs in (("c", "b"), ("d", "b*"), ("d0", "b*")):
         if ours in results and theirs in results:
             pairs = zip(results[ours], results[theirs], strict=True)
             per_round = [o["tokens_per_s"] / t["tokens_per_s"] for o, t in pairs]
@@ -226,7 +246,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all setups")
-    parser.add_argument("--setups", default="a,b,c,b*,d", help="which of a, b, c, b*, d to run")
+    parser.add_argument("--setups", default="a,b,c,b*,d",
+                        help="which of a, b, c, b*, d, d0 to run (d0: (d) with --helix-static-weights)")
     parser.add_argument("--hidden", type=int, default=2048, help="hidden size of the 8-layer random model")
     parser.add_argument("--helix-depth", type=int, default=0, help="--helix-depth for (c) and (d); 0 = auto")
     opts = parser.parse_args()

@@ -107,7 +107,8 @@ def make_host() -> Iterator[Callable[[str, float], Host]]:
 @contextlib.contextmanager
 def sniff(dev: str, limit: int = 64 << 20) -> Iterator[bytearray]:
     """Every byte crossing `dev` (whole frames, headers included) while the block runs: what an
-    eavesdropper on that link reads."""
+    eavesdropper on that link reads. Complete once the block has exited: what the kernel queued for the socket
+    and a starved reader thread had not taken yet is read then."""
     seen = bytearray()
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
     sock.bind((dev, 0))
@@ -126,4 +127,8 @@ def sniff(dev: str, limit: int = 64 << 20) -> Iterator[bytearray]:
     finally:
         stop.set()
         reader.join(2)
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError, OSError):
+            while len(seen) < limit:
+                seen.extend(sock.recv(65536))
         sock.close()

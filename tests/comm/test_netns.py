@@ -113,7 +113,7 @@ def test_an_eavesdropper_on_the_link_reads_plain_tcp_but_not_curve(make_host) ->
                     sniff(link.root_dev) as wire:
                 ep.connect("worker", addr, peer.public if mine else None)
                 echo_rtt(ep, "worker", secret_bytes)
-                seen[mode] = bytes(wire)
+            seen[mode] = bytes(wire)  # complete once the sniffer stopped
         finally:
             proc.kill()
             proc.wait()

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from coordinator.test_serving_parts import _route_book
 from vllm.v1.core.sched.output import CachedRequestData, NewRequestData, SchedulerOutput
 
@@ -151,3 +153,32 @@ def test_a_local_node_that_keeps_crashing_at_start_up_is_given_up_with_its_log(t
     assert given_up is not None and "3 times in a row" in given_up and "RuntimeError: no weights" in given_up
     nodes.started("n")  # one that came up and dies later is restarted again
     assert nodes.plan_restart("n") is None
+
+
+def test_routes_follow_the_nodes_measured_speed_relative_to_each_other(caplog):
+    book = _route_book({"head": 4096, "x": 4096, "y": 4096})
+
+    def branches(prefix: str, n: int = 30) -> tuple[int, int]:
+        for rid in list(book.routes):
+            book.release(rid)
+        taken = [book.routes[f"{prefix}{i}"][1] for i in range(n) if book.admit(f"{prefix}{i}", 10, 10)]
+        return taken.count("x"), taken.count("y")
+
+    assert branches("a") == (15, 15)  # as planned: x and y alike
+    # every node a fifth of its plan (an estimate off for all alike): no proportion changes
+    assert not book.follow_speeds({"head": 0.2, "x": 0.2, "y": 0.2}, now=0.0)
+    with caplog.at_level(logging.INFO, logger="vllm_helix.routes"):
+        assert book.follow_speeds({"head": 0.2, "x": 0.2, "y": 0.1}, now=1.0)  # y at half the speed of x
+    assert "relative speed: head 1.00, x 1.00, y 0.50" in caplog.text
+    assert branches("b") == (20, 10) and book.live_flow < book.planned_flow
+    assert not book.follow_speeds({"head": 1.0, "x": 1.0, "y": 0.53}, now=30.0)  # within 10 %: no churn
+    assert not book.follow_speeds({"head": 1.0, "x": 1.0, "y": 1.0}, now=5.0)  # a newer speed, too soon
+    assert book.follow_speeds({"head": 1.0, "x": 1.0, "y": 1.0}, now=31.0)
+    assert branches("c") == (15, 15)
+    book.follow_speeds({"head": 1.0, "x": 1.0, "y": 0.5}, now=50.0)
+    book.node_lost("y")  # a lost node's speed is forgotten: measured afresh when it is back
+    book.node_back("y", 4096)
+    assert "y" not in book.speed
+
+    static = _route_book({"head": 4096, "x": 4096, "y": 4096}, static_weights=True)  # --helix-static-weights
+    assert not static.follow_speeds({"head": 1.0, "x": 1.0, "y": 0.5}, now=0.0)

@@ -159,3 +159,39 @@ def test_a_bad_drift_knob_in_the_environment_is_named_and_ignored(raw, monkeypat
 def test_a_good_drift_knob_is_taken(monkeypatch):
     monkeypatch.setenv("HELIX_DRIFT_TOLERANCE", "0.75")
     assert drift.env_number("HELIX_DRIFT_TOLERANCE", 0.25, 0.0, 10.0) == 0.75
+
+
+def test_an_estimated_plan_expects_the_planners_roofline_per_batch():
+    """No profile: a decode batch costs the weights' read whatever its few sequences, a long prefill its compute
+    (a flat tokens/s would call a node serving small batches slow)."""
+    from coordinator.test_serving_parts import _route_book
+
+    plan = _route_book({"head": 4096, "x": 4096, "y": 4096}).plan  # an estimate plan of CPU nodes
+    expect = Expectation(plan, "x")
+    one, eight = expect.seconds(Work(0.0, 1, 1, 1)), expect.seconds(Work(0.0, 1, 8, 8))
+    assert one == eight > 0  # bandwidth-bound: the same read of two layers' weights
+    long, longer = expect.seconds(Work(0.0, 1, 10_000, 0)), expect.seconds(Work(0.0, 1, 20_000, 0))
+    assert longer == pytest.approx(2 * long) and long > 10 * one  # compute-bound
+    assert expect.seconds(Work(0.0, 2, 16, 16)) == pytest.approx(2 * eight)  # the mean batch, per batch
+
+
+def test_a_node_given_little_work_is_measured_over_a_longer_window(plan):
+    """A node measured slow gets few requests; it must still be measured again, not judged by its old speed."""
+    per_batch = Expectation(plan, "node-b").seconds(Work(0.0, 1, 8, 8))
+    node, work = NodeDrift(plan, "node-b", "plan.yaml", "/models/tiny"), Work()
+
+    def run(seconds: range, batches: int, slowdown: float) -> None:
+        nonlocal work
+        for t in seconds:
+            work = Work(work.busy_s + batches * per_batch * slowdown, work.batches + batches,
+                        work.tokens + 8 * batches, work.decode_seqs + 8 * batches)
+            node.update(float(t), work)
+
+    run(range(0, 20), 100, 2.0)
+    assert node.ratio == pytest.approx(0.5)
+    run(range(20, 80), 10, 1.0)  # at speed, 32 ms of compute a second: 10 s hold too little to judge
+    assert node.ratio == pytest.approx(1.0)
+    # no work at all (weighed out of routing): the speed the routes follow is forgotten after HOLD_S
+    assert node.fresh_ratio(79.0 + drift.HOLD_S) == node.ratio and node.fresh_ratio(80.0 + drift.HOLD_S) is None
+    node.update(80.0, Work(0.1, 10, 80, 80))  # a new process: its counters start again
+    assert [w for _, w in node.history] == [Work(), Work(0.1, 10, 80, 80)]

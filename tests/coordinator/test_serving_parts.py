@@ -187,7 +187,7 @@ def test_messages_round_trip_and_bad_frames_are_rejected():
         over_the_wire(Header(kind=f"helix/{p.PROTOCOL_VERSION + 1}", meta=p.encode(step).meta))
 
 
-def _route_book(kv_tokens, block=16):
+def _route_book(kv_tokens, block=16, **options):
     cluster = cluster_from_dict({
         # a head four times as fast as x or y: the max flow needs both branches
         "nodes": [{"name": n, "gpu": "cpu", "gpus": g, "vram": "4GB"} for n, g in (("head", 4), ("x", 1), ("y", 1))],
@@ -196,7 +196,7 @@ def _route_book(kv_tokens, block=16):
                       kv_bytes_per_token_layer=256)
     placement = Placement({"head": LayerRange(0, 2), "x": LayerRange(2, 4), "y": LayerRange(2, 4)})
     plan = evaluate_plan(cluster, model, placement, "fixed", throughput="estimate")
-    return RouteBook(plan, kv_tokens, block, {"router": "maxflow", "route_log": None})
+    return RouteBook(plan, kv_tokens, block, {"router": "maxflow", "route_log": None, **options})
 
 
 def test_admission_reserves_whole_blocks_and_queues_when_full():

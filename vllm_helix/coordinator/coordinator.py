@@ -213,6 +213,9 @@ class ServingCoordinator:
             elif isinstance(message, p.Busy):
                 self._on_busy(message)
                 self.metrics.on_busy(message)
+                if self.routes is not None:
+                    now = time.monotonic()
+                    self.routes.follow_speeds(self.metrics.throughput_ratios(now), now)
             elif isinstance(message, p.Failed):
                 failed = self.book.on_failed(message.step_id, message.request_ids,
                                              f"node {message.node}: {message.error}")
@@ -292,7 +295,6 @@ class ServingCoordinator:
         self.members.up(node)
         self.workers.started(node)
         self.routes.node_back(node, hello.kv_tokens)
-        self.metrics.set_live_max_flow(self.routes.live_flow)
         logger.info("Helix node %s %s rejoined; %s", node, self.plan.placement[node], self.members.describe())
 
     def _take_rotated_keys(self) -> None:
@@ -364,7 +366,7 @@ class ServingCoordinator:
         self.members.lose(node, reason, draining=draining)
         affected = sorted(set(affected) | set(self.book.drop(through=node)))
         self.members.reroute(affected)
-        self.metrics.on_node_lost(node, self.routes.live_flow)
+        self.metrics.on_node_lost(node)
         self.metrics.on_rerouted(len(affected))
         log = logger.warning if draining else logger.error
         log("Helix node %s lost: %s; rerouting %d requests routed through it; %s", node, reason, len(affected),

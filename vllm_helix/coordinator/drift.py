@@ -6,9 +6,9 @@ those batches should have taken, and compares: the ratio predicted / measured is
 throughput as a share of its planned throughput, whatever the batch mix (a fixed tokens/s would call a
 node serving small decode batches slow). With a profile (measured or bundled) the prediction is the
 profile's per-batch overhead plus k layers at the window's mean batch (and the last range's sampling);
-without one, the plan's node capacity in tokens/s. A node more than `TOLERANCE` off for `HOLD_S` gets one
-warning with the commands that fix the plan (re-profile, re-plan), and another when it is back within the
-tolerance.
+without one, k layers of the planner's roofline estimate at that batch. A node more than `TOLERANCE` off for
+`HOLD_S` gets one warning with the commands that fix the plan (re-profile, re-plan), and another when it is back
+within the tolerance. The same ratios weigh the routes (coordinator/routing.py: a slow node gets fewer requests).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from vllm_helix import wire as p
 from vllm_helix.errors import HelixError
 from vllm_helix.planner.plan import Plan
 from vllm_helix.planner.profiles import GPUProfile, profile_for
+from vllm_helix.planner.throughput import EstimatedThroughput
 
 logger = logging.getLogger("vllm_helix.drift")
 
@@ -45,6 +46,7 @@ TOLERANCE = env_number("HELIX_DRIFT_TOLERANCE", 0.25, 0.0, 10.0)  # a shared tes
 HOLD_S = env_number("HELIX_DRIFT_HOLD_S", 60.0, 0.0, 86400.0)  # a minute; tests shorten it
 WINDOW_S = 10.0  # measured vs predicted over the last this many seconds
 MIN_BUSY_S = 0.5  # a window with less compute says nothing about speed
+HISTORY = 600  # reports kept: a window of up to 10 minutes at one report a second
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,18 +74,19 @@ class Expectation:
         self.layers = plan.placement.ranges[node].size
         self.samples = plan.placement.ranges[node].end == plan.model.num_layers  # the last range
         self.capacity = plan.flow.node_capacity.get(node, 0.0)  # tokens/s through its layers
+        self.node, self.model = plan.cluster.node(node), plan.model
         self.profile: GPUProfile | None
         try:
-            self.profile = profile_for(plan.model, plan.cluster.node(node).gpu_type)
+            self.profile = profile_for(plan.model, self.node.gpu_type)
         except HelixError:
-            self.profile = None  # an estimated plan: its capacity is all there is
+            self.profile = None  # an estimated plan: the roofline the planner used
 
     def seconds(self, work: Work, context: float | None = None) -> float:
         """What `work` costs by the plan; `context`: the decodes' mean tokens cached, where it is known."""
         if work.batches <= 0:
             return 0.0
         if self.profile is None:
-            return work.tokens / self.capacity if self.capacity > 0 else 0.0
+            return self._estimated_seconds(work)
         prompt = (work.tokens - work.decode_seqs) / work.batches  # mean prefill tokens per batch
         decodes = work.decode_seqs / work.batches
         f = self.profile
@@ -92,27 +95,44 @@ class Expectation:
         sampling = f.sampling_seconds(round(decodes) or 1) if self.samples else 0.0
         return work.batches * (f.step_overhead_s + sampling + self.layers * per_layer)
 
+    def _estimated_seconds(self, work: Work) -> float:
+        """The planner's roofline at the window's mean batch: a small decode batch costs the weights' read, not
+        its few tokens (a flat tokens/s would call a node serving small batches slow)."""
+        try:
+            per_layer = EstimatedThroughput().layer_seconds(self.node, self.model, work.tokens / work.batches)
+        except HelixError:  # a device the roofline does not know: the plan's capacity is all there is
+            return work.tokens / self.capacity if self.capacity > 0 else 0.0
+        return work.batches * self.layers * per_layer
+
 
 class NodeDrift:
     """One node's measured/planned throughput ratio over a sliding window, and whether it drifts."""
 
-    def __init__(self, plan: Plan, node: str, plan_path: str, model_path: str):
+    def __init__(self, plan: Plan, node: str, plan_path: str, model_path: str, since: float = 0.0):
         self.node, self.expect = node, Expectation(plan, node)
         self.gpu = plan.cluster.node(node).gpu_type
         self.plan_path, self.model_path = plan_path, model_path
-        self.history: deque[tuple[float, Work]] = deque()
+        # from nothing done at `since`: the first report is measured too (a short first load, a warm-up)
+        self.history: deque[tuple[float, Work]] = deque([(since, Work())], maxlen=HISTORY)
         self.ratio: float | None = None  # measured throughput / planned
+        self.measured_at = float("-inf")  # when `ratio` was last measured
         self.off_since: float | None = None
         self.warned = False
 
     def update(self, now: float, work: Work) -> None:
+        if work.busy_s < self.history[-1][1].busy_s:  # its counters started again: a new process
+            self.history.clear()
+            self.history.append((now, Work()))
         self.history.append((now, work))
-        while len(self.history) > 2 and now - self.history[1][0] >= WINDOW_S:
+        # the last WINDOW_S, or longer until it holds MIN_BUSY_S of compute: a node given little work (one
+        # measured slow gets few requests) is still measured, not judged by its old speed for ever
+        while len(self.history) > 2 and now - self.history[1][0] >= WINDOW_S and \
+                work.busy_s - self.history[1][1].busy_s >= MIN_BUSY_S:
             self.history.popleft()
         delta = work.minus(self.history[0][1])
         if delta.busy_s < MIN_BUSY_S:
             return  # too little compute in the window: keep the last verdict
-        self.ratio = self.expect.seconds(delta) / delta.busy_s
+        self.ratio, self.measured_at = self.expect.seconds(delta) / delta.busy_s, now
         off = abs(self.ratio - 1) > TOLERANCE
         if not off:
             if self.warned:
@@ -124,6 +144,10 @@ class NodeDrift:
         if not self.warned and now - self.off_since >= HOLD_S:
             self.warned = True
             logger.warning(self.advice())
+
+    def fresh_ratio(self, now: float) -> float | None:
+        """`ratio`, if measured within the last HOLD_S."""
+        return self.ratio if now - self.measured_at <= HOLD_S else None
 
     @property
     def drifting(self) -> bool:

@@ -91,7 +91,9 @@ class ClusterMetrics:
         self.folder = folder or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(ENV)
         self._file: GaugeFile | None = None
         self.nodes = {n: _Node(n) for n in plan.placement.ranges}
-        self.drift = {n: NodeDrift(plan, n, plan_path, model_path) for n in plan.placement.ranges}
+        self.plan_path, self.model_path = plan_path, model_path
+        now = time.monotonic()
+        self.drift = {n: NodeDrift(plan, n, plan_path, model_path, now) for n in plan.placement.ranges}
         self.live_max_flow = plan.flow.value
         self.admitted: dict[str, int] = {}
         self.rerouted = self.failed = 0
@@ -111,6 +113,14 @@ class ClusterMetrics:
             node.report(busy, now)
             self.drift[busy.node].update(now, Work.of(busy))
         self.publish()
+
+    def throughput_ratios(self, now: float) -> dict[str, float]:
+        """Each node's throughput / planned over the drift window (coordinator/drift.py), where it was measured
+        within the last HOLD_S: a node that got no work for that long (say, after it was measured slow) is
+        given its planned share back, and measured anew."""
+        with self._lock:
+            ratios = {n: d.fresh_ratio(now) for n, d in self.drift.items()}
+        return {n: r for n, r in ratios.items() if r is not None}
 
     def last_reports(self) -> dict[str, float]:
         """When each node's latest report arrived (monotonic seconds), for the nodes that reported."""
@@ -134,12 +144,12 @@ class ClusterMetrics:
         with self._lock:
             self.rerouted += count
 
-    def on_node_lost(self, node: str, live_max_flow: float | None = None) -> None:
+    def on_node_lost(self, node: str) -> None:
         with self._lock:
             if node in self.nodes:
                 self.nodes[node].up = False
-            if live_max_flow is not None:
-                self.live_max_flow = live_max_flow
+                # restarted or stalled, what it was measured at says nothing about how it comes back
+                self.drift[node] = NodeDrift(self.plan, node, self.plan_path, self.model_path, time.monotonic())
         self.publish()
 
     def set_live_max_flow(self, value: float) -> None:

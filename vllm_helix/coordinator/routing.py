@@ -7,13 +7,21 @@ overflow mid-request; requests that do not fit now wait in vLLM's queue. Each ad
 Membership: a lost (or draining) node leaves routing at once and the router is re-weighted with the max flow
 of the live nodes (`live_flow.py`); a node that comes back is restored the same way. The receiver thread
 reports membership while the scheduler thread admits, hence the lock.
+
+Speed: the plan's weights assume every node as fast as its profile. Each node's measured speed (its
+throughput / planned over the drift window, coordinator/drift.py), relative to the median node, scales its
+capacity in that max flow, so a node running slower than planned gets fewer new requests and a faster one
+more (`--helix-static-weights` keeps the plan's). Relative, because a plan's numbers may be off for all nodes
+alike (an estimate), which changes no proportion; re-weighed only when a speed moved by over SPEED_STEP, at
+most once per SPEED_EVERY_S, so the noise of a shared host does not churn the weights.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from vllm_helix.planner.cluster import COORDINATOR
@@ -27,6 +35,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("vllm_helix.routes")
 STRICT_KV = KVParams(hwm=1.0, output_ratio=1.0)
+SPEED_STEP = 0.1  # a node's relative speed must move by more than this share to re-weigh
+SPEED_EVERY_S = 10.0  # the drift window: a newer speed says nothing new before that
+SPEED_RANGE = (0.05, 20.0)  # relative speeds are clamped to this: no node's weight goes to nothing
 
 
 def describe(route: Route) -> str:
@@ -48,6 +59,9 @@ class RouteBook:
         self._lock = threading.Lock()
         self.planned_flow, _ = live_max_flow(plan.flow)
         self.live_flow = self.planned_flow
+        self.follows_speed = not options.get("static_weights", False)
+        self.speed: dict[str, float] = {}  # relative speeds the weights follow (none: the plan's)
+        self._speed_at = float("-inf")
         self.metrics: ClusterMetrics | None = None  # set by the coordinator (coordinator/metrics.py)
 
     def admit(self, request_id: str, prompt_len: int, max_tokens: int) -> bool:
@@ -85,6 +99,7 @@ class RouteBook:
             if node in self.lost:
                 return None
             self.lost.add(node)
+            self.speed.pop(node, None)  # measured afresh when it is back (metrics forget it too)
             self.router.on_node_lost(node)
             self._reweight()
             return [rid for rid, nodes in self.routes.items() if node in nodes]
@@ -97,13 +112,35 @@ class RouteBook:
             self.router.set_kv_capacity(node, kv_tokens * self.plan.placement.ranges[node].size)
             self._reweight()
 
+    def follow_speeds(self, measured: Mapping[str, float], now: float) -> bool:
+        """Weigh routes by the nodes' measured throughput / planned (`measured`, the nodes measured so far);
+        True when the weights changed."""
+        middle = statistics.median(measured.values()) if measured else 0.0
+        if not self.follows_speed or middle <= 0:
+            return False
+        low, high = SPEED_RANGE
+        speed = {n: min(high, max(low, ratio / middle)) for n, ratio in measured.items()}
+        with self._lock:
+            moved = any(abs(speed.get(n, 1.0) / self.speed.get(n, 1.0) - 1) > SPEED_STEP
+                        for n in speed.keys() | self.speed.keys())
+            if not moved or now - self._speed_at < SPEED_EVERY_S:
+                return False
+            self.speed, self._speed_at = speed, now
+            self._reweight()
+        return True
+
     def _reweight(self) -> None:
-        self.live_flow, arc_flow = live_max_flow(self.plan.flow, self.lost)
-        # all back: the plan's own weights again
-        self.router.reweight(arc_flow if self.lost else self.plan.flow.arc_flow)
+        self.live_flow, arc_flow = live_max_flow(self.plan.flow, self.lost, self.speed)
+        # all back, at planned speed: the plan's own weights again
+        self.router.reweight(arc_flow if self.lost or self.speed else self.plan.flow.arc_flow)
         lost = f"; lost: {', '.join(sorted(self.lost))}" if self.lost else ""
-        logger.info("Helix live max flow %.1f tokens/s of the planned %.1f (%.0f%%)%s", self.live_flow,
-                    self.planned_flow, 100 * self.live_flow / self.planned_flow if self.planned_flow else 0, lost)
+        speed = "; relative speed: " + ", ".join(f"{n} {s:.2f}" for n, s in sorted(self.speed.items())) \
+            if self.speed else ""
+        logger.info("Helix live max flow %.1f tokens/s of the planned %.1f (%.0f%%)%s%s", self.live_flow,
+                    self.planned_flow, 100 * self.live_flow / self.planned_flow if self.planned_flow else 0, lost,
+                    speed)
+        if self.metrics:
+            self.metrics.set_live_max_flow(self.live_flow)
 
     def routes_of(self, request_ids: Iterable[str]) -> list[list[str]]:
         """The routes (nodes in order) of those of `request_ids` that hold one."""

@@ -1,4 +1,5 @@
-"""The max flow of a plan restricted to the nodes that are alive now: the router's weights after a node loss.
+"""The max flow of a plan restricted to the nodes that are alive now, at the speed they really run: the router's
+weights after a node loss, or once a node is measured faster or slower than its plan.
 
 Serving cannot wait for the placement solver when a node drops out, and need not: the placement stays, only
 some nodes are gone. The plan's flow result already holds every node's compute capacity and every arc's
@@ -11,7 +12,7 @@ plan of dozens of nodes.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import networkx as nx
 from networkx.algorithms.flow.mincost import max_flow_min_cost
@@ -23,12 +24,15 @@ Arc = tuple[str, str]
 _SCALE = 1000  # integer capacities for network simplex: units of 1/1000 token/s
 
 
-def live_max_flow(flow: FlowResult, lost: Collection[str] = ()) -> tuple[float, dict[Arc, float]]:
-    """(max flow in tokens/s, flow of each arc) of the plan's flow graph without the `lost` nodes."""
+def live_max_flow(flow: FlowResult, lost: Collection[str] = (),
+                  speed: Mapping[str, float] | None = None) -> tuple[float, dict[Arc, float]]:
+    """(max flow in tokens/s, flow of each arc) of the plan's flow graph without the `lost` nodes, each node's
+    compute capacity scaled by its `speed` (measured / planned; 1 where not given)."""
     g = nx.DiGraph()
     busy_share = ROUTINGS[flow.routing]  # the plan's own way of choosing among max flows
-    for node, capacity in flow.node_capacity.items():
+    for node, planned in flow.node_capacity.items():
         if node not in lost:
+            capacity = planned * (speed or {}).get(node, 1.0)
             free = round(capacity * busy_share * _SCALE)
             g.add_edge((node, "in"), (node, "out"), capacity=free, weight=0)
             g.add_edge((node, "in"), (node, "busy"), capacity=round(capacity * _SCALE) - free, weight=BUSY_COST)

@@ -189,14 +189,18 @@ class EstimatedThroughput:
     efficiency: float = 0.5
     name: str = "estimate"
 
-    def node_capacity(self, node: NodeSpec, cluster: ClusterSpec, model: ModelSpec) -> NodeCapacity:
+    def layer_seconds(self, node: NodeSpec, model: ModelSpec, tokens: float) -> float:
+        """What one layer costs on `node` for a batch of `tokens` tokens."""
         if node.gpu not in DEVICE_SPECS:
             raise ClusterSpecError(
                 f"node {node.name!r}: no estimate for GPU {node.gpu!r}; known: {sorted(DEVICE_SPECS)}")
         bandwidth, flops = (x * node.gpu_count * self.efficiency for x in DEVICE_SPECS[node.gpu])
-        tokens = self.prompt_tokens + self.decode_seqs
         params = model.layer_bytes / 2  # 16-bit weights
-        per_layer = max(model.layer_bytes / bandwidth, 2 * params * tokens / flops)
+        return max(model.layer_bytes / bandwidth, 2 * params * tokens / flops)
+
+    def node_capacity(self, node: NodeSpec, cluster: ClusterSpec, model: ModelSpec) -> NodeCapacity:
+        tokens = self.prompt_tokens + self.decode_seqs
+        per_layer = self.layer_seconds(node, model, tokens)
         k_max = max_layers_in_vram(node, model)
         kv_per_token = max(model.kv_bytes_per_token_layer, 1)
         kv_room = [max(0.0, 0.9 * node.vram_bytes - k * model.layer_bytes) for k in range(1, k_max + 1)]
