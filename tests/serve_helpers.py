@@ -36,11 +36,13 @@ CLUSTER = {
 PLACEMENT = {"head": [0, 2], "fast": [2, 8], "slow": [2, 8]}
 
 
-def write_plan(tmp, model, cluster=CLUSTER, placement=PLACEMENT):
+def write_plan(tmp, model, cluster=CLUSTER, placement=PLACEMENT, profiles=None):
+    """The plan of `placement` on `cluster`: from the measured profiles in folder `profiles`, else estimated."""
     (tmp / "cluster.yaml").write_text(yaml.safe_dump(cluster))
     (tmp / "placement.yaml").write_text(yaml.safe_dump(placement))
+    numbers = ["--profiles", profiles] if profiles else ["--throughput", "estimate"]
     subprocess.run([sys.executable, "-m", "vllm_helix.cli", "plan", "--cluster", tmp / "cluster.yaml", "--model", model,
-                    "--throughput", "estimate", "--placement", tmp / "placement.yaml", "-o", tmp / "plan.yaml"],
+                    *numbers, "--placement", tmp / "placement.yaml", "-o", tmp / "plan.yaml"],
                    check=True, capture_output=True)
     return tmp / "plan.yaml"
 

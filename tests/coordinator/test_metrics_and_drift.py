@@ -161,7 +161,7 @@ def test_a_good_drift_knob_is_taken(monkeypatch):
     assert drift.env_number("HELIX_DRIFT_TOLERANCE", 0.25, 0.0, 10.0) == 0.75
 
 
-def test_an_estimated_plan_expects_the_planners_roofline_per_batch():
+def test_an_estimated_plan_expects_the_planners_roofline_per_batch_and_the_routes_do_not_follow_it():
     """No profile: a decode batch costs the weights' read whatever its few sequences, a long prefill its compute
     (a flat tokens/s would call a node serving small batches slow)."""
     from coordinator.test_serving_parts import _route_book
@@ -173,6 +173,9 @@ def test_an_estimated_plan_expects_the_planners_roofline_per_batch():
     long, longer = expect.seconds(Work(0.0, 1, 10_000, 0)), expect.seconds(Work(0.0, 1, 20_000, 0))
     assert longer == pytest.approx(2 * long) and long > 10 * one  # compute-bound
     assert expect.seconds(Work(0.0, 2, 16, 16)) == pytest.approx(2 * eight)  # the mean batch, per batch
+    node = NodeDrift(plan, "x", "plan.yaml", "/models/m")
+    node.update(1.0, Work(1.0, 10, 80, 80))
+    assert node.ratio is not None and node.routing_ratio(1.0) is None  # warns, but the routes do not follow it
 
 
 def test_a_node_given_little_work_is_measured_over_a_longer_window(plan):
@@ -192,6 +195,6 @@ def test_a_node_given_little_work_is_measured_over_a_longer_window(plan):
     run(range(20, 80), 10, 1.0)  # at speed, 32 ms of compute a second: 10 s hold too little to judge
     assert node.ratio == pytest.approx(1.0)
     # no work at all (weighed out of routing): the speed the routes follow is forgotten after HOLD_S
-    assert node.fresh_ratio(79.0 + drift.HOLD_S) == node.ratio and node.fresh_ratio(80.0 + drift.HOLD_S) is None
+    assert node.routing_ratio(79.0 + drift.HOLD_S) == node.ratio and node.routing_ratio(80.0 + drift.HOLD_S) is None
     node.update(80.0, Work(0.1, 10, 80, 80))  # a new process: its counters start again
     assert [w for _, w in node.history] == [Work(), Work(0.1, 10, 80, 80)]

@@ -1,4 +1,10 @@
+import contextlib
+import os
+import subprocess
+import sys
+
 import pytest
+from cpu_cap import CpuCap
 from serve_helpers import COMMON, TOOLS, write_plan
 
 from vllm_helix.vllm_server import VllmServer
@@ -24,6 +30,22 @@ def helix(tiny_llama_path, tmp_path_factory):
                         log_path=tmp / "serve.log")
     with server as url:
         yield url, tmp / "routes.log", server
+
+
+@pytest.fixture(scope="session")
+def profiled(tiny_llama_path, tmp_path_factory):
+    """A folder with `vllm-helix profile`'s measured cpu.json of the tiny model (the short sweep, eager, one
+    torch thread: as the servers that use it run their nodes), in a cgroup with 20 times the default CPU weight
+    where this host allows (root)."""
+    folder = tmp_path_factory.mktemp("profiles")
+    with contextlib.ExitStack() as stack:
+        cap = stack.enter_context(CpuCap("profile", None, weight=20)) if CpuCap.available() else None
+        done = subprocess.run([sys.executable, "-m", "vllm_helix.cli", "profile", "--model", str(tiny_llama_path),
+                               "--quick", "--enforce-eager", "-o", str(folder / "cpu.json")],
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              preexec_fn=cap.enter if cap else None)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return folder
 
 
 def pytest_collection_modifyitems(items):

@@ -3,9 +3,9 @@ serves, helix_* metrics on `vllm serve`'s /metrics that move during a burst, `vl
 warning for a node slowed by a real CPU cap (and none for the others). The drift arithmetic on node reports:
 tests/coordinator/test_metrics_and_drift.py.
 
-One profile (the short sweep, eager as the server) and one server serve the whole module: the 3-node chain of
-examples/local3-placement.yaml, planned with the measured profile, behind two API servers (`--api-server-count 2`:
-vLLM's multiprocess registry, the harder path).
+One profile (the short sweep, eager as the server; `profiled` in conftest.py) and one server serve the whole
+module: the 3-node chain of examples/local3-placement.yaml, planned with the measured profile, behind two API
+servers (`--api-server-count 2`: vLLM's multiprocess registry, the harder path).
 
 Conditions, so that "as fast as its profile" holds on a small shared host: the profile and the nodes run one
 torch thread each (OMP_NUM_THREADS=1: two threads spinning at an OpenMP barrier on 2 shared cores ran nodes at
@@ -46,21 +46,12 @@ DRIFT_HOLD_S = 10  # instead of a minute
 DRIFT_TOLERANCE = 0.75
 
 
-def cli(*args, check=True, cap=None):
+def cli(*args, check=True):
     done = subprocess.run([sys.executable, "-m", "vllm_helix.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **ONE_THREAD}, preexec_fn=cap.enter if cap else None)
+                          env={**os.environ, **ONE_THREAD})
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
-
-
-@pytest.fixture(scope="module")
-def profiled(tiny_llama_path, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("profiles")
-    with contextlib.ExitStack() as stack:
-        cap = stack.enter_context(CpuCap("profile", None, weight=20)) if CAPS else None
-        cli("profile", "--model", tiny_llama_path, "--quick", "--enforce-eager", "-o", folder / "cpu.json", cap=cap)
-    return folder
 
 
 @pytest.fixture(scope="module")

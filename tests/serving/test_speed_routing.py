@@ -1,9 +1,9 @@
-"""Routing follows the nodes' measured speed, end to end: two replicas of the tiny model that the plan says are
-equally fast (its weights split 1:1), one of them then capped at 1/16 of a core (a cgroup CFS quota: a slower
-machine than its plan says). Under load the coordinator measures both against the plan and re-weighs: most new
-requests go to the fast replica, and none to the capped one while the fast one has room. Uncapped, it gets no
-request, so no new measurement: its speed is forgotten after HELIX_DRIFT_HOLD_S (20 s here, a minute by default),
-it gets its planned share again, is measured near its plan and keeps its share.
+"""Routing follows the nodes' measured speed, end to end: two replicas of the tiny model that the plan (from a measured
+profile of this CPU) says are equally fast (its weights split 1:1), one of them then capped at 1/16 of a core (a
+cgroup CFS quota: a slower machine than its plan says). Under load the coordinator measures both against the plan
+and re-weighs: most new requests go to the fast replica, and none to the capped one while the fast one has room.
+Uncapped, it gets no request, so no new measurement: its speed is forgotten after HELIX_DRIFT_HOLD_S (20 s here, a
+minute by default), it gets its planned share again, is measured near its plan and keeps its share.
 (Without engines, the arithmetic: tests/coordinator/test_failover_parts.py.)
 """
 
@@ -30,9 +30,9 @@ SPEED = re.compile(r"relative speed: (.*)$", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
-def replicas(tiny_llama_path, tmp_path_factory):
+def replicas(tiny_llama_path, profiled, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("speed-routing")
-    plan = write_plan(tmp, tiny_llama_path, CLUSTER, PLACEMENT)
+    plan = write_plan(tmp, tiny_llama_path, CLUSTER, PLACEMENT, profiles=profiled)  # speeds need a profile
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--enforce-eager",
                                           "--helix-route-log", str(tmp / "routes.log"), *COMMON],
                         log_path=tmp / "serve.log", env={"OMP_NUM_THREADS": "1", "HELIX_DRIFT_HOLD_S": "20"})

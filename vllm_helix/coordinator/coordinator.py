@@ -215,7 +215,7 @@ class ServingCoordinator:
                 self.metrics.on_busy(message)
                 if self.routes is not None:
                     now = time.monotonic()
-                    self.routes.follow_speeds(self.metrics.throughput_ratios(now), now)
+                    self.routes.follow_speeds(self.metrics.routing_ratios(now), now)
             elif isinstance(message, p.Failed):
                 failed = self.book.on_failed(message.step_id, message.request_ids,
                                              f"node {message.node}: {message.error}")

@@ -145,9 +145,15 @@ class NodeDrift:
             self.warned = True
             logger.warning(self.advice())
 
-    def fresh_ratio(self, now: float) -> float | None:
-        """`ratio`, if measured within the last HOLD_S."""
-        return self.ratio if now - self.measured_at <= HOLD_S else None
+    def routing_ratio(self, now: float) -> float | None:
+        """`ratio` for the routes to follow: if measured within the last HOLD_S (a node given no work for that
+        long, say after it was measured slow, gets its planned share back and is measured anew), and only where
+        the plan's numbers are a profile. The roofline cannot price a batch mix closely enough to compare nodes:
+        on a CPU it called the replica with the larger decode batches the slower one (0.77 vs 1.23, the other
+        way round from the truth)."""
+        if self.expect.profile is None or now - self.measured_at > HOLD_S:
+            return None
+        return self.ratio
 
     @property
     def drifting(self) -> bool:

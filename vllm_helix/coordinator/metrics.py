@@ -114,12 +114,10 @@ class ClusterMetrics:
             self.drift[busy.node].update(now, Work.of(busy))
         self.publish()
 
-    def throughput_ratios(self, now: float) -> dict[str, float]:
-        """Each node's throughput / planned over the drift window (coordinator/drift.py), where it was measured
-        within the last HOLD_S: a node that got no work for that long (say, after it was measured slow) is
-        given its planned share back, and measured anew."""
+    def routing_ratios(self, now: float) -> dict[str, float]:
+        """The nodes' throughput / planned that the routes follow (`NodeDrift.routing_ratio`)."""
         with self._lock:
-            ratios = {n: d.fresh_ratio(now) for n, d in self.drift.items()}
+            ratios = {n: d.routing_ratio(now) for n, d in self.drift.items()}
         return {n: r for n, r in ratios.items() if r is not None}
 
     def last_reports(self) -> dict[str, float]:
