@@ -14,7 +14,10 @@ workers), so the two stages really run in parallel:
     cgroups are not writable, a busy loop on core 1 shares it instead). vLLM PP keeps the even split (b*);
     Helix (d) serves the placement its planner chose for a cluster that says node 1 is half as fast; its
     routing weights follow the nodes' measured speed. (d0), not run by default: the same with the plan's
-    weights only (--helix-static-weights). The Helix rows show how many measured requests each first node took.
+    weights only (--helix-static-weights). (dp), not run by default: as a user would, `vllm-helix profile` of
+    each machine where its node runs (core 0 as `cpu`, core 1 slowed as `cpu-half`; once per run, ~3 min), and
+    the plan made from those profiles: its numbers are measured, so the routes also follow the measured speed.
+    The Helix rows show how many measured requests each first node took.
 
 Each round runs every setup once, in that order, so slow phases of a shared machine hit all setups alike;
 the table shows each setup's median over the rounds and the spread (min-max). The Helix setups run with
@@ -108,14 +111,35 @@ def pid_of(pattern: str) -> int:
     return int(subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=True).stdout.split()[0])
 
 
+def measured_profiles(model: Path, folder: Path, slow) -> Path:
+    """`vllm-helix profile` of both machines of (dp), each where its node runs (the quick sweep, ~1 and ~2 min):
+    core 0 at full speed as gpu `cpu`, core 1 slowed as for (d) as gpu `cpu-half`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for core, gpu in ((0, "cpu"), (1, "cpu-half")):
+        if (folder / f"{gpu}.json").exists():
+            continue
+        argv = ["taskset", "-c", str(core), sys.executable, "-m", "vllm_helix.cli", "profile", "--model", str(model),
+                "--quick", "--enforce-eager", "--gpu", gpu, "-o", str(folder / f"{gpu}.json")]
+        with open(folder / f"{gpu}.log", "w") as log:
+            profiler = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                        env=dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=str(core)))
+        if core == 1:
+            slow(profiler.pid)
+        if profiler.wait() != 0:
+            raise SystemExit(f"profiling {gpu} failed: {(folder / f'{gpu}.log').read_text()[-2000:]}")
+    return folder
+
+
 @contextlib.contextmanager
 def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], speeds: list[int], slow=None,
-                  env: dict[str, str] | None = None):
-    """A plan for two pinned workers on 127.0.0.1 (started here, like remote hosts), and the workers."""
+                  env: dict[str, str] | None = None, profiles: Path | None = None):
+    """A plan for two pinned workers on 127.0.0.1 (started here, like remote hosts), and the workers. With
+    `profiles`, nodes 0 and 1 are the profiled `cpu` and `cpu-half` machines; else `cpu` with `speeds` as GPUs."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in range(3)]
+    gpus = [("cpu", 1), ("cpu-half", 1)] if profiles else [("cpu", speeds[0]), ("cpu", speeds[1])]
     cluster = {"name": "bench", "coordinator": {"address": f"127.0.0.1:{ports[0]}"},
-               "nodes": [{"name": f"node{i}", "gpu": "cpu", "gpus": speeds[i], "tp": 1, "vram": "8GB",
+               "nodes": [{"name": f"node{i}", "gpu": gpus[i][0], "gpus": gpus[i][1], "tp": 1, "vram": "8GB",
                           "address": f"127.0.0.1:{ports[i + 1]}"} for i in range(2)],
                "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"}}
     (workdir / "cluster.yaml").write_text(yaml.safe_dump(cluster))
@@ -125,8 +149,9 @@ def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], spee
         extra = ["--placement", str(workdir / "placement.yaml")]
     else:
         extra = ["--method", "milp", "--time-limit", "10"]
+    numbers = ["--profiles", str(profiles)] if profiles else ["--throughput", "estimate"]
     subprocess.run([sys.executable, "-m", "vllm_helix.cli", "plan", "--cluster", str(workdir / "cluster.yaml"),
-                    "--model", str(model), "--throughput", "estimate", "-o", str(plan), *extra],
+                    "--model", str(model), *numbers, "-o", str(plan), *extra],
                    check=True, capture_output=True)
     layers = [n["layers"] for n in yaml.safe_load(plan.read_text())["nodes"]]
     workers = []
@@ -201,6 +226,11 @@ def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[st
             with helix_workers(workdir / "d", model, [], [2, 1], slow, env=trace) as (plan, layers):
                 rows["d"] = run(f"(d) Helix planned {layers}, node 1 at 1/2", model,
                                 [*helix, "--helix-plan", str(plan)], trace, opts, workdir)
+        if "dp" in want:
+            profiles = measured_profiles(model, opts.profiles or workdir / "profiles", slow)
+            with helix_workers(workdir / "dp", model, [], [], slow, profiles=profiles) as (plan, layers):
+                rows["dp"] = run(f"(dp) Helix planned {layers} from profiles, node 1 at 1/2", model,
+                                 [*helix, "--helix-plan", str(plan)], {}, opts, workdir)
         if "d0" in want:
             with helix_workers(workdir / "d0", model, [], [2, 1], slow) as (plan, layers):
                 rows["d0"] = run("(d0) as (d), the plan's weights only", model,
@@ -210,7 +240,7 @@ def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[st
 
 NAMES = {"a": "(a) plain vLLM, 1 engine", "b": "(b) vLLM PP=2, [0,4) [4,8)", "c": "(c) Helix 2 nodes, same split",
          "b*": "(b*) vLLM PP=2 even split, rank 1 at 1/2", "d": "(d) Helix planned, node 1 at 1/2",
-         "d0": "(d0) as (d), static weights"}
+         "dp": "(dp) Helix planned from measured profiles, node 1 at 1/2", "d0": "(d0) as (d), static weights"}
 
 
 def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -226,7 +256,7 @@ def report(results: dict[str, list[dict]], hop_tables: dict[str, list[dict]]) ->
     for setup, rows in results.items():
         print(f"| {NAMES[setup]} | {spread([r['tokens_per_s'] for r in rows])} | "
               f"{spread([r['ttft_s'] for r in rows], digits=2)} | {spread([r['tpot_s'] for r in rows], 1e3)} |")
-    for ours, theirs in (("c", "b"), ("d", "b*"), ("d0", "b*")):
+    for ours, theirs in (("c", "b"), ("d", "b*"), ("dp", "b*"), ("d0", "b*")):
         if ours in results and theirs in results:
             pairs = zip(results[ours], results[theirs], strict=True)
             per_round = [o["tokens_per_s"] / t["tokens_per_s"] for o, t in pairs]
@@ -247,7 +277,10 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all setups")
     parser.add_argument("--setups", default="a,b,c,b*,d",
-                        help="which of a, b, c, b*, d, d0 to run (d0: (d) with --helix-static-weights)")
+                        help="which of a, b, c, b*, d, dp, d0 to run (dp: (d) planned from profiles of both "
+                             "machines; d0: (d) with --helix-static-weights)")
+    parser.add_argument("--profiles", type=Path, help="for (dp): a folder with the cpu.json and cpu-half.json of an "
+                        "earlier run of this script (same --hidden), instead of profiling again")
     parser.add_argument("--hidden", type=int, default=2048, help="hidden size of the 8-layer random model")
     parser.add_argument("--helix-depth", type=int, default=0, help="--helix-depth for (c) and (d); 0 = auto")
     opts = parser.parse_args()
