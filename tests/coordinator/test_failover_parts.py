@@ -14,6 +14,7 @@ from vllm_helix import wire as p
 from vllm_helix.coordinator.batches import BatchBook
 from vllm_helix.coordinator.local_nodes import LocalNodes
 from vllm_helix.coordinator.membership import Membership, stuck_nodes
+from vllm_helix.coordinator.metrics import ClusterMetrics
 from vllm_helix.planner.live_flow import live_max_flow
 
 
@@ -157,6 +158,7 @@ def test_a_local_node_that_keeps_crashing_at_start_up_is_given_up_with_its_log(t
 
 def test_routes_follow_the_nodes_measured_speed_relative_to_each_other(caplog):
     book = _route_book({"head": 4096, "x": 4096, "y": 4096})
+    book.metrics = ClusterMetrics(book.plan, "plan.yaml", "/models/m", folder=None)
 
     def branches(prefix: str, n: int = 30) -> tuple[int, int]:
         for rid in list(book.routes):
@@ -170,6 +172,7 @@ def test_routes_follow_the_nodes_measured_speed_relative_to_each_other(caplog):
     with caplog.at_level(logging.INFO, logger="vllm_helix.routes"):
         assert book.follow_speeds({"head": 0.2, "x": 0.2, "y": 0.1}, now=1.0)  # y at half the speed of x
     assert "relative speed: head 1.00, x 1.00, y 0.50" in caplog.text
+    assert book.metrics.routing_speed == {"head": 1.0, "x": 1.0, "y": 0.5}  # helix_node_routing_speed
     assert branches("b") == (20, 10) and book.live_flow < book.planned_flow
     assert not book.follow_speeds({"head": 1.0, "x": 1.0, "y": 0.53}, now=30.0)  # within 10 %: no churn
     assert not book.follow_speeds({"head": 1.0, "x": 1.0, "y": 1.0}, now=5.0)  # a newer speed, too soon

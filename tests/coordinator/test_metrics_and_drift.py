@@ -103,11 +103,15 @@ def test_metrics_reach_a_prometheus_endpoint_and_status_prints_them(plan, tmp_pa
     metrics.on_wait("r2")
     metrics.on_wait("r2")  # one request waiting over several steps counts once
     metrics.on_failed(2)
+    metrics.set_routing(plan.flow.value, {"node-b": 0.5})  # re-weighed: node-b measured at half the median
     metrics.publish()  # the receive loop's tick does this every second
     assert [p.name for p in tmp_path.iterdir()] == [f"gauge_livemostrecent_{os.getpid()}.db"]
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+    speeds = {s.labels["node"]: s.value for f in registry.collect() if f.name == "helix_node_routing_speed"
+              for s in f.samples}
+    assert speeds == {"node-a": 1.0, "node-b": 0.5, "node-c": 1.0}
     with prometheus_endpoint(registry) as url:
         assert main(["status", "--url", url]) == 0
     out = capsys.readouterr().out

@@ -15,7 +15,8 @@ No SchedulerStats field is borrowed, and the values stay fresh while the engine 
 stats then).
 
 Per node: up, layer range, busy ratio, tokens/s, batches, KV blocks used/total, payload bytes sent and
-received, planned and measured throughput and whether it drifts (coordinator/drift.py). Per cluster:
+received, planned and measured throughput, whether it drifts (coordinator/drift.py) and the relative speed its
+routing weight follows (coordinator/routing.py). Per cluster:
 planned and live max flow, requests admitted per route, rerouted, failed, and admission waits.
 """
 
@@ -55,6 +56,7 @@ NODE_FAMILIES = {
     "helix_node_planned_tokens_per_second": "the node's throughput in the plan (tokens/s through its layers)",
     "helix_node_throughput_ratio": "measured throughput / planned, for the batches it ran (1 = as planned)",
     "helix_node_drifting": "1 while the node is more than 25 % off its planned throughput for a minute",
+    "helix_node_routing_speed": "speed the node's routing weight follows, relative to the median node (1 = planned)",
 }
 CLUSTER_FAMILIES = {
     "helix_planned_max_flow_tokens_per_second": "max flow of the plan",
@@ -95,6 +97,7 @@ class ClusterMetrics:
         now = time.monotonic()
         self.drift = {n: NodeDrift(plan, n, plan_path, model_path, now) for n in plan.placement.ranges}
         self.live_max_flow = plan.flow.value
+        self.routing_speed: dict[str, float] = {}
         self.admitted: dict[str, int] = {}
         self.rerouted = self.failed = 0
         self._waited: set[str] = set()
@@ -150,9 +153,10 @@ class ClusterMetrics:
                 self.drift[node] = NodeDrift(self.plan, node, self.plan_path, self.model_path, time.monotonic())
         self.publish()
 
-    def set_live_max_flow(self, value: float) -> None:
+    def set_routing(self, live_max_flow: float, speed: dict[str, float]) -> None:
+        """The router was re-weighed: the live max flow, and the relative speeds it follows (none: as planned)."""
         with self._lock:
-            self.live_max_flow = value
+            self.live_max_flow, self.routing_speed = live_max_flow, dict(speed)
 
     # ------------------------------------------------------------------ the snapshot
 
@@ -178,6 +182,7 @@ class ClusterMetrics:
                     "helix_node_bytes_received_total": last.bytes_received if last else 0,
                     "helix_node_planned_tokens_per_second": self.plan.flow.node_capacity.get(name, 0.0),
                     "helix_node_drifting": float(drift.drifting),
+                    "helix_node_routing_speed": self.routing_speed.get(name, 1.0),
                 }
                 if drift.ratio is not None:
                     values["helix_node_throughput_ratio"] = drift.ratio

@@ -140,7 +140,7 @@ class RouteBook:
                     self.planned_flow, 100 * self.live_flow / self.planned_flow if self.planned_flow else 0, lost,
                     speed)
         if self.metrics:
-            self.metrics.set_live_max_flow(self.live_flow)
+            self.metrics.set_routing(self.live_flow, self.speed)
 
     def routes_of(self, request_ids: Iterable[str]) -> list[list[str]]:
         """The routes (nodes in order) of those of `request_ids` that hold one."""
