@@ -74,10 +74,10 @@ class Expectation:
         self.layers = plan.placement.ranges[node].size
         self.samples = plan.placement.ranges[node].end == plan.model.num_layers  # the last range
         self.capacity = plan.flow.node_capacity.get(node, 0.0)  # tokens/s through its layers
-        self.node, self.model = plan.cluster.node(node), plan.model
+        self.spec, self.model = plan.cluster.node(node), plan.model
         self.profile: GPUProfile | None
         try:
-            self.profile = profile_for(plan.model, self.node.gpu_type)
+            self.profile = profile_for(plan.model, self.spec.gpu_type)
         except HelixError:
             self.profile = None  # an estimated plan: the roofline the planner used
 
@@ -99,7 +99,7 @@ class Expectation:
         """The planner's roofline at the window's mean batch: a small decode batch costs the weights' read, not
         its few tokens (a flat tokens/s would call a node serving small batches slow)."""
         try:
-            per_layer = EstimatedThroughput().layer_seconds(self.node, self.model, work.tokens / work.batches)
+            per_layer = EstimatedThroughput().layer_seconds(self.spec, self.model, work.tokens / work.batches)
         except HelixError:  # a device the roofline does not know: the plan's capacity is all there is
             return work.tokens / self.capacity if self.capacity > 0 else 0.0
         return work.batches * self.layers * per_layer
@@ -110,7 +110,7 @@ class NodeDrift:
 
     def __init__(self, plan: Plan, node: str, plan_path: str, model_path: str, since: float = 0.0):
         self.node, self.expect = node, Expectation(plan, node)
-        self.gpu = plan.cluster.node(node).gpu_type
+        self.gpu = self.expect.spec.gpu_type
         self.plan_path, self.model_path = plan_path, model_path
         # from nothing done at `since`: the first report is measured too (a short first load, a warm-up)
         self.history: deque[tuple[float, Work]] = deque([(since, Work())], maxlen=HISTORY)
