@@ -8,9 +8,10 @@ header) with `kind` = "helix/<version>", plus tensor payloads (zero-copy both wa
 per-request items of one batch for one node; the hidden states and residuals of all items travel as two
 payload tensors, concatenated in item order (rows = tokens). Nodes answer the coordinator with `Tokens`
 (last range) or `Failed`; `Hello`/`Start` bring the cluster up (`Progress` reports each start-up phase on
-the way); `Free` releases a finished request's KV blocks; `Busy` reports a node's compute time. Elastic
-serving: `HopLost` (a node could not reach its next hop), `Reset` (the coordinator took a node out of routing:
-forget everything, say Hello again), `Drain` (a worker asked to stop: hand back what it holds).
+the way, `Hello` carries the node's start-up `Calibration`); `Free` releases a finished request's KV blocks;
+`Busy` reports a node's compute time. Elastic serving: `HopLost` (a node could not reach its next hop), `Reset`
+(the coordinator took a node out of routing: forget everything, say Hello again), `Drain` (a worker asked to
+stop: hand back what it holds).
 `VLLM_HELIX_TRANSPORT=pyzmq` swaps the C++ endpoint for the pyzmq one (same interface), for comparisons.
 """
 
@@ -90,6 +91,17 @@ class Free(msgspec.Struct, tag="free", frozen=True):
     request_ids: list[str]
 
 
+class Calibration(msgspec.Struct, frozen=True):
+    """What a node's start-up probe took: one prefill chunk and one decode step of the same shapes on every
+    node, so the coordinator can compare each node's real speed with its plan before the first request."""
+
+    prefill_tokens: int
+    prefill_s: float
+    decode_seqs: int
+    decode_context: int  # tokens cached per sequence at the decode step
+    decode_s: float
+
+
 class Hello(msgspec.Struct, tag="hello", frozen=True):
     node: str
     layers: list[int]
@@ -97,10 +109,11 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
     kv_block_tokens: int  # it allocates KV in blocks of this many tokens (128 on vLLM's CPU backend)
     hidden_size: int
     dtype: str  # of its weights and activations; must match the server's
+    calibration: Calibration | None = None  # its start-up probe (None: not run)
 
 
 class Progress(msgspec.Struct, tag="progress", frozen=True):
-    """A node entered a start-up phase: loading, compiling, warming up, ready."""
+    """A node entered a start-up phase: loading, compiling, warming up, calibrating, ready."""
 
     node: str
     layers: list[int]
@@ -109,7 +122,7 @@ class Progress(msgspec.Struct, tag="progress", frozen=True):
 
     def line(self) -> str:
         """The same line in the node's log and in the coordinator's (`vllm serve`'s)."""
-        return f"node {self.node} [{self.layers[0]}, {self.layers[1]}): {self.phase:<10} {self.elapsed_s:6.1f} s"
+        return f"node {self.node} [{self.layers[0]}, {self.layers[1]}): {self.phase:<11} {self.elapsed_s:6.1f} s"
 
 
 class Busy(msgspec.Struct, tag="busy", frozen=True):

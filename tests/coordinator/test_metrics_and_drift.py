@@ -182,6 +182,50 @@ def test_an_estimated_plan_expects_the_planners_roofline_per_batch_and_the_route
     assert node.ratio is not None and node.routing_ratio(1.0) is None  # warns, but the routes do not follow it
 
 
+def test_the_start_up_probe_sets_each_nodes_speed_before_serving_and_prices_its_batches_without_a_profile():
+    """Two nodes the estimate plans alike; x's probe ran twice as fast as y's. Before any request the routes
+    follow that; while serving, each window is priced by the node's own probe line (per batch + per token) and
+    scaled by its probe's ratio; unmeasured for HOLD_S, a node falls back to its probe's ratio."""
+    from coordinator.test_serving_parts import _route_book
+
+    book = _route_book({"head": 4096, "x": 4096, "y": 4096})
+    metrics = ClusterMetrics(book.plan, "plan.yaml", "/models/m")
+    fast = p.Calibration(prefill_tokens=128, prefill_s=0.128, decode_seqs=8, decode_context=16, decode_s=0.012)
+    slow = p.Calibration(128, 0.256, 8, 16, 0.024)
+    metrics.on_calibration("x", fast)
+    metrics.on_calibration("y", slow)
+    metrics.on_calibration("head", None)  # a node without a probe keeps the plan's weights
+    ratios = metrics.routing_ratios(0.0)
+    assert set(ratios) == {"x", "y"} and ratios["x"] == pytest.approx(2 * ratios["y"])
+    assert book.follow_speeds(ratios, 0.0) and book.speed["x"] == pytest.approx(2 * book.speed["y"])
+
+    x = metrics.drift["x"]
+    assert x.own is not None
+    assert (x.own.per_token, x.own.per_batch) == (pytest.approx(0.116 / 120), pytest.approx(0.012 - 8 * 0.116 / 120))
+    decodes = Work(0.0, 100, 1600, 1600)  # 100 decode steps of 16: a mix the probe never ran
+    priced = x.own.seconds(decodes)
+    x.update(1.0, Work(priced, 100, 1600, 1600))  # as fast as its probe
+    assert x.ratio == pytest.approx(x.calibrated)
+    x.update(2.0, Work(3 * priced, 200, 3200, 3200))  # the whole window now at half its probe's speed
+    assert x.ratio == pytest.approx(x.calibrated * 2 / 3)
+    assert x.routing_ratio(2.0 + drift.HOLD_S) == x.ratio and x.routing_ratio(3.0 + drift.HOLD_S) == x.calibrated
+    metrics.on_node_lost("x")  # restarted: its old probe says nothing until its next Hello
+    assert "x" not in metrics.routing_ratios(10.0)
+    metrics.on_calibration("x", p.Calibration(128, 0.0, 8, 16, 0.012))  # a broken probe is ignored
+    assert "x" not in metrics.routing_ratios(10.0)
+
+
+def test_a_probe_as_fast_as_the_profile_is_on_plan(plan):
+    """With a profile the probe's ratio is the profile's price of its batches over their measured time."""
+    node = NodeDrift(plan, "node-b", "plan.yaml", "/models/tiny")
+    expect = node.expect
+    prefill, decode = expect.seconds(Work(0.0, 1, 128, 0)), expect.seconds(Work(0.0, 1, 8, 8), context=16)
+    node.calibrate(p.Calibration(128, prefill, 8, 16, decode))
+    assert node.calibrated == pytest.approx(1.0) and node.routing_ratio(0.0) == pytest.approx(1.0)
+    node.calibrate(p.Calibration(128, 1.25 * prefill, 8, 16, 1.25 * decode))
+    assert node.calibrated == pytest.approx(0.8)
+
+
 def test_a_node_given_little_work_is_measured_over_a_longer_window(plan):
     """A node measured slow gets few requests; it must still be measured again, not judged by its old speed."""
     per_batch = Expectation(plan, "node-b").seconds(Work(0.0, 1, 8, 8))

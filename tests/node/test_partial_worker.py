@@ -139,13 +139,19 @@ def test_warm_up_fits_a_short_max_model_len_on_the_last_range(tiny_llama_path):
 
     last = PartialLayerWorker(str(tiny_llama_path), (3, 8), replace(CONFIG, max_model_len=BATCHED))
     last.warm_up()
+    probe = last.calibrate()  # shrunk to the short max_model_len
+    assert probe is not None and probe.prefill_tokens == BATCHED - 2
     assert last.kv_usage() == 0
 
 
-def test_warm_up_leaves_no_request_or_kv_behind(tiny_llama_path, reference):
+def test_warm_up_and_the_start_up_probe_leave_no_request_or_kv_behind(tiny_llama_path, reference):
     workers = [_worker(tiny_llama_path, r) for r in CHAINS[2]]
     for w in workers:
         w.warm_up()
+        probe = w.calibrate()
+        # within the token budget of 64: a 64-token chunk, and 4 sequences of 16 fit one prefill batch
+        assert probe is not None and (probe.prefill_tokens, probe.decode_seqs, probe.decode_context) == (64, 4, 16)
+        assert probe.prefill_s > 0 and probe.decode_s > 0
         assert w.kv_usage() == 0
     from vllm_helix.node.local_chain import LocalChain
 

@@ -108,6 +108,7 @@ class ServingCoordinator:
                 self._on_hello(received.message, nodes)
         self.routes = RouteBook(self.plan, self.kv_tokens, self.kv_block_tokens, self.options)
         self.routes.metrics = self.metrics
+        self._follow_speeds()  # the nodes' start-up probes: the first requests already follow their real speed
         for name in nodes:
             self.channel.send(name, p.Start(self.plan.public_keys if self.channel.encrypted else {}))
             self.members.up(name)
@@ -135,6 +136,7 @@ class ServingCoordinator:
             self.channel.connect(message.node, nodes[message.node].address, self.plan.public_keys.get(message.node))
         self.kv_tokens[message.node] = message.kv_tokens
         self.kv_block_tokens = max(self.kv_block_tokens, message.kv_block_tokens)
+        self.metrics.on_calibration(message.node, message.calibration)
 
     def _missing_message(self, nodes: dict) -> str:
         missing = [n for n in nodes if n not in self.kv_tokens]
@@ -213,9 +215,7 @@ class ServingCoordinator:
             elif isinstance(message, p.Busy):
                 self._on_busy(message)
                 self.metrics.on_busy(message)
-                if self.routes is not None:
-                    now = time.monotonic()
-                    self.routes.follow_speeds(self.metrics.routing_ratios(now), now)
+                self._follow_speeds()
             elif isinstance(message, p.Failed):
                 failed = self.book.on_failed(message.step_id, message.request_ids,
                                              f"node {message.node}: {message.error}")
@@ -224,6 +224,11 @@ class ServingCoordinator:
                     logger.error("node %s failed requests %s: %s", message.node, failed, message.error)
             else:
                 self._on_membership(message)
+
+    def _follow_speeds(self) -> None:
+        if self.routes is not None:
+            now = time.monotonic()
+            self.routes.follow_speeds(self.metrics.routing_ratios(now), now)
 
     def _start_serving(self) -> None:
         with self._busy_lock:
@@ -294,7 +299,9 @@ class ServingCoordinator:
             return  # it says Hello again
         self.members.up(node)
         self.workers.started(node)
+        self.metrics.on_calibration(node, hello.calibration)  # after on_node_lost forgot its old speed
         self.routes.node_back(node, hello.kv_tokens)
+        self._follow_speeds()
         logger.info("Helix node %s %s rejoined; %s", node, self.plan.placement[node], self.members.describe())
 
     def _take_rotated_keys(self) -> None:

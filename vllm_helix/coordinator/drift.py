@@ -9,6 +9,11 @@ profile's per-batch overhead plus k layers at the window's mean batch (and the l
 without one, k layers of the planner's roofline estimate at that batch. A node more than `TOLERANCE` off for
 `HOLD_S` gets one warning with the commands that fix the plan (re-profile, re-plan), and another when it is back
 within the tolerance. The same ratios weigh the routes (coordinator/routing.py: a slow node gets fewer requests).
+
+Every node also times a start-up probe (`PartialLayerWorker.calibrate`: the same prefill chunk and decode step on
+every node) and sends it in its Hello: the plan's price of those batches over their measured time is the node's
+ratio before its first request, so the first requests already follow the nodes' real speeds. Without a profile
+the probe also prices the node's later batches (`OwnSpeed`).
 """
 
 from __future__ import annotations
@@ -105,6 +110,21 @@ class Expectation:
         return work.batches * self.layers * per_layer
 
 
+class OwnSpeed:
+    """A node's batch cost as its start-up probe measured it: seconds = a per batch + b per token, the line through
+    its prefill chunk and its decode step. It prices a window's batch mix on that node's own hardware, where the
+    roofline cannot (on a CPU it called the replica with the larger decode batches the slower one)."""
+
+    def __init__(self, probe: p.Calibration):
+        per_token = (probe.prefill_s - probe.decode_s) / (probe.prefill_tokens - probe.decode_seqs) \
+            if probe.prefill_tokens > probe.decode_seqs else probe.prefill_s / probe.prefill_tokens
+        self.per_token = max(per_token, 0.0)
+        self.per_batch = max(probe.decode_s - self.per_token * probe.decode_seqs, 0.0)
+
+    def seconds(self, work: Work) -> float:
+        return work.batches * self.per_batch + work.tokens * self.per_token
+
+
 class NodeDrift:
     """One node's measured/planned throughput ratio over a sliding window, and whether it drifts."""
 
@@ -116,8 +136,20 @@ class NodeDrift:
         self.history: deque[tuple[float, Work]] = deque([(since, Work())], maxlen=HISTORY)
         self.ratio: float | None = None  # measured throughput / planned
         self.measured_at = float("-inf")  # when `ratio` was last measured
+        self.calibrated: float | None = None  # the ratio of its start-up probe
+        self.own: OwnSpeed | None = None  # and the batch costs it measured
         self.off_since: float | None = None
         self.warned = False
+
+    def calibrate(self, probe: p.Calibration) -> None:
+        """The node's start-up probe: its ratio before any request, and (without a profile) how it prices batches."""
+        if probe.prefill_s <= 0 or probe.decode_s <= 0 or probe.prefill_tokens < 1 or probe.decode_seqs < 1:
+            return
+        planned = self.expect.seconds(Work(batches=1, tokens=probe.prefill_tokens)) + \
+            self.expect.seconds(Work(batches=1, tokens=probe.decode_seqs, decode_seqs=probe.decode_seqs),
+                                context=probe.decode_context)
+        self.calibrated = planned / (probe.prefill_s + probe.decode_s)
+        self.own = OwnSpeed(probe)
 
     def update(self, now: float, work: Work) -> None:
         if work.busy_s < self.history[-1][1].busy_s:  # its counters started again: a new process
@@ -132,7 +164,7 @@ class NodeDrift:
         delta = work.minus(self.history[0][1])
         if delta.busy_s < MIN_BUSY_S:
             return  # too little compute in the window: keep the last verdict
-        self.ratio, self.measured_at = self.expect.seconds(delta) / delta.busy_s, now
+        self.ratio, self.measured_at = self._measure(delta), now
         off = abs(self.ratio - 1) > TOLERANCE
         if not off:
             if self.warned:
@@ -145,15 +177,21 @@ class NodeDrift:
             self.warned = True
             logger.warning(self.advice())
 
+    def _measure(self, delta: Work) -> float:
+        """Measured / planned throughput over `delta`. Without a profile, the window is priced with the node's own
+        probe and scaled by the probe's ratio: how fast it is now against its start-up, times how its start-up
+        compared with the plan (the probe's shapes, not the window's mix, meet the roofline)."""
+        if self.expect.profile is None and self.own is not None and self.calibrated is not None:
+            return self.calibrated * self.own.seconds(delta) / delta.busy_s
+        return self.expect.seconds(delta) / delta.busy_s
+
     def routing_ratio(self, now: float) -> float | None:
-        """`ratio` for the routes to follow: if measured within the last HOLD_S (a node given no work for that
-        long, say after it was measured slow, gets its planned share back and is measured anew), and only where
-        the plan's numbers are a profile. The roofline cannot price a batch mix closely enough to compare nodes:
-        on a CPU it called the replica with the larger decode batches the slower one (0.77 vs 1.23, the other
-        way round from the truth)."""
-        if self.expect.profile is None or now - self.measured_at > HOLD_S:
-            return None
-        return self.ratio
+        """The ratio for the routes to follow: measured within the last HOLD_S, else the start-up probe's (a node
+        given no work for that long, say after it was measured slow, gets its calibrated share back and is
+        measured anew). None for a node with neither a profile nor a probe: the roofline alone cannot price a
+        batch mix closely enough to compare nodes."""
+        measured = now - self.measured_at <= HOLD_S and (self.expect.profile is not None or self.own is not None)
+        return self.ratio if measured else self.calibrated
 
     @property
     def drifting(self) -> bool:

@@ -57,6 +57,7 @@ NODE_FAMILIES = {
     "helix_node_throughput_ratio": "measured throughput / planned, for the batches it ran (1 = as planned)",
     "helix_node_drifting": "1 while the node is more than 25 % off its planned throughput for a minute",
     "helix_node_routing_speed": "speed the node's routing weight follows, relative to the median node (1 = planned)",
+    "helix_node_probe_ratio": "throughput / planned of the node's start-up probe (1 = as planned)",
 }
 CLUSTER_FAMILIES = {
     "helix_planned_max_flow_tokens_per_second": "max flow of the plan",
@@ -116,6 +117,14 @@ class ClusterMetrics:
             node.report(busy, now)
             self.drift[busy.node].update(now, Work.of(busy))
         self.publish()
+
+    def on_calibration(self, node: str, probe: p.Calibration | None) -> None:
+        """A node's start-up probe, from its Hello (at start-up or when it rejoins)."""
+        if probe is None:
+            return
+        with self._lock:
+            if node in self.drift:
+                self.drift[node].calibrate(probe)
 
     def routing_ratios(self, now: float) -> dict[str, float]:
         """The nodes' throughput / planned that the routes follow (`NodeDrift.routing_ratio`)."""
@@ -186,6 +195,8 @@ class ClusterMetrics:
                 }
                 if drift.ratio is not None:
                     values["helix_node_throughput_ratio"] = drift.ratio
+                if drift.calibrated is not None:
+                    values["helix_node_probe_ratio"] = drift.calibrated
                 for family, value in values.items():
                     out[family].append(({"node": name}, float(value)))
             out["helix_planned_max_flow_tokens_per_second"].append(({}, self.plan.flow.value))

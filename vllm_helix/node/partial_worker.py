@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,7 @@ from vllm_helix.node.config import WorkerConfig
 from vllm_helix.node.kv_blocks import BlockAllocator, blocks_for
 from vllm_helix.node.ranks import LocalRank, RankProcesses
 from vllm_helix.node.types import HiddenResult, KVStats, StepItem, TokenResult
-from vllm_helix.wire import LogprobRow, PromptLogprobRows
+from vllm_helix.wire import Calibration, LogprobRow, PromptLogprobRows
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from vllm.v1.outputs import LogprobsLists, LogprobsTensors, ModelRunnerOutput
 
 logger = logging.getLogger(__name__)
+# the start-up probe (calibrate): shapes every node runs alike, small enough to take a second or two on a CPU
+PROBE_PREFILL_TOKENS = 128
+PROBE_DECODE_SEQS = 8
+PROBE_CONTEXT = 16
 
 
 @dataclass(slots=True)
@@ -173,25 +177,62 @@ class PartialLayerWorker:
                      self.kv_capacity() - 1)
         if tokens < 1:
             return
-        rid, hidden = "helix-warm-up", self.hidden_size
-        dtype = config.model_config.dtype
-
-        def step(start: int, count: int) -> StepItem:
-            rows = None if self.is_first else torch.zeros(count, hidden, dtype=dtype)
-            return StepItem(rid, start, count, [] if start == 0 else [0], rows, rows)
-
         compiled = not config.model_config.enforce_eager
-        self.add_request(rid, [0] * tokens)
+        with self._throw_away(["helix-warm-up"], tokens) as (rid,):
+            try:
+                on_phase("compiling" if compiled else "warming up")
+                self.execute([self._filler(rid, 0, tokens)])
+                if compiled:
+                    on_phase("warming up")
+                self.execute([self._filler(rid, tokens, 1)])
+            except Exception as err:
+                raise EngineStartError(f"layers [{self.start}, {self.end}) failed their warm-up batch: {err}") from err
+
+    def calibrate(self) -> Calibration | None:
+        """Time the start-up probe (after ``warm_up``): a prefill chunk and a decode step of the same shapes on
+        every node, the best of two runs each. The coordinator compares them with what the plan says those
+        batches cost (coordinator/drift.py): each node's real speed, before the first request. None when the
+        KV cache or the batch limits cannot hold the probe."""
+        config = self.vllm_config
+        budget, max_len = config.scheduler_config.max_num_batched_tokens, config.model_config.max_model_len
+        tokens = min(PROBE_PREFILL_TOKENS, budget, max_len - 2, self.kv_capacity() - 1)
+        context = min(PROBE_CONTEXT, tokens)
+        free_blocks = self._blocks.total - self._blocks.used
+        seqs = min(PROBE_DECODE_SEQS, config.scheduler_config.max_num_seqs, budget // max(context, 1),
+                   free_blocks // blocks_for(context + 2, self._block_size))
+        if tokens < 1 or seqs < 1:
+            return None
+
+        def seconds(batch: list[StepItem]) -> float:
+            started = time.monotonic()
+            self.execute(batch)
+            return time.monotonic() - started
+
+        prefill = []
+        for run in range(2):
+            with self._throw_away([f"helix-probe-prefill-{run}"], tokens) as (rid,):
+                prefill.append(seconds([self._filler(rid, 0, tokens)]))
+        with self._throw_away([f"helix-probe-decode-{i}" for i in range(seqs)], context) as rids:
+            self.execute([self._filler(rid, 0, context) for rid in rids])
+            decode = [seconds([self._filler(rid, context + k, 1) for rid in rids]) for k in range(2)]
+        return Calibration(tokens, min(prefill), seqs, context, min(decode))
+
+    @contextlib.contextmanager
+    def _throw_away(self, request_ids: list[str], prompt_len: int) -> Iterator[list[str]]:
+        """Requests of start-up batches, freed (KV blocks and runner state) however the batches end."""
         try:
-            on_phase("compiling" if compiled else "warming up")
-            self.execute([step(0, tokens)])
-            if compiled:
-                on_phase("warming up")
-            self.execute([step(tokens, 1)])
-        except Exception as err:
-            raise EngineStartError(f"layers [{self.start}, {self.end}) failed their warm-up batch: {err}") from err
+            for rid in request_ids:
+                self.add_request(rid, [0] * prompt_len)
+            yield request_ids
         finally:
-            self.free_request(rid)
+            for rid in request_ids:
+                self.free_request(rid)
+
+    def _filler(self, request_id: str, start: int, count: int) -> StepItem:
+        """A step of a start-up request; zero activations on the ranges after the first."""
+        dtype = self.vllm_config.model_config.dtype
+        rows = None if self.is_first else torch.zeros(count, self.hidden_size, dtype=dtype)
+        return StepItem(request_id, start, count, [] if start == 0 else [0], rows, rows)
 
     def close(self) -> None:
         """Stop the tensor-parallel rank processes, if any (they also stop when this process exits)."""

@@ -83,8 +83,10 @@ class _Pending:
 
 class NodeServer:
     def __init__(self, name: str, worker: PartialLayerWorker, channel: Channel, addresses: dict[str, str],
-                 predecessors: Sequence[str] = (), public_keys: dict[str, str] | None = None):
+                 predecessors: Sequence[str] = (), public_keys: dict[str, str] | None = None,
+                 calibration: p.Calibration | None = None):
         self.name, self.worker, self.channel = name, worker, channel
+        self.calibration = calibration  # the worker's start-up probe, told in every Hello
         self.addresses = addresses  # peer name -> transport address
         self.predecessors = list(predecessors)  # nodes that may send us steps (encrypted channels)
         self.public_keys = dict(public_keys or {})  # peer name -> CURVE public key, the coordinator's at Start
@@ -110,7 +112,7 @@ class NodeServer:
     def hello(self) -> p.Hello:
         stats = self.worker.kv_stats()
         return p.Hello(self.name, [self.worker.start, self.worker.end], stats.total_tokens, stats.block_size,
-                       self.worker.hidden_size, self.worker.dtype)
+                       self.worker.hidden_size, self.worker.dtype, self.calibration)
 
     def wait_for_start(self, timeout_s: float) -> None:
         self.start_timeout_s = timeout_s  # also how long a node out of routing tries to rejoin
