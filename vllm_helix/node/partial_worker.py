@@ -93,6 +93,7 @@ class PartialLayerWorker:
         self._requests: dict[str, _Request] = {}
         self._finished: set[str] = set()
         self.model_span, self.model_cpu = (0.0, 0.0), 0.0  # the last execute's forward (see execute)
+        self._on_gpu = torch.cuda.is_available()
 
     # ------------------------------------------------------------ set-up
 
@@ -254,6 +255,8 @@ class PartialLayerWorker:
         sched_out, incoming = self._prepare(batch, bool(masks))
         started, cpu = time.time(), time.thread_time()
         out = self._ranks.run_step(sched_out, incoming, seam.grammar_output(masks))
+        if self._on_gpu:  # a GPU forward returns before it ran: time (and probe) the work itself
+            torch.cuda.synchronize()
         # the vLLM runner's forward, for hot-path tracing: wall-clock span, this thread's CPU seconds
         self.model_span, self.model_cpu = (started, time.time()), time.thread_time() - cpu
         for item in batch:
