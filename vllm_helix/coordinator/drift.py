@@ -6,7 +6,8 @@ those batches should have taken, and compares: the ratio predicted / measured is
 throughput as a share of its planned throughput, whatever the batch mix (a fixed tokens/s would call a
 node serving small decode batches slow). With a profile (measured or bundled) the prediction is the
 profile's per-batch overhead plus k layers at the window's mean batch (and the last range's sampling);
-without one, k layers of the planner's roofline estimate at that batch. A node more than `TOLERANCE` off for
+without one, the node's start-up probe (below), or failing that k layers of the planner's roofline estimate at
+that batch. A node more than `TOLERANCE` off for
 `HOLD_S` gets one warning with the commands that fix the plan (re-profile, re-plan), and another when it is back
 within the tolerance. The same ratios weigh the routes (coordinator/routing.py: a slow node gets fewer requests).
 
@@ -181,7 +182,8 @@ class NodeDrift:
         """Measured / planned throughput over `delta`. Without a profile, the window is priced with the node's own
         probe and scaled by the probe's ratio: how fast it is now against its start-up, times how its start-up
         compared with the plan (the probe's shapes, not the window's mix, meet the roofline)."""
-        if self.expect.profile is None and self.own is not None and self.calibrated is not None:
+        if self.expect.profile is None and self.own is not None:
+            assert self.calibrated is not None  # set together
             return self.calibrated * self.own.seconds(delta) / delta.busy_s
         return self.expect.seconds(delta) / delta.busy_s
 
