@@ -55,8 +55,10 @@ from vllm_helix.vllm_server import VllmServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_ENV = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}  # as the local nodes run
+# the plan's weights, as the simulator routes (and the capped node is capped after its start-up probe, which would
+# otherwise call it as fast as the other)
 SERVE = ["--max-model-len", "1024", "--max-num-batched-tokens", "512", "--max-num-seqs", "64", "--dtype", "float32",
-         "--enforce-eager"]
+         "--enforce-eager", "--helix-static-weights"]
 HALF = 0.5  # of a core: the capped node
 
 
