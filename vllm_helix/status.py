@@ -41,16 +41,18 @@ def status_table(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> str:
         return samples[0][1]
 
     lines = [f"{'node':<14}{'layers':>9}{'up':>4}{'busy':>7}{'tokens/s':>10}{'batches':>9}{'KV blocks':>13}"
-             f"{'planned/s':>11}{'measured':>10}"]
+             f"{'planned/s':>11}{'measured':>10}{'probe':>7}{'route speed':>13}"]
     for name, n in sorted(nodes.items(), key=lambda item: (item[1].get("layer_start", 0), item[0])):
         layers = f"[{n.get('layer_start', 0):.0f}, {n.get('layer_end', 0):.0f})"
         kv = f"{n.get('kv_blocks_used', 0):.0f}/{n.get('kv_blocks_total', 0):.0f}"
         ratio = f"{100 * n['throughput_ratio']:.0f}%" if "throughput_ratio" in n else "-"
         if n.get("drifting"):
             ratio += " !"
+        probe = f"{100 * n['probe_ratio']:.0f}%" if "probe_ratio" in n else "-"
         lines.append(f"{name:<14}{layers:>9}{'yes' if n.get('up') else 'no':>4}{100 * n.get('busy_ratio', 0):6.0f}%"
                      f"{n.get('tokens_per_second', 0):10.1f}{n.get('batches_total', 0):9.0f}{kv:>13}"
-                     f"{n.get('planned_tokens_per_second', 0):11.1f}{ratio:>10}")
+                     f"{n.get('planned_tokens_per_second', 0):11.1f}{ratio:>10}{probe:>7}"
+                     f"{n.get('routing_speed', 1.0):13.2f}")
     live = [(n, v) for n, v in nodes.items() if v.get("up")]
     bottleneck = max(live, key=lambda item: item[1].get("busy_ratio", 0.0), default=None)
     admitted = metrics.get("helix_requests_admitted_total", [])

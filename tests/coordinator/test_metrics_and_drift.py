@@ -104,6 +104,7 @@ def test_metrics_reach_a_prometheus_endpoint_and_status_prints_them(plan, tmp_pa
     metrics.on_wait("r2")  # one request waiting over several steps counts once
     metrics.on_failed(2)
     metrics.set_routing(plan.flow.value, {"node-b": 0.5})  # re-weighed: node-b measured at half the median
+    metrics.on_calibration("node-c", p.Calibration(128, 0.5, 8, 16, 0.05))
     metrics.publish()  # the receive loop's tick does this every second
     assert [p.name for p in tmp_path.iterdir()] == [f"gauge_livemostrecent_{os.getpid()}.db"]
 
@@ -119,6 +120,8 @@ def test_metrics_reach_a_prometheus_endpoint_and_status_prints_them(plan, tmp_pa
     assert "[2, 5)" in rows["node-b"] and "5/40" in rows["node-b"] and "yes" in rows["node-b"]
     assert "bottleneck (busiest live node): node-b (50% busy)" in out  # the busiest in the last interval
     assert "100.0" in rows["node-a"]  # tokens/s over that second
+    assert rows["node-b"].split()[-2:] == ["-", "0.50"] and rows["node-c"].split()[-1] == "1.00"  # probe, speed
+    assert rows["node-c"].split()[-2].endswith("%")  # its start-up probe's ratio
     assert "1 admitted, 0 rerouted, 2 failed, 1 waited for KV room" in out
     assert "route node-a -> node-b -> node-c: 1" in out
     assert f"planned {plan.flow.value:.1f} tokens/s, live {plan.flow.value:.1f}" in out
