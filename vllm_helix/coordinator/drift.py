@@ -151,6 +151,9 @@ class NodeDrift:
                                 context=probe.decode_context)
         self.calibrated = planned / (probe.prefill_s + probe.decode_s)
         self.own = OwnSpeed(probe)
+        logger.info("node %s start-up probe: %d-token prefill %.1f ms, decode step of %d %.1f ms: %.0f %% of its "
+                    "planned throughput", self.node, probe.prefill_tokens, 1e3 * probe.prefill_s, probe.decode_seqs,
+                    1e3 * probe.decode_s, 100 * self.calibrated)
 
     def update(self, now: float, work: Work) -> None:
         if work.busy_s < self.history[-1][1].busy_s:  # its counters started again: a new process
