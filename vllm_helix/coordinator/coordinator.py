@@ -132,11 +132,12 @@ class ServingCoordinator:
             raise StartupError(f"node {message.node} runs {message.dtype}, this server {self.dtype}: "
                              f"start it with `vllm-helix worker ... --dtype {self.dtype}`, or give `vllm serve` "
                              f"--dtype {message.dtype}")
-        if message.node not in self.kv_tokens:  # dial back only now: a silent peer counts as lost
+        if message.node not in self.kv_tokens:  # its first Hello (it repeats them until Start)
+            # dial back only now: a silent peer counts as lost
             self.channel.connect(message.node, nodes[message.node].address, self.plan.public_keys.get(message.node))
+            self.metrics.on_calibration(message.node, message.calibration)
         self.kv_tokens[message.node] = message.kv_tokens
         self.kv_block_tokens = max(self.kv_block_tokens, message.kv_block_tokens)
-        self.metrics.on_calibration(message.node, message.calibration)
 
     def _missing_message(self, nodes: dict) -> str:
         missing = [n for n in nodes if n not in self.kv_tokens]
