@@ -21,6 +21,7 @@ from vllm_helix.coordinator import drift
 from vllm_helix.coordinator.drift import Expectation, NodeDrift, Work
 from vllm_helix.coordinator.local_nodes import free_port
 from vllm_helix.coordinator.metrics import ClusterMetrics, forget_dead_processes
+from vllm_helix.coordinator.routing import PROBE_STEP
 from vllm_helix.planner.files import load_cluster, load_placement
 from vllm_helix.planner.model import model_from_hf_config
 from vllm_helix.planner.plan import evaluate_plan
@@ -200,7 +201,9 @@ def test_the_start_up_probe_sets_each_nodes_speed_before_serving_and_prices_its_
     metrics.on_calibration("head", None)  # a node without a probe keeps the plan's weights
     ratios = metrics.routing_ratios(0.0)
     assert set(ratios) == {"x", "y"} and ratios["x"] == pytest.approx(2 * ratios["y"])
-    assert book.follow_speeds(ratios, 0.0) and book.speed["x"] == pytest.approx(2 * book.speed["y"])
+    assert book.follow_speeds(ratios, 0.0, PROBE_STEP) and book.speed["x"] == pytest.approx(2 * book.speed["y"])
+    # probes within the noise of a shared host (20 % apart) leave the plan's weights
+    assert not _route_book({"head": 4096, "x": 4096, "y": 4096}).follow_speeds({"x": 1.2, "y": 1.0}, 0.0, PROBE_STEP)
 
     x = metrics.drift["x"]
     assert x.own is not None

@@ -26,7 +26,7 @@ from vllm_helix.coordinator.batches import BatchBook, MakeOutput
 from vllm_helix.coordinator.launchers import launcher_for
 from vllm_helix.coordinator.membership import Membership, stuck_nodes
 from vllm_helix.coordinator.metrics import ClusterMetrics
-from vllm_helix.coordinator.routing import RouteBook
+from vllm_helix.coordinator.routing import PROBE_STEP, SPEED_STEP, RouteBook
 from vllm_helix.errors import (
     ConfigError,
     FrameRejected,
@@ -108,7 +108,7 @@ class ServingCoordinator:
                 self._on_hello(received.message, nodes)
         self.routes = RouteBook(self.plan, self.kv_tokens, self.kv_block_tokens, self.options)
         self.routes.metrics = self.metrics
-        self._follow_speeds()  # the nodes' start-up probes: the first requests already follow their real speed
+        self._follow_speeds(PROBE_STEP)  # the nodes' start-up probes: the first requests follow their real speed
         for name in nodes:
             self.channel.send(name, p.Start(self.plan.public_keys if self.channel.encrypted else {}))
             self.members.up(name)
@@ -226,10 +226,10 @@ class ServingCoordinator:
             else:
                 self._on_membership(message)
 
-    def _follow_speeds(self) -> None:
+    def _follow_speeds(self, step: float = SPEED_STEP) -> None:
         if self.routes is not None:
             now = time.monotonic()
-            self.routes.follow_speeds(self.metrics.routing_ratios(now), now)
+            self.routes.follow_speeds(self.metrics.routing_ratios(now), now, step)
 
     def _start_serving(self) -> None:
         with self._busy_lock:
@@ -302,7 +302,7 @@ class ServingCoordinator:
         self.workers.started(node)
         self.metrics.on_calibration(node, hello.calibration)  # after on_node_lost forgot its old speed
         self.routes.node_back(node, hello.kv_tokens)
-        self._follow_speeds()
+        self._follow_speeds(PROBE_STEP)
         logger.info("Helix node %s %s rejoined; %s", node, self.plan.placement[node], self.members.describe())
 
     def _take_rotated_keys(self) -> None:

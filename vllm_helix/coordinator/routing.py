@@ -13,7 +13,8 @@ throughput / planned over the drift window, coordinator/drift.py), relative to t
 capacity in that max flow, so a node running slower than planned gets fewer new requests and a faster one
 more (`--helix-static-weights` keeps the plan's). Relative, because a plan's numbers may be off for all nodes
 alike (an estimate), which changes no proportion; re-weighed only when a speed moved by over SPEED_STEP, at
-most once per SPEED_EVERY_S, so the noise of a shared host does not churn the weights.
+most once per SPEED_EVERY_S, so the noise of a shared host does not churn the weights. The nodes' start-up probes
+weigh the routes before the first request if they move a speed by over PROBE_STEP.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("vllm_helix.routes")
 STRICT_KV = KVParams(hwm=1.0, output_ratio=1.0)
 SPEED_STEP = 0.1  # a node's relative speed must move by more than this share to re-weigh
+# ... and by more than this on the start-up probes alone: a probe is a second or two of work, which a shared host
+# moves by 10-20 % from run to run; within the drift check's tolerance the plan stands until serving measures it
+PROBE_STEP = 0.25
 SPEED_EVERY_S = 10.0  # the drift window: a newer speed says nothing new before that
 SPEED_RANGE = (0.05, 20.0)  # relative speeds are clamped to this: no node's weight goes to nothing
 
@@ -112,16 +116,16 @@ class RouteBook:
             self.router.set_kv_capacity(node, kv_tokens * self.plan.placement.ranges[node].size)
             self._reweight()
 
-    def follow_speeds(self, measured: Mapping[str, float], now: float) -> bool:
-        """Weigh routes by the nodes' measured throughput / planned (`measured`, the nodes measured so far);
-        True when the weights changed."""
+    def follow_speeds(self, measured: Mapping[str, float], now: float, step: float = SPEED_STEP) -> bool:
+        """Weigh routes by the nodes' measured throughput / planned (`measured`, the nodes measured so far) if a
+        relative speed moved by over `step`; True when the weights changed."""
         middle = statistics.median(measured.values()) if measured else 0.0
         if not self.follows_speed or middle <= 0:
             return False
         low, high = SPEED_RANGE
         speed = {n: min(high, max(low, ratio / middle)) for n, ratio in measured.items()}
         with self._lock:
-            moved = any(abs(speed.get(n, 1.0) / self.speed.get(n, 1.0) - 1) > SPEED_STEP
+            moved = any(abs(speed.get(n, 1.0) / self.speed.get(n, 1.0) - 1) > step
                         for n in speed.keys() | self.speed.keys())
             if not moved or now - self._speed_at < SPEED_EVERY_S:
                 return False
