@@ -210,12 +210,15 @@ class PartialLayerWorker:
             return time.monotonic() - started
 
         prefill = []
-        for run in range(2):
-            with self._throw_away([f"helix-probe-prefill-{run}"], tokens) as (rid,):
-                prefill.append(seconds([self._filler(rid, 0, tokens)]))
-        with self._throw_away([f"helix-probe-decode-{i}" for i in range(seqs)], context) as rids:
-            self.execute([self._filler(rid, 0, context) for rid in rids])
-            decode = [seconds([self._filler(rid, context + k, 1) for rid in rids]) for k in range(2)]
+        try:
+            for run in range(2):
+                with self._throw_away([f"helix-probe-prefill-{run}"], tokens) as (rid,):
+                    prefill.append(seconds([self._filler(rid, 0, tokens)]))
+            with self._throw_away([f"helix-probe-decode-{i}" for i in range(seqs)], context) as rids:
+                self.execute([self._filler(rid, 0, context) for rid in rids])
+                decode = [seconds([self._filler(rid, context + k, 1) for rid in rids]) for k in range(2)]
+        except Exception as err:
+            raise EngineStartError(f"layers [{self.start}, {self.end}) failed their start-up probe: {err}") from err
         return Calibration(tokens, min(prefill), seqs, context, min(decode))
 
     @contextlib.contextmanager
