@@ -60,8 +60,11 @@ OPTIONS = (
     Option("--helix-router", "router", str, "maxflow", "per-request route choice",
            ("maxflow", "random", "shortest-queue", "swarm")),
     Option("--helix-static-weights", "static_weights", bool, False,
-           "route by the plan's flows only; by default the weights follow the nodes' measured speed, from their "
-           "start-up probe on (one slower than its plan gets fewer new requests)"),
+           "route by the plan's flows only; by default a node planned from a profile and measured slower "
+           "(faster) than its plan gets fewer (more) new requests"),
+    Option("--helix-follow-probes", "follow_probes", bool, False,
+           "also weigh routes by the nodes' start-up probes, before the first request, and follow the measured "
+           "speed of nodes without a profile (priced by their probe); for nodes on hosts of their own"),
     Option("--helix-depth", "depth", int, 0,
            "batches in flight through the cluster; 0 = one per node of the plan", problem=_not_negative),
     Option("--helix-start-timeout", "start_timeout_s", float, _NODE.start_timeout_s,

@@ -193,7 +193,7 @@ def test_the_start_up_probe_sets_each_nodes_speed_before_serving_and_prices_its_
     from coordinator.test_serving_parts import _route_book
 
     book = _route_book({"head": 4096, "x": 4096, "y": 4096})
-    metrics = ClusterMetrics(book.plan, "plan.yaml", "/models/m")
+    metrics = ClusterMetrics(book.plan, "plan.yaml", "/models/m", follow_probes=True)  # --helix-follow-probes
     fast = p.Calibration(prefill_tokens=128, prefill_s=0.128, decode_seqs=8, decode_context=16, decode_s=0.012)
     slow = p.Calibration(128, 0.256, 8, 16, 0.024)
     metrics.on_calibration("x", fast)
@@ -201,6 +201,9 @@ def test_the_start_up_probe_sets_each_nodes_speed_before_serving_and_prices_its_
     metrics.on_calibration("head", None)  # a node without a probe keeps the plan's weights
     ratios = metrics.routing_ratios(0.0)
     assert set(ratios) == {"x", "y"} and ratios["x"] == pytest.approx(2 * ratios["y"])
+    metrics.follow_probes = False  # the default: the probes are logged and exported only
+    assert metrics.routing_ratios(0.0) == {}
+    metrics.follow_probes = True
     assert book.follow_speeds(ratios, 0.0, PROBE_STEP) and book.speed["x"] == pytest.approx(2 * book.speed["y"])
     # probes within the noise of a shared host (20 % apart) leave the plan's weights
     assert not _route_book({"head": 4096, "x": 4096, "y": 4096}).follow_speeds({"x": 1.2, "y": 1.0}, 0.0, PROBE_STEP)
@@ -214,7 +217,8 @@ def test_the_start_up_probe_sets_each_nodes_speed_before_serving_and_prices_its_
     assert x.ratio == pytest.approx(x.calibrated)
     x.update(2.0, Work(3 * priced, 200, 3200, 3200))  # the whole window now at half its probe's speed
     assert x.ratio == pytest.approx(x.calibrated * 2 / 3)
-    assert x.routing_ratio(2.0 + drift.HOLD_S) == x.ratio and x.routing_ratio(3.0 + drift.HOLD_S) == x.calibrated
+    assert x.routing_ratio(2.0 + drift.HOLD_S, probes=True) == x.ratio
+    assert x.routing_ratio(3.0 + drift.HOLD_S, probes=True) == x.calibrated
     metrics.on_node_lost("x")  # restarted: its old probe says nothing until its next Hello
     assert "x" not in metrics.routing_ratios(10.0)
     metrics.on_calibration("x", p.Calibration(128, 0.0, 8, 16, 0.012))  # a broken probe is ignored
@@ -227,7 +231,8 @@ def test_a_probe_as_fast_as_the_profile_is_on_plan(plan):
     expect = node.expect
     prefill, decode = expect.seconds(Work(0.0, 1, 128, 0)), expect.seconds(Work(0.0, 1, 8, 8), context=16)
     node.calibrate(p.Calibration(128, prefill, 8, 16, decode))
-    assert node.calibrated == pytest.approx(1.0) and node.routing_ratio(0.0) == pytest.approx(1.0)
+    assert node.calibrated == pytest.approx(1.0) and node.routing_ratio(0.0, probes=True) == pytest.approx(1.0)
+    assert node.routing_ratio(0.0) is None  # not measured while serving yet; the probe only with the option
     node.calibrate(p.Calibration(128, 1.25 * prefill, 8, 16, 1.25 * decode))
     assert node.calibrated == pytest.approx(0.8)
 

@@ -20,13 +20,11 @@ def plain(tiny_llama_path, tmp_path_factory):
 @pytest.fixture(scope="session")
 def helix(tiny_llama_path, tmp_path_factory):
     """`vllm serve --executor helix` on a branching 3-node local plan (head [0, 2) -> fast | slow [2, 8)), with node
-    KV caches so small (--helix-kv-cache-bytes) that a burst of requests must queue. Yields (url, route log, server).
-    The routes keep the plan's weights (--helix-static-weights): `fast` and `slow` are the same process on this
-    host, which their start-up probes would show, and the tests check the split the plan gives."""
+    KV caches so small (--helix-kv-cache-bytes) that a burst of requests must queue. Yields (url, route log, server)."""
     tmp = tmp_path_factory.mktemp("helix")
     plan = write_plan(tmp, tiny_llama_path)
     # 6 MiB per node, the same on every host: holds a 512-token sequence, but not the whole burst
-    server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--helix-static-weights",
+    server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan),
                                           "--helix-route-log", str(tmp / "routes.log"),
                                           "--helix-kv-cache-bytes", str(6 << 20), *COMMON, *TOOLS],
                         log_path=tmp / "serve.log")

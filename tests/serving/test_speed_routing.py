@@ -4,8 +4,8 @@ cgroup CFS quota: a slower machine than its plan says). Under load the coordinat
 and re-weighs: most new requests go to the fast replica, and none to the capped one while the fast one has room.
 Uncapped, it gets no request, so no new measurement: its speed is forgotten after HELIX_DRIFT_HOLD_S (20 s here, a
 minute by default), it gets its planned share again, is measured near its plan and keeps its share.
-Before the first request, the nodes' start-up probes already set the speeds: an estimated plan that calls one of two
-identical replicas four times faster splits the first requests about evenly, not 4:1.
+With --helix-follow-probes, the nodes' start-up probes set the speeds before the first request: an estimated plan that
+calls one of two identical replicas four times faster splits the first requests about evenly, not 4:1.
 (Without engines: tests/coordinator/test_failover_parts.py, tests/coordinator/test_metrics_and_drift.py.)
 """
 
@@ -50,8 +50,8 @@ def misjudged(tiny_llama_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("probe-routing")
     plan = write_plan(tmp, tiny_llama_path, MISJUDGED, {"big": [0, 8], "small": [0, 8]})  # estimated
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--enforce-eager",
-                                          "--helix-route-log", str(tmp / "routes.log"), *COMMON],
-                        log_path=tmp / "serve.log", env={"OMP_NUM_THREADS": "1"})
+                                          "--helix-follow-probes", "--helix-route-log", str(tmp / "routes.log"),
+                                          *COMMON], log_path=tmp / "serve.log", env={"OMP_NUM_THREADS": "1"})
     with server as url:
         yield url, tmp / "routes.log", server
 

@@ -79,7 +79,8 @@ class ServingCoordinator:
         self.kv_block_tokens = 1
         self.members = Membership(list(plan.placement.ranges))
         self.busy: dict[str, p.Busy] = {}  # each node's latest report
-        self.metrics = ClusterMetrics(plan, options["plan"], model_path)  # helix_* on /metrics
+        self.metrics = ClusterMetrics(plan, options["plan"], model_path,  # helix_* on /metrics
+                                      follow_probes=options.get("follow_probes", False))
         self._served = False  # batches ran since the last summary
         self._busy_lock = threading.Lock()
         self._started = time.monotonic()

@@ -13,8 +13,8 @@ within the tolerance. The same ratios weigh the routes (coordinator/routing.py: 
 
 Every node also times a start-up probe (`PartialLayerWorker.calibrate`: the same prefill chunk and decode step on
 every node) and sends it in its Hello: the plan's price of those batches over their measured time is the node's
-ratio before its first request, so the first requests already follow the nodes' real speeds. Without a profile
-the probe also prices the node's later batches (`OwnSpeed`).
+ratio before its first request (logged, exported), which the routes follow with --helix-follow-probes. Without a
+profile the probe also prices the node's later batches (`OwnSpeed`).
 """
 
 from __future__ import annotations
@@ -190,13 +190,18 @@ class NodeDrift:
             return self.calibrated * self.own.seconds(delta) / delta.busy_s
         return self.expect.seconds(delta) / delta.busy_s
 
-    def routing_ratio(self, now: float) -> float | None:
-        """The ratio for the routes to follow: measured within the last HOLD_S, else the start-up probe's (a node
-        given no work for that long, say after it was measured slow, gets its calibrated share back and is
-        measured anew). None for a node with neither a profile nor a probe: the roofline alone cannot price a
-        batch mix closely enough to compare nodes."""
-        measured = now - self.measured_at <= HOLD_S and (self.expect.profile is not None or self.own is not None)
-        return self.ratio if measured else self.calibrated
+    def routing_ratio(self, now: float, probes: bool = False) -> float | None:
+        """The ratio for the routes to follow: measured within the last HOLD_S (a node given no work for that long,
+        say after it was measured slow, gets its planned share back and is measured anew), where the plan's numbers
+        are a profile. With `probes` (--helix-follow-probes) also the start-up probe's ratio, before a node is
+        measured and after the hold, and the measured ratio of a node priced by its probe. The probes are opt-in
+        because a second of work is as noisy as its host: nodes sharing a 2-core host, probing while others loaded,
+        came out 1.45x and 20x apart for like hardware. The roofline alone cannot price a batch mix closely enough
+        to compare nodes (on a CPU it called the replica with the larger decode batches the slower one)."""
+        recent = now - self.measured_at <= HOLD_S
+        if not probes:
+            return self.ratio if recent and self.expect.profile is not None else None
+        return self.ratio if recent and (self.expect.profile is not None or self.own is not None) else self.calibrated
 
     @property
     def drifting(self) -> bool:

@@ -88,8 +88,10 @@ class _Node:
 class ClusterMetrics:
     """The engine core's side: every event updates it; `publish()` writes the values for /metrics."""
 
-    def __init__(self, plan: Plan, plan_path: str, model_path: str, folder: str | None = None):
+    def __init__(self, plan: Plan, plan_path: str, model_path: str, folder: str | None = None,
+                 follow_probes: bool = False):
         self.plan = plan
+        self.follow_probes = follow_probes  # --helix-follow-probes: the routes follow the start-up probes too
         # several API servers (or a user's PROMETHEUS_MULTIPROC_DIR): vLLM's /metrics reads that folder
         self.folder = folder or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(ENV)
         self._file: GaugeFile | None = None
@@ -129,7 +131,7 @@ class ClusterMetrics:
     def routing_ratios(self, now: float) -> dict[str, float]:
         """The nodes' throughput / planned that the routes follow (`NodeDrift.routing_ratio`)."""
         with self._lock:
-            ratios = {n: d.routing_ratio(now) for n, d in self.drift.items()}
+            ratios = {n: d.routing_ratio(now, self.follow_probes) for n, d in self.drift.items()}
         return {n: r for n, r in ratios.items() if r is not None}
 
     def last_reports(self) -> dict[str, float]:
