@@ -114,9 +114,11 @@ class Expectation:
 class OwnSpeed:
     """A node's batch cost as its start-up probe measured it: seconds = a per batch + b per token, the line through
     its prefill chunk and its decode step. It prices a window's batch mix on that node's own hardware, where the
-    roofline cannot (on a CPU it called the replica with the larger decode batches the slower one)."""
+    roofline cannot (on a CPU it called the replica with the larger decode batches the slower one). `ratio`: the
+    probe's measured / planned throughput."""
 
-    def __init__(self, probe: p.Calibration):
+    def __init__(self, probe: p.Calibration, ratio: float):
+        self.ratio = ratio
         per_token = (probe.prefill_s - probe.decode_s) / (probe.prefill_tokens - probe.decode_seqs) \
             if probe.prefill_tokens > probe.decode_seqs else probe.prefill_s / probe.prefill_tokens
         self.per_token = max(per_token, 0.0)
@@ -137,8 +139,7 @@ class NodeDrift:
         self.history: deque[tuple[float, Work]] = deque([(since, Work())], maxlen=HISTORY)
         self.ratio: float | None = None  # measured throughput / planned
         self.measured_at = float("-inf")  # when `ratio` was last measured
-        self.calibrated: float | None = None  # the ratio of its start-up probe
-        self.own: OwnSpeed | None = None  # and the batch costs it measured
+        self.own: OwnSpeed | None = None  # the batch costs its start-up probe measured
         self.off_since: float | None = None
         self.warned = False
 
@@ -149,11 +150,15 @@ class NodeDrift:
         planned = self.expect.seconds(Work(batches=1, tokens=probe.prefill_tokens)) + \
             self.expect.seconds(Work(batches=1, tokens=probe.decode_seqs, decode_seqs=probe.decode_seqs),
                                 context=probe.decode_context)
-        self.calibrated = planned / (probe.prefill_s + probe.decode_s)
-        self.own = OwnSpeed(probe)
+        self.own = OwnSpeed(probe, planned / (probe.prefill_s + probe.decode_s))
         logger.info("node %s start-up probe: %d-token prefill %.1f ms, decode step of %d %.1f ms: %.0f %% of its "
                     "planned throughput", self.node, probe.prefill_tokens, 1e3 * probe.prefill_s, probe.decode_seqs,
-                    1e3 * probe.decode_s, 100 * self.calibrated)
+                    1e3 * probe.decode_s, 100 * self.own.ratio)
+
+    @property
+    def calibrated(self) -> float | None:
+        """The ratio of its start-up probe."""
+        return self.own.ratio if self.own else None
 
     def update(self, now: float, work: Work) -> None:
         if work.busy_s < self.history[-1][1].busy_s:  # its counters started again: a new process
@@ -186,8 +191,7 @@ class NodeDrift:
         probe and scaled by the probe's ratio: how fast it is now against its start-up, times how its start-up
         compared with the plan (the probe's shapes, not the window's mix, meet the roofline)."""
         if self.expect.profile is None and self.own is not None:
-            assert self.calibrated is not None  # set together
-            return self.calibrated * self.own.seconds(delta) / delta.busy_s
+            return self.own.ratio * self.own.seconds(delta) / delta.busy_s
         return self.expect.seconds(delta) / delta.busy_s
 
     def routing_ratio(self, now: float, probes: bool = False) -> float | None:
