@@ -5,8 +5,9 @@ serving path's view of an endpoint (Helix messages to named peers, from any peer
 
 A message is the transport header's `meta` (msgspec structs as msgpack, one encoding for the whole
 header) with `kind` = "helix/<version>", plus tensor payloads (zero-copy both ways). A `Step` carries the
-per-request items of one batch for one node; the hidden states and residuals of all items travel as two
-payload tensors, concatenated in item order (rows = tokens). Nodes answer the coordinator with `Tokens`
+per-request items of one batch for one node; the residual stream of all items travels as payload tensors,
+concatenated in item order (rows = tokens): one, the summed stream, in float32; two, hidden states and
+residuals, in 16-bit dtypes (`vllm_helix/node/partial_worker.py` says why). Nodes answer the coordinator with `Tokens`
 (last range) or `Failed`; `Hello`/`Start` bring the cluster up (`Progress` reports each start-up phase on
 the way, `Hello` carries the node's start-up `Calibration`); `Free` releases a finished request's KV blocks;
 `Busy` reports a node's compute time. Elastic serving: `HopLost` (a node could not reach its next hop), `Reset`

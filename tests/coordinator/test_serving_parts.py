@@ -159,6 +159,23 @@ def test_models_and_request_fields_the_nodes_cannot_carry_are_named():
     assert field == "thinking_token_budget" and message.endswith("is not supported with --executor helix")
 
 
+def test_a_step_payload_is_the_summed_stream_or_the_pair_and_anything_else_is_rejected():
+    import torch
+
+    from vllm_helix.node.server import NodeServer
+
+    step = p.Step(4, [p.Item("r1", 0, 3, []), p.Item("r2", 7, 1, [5])])
+    rows = torch.arange(4 * 8, dtype=torch.float32).reshape(4, 8)
+    hidden, residual = NodeServer._payload(step, p.Received("n0", step, [rows]))
+    assert residual is None and [tuple(h.shape) for h in hidden] == [(3, 8), (1, 8)]
+    hidden, residual = NodeServer._payload(step, p.Received("n0", step, [rows, rows + 1]))
+    assert residual is not None and torch.equal(residual[1], rows[3:] + 1)
+    assert NodeServer._payload(step, p.Received("coordinator", step, [])) == (None, None)  # the first hop
+    for bad in ([rows, rows, rows], [rows[:3]], [rows, rows[:2]]):
+        with pytest.raises(FrameRejected, match="payloads do not match its 4 tokens"):
+            NodeServer._payload(step, p.Received("n0", step, bad))
+
+
 def test_messages_round_trip_and_bad_frames_are_rejected():
     def over_the_wire(frame):
         return p.decode(decode_header(frame if isinstance(frame, bytes) else encode_header(frame)))

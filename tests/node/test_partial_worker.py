@@ -202,6 +202,32 @@ def test_last_range_masks_logits_with_the_grammar_bitmask_and_returns_prompt_log
     assert results["masked"].prompt_logprobs == results["free"].prompt_logprobs  # the mask is for sampling only
 
 
+def test_a_float32_range_sends_the_summed_stream_and_the_next_takes_it_as_the_pair(tiny_llama_path):
+    """Half the bytes per hop in float32: the next range gets the same bits from the sum as from the pair."""
+    from vllm_helix.node.seam import sampling_params
+    from vllm_helix.node.types import StepItem
+
+    first, last = _worker(tiny_llama_path, (0, 3)), _worker(tiny_llama_path, (3, 8))
+    assert first.sends_summed_stream  # the tests run float32
+    prompt = _prompts()[1]
+    n, tokens = len(prompt), {}
+    for rid in ("sum", "pair"):
+        for w in (first, last):
+            w.add_request(rid, prompt, sampling_params(temperature=0.0, max_tokens=4, logprobs=3))
+        (h,) = first.execute([StepItem(rid, 0, n)])
+        assert h.residual is None and tuple(h.hidden_states.shape) == (n, first.hidden_size)
+        if rid == "sum":
+            item = StepItem(rid, 0, n, [], h.hidden_states, None)
+        else:  # halves add up to the sum exactly in float32
+            half = h.hidden_states * 0.5
+            item = StepItem(rid, 0, n, [], half, half.clone())
+        (tokens[rid],) = last.execute([item])
+        for w in (first, last):
+            w.free_request(rid)
+    assert tokens["sum"].token_id is not None
+    assert (tokens["sum"].token_id, tokens["sum"].logprob_row) == (tokens["pair"].token_id, tokens["pair"].logprob_row)
+
+
 def test_kv_blocks_follow_chunks_and_are_freed(tiny_llama_path):
     from vllm_helix.node.types import StepItem
 

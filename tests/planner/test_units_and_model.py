@@ -47,7 +47,11 @@ def test_model_from_hugging_face_config(tmp_path):
     assert model.num_layers == 80
     # LLaMA-2-70B has ~856M parameters per layer: 1.71 GB in fp16 (the reference rounded to 1.53 GB).
     assert model.layer_bytes == pytest.approx(1.712e9, rel=0.01)
-    assert model.activation_bytes_per_token == 16384
+    # a hop carries the (hidden, residual) pair in fp16: 2 x 8192 x 2 bytes (float32: one summed tensor)
+    assert model.activation_bytes_per_token == 32768
+    config["torch_dtype"] = "float32"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_model(tmp_path).activation_bytes_per_token == 32768
     assert model.kv_bytes_per_token_layer == 2 * 8 * 128 * 2
 
 

@@ -147,6 +147,10 @@ def test_a_measured_plan_serves_and_its_metrics_move_during_a_burst(server, tiny
     # activations: node-a gets token ids only, node-c sends sampled tokens only
     assert all(v > 0 for n, v in _node_values(final, "helix_node_bytes_received_total").items() if n != "node-a")
     assert all(v > 0 for n, v in _node_values(final, "helix_node_bytes_sent_total").items() if n != "node-c")
+    # a hop carries the summed float32 stream: 4 bytes per hidden unit and token, what the planner charges a link
+    hidden = json.loads((tiny_llama_path / "config.json").read_text())["hidden_size"]
+    tokens, sent = _node_values(final, "helix_node_tokens_total"), _node_values(final, "helix_node_bytes_sent_total")
+    assert sent["node-a"] == tokens["node-a"] * hidden * 4 and sent["node-b"] == tokens["node-b"] * hidden * 4
     admitted = final["helix_requests_admitted_total"]
     assert [labels["route"] for labels, _ in admitted] == ["node-a>node-b>node-c"]
     assert sum(v for _, v in admitted) >= 12

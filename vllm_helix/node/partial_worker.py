@@ -10,8 +10,11 @@ batches that mix requests from different previous hops, and stop checks on the l
 whole ``EngineCore`` per node was the alternative; it owns a scheduler that would fight the router's
 per-node admission, and it costs a process and 20-80 s per start on CPU, while this starts in seconds.
 
-The residual stream crosses node boundaries as the pair (``hidden_states``, ``residual``), exactly as
-vLLM's own pipeline stages exchange it, so a chain is bit-identical to the whole model.
+The residual stream crosses node boundaries as one tensor, ``hidden_states + residual``, in float32: the
+next range's first add-norm computes that sum anyway, and gets the same bits from (sum, zeros), at half the
+bytes of the pair. In 16-bit dtypes it crosses as the pair (``hidden_states``, ``residual``), exactly as vLLM's
+own pipeline stages exchange it, because there the add-norm normalizes the unrounded sum. Either way a chain
+is bit-identical to the whole model.
 """
 
 from __future__ import annotations
@@ -123,6 +126,11 @@ class PartialLayerWorker:
     def dtype(self) -> str:
         """Weights/activations dtype, e.g. 'bfloat16' (every node of a cluster must agree)."""
         return str(self.vllm_config.model_config.dtype).removeprefix("torch.")
+
+    @property
+    def sends_summed_stream(self) -> bool:
+        """Whether this range sends the residual stream as one summed tensor (float32) or as the pair."""
+        return self.vllm_config.model_config.dtype == torch.float32
 
     def weight_bytes(self) -> int:
         """Bytes of the checkpoint tensors this worker loaded (embeddings, its layers, norm/LM head)."""
@@ -320,18 +328,22 @@ class PartialLayerWorker:
         return state
 
     def _incoming(self, item: StepItem) -> dict[str, torch.Tensor]:
-        if item.hidden_states is None or item.residual is None:
+        """The request's rows of the residual stream: the pair, or the summed stream alone (see the module)."""
+        if item.hidden_states is None:
             raise NodeError(
-                f"request {item.request_id!r}: layers [{self.start}, {self.end}) need hidden_states and "
-                "residual from the previous node"
+                f"request {item.request_id!r}: layers [{self.start}, {self.end}) need hidden_states "
+                "from the previous node"
             )
+        tensors = {"hidden_states": item.hidden_states}
+        if item.residual is not None:
+            tensors["residual"] = item.residual
         expected = (item.num_tokens, self.hidden_size)
-        for name, t in (("hidden_states", item.hidden_states), ("residual", item.residual)):
+        for name, t in tensors.items():
             if tuple(t.shape) != expected:
                 raise NodeError(
                     f"request {item.request_id!r}: {name} has shape {tuple(t.shape)}, expected {expected}"
                 )
-        return {"hidden_states": item.hidden_states, "residual": item.residual}
+        return tensors
 
     def _split_hidden(self, batch: Sequence[StepItem], out: IntermediateTensors) -> list[HiddenResult]:
         sizes = {item.request_id: item.num_tokens for item in batch}
@@ -342,11 +354,15 @@ class PartialLayerWorker:
             pos += sizes[rid]
         # one copy out of the runner's buffers (the next batch overwrites them), then per-request views of it:
         # rows stay in runner order, so a node forwarding the whole batch sends them without another copy
-        hidden, residual = out["hidden_states"][:pos].clone(), out["residual"][:pos].clone()
+        hidden, residual = out["hidden_states"][:pos], out["residual"][:pos]
+        if self.sends_summed_stream:
+            hidden, residual = hidden + residual, None
+        else:
+            hidden, residual = hidden.clone(), residual.clone()
         results = []
         for item in batch:
             lo, hi = offsets[item.request_id], offsets[item.request_id] + item.num_tokens
-            results.append(HiddenResult(item.request_id, hidden[lo:hi], residual[lo:hi]))
+            results.append(HiddenResult(item.request_id, hidden[lo:hi], None if residual is None else residual[lo:hi]))
         return results
 
     def _token_results(self, batch: Sequence[StepItem], out: ModelRunnerOutput) -> list[TokenResult]:

@@ -241,6 +241,8 @@ def _install_gather_hook(runner: GPUModelRunner) -> None:
         keys = list(incoming[order[0]])
         # the transport delivers host memory; a GPU runner's layers want theirs (a no-op on CPU)
         tensors = {k: torch.cat([incoming[r][k] for r in order]).to(runner.device) for k in keys}
+        if "residual" not in tensors:  # the summed stream: the first add-norm adds a zero residual, same bits
+            tensors["residual"] = torch.zeros_like(tensors["hidden_states"])
         pad = num_tokens - next(iter(tensors.values())).shape[0]
         if pad > 0:
             tensors = {k: torch.nn.functional.pad(v, (0, 0, 0, pad)) for k, v in tensors.items()}

@@ -257,13 +257,14 @@ class NodeServer:
 
     @staticmethod
     def _payload(step: p.Step, received: Received):
-        """Per-item (hidden states, residual) rows; none for the first hop."""
+        """Per-item (hidden states, residual) rows: none for the first hop, no residual for a summed stream."""
         if not received.tensors:
             return None, None
         counts = [item.num_tokens for item in step.items]
-        if len(received.tensors) != 2 or any(t.shape[0] != sum(counts) for t in received.tensors):
+        if len(received.tensors) not in (1, 2) or any(t.shape[0] != sum(counts) for t in received.tensors):
             raise FrameRejected(f"step {step.step_id}: payloads do not match its {sum(counts)} tokens")
-        return tuple(torch.split(t, counts, dim=0) for t in received.tensors)
+        rows = [torch.split(t, counts, dim=0) for t in received.tensors]
+        return rows[0], rows[1] if len(rows) == 2 else None
 
     def _run(self, batch: _Pending) -> None:
         started = time.monotonic()
@@ -310,11 +311,14 @@ class NodeServer:
         for (peer, step_id), group in groups.items():
             group.sort(key=lambda r: r.hidden_states.storage_offset())  # the worker's row order: see _rows
             out_items = [self._next_item(items[r.request_id]) for r in group]
-            hidden = _rows([r.hidden_states for r in group]).cpu()  # the transport sends host memory
-            residual = _rows([r.residual for r in group]).cpu()
+            # the transport sends host memory; a summed stream (float32) has no residual
+            payload = [_rows([r.hidden_states for r in group]).cpu()]
+            residuals = [r.residual for r in group if r.residual is not None]
+            if residuals:
+                payload.append(_rows(residuals).cpu())
             try:
                 self._ensure_peer(peer)
-                self.channel.send(peer, p.Step(step_id, out_items), [hidden, residual])
+                self.channel.send(peer, p.Step(step_id, out_items), payload)
                 if self.trace is not None:
                     batch.sent[step_id] = time.time()
             except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: the coordinator reroutes

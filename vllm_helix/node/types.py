@@ -22,8 +22,9 @@ class StepItem:
     ``[start_position, start_position + num_tokens)``; a decode step has ``num_tokens == 1`` and carries
     the token sampled by the last node in ``new_token_ids`` (the first node embeds it).
     ``hidden_states`` / ``residual`` ([num_tokens, hidden_size]) come from the previous node; the first
-    node gets None. ``grammar_bitmask`` (int32, one bit per vocabulary token) is the scheduler's structured-output
-    mask for the token this step samples; the last node applies it to the logits before sampling.
+    node gets None, and ``residual`` is None when ``hidden_states`` is their sum (the float32 stream).
+    ``grammar_bitmask`` (int32, one bit per vocabulary token) is the scheduler's structured-output mask for the
+    token this step samples; the last node applies it to the logits before sampling.
     """
 
     request_id: str
@@ -37,11 +38,12 @@ class StepItem:
 
 @dataclass(slots=True)
 class HiddenResult:
-    """Output of a non-last node for one request: the residual stream, split as vLLM's PP stages do."""
+    """Output of a non-last node for one request: the residual stream, split as vLLM's PP stages do, or summed
+    into ``hidden_states`` with ``residual`` None (float32, where that is exact: see partial_worker)."""
 
     request_id: str
     hidden_states: torch.Tensor
-    residual: torch.Tensor
+    residual: torch.Tensor | None
 
 
 @dataclass(slots=True)

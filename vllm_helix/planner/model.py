@@ -28,6 +28,7 @@ class ModelSpec:
     kv_bytes_per_token_layer: int = 0  # K+V of one token in one layer
     profile_name: str | None = None
     max_context: int | None = None  # the longest sequence it takes (max_position_embeddings), when known
+    dtype_bytes: int = 2  # bytes per weight and KV value in its checkpoint's dtype
 
     @property
     def total_layer_bytes(self) -> float:
@@ -96,8 +97,11 @@ def model_from_hf_config(config: dict, name: str, source: str = "<config>") -> M
         num_layers=layers,
         hidden_size=hidden,
         layer_bytes=float(params * width),
-        activation_bytes_per_token=hidden * width,
+        # a hop carries the residual stream: one float32 sum, or the 16-bit (hidden, residual) pair (also the
+        # activations of 8-bit weights): 4 bytes per hidden unit either way (node/partial_worker.py)
+        activation_bytes_per_token=4 * hidden,
         token_bytes=4,  # int32 token ids
         kv_bytes_per_token_layer=2 * kv_heads * head_dim * width,
         max_context=positions if isinstance(positions, int) else None,
+        dtype_bytes=width,
     )

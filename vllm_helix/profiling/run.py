@@ -117,13 +117,7 @@ def _worker_config(spec, sweep: Sweep, dtype: str, enforce_eager: bool) -> Worke
     block = 128  # the largest KV block of any vLLM backend: the KV room below is rounded up to it per sequence
     tokens = most_seqs * (-(-longest // block) + 1) * block + 2 * max(sweep.prompt_tokens) + 2 * block
     # K+V bytes per token and layer at up to 4 bytes per value (float32 runs), for the most layers timed
-    kv_bytes = tokens * spec.kv_bytes_per_token_layer * 4 // _dtype_width(spec) * spec.num_layers
+    kv_bytes = tokens * spec.kv_bytes_per_token_layer * 4 // spec.dtype_bytes * spec.num_layers
     return WorkerConfig(kv_cache_bytes=int(kv_bytes), max_num_batched_tokens=max(max(sweep.prompt_tokens), most_seqs),
                         max_num_seqs=max(most_seqs, 1), max_model_len=longest, dtype=dtype,
                         enforce_eager=enforce_eager)
-
-
-def _dtype_width(spec) -> int:
-    """Bytes per value the model config gives (kv_bytes_per_token_layer was computed with it)."""
-    per_value = spec.activation_bytes_per_token // spec.hidden_size
-    return max(per_value, 1)
