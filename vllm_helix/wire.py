@@ -7,12 +7,12 @@ A message is the transport header's `meta` (msgspec structs as msgpack, one enco
 header) with `kind` = "helix/<version>", plus tensor payloads (zero-copy both ways). A `Step` carries the
 per-request items of one batch for one node; the residual stream of all items travels as payload tensors,
 concatenated in item order (rows = tokens): one, the summed stream, in float32; two, hidden states and
-residuals, in 16-bit dtypes (`vllm_helix/node/partial_worker.py` says why). Nodes answer the coordinator with `Tokens`
-(last range) or `Failed`; `Hello`/`Start` bring the cluster up (`Progress` reports each start-up phase on
-the way, `Hello` carries the node's start-up `Calibration`); `Free` releases a finished request's KV blocks;
-`Busy` reports a node's compute time. Elastic serving: `HopLost` (a node could not reach its next hop), `Reset`
-(the coordinator took a node out of routing: forget everything, say Hello again), `Drain` (a worker asked to
-stop: hand back what it holds).
+residuals, in 16-bit dtypes (`vllm_helix/node/partial_worker.py` says why). Nodes answer the coordinator
+with `Tokens` (last range) or `Failed`; `Hello`/`Start` bring the cluster up (`Progress` reports each
+start-up phase on the way; `Calibrate` asks a node for its start-up probe, which its next `Hello` carries);
+`Free` releases a finished request's KV blocks; `Busy` reports a node's compute time. Elastic serving:
+`HopLost` (a node could not reach its next hop), `Reset` (the coordinator took a node out of routing: forget
+everything, say Hello again), `Drain` (a worker asked to stop: hand back what it holds).
 `VLLM_HELIX_TRANSPORT=pyzmq` swaps the C++ endpoint for the pyzmq one (same interface), for comparisons.
 """
 
@@ -110,7 +110,8 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
     kv_block_tokens: int  # it allocates KV in blocks of this many tokens (128 on vLLM's CPU backend)
     hidden_size: int
     dtype: str  # of its weights and activations; must match the server's
-    calibration: Calibration | None = None  # its start-up probe (None: not run)
+    calibration: Calibration | None = None  # its start-up probe (None: not run, or its limits could not hold one)
+    probed: bool = False  # it ran the probe the coordinator asked for (Calibrate)
 
 
 class Progress(msgspec.Struct, tag="progress", frozen=True):
@@ -146,6 +147,12 @@ class Start(msgspec.Struct, tag="start", frozen=True):
     public_keys: dict[str, str] = {}  # encrypted clusters: the coordinator's plan's keys, which nodes trust
 
 
+class Calibrate(msgspec.Struct, tag="calibrate", frozen=True):
+    """Run the start-up probe now and say Hello with it. At start the coordinator asks every node at once, once all
+    are up, so nodes that share a host probe under the same load (one probed while another loaded its model
+    would look faster than it is)."""
+
+
 class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
     pass
 
@@ -172,7 +179,8 @@ class Drain(msgspec.Struct, tag="drain", frozen=True):
     node: str
 
 
-Message = Step | Tokens | Failed | Free | Hello | Progress | Busy | Start | Shutdown | HopLost | Reset | Drain
+Message = (Step | Tokens | Failed | Free | Hello | Progress | Busy | Start | Calibrate | Shutdown | HopLost | Reset
+           | Drain)
 
 
 def encode(message: Message, tensors: Sequence[torch.Tensor] = ()) -> Header:

@@ -188,7 +188,8 @@ def test_messages_round_trip_and_bad_frames_are_rejected():
     tokens = p.Tokens(3, [p.TokenOut("r1", 7, ([7, 1], [-0.5, -0.25], 2), ([[4, 4, 9]], [[-1.5, -1.5, -2.0]], [1]))])
     assert over_the_wire(p.encode(tokens)) == tokens
     for message in (p.Hello("a", [0, 2], 1024, 128, 256, "float32"),
-                    p.Hello("a", [0, 2], 1024, 128, 256, "float32", p.Calibration(128, 0.5, 8, 16, 0.05)),
+                    p.Hello("a", [0, 2], 1024, 128, 256, "float32", p.Calibration(128, 0.5, 8, 16, 0.05), True),
+                    p.Calibrate(),
                     p.Progress("a", [0, 2], "compiling", 4.25),
                     p.Busy("a", 1.5, 12, 300, idle=True)):
         assert over_the_wire(p.encode(message)) == message

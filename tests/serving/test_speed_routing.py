@@ -110,6 +110,8 @@ def test_a_node_slower_than_its_plan_gets_fewer_requests_and_its_share_back_once
 
 def test_the_first_requests_follow_the_start_up_probes_not_a_misjudged_estimate(misjudged, tiny_llama_path):
     url, routes_log, server = misjudged
+    log = server.log_path.read_text()
+    assert log.rindex(": ready ") < log.index(": calibrating "), log  # every node probes once all are ready
     # before any request: the re-weighing at start-up, from the probes in the nodes' Hellos
     speeds = _speeds(server)
     assert speeds and speeds["big"] < 0.5 * speeds["small"], speeds  # measured alike, planned 4:1

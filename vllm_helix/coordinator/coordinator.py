@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,8 @@ class ServingCoordinator:
         key_files = {n: str(key_path(options["plan"], n)) for n in names} if curve else {}
         self.workers = launcher.start(self.plan, names, model_path, local_node_config, key_files)
         self.kv_tokens: dict[str, int] = {}
+        self.probed: set[str] = set()  # nodes whose start-up probe is in (start-up)
+        self._probing = False  # start-up: every node was asked for its probe
         self.kv_block_tokens = 1
         self.members = Membership(list(plan.placement.ranges))
         self.busy: dict[str, p.Busy] = {}  # each node's latest report
@@ -92,21 +95,15 @@ class ServingCoordinator:
     # ------------------------------------------------------------------ start-up
 
     def start(self) -> None:
-        """Wait for every node's Hello (any start order), then tell them to start."""
+        """Wait for every node's Hello (any start order), have them all run their start-up probe at once, then
+        tell them to start."""
         nodes = {n.name: n for n in self.plan.cluster.nodes if n.name in self.plan.placement.ranges}
         deadline = time.monotonic() + self.options["start_timeout_s"]
-        while set(self.kv_tokens) != set(nodes):
-            if time.monotonic() > deadline:
-                self.shutdown()
-                raise StartupError(self._missing_message(nodes))
-            self._check_local_workers()
-            try:
-                received = self.channel.recv(0.5)
-            except (FrameRejected, PeerLost) as exc:
-                logger.warning("during start-up: %s", exc)
-                continue
-            if received is not None:
-                self._on_hello(received.message, nodes)
+        self._hear_hellos(nodes, deadline, lambda: set(self.kv_tokens) == set(nodes), self._missing_message)
+        for name in nodes:  # together: nodes sharing a host probe under the same load
+            self.channel.send(name, p.Calibrate())
+        self._probing = True
+        self._hear_hellos(nodes, deadline, lambda: self.probed == set(nodes), self._unprobed_message)
         self.routes = RouteBook(self.plan, self.kv_tokens, self.kv_block_tokens, self.options)
         self.routes.metrics = self.metrics
         self._follow_speeds(PROBE_STEP)  # the nodes' start-up probes: the first requests follow their real speed
@@ -118,6 +115,21 @@ class ServingCoordinator:
         self._receiver.start()
         logger.info("Helix cluster up in %.1f s: %s", time.monotonic() - self._started,
                     ", ".join(f"{n} {self.plan.placement[n]}" for n in nodes))
+
+    def _hear_hellos(self, nodes: dict, deadline: float, done: Callable[[], bool],
+                     timeout_message: Callable[[dict], str]) -> None:
+        while not done():
+            if time.monotonic() > deadline:
+                self.shutdown()
+                raise StartupError(timeout_message(nodes))
+            self._check_local_workers()
+            try:
+                received = self.channel.recv(0.5)
+            except (FrameRejected, PeerLost) as exc:
+                logger.warning("during start-up: %s", exc)
+                continue
+            if received is not None:
+                self._on_hello(received.message, nodes)
 
     def _on_hello(self, message: p.Message, nodes: dict) -> None:
         if isinstance(message, p.Progress) and message.node in nodes:
@@ -136,9 +148,19 @@ class ServingCoordinator:
         if message.node not in self.kv_tokens:  # its first Hello (it repeats them until Start)
             # dial back only now: a silent peer counts as lost
             self.channel.connect(message.node, nodes[message.node].address, self.plan.public_keys.get(message.node))
-            self.metrics.on_calibration(message.node, message.calibration)
         self.kv_tokens[message.node] = message.kv_tokens
         self.kv_block_tokens = max(self.kv_block_tokens, message.kv_block_tokens)
+        if message.probed and message.node not in self.probed:
+            self.probed.add(message.node)
+            self.metrics.on_calibration(message.node, message.calibration)
+        elif not message.probed and self._probing:  # asked already, but a node that restarted since was not
+            with contextlib.suppress(PeerLost, TransportTimeout):  # a node that has probed ignores it
+                self.channel.send(message.node, p.Calibrate())
+
+    def _unprobed_message(self, nodes: dict) -> str:
+        missing = ", ".join(sorted(set(nodes) - self.probed))
+        return (f"Helix nodes did not finish their start-up probe within {self.options['start_timeout_s']:.0f} s: "
+                f"{missing}; their logs say why")
 
     def _missing_message(self, nodes: dict) -> str:
         missing = [n for n in nodes if n not in self.kv_tokens]
@@ -295,6 +317,10 @@ class ServingCoordinator:
         self.routes.block_tokens = max(self.routes.block_tokens, hello.kv_block_tokens)
         if self.channel.redial_if_lost(node):  # its Hello proves it is up: our link to it was what went stale
             logger.warning("Helix node %s said Hello over a link that said lost: dialled it again", node)
+        if not hello.probed:  # a restarted worker probes first (alone: the others serve meanwhile)
+            with contextlib.suppress(PeerLost, TransportTimeout):
+                self.channel.send(node, p.Calibrate())
+            return
         try:
             self.channel.send(node, p.Start(self.plan.public_keys if self.channel.encrypted else {}))
         except (PeerLost, TransportTimeout):

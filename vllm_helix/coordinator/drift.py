@@ -12,9 +12,9 @@ that batch. A node more than `TOLERANCE` off for
 within the tolerance. The same ratios weigh the routes (coordinator/routing.py: a slow node gets fewer requests).
 
 Every node also times a start-up probe (`PartialLayerWorker.calibrate`: the same prefill chunk and decode step on
-every node) and sends it in its Hello: the plan's price of those batches over their measured time is the node's
-ratio before its first request (logged, exported), which the routes follow with --helix-follow-probes. Without a
-profile the probe also prices the node's later batches (`OwnSpeed`).
+every node, all at once when the coordinator asks) and sends it in its Hello: the plan's price of those batches
+over their measured time is the node's ratio before its first request (logged, exported), which the routes follow
+with --helix-follow-probes. Without a profile the probe also prices the node's later batches (`OwnSpeed`).
 """
 
 from __future__ import annotations

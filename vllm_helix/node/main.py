@@ -46,15 +46,12 @@ def run_worker(plan_path: str, node: str, model: str, config: WorkerConfig, *, b
 
         worker = PartialLayerWorker(model, (layers.start, layers.end), config, num_layers_total=plan.model.num_layers)
         worker.warm_up(progress)  # reports compiling (unless enforce_eager) and warming up
-        progress("calibrating")
-        calibration = worker.calibrate()  # the coordinator compares it with the plan (coordinator/drift.py)
         addresses = {n.name: n.address for n in plan.cluster.nodes} | {COORDINATOR_PEER: coordinator}
-        server = NodeServer(node, worker, channel, addresses, predecessors(plan, node), plan.public_keys,
-                            calibration)
+        server = NodeServer(node, worker, channel, addresses, predecessors(plan, node), plan.public_keys, progress)
         logger.info("node %s: layers %s, listening on %s, coordinator %s%s", node, layers, address, coordinator,
                     ", encrypted (CURVE)" if channel.encrypted else "")
         progress("ready")
-        server.wait_for_start(config.start_timeout_s)
+        server.wait_for_start(config.start_timeout_s)  # and calibrates when the coordinator asks
         with _drain_on_sigterm(server):
             server.serve_forever()
     finally:

@@ -17,7 +17,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -84,9 +84,11 @@ class _Pending:
 class NodeServer:
     def __init__(self, name: str, worker: PartialLayerWorker, channel: Channel, addresses: dict[str, str],
                  predecessors: Sequence[str] = (), public_keys: dict[str, str] | None = None,
-                 calibration: p.Calibration | None = None):
+                 progress: Callable[[str], None] | None = None):
         self.name, self.worker, self.channel = name, worker, channel
-        self.calibration = calibration  # the worker's start-up probe, told in every Hello
+        self.progress = progress  # start-up phases, logged here and at the coordinator
+        self.calibration: p.Calibration | None = None  # the worker's start-up probe, told in every Hello
+        self.probed = False  # the probe ran (when the coordinator asked: Calibrate)
         self.addresses = addresses  # peer name -> transport address
         self.predecessors = list(predecessors)  # nodes that may send us steps (encrypted channels)
         self.public_keys = dict(public_keys or {})  # peer name -> CURVE public key, the coordinator's at Start
@@ -112,7 +114,16 @@ class NodeServer:
     def hello(self) -> p.Hello:
         stats = self.worker.kv_stats()
         return p.Hello(self.name, [self.worker.start, self.worker.end], stats.total_tokens, stats.block_size,
-                       self.worker.hidden_size, self.worker.dtype, self.calibration)
+                       self.worker.hidden_size, self.worker.dtype, self.calibration, self.probed)
+
+    def calibrate(self) -> None:
+        """Run the start-up probe, once per process: a node rejoining later keeps the one it ran at start."""
+        if self.probed:
+            return
+        if self.progress is not None:
+            self.progress("calibrating")
+        self.calibration = self.worker.calibrate()  # the coordinator compares it with the plan (coordinator/drift.py)
+        self.probed = True
 
     def wait_for_start(self, timeout_s: float) -> None:
         self.start_timeout_s = timeout_s  # also how long a node out of routing tries to rejoin
@@ -133,6 +144,9 @@ class NodeServer:
             if received is None:
                 continue
             message = received.message
+            if isinstance(message, p.Calibrate):
+                self.calibrate()  # the next Hello carries it
+                continue
             if isinstance(message, p.Start):
                 self._trust(message.public_keys)
                 logger.info("node %s: cluster started", self.name)
