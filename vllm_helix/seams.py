@@ -394,7 +394,9 @@ SEAMS: tuple[Seam, ...] = (
     Seam("weight-filter", "node/seam._counting_loader", "DefaultModelLoader.get_all_weights (wrapped)",
          "only the held layers' tensors may reach the model; the count shows what a node holds",
          "a loader option to skip missing layers' tensors", _check_weight_filter),
-    Seam("in-process-worker", "node/seam.create_worker / run_step", "WorkerWrapperBase, Worker, GPUModelRunner",
+    Seam("in-process-worker", "node/seam.create_worker / run_step",
+         "WorkerWrapperBase, Worker, GPUModelRunner (the V1 runner, chosen with VLLM_USE_V2_MODEL_RUNNER=0: on CUDA "
+         "vLLM picks V2 otherwise)",
          "a node drives vLLM's own worker and model runner in its process, as vLLM's executors do",
          "never (what vLLM's executors call), unless the worker API changes", _check_in_process_worker),
     Seam("tensor-parallel-ranks", "node/ranks.RankProcesses, node/seam.create_worker(rank=)",

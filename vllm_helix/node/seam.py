@@ -30,6 +30,7 @@ Each seam here is an entry of the ledger in ``vllm_helix/seams.py`` (why, until 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,9 @@ def make_vllm_config(
     """
     from vllm.engine.arg_utils import EngineArgs
 
+    # the hooks below are on the V1 GPUModelRunner (which CPUModelRunner extends); on CUDA with Triton vLLM
+    # 0.32 picks its Model Runner V2 unless told otherwise, whose batch and PP handling they do not reach
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
     args = EngineArgs(
         model=model_path,
         dtype=dtype,
