@@ -249,6 +249,7 @@ def _check_weight_filter() -> None:
 
 
 def _check_in_process_worker() -> None:
+    import vllm.envs as envs
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
     from vllm.v1.worker.gpu_worker import Worker
     from vllm.v1.worker.worker_base import WorkerWrapperBase
@@ -260,6 +261,8 @@ def _check_in_process_worker() -> None:
     _need({"scheduler_output", "intermediate_tensors"} <= _params(GPUModelRunner.execute_model),
           "GPUModelRunner.execute_model args")
     _need({"grammar_output"} <= _params(GPUModelRunner.sample_tokens), "GPUModelRunner.sample_tokens args")
+    # the switch make_vllm_config turns to keep the V1 runner (the one these hooks reach) on CUDA
+    _need("VLLM_USE_V2_MODEL_RUNNER" in envs.environment_variables, "the VLLM_USE_V2_MODEL_RUNNER setting")
 
 
 def _check_tensor_parallel_ranks() -> None:
