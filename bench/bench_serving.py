@@ -24,6 +24,9 @@ the table shows each setup's median over the rounds and the spread (min-max). Th
 per-step tracing (VLLM_HELIX_TRACE, vllm_helix/trace.py) and the per-hop table shows where a hop's time
 goes besides the model's forward. The load average is printed with each round: compare runs only at
 similar load.
+
+On a CUDA machine the same command runs the setups the machine can host: every engine and node on the GPU(s),
+(b) only with 2 GPUs, and not the "half a CPU" setups (b*, d, dp, d0), whose CPU cap does not make a GPU slower.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -132,7 +136,7 @@ def measured_profiles(model: Path, folder: Path, slow) -> Path:
 
 @contextlib.contextmanager
 def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], speeds: list[int], slow=None,
-                  env: dict[str, str] | None = None, profiles: Path | None = None):
+                  env: dict[str, str] | None = None, profiles: Path | None = None, eager: Sequence[str] = ()):
     """A plan for two pinned workers on 127.0.0.1 (started here, like remote hosts), and the workers. With
     `profiles`, nodes 0 and 1 are the profiled `cpu` and `cpu-half` machines; else `cpu` with `speeds` as GPUs."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +162,7 @@ def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], spee
     for i in range(2):
         argv = ["taskset", "-c", str(i), sys.executable, "-m", "vllm_helix.cli", "worker", "--plan", str(plan),
                 "--node", f"node{i}", "--model", str(model), "--kv-fraction", "0.02", "--max-model-len", "1024",
-                "--dtype", "float32", "--max-num-batched-tokens", "512", "--max-num-seqs", "64"]
+                "--dtype", "float32", "--max-num-batched-tokens", "512", "--max-num-seqs", "64", *eager]
         with open(workdir / f"node{i}.log", "w") as log:
             workers.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                             env=dict(os.environ, **(env or {}), VLLM_CPU_OMP_THREADS_BIND=str(i))))
@@ -184,7 +188,7 @@ def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, work
     routes.unlink(missing_ok=True)
     if "helix" in args:
         args = [*args, "--helix-route-log", str(routes)]
-    with VllmServer(model, [*COMMON, *args], env=env, log_path=workdir / f"{slug}.log") as url:
+    with VllmServer(model, [*COMMON, *opts.eager, *args], env=env, log_path=workdir / f"{slug}.log") as url:
         if started is not None:
             started()
         warm_up(url, str(model))
@@ -197,6 +201,23 @@ def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, work
     print(f"{name:<52}{result['tokens_per_s']:>10.1f}{result['ttft_s']:>10.2f}{result['tpot_s'] * 1e3:>10.1f}{split}",
           flush=True)
     return result
+
+
+def cuda_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def unavailable(setup: str, gpus: int, eager: bool) -> str | None:
+    """Why `setup` cannot run on this machine (see the module's docstring on CUDA machines) or eagerly, or None."""
+    if eager and setup in ("b", "b*"):
+        return "vLLM 0.32's pipeline parallelism fails under --enforce-eager (its intermediate_tensors stay None)"
+    if gpus and setup in ("b*", "d", "dp", "d0"):
+        return "a CPU cap does not slow a GPU"
+    if gpus == 1 and setup == "b":
+        return "pipeline parallelism needs 2 GPUs"
+    return None
 
 
 def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[str, dict], dict[str, Path]]:
@@ -214,7 +235,7 @@ def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[st
         rows["b"] = run("(b) vLLM PP=2, [0,4) [4,8)", model, pp_args, pp, opts, workdir)
     if "c" in want:
         trace = {TRACE_ENV: str(traces["c"])}
-        with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1], env=trace) as (plan, _):
+        with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1], env=trace, eager=opts.eager) as (plan, _):
             rows["c"] = run("(c) Helix 2 nodes, [0,4) [4,8)", model, [*helix, "--helix-plan", str(plan)],
                             trace, opts, workdir)
     with half_speed_core(1) as slow:
@@ -223,16 +244,17 @@ def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[st
                              started=lambda: slow(pid_of("VLLM::Worker_PP1")))
         if "d" in want:
             trace = {TRACE_ENV: str(traces["d"])}
-            with helix_workers(workdir / "d", model, [], [2, 1], slow, env=trace) as (plan, layers):
+            with helix_workers(workdir / "d", model, [], [2, 1], slow, env=trace, eager=opts.eager) as (plan, layers):
                 rows["d"] = run(f"(d) Helix planned {layers}, node 1 at 1/2", model,
                                 [*helix, "--helix-plan", str(plan)], trace, opts, workdir)
         if "dp" in want:
             profiles = measured_profiles(model, opts.profiles or workdir / "profiles", slow)
-            with helix_workers(workdir / "dp", model, [], [], slow, profiles=profiles) as (plan, layers):
+            with helix_workers(workdir / "dp", model, [], [], slow, profiles=profiles,
+                               eager=opts.eager) as (plan, layers):
                 rows["dp"] = run(f"(dp) Helix planned {layers} from profiles, node 1 at 1/2", model,
                                  [*helix, "--helix-plan", str(plan)], {}, opts, workdir)
         if "d0" in want:
-            with helix_workers(workdir / "d0", model, [], [2, 1], slow) as (plan, layers):
+            with helix_workers(workdir / "d0", model, [], [2, 1], slow, eager=opts.eager) as (plan, layers):
                 rows["d0"] = run("(d0) as (d), the plan's weights only", model,
                                  [*helix, "--helix-plan", str(plan), "--helix-static-weights"], {}, opts, workdir)
     return rows, {s: t for s, t in traces.items() if s in rows}
@@ -283,10 +305,21 @@ def main() -> int:
                         "earlier run of this script (same --hidden), instead of profiling again")
     parser.add_argument("--hidden", type=int, default=2048, help="hidden size of the 8-layer random model")
     parser.add_argument("--helix-depth", type=int, default=0, help="--helix-depth for (c) and (d); 0 = auto")
+    parser.add_argument("--enforce-eager", dest="eager", action="store_const", const=["--enforce-eager"], default=[],
+                        help="eager layers in every engine and node (default: vLLM's torch.compile and, on CUDA, "
+                             "its CUDA graphs)")
     opts = parser.parse_args()
     want = set(opts.setups.split(","))
     if not want <= set(NAMES) or opts.rounds < 1:
         parser.error(f"--setups takes a comma-separated subset of {', '.join(NAMES)}; --rounds at least 1")
+    gpus = cuda_gpus()
+    print(f"on {gpus} CUDA GPU(s)" if gpus else f"on {os.cpu_count()} CPU cores")
+    for setup in sorted(want):
+        if reason := unavailable(setup, gpus, bool(opts.eager)):
+            print(f"skipping {NAMES[setup]}: {reason}")
+            want.discard(setup)
+    if not want:
+        parser.error("none of --setups runs on this machine")
     workdir = Path(tempfile.mkdtemp(prefix="helix-bench-"))
     model = build_tiny_llama(workdir / "model", hidden_size=opts.hidden, heads=opts.hidden // 64, kv_heads=4,
                              intermediate=opts.hidden * 11 // 4)
