@@ -55,13 +55,16 @@ def test_more_tensor_parallelism_than_gpus_is_one_line_at_start(tiny_llama_path)
         PartialLayerWorker(str(tiny_llama_path), (0, 8), replace(CONFIG, tensor_parallel_size=too_many))
 
 
+EAGER = ["--enforce-eager"]  # both servers alike; vLLM's torch.compile and CUDA graphs would triple the start-up
+
+
 def test_a_two_node_helix_serve_on_one_gpu_equals_plain_vllm_serve(tiny_llama_path, tmp_path):
     from serve_helpers import COMMON, completion_tokens, write_plan
 
     from vllm_helix.vllm_server import VllmServer
 
     # one at a time: the plain server's KV cache would otherwise hold the GPU memory the nodes need
-    with VllmServer(tiny_llama_path, [*COMMON, "--gpu-memory-utilization", "0.3"],
+    with VllmServer(tiny_llama_path, [*COMMON, *EAGER, "--gpu-memory-utilization", "0.3"],
                     log_path=tmp_path / "plain.log") as url:
         want = completion_tokens(url, tiny_llama_path)
     cluster = {"name": "one-gpu", "coordinator": {"address": "local"},
@@ -69,6 +72,6 @@ def test_a_two_node_helix_serve_on_one_gpu_equals_plain_vllm_serve(tiny_llama_pa
                "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"}}
     plan = write_plan(tmp_path, tiny_llama_path, cluster, {"a": [0, 3], "b": [3, 8]})
     with VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan),
-                                      "--helix-kv-cache-bytes", str(64 << 20), *COMMON],
+                                      "--helix-kv-cache-bytes", str(64 << 20), *COMMON, *EAGER],
                     log_path=tmp_path / "helix.log") as url:
         assert completion_tokens(url, tiny_llama_path) == want
