@@ -27,6 +27,7 @@ similar load.
 
 On a CUDA machine the same command runs the setups the machine can host: every engine and node on the GPU(s),
 (b) only with 2 GPUs, and not the "half a CPU" setups (b*, d, dp, d0), whose CPU cap does not make a GPU slower.
+There each Helix node is pinned to half the machine's cores, as a GPU host gives its worker several.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -135,8 +135,8 @@ def measured_profiles(model: Path, folder: Path, slow) -> Path:
 
 
 @contextlib.contextmanager
-def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], speeds: list[int], slow=None,
-                  env: dict[str, str] | None = None, profiles: Path | None = None, eager: Sequence[str] = ()):
+def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], speeds: list[int], opts, slow=None,
+                  env: dict[str, str] | None = None, profiles: Path | None = None):
     """A plan for two pinned workers on 127.0.0.1 (started here, like remote hosts), and the workers. With
     `profiles`, nodes 0 and 1 are the profiled `cpu` and `cpu-half` machines; else `cpu` with `speeds` as GPUs."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -160,9 +160,10 @@ def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], spee
     layers = [n["layers"] for n in yaml.safe_load(plan.read_text())["nodes"]]
     workers = []
     for i in range(2):
-        argv = ["taskset", "-c", str(i), sys.executable, "-m", "vllm_helix.cli", "worker", "--plan", str(plan),
-                "--node", f"node{i}", "--model", str(model), "--kv-fraction", "0.02", "--max-model-len", "1024",
-                "--dtype", "float32", "--max-num-batched-tokens", "512", "--max-num-seqs", "64", *eager]
+        argv = ["taskset", "-c", opts.node_cores[i], sys.executable, "-m", "vllm_helix.cli", "worker",
+                "--plan", str(plan), "--node", f"node{i}", "--model", str(model), "--kv-fraction", "0.02",
+                "--max-model-len", "1024", "--dtype", "float32", "--max-num-batched-tokens", "512",
+                "--max-num-seqs", "64", *opts.eager]
         with open(workdir / f"node{i}.log", "w") as log:
             workers.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                             env=dict(os.environ, **(env or {}), VLLM_CPU_OMP_THREADS_BIND=str(i))))
@@ -196,6 +197,8 @@ def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, work
         before = len(first_nodes(routes))
         result = load(url, str(model), opts.requests, opts.max_tokens)
         result["since"] = measured
+        if TRACE_ENV in env:
+            time.sleep(1.0)  # traced processes flush their last lines once idle, before the server stops
     taken = first_nodes(routes)[before:]
     split = "  routes: " + ", ".join(f"{n} {taken.count(n)}" for n in sorted(set(taken))) if taken else ""
     print(f"{name:<52}{result['tokens_per_s']:>10.1f}{result['ttft_s']:>10.2f}{result['tpot_s'] * 1e3:>10.1f}{split}",
@@ -207,6 +210,15 @@ def cuda_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def node_cores(gpus: int) -> list[str]:
+    """The cores each of the two Helix nodes is pinned to: one each on the CPU (the core is the node's machine);
+    half the machine each on CUDA, where a node's cores only feed its GPU and run its transport threads."""
+    if not gpus:
+        return ["0", "1"]
+    half = max(1, (os.cpu_count() or 2) // 2)
+    return [f"0-{half - 1}", f"{half}-{2 * half - 1}"] if half > 1 else ["0", "0"]
 
 
 def unavailable(setup: str, gpus: int, eager: bool) -> str | None:
@@ -235,7 +247,7 @@ def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[st
         rows["b"] = run("(b) vLLM PP=2, [0,4) [4,8)", model, pp_args, pp, opts, workdir)
     if "c" in want:
         trace = {TRACE_ENV: str(traces["c"])}
-        with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1], env=trace, eager=opts.eager) as (plan, _):
+        with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1], opts, env=trace) as (plan, _):
             rows["c"] = run("(c) Helix 2 nodes, [0,4) [4,8)", model, [*helix, "--helix-plan", str(plan)],
                             trace, opts, workdir)
     with half_speed_core(1) as slow:
@@ -244,17 +256,16 @@ def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[st
                              started=lambda: slow(pid_of("VLLM::Worker_PP1")))
         if "d" in want:
             trace = {TRACE_ENV: str(traces["d"])}
-            with helix_workers(workdir / "d", model, [], [2, 1], slow, env=trace, eager=opts.eager) as (plan, layers):
+            with helix_workers(workdir / "d", model, [], [2, 1], opts, slow, env=trace) as (plan, layers):
                 rows["d"] = run(f"(d) Helix planned {layers}, node 1 at 1/2", model,
                                 [*helix, "--helix-plan", str(plan)], trace, opts, workdir)
         if "dp" in want:
             profiles = measured_profiles(model, opts.profiles or workdir / "profiles", slow)
-            with helix_workers(workdir / "dp", model, [], [], slow, profiles=profiles,
-                               eager=opts.eager) as (plan, layers):
+            with helix_workers(workdir / "dp", model, [], [], opts, slow, profiles=profiles) as (plan, layers):
                 rows["dp"] = run(f"(dp) Helix planned {layers} from profiles, node 1 at 1/2", model,
                                  [*helix, "--helix-plan", str(plan)], {}, opts, workdir)
         if "d0" in want:
-            with helix_workers(workdir / "d0", model, [], [2, 1], slow, eager=opts.eager) as (plan, layers):
+            with helix_workers(workdir / "d0", model, [], [2, 1], opts, slow) as (plan, layers):
                 rows["d0"] = run("(d0) as (d), the plan's weights only", model,
                                  [*helix, "--helix-plan", str(plan), "--helix-static-weights"], {}, opts, workdir)
     return rows, {s: t for s, t in traces.items() if s in rows}
@@ -313,6 +324,7 @@ def main() -> int:
     if not want <= set(NAMES) or opts.rounds < 1:
         parser.error(f"--setups takes a comma-separated subset of {', '.join(NAMES)}; --rounds at least 1")
     gpus = cuda_gpus()
+    opts.node_cores = node_cores(gpus)
     print(f"on {gpus} CUDA GPU(s)" if gpus else f"on {os.cpu_count()} CPU cores")
     for setup in sorted(want):
         if reason := unavailable(setup, gpus, bool(opts.eager)):

@@ -37,7 +37,8 @@ FLUSH_S = 0.5  # nodes are stopped with SIGTERM: keep what was traced on disk
 
 
 class StepTrace:
-    """Appends JSON lines to one file, flushed every FLUSH_S."""
+    """Appends JSON lines to one file, flushed every FLUSH_S; owners also flush when idle (a short run's last
+    lines would otherwise wait for the next record, and a stopped process never writes them)."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Knowing the cluster, end to end: `vllm-helix profile` of the tiny model on this CPU, a plan made from it that
-serves, helix_* metrics on `vllm serve`'s /metrics that move during a burst, `vllm-helix status`, and the drift
-warning for a node slowed by a real CPU cap (and none for the others). The drift arithmetic on node reports:
-tests/coordinator/test_metrics_and_drift.py.
+serves, helix_* metrics on `vllm serve`'s /metrics that move during a burst, `vllm-helix status`, the per-step
+trace (VLLM_HELIX_TRACE), and the drift warning for a node slowed by a real CPU cap (and none for the others).
+The drift arithmetic on node reports: tests/coordinator/test_metrics_and_drift.py.
 
 One profile (the short sweep, eager as the server; `profiled` in conftest.py) and one server serve the whole
 module: the 3-node chain of examples/local3-placement.yaml, planned with the measured profile, behind two API
@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from serve_helpers import COMMON, local_worker, post
 
 from vllm_helix.planner.profiles import load_profile_file
 from vllm_helix.status import scrape
+from vllm_helix.trace import TRACE_ENV, read_rows, summarize
 from vllm_helix.vllm_server import VllmServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -63,12 +65,17 @@ def measured_plan(profiled, tiny_llama_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(measured_plan, tiny_llama_path, tmp_path_factory):
+def trace_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("trace")
+
+
+@pytest.fixture(scope="module")
+def server(measured_plan, tiny_llama_path, tmp_path_factory, trace_dir):
     plan, _ = measured_plan
     log = tmp_path_factory.mktemp("observe-serve") / "serve.log"
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--enforce-eager",
                                           "--api-server-count", "2", *COMMON], log_path=log,
-                        env={**ONE_THREAD, "HELIX_DRIFT_HOLD_S": str(DRIFT_HOLD_S),
+                        env={**ONE_THREAD, TRACE_ENV: str(trace_dir), "HELIX_DRIFT_HOLD_S": str(DRIFT_HOLD_S),
                              "HELIX_DRIFT_TOLERANCE": str(DRIFT_TOLERANCE)})
     with server as url, contextlib.ExitStack() as caps:
         if CAPS:  # before any request: the nodes serve every test of the module under these conditions
@@ -169,6 +176,24 @@ def test_every_api_server_exports_the_helix_metrics(server):
         assert _node_values(metrics, "helix_node_up") == dict.fromkeys(["node-a", "node-b", "node-c"], 1.0)
         assert _node_values(metrics, "helix_node_layer_end") == {"node-a": 2, "node-b": 5, "node-c": 8}
         assert metrics["helix_planned_max_flow_tokens_per_second"][0][1] > 0
+
+
+def test_a_traced_burst_is_on_disk_once_the_server_idles(server, trace_dir, tiny_llama_path):
+    """VLLM_HELIX_TRACE (`bench/bench_serving.py`'s per-hop table): every token of a short burst is in the first
+    node's trace and every node has finite phases a moment after it, the server still up; the processes flush
+    when idle, not only every FLUSH_S while tracing."""
+    url, _ = server
+    since = time.time()
+    answers = _burst(url, tiny_llama_path, 4, 8)
+    time.sleep(1.5)  # > the idle receive timeouts after which they flush (coordinator 0.2 s, nodes 1 s)
+    first = [row for row in read_rows(trace_dir / "node-a.jsonl") if min(row["arrived"].values()) >= since]
+    # node-a computes each prompt token once, then each sampled token but the last
+    want = sum(a["usage"]["prompt_tokens"] + a["usage"]["completion_tokens"] - 1 for a in answers)
+    assert sum(row["tokens"] for row in first) == want
+    summary = summarize(trace_dir, since=since)
+    assert set(summary["nodes"]) == {"node-a", "node-b", "node-c"}
+    assert all(math.isfinite(v) for phases in summary["nodes"].values() for v in phases.values()), summary
+    assert math.isfinite(summary["hop_overhead_ms"]) and summary["steps"] >= 8, summary
 
 
 @pytest.mark.skipif(not CAPS, reason="a CPU cap needs root and a cgroup cpu controller")

@@ -232,6 +232,8 @@ class ServingCoordinator:
                 self._housekeeping()
                 self.metrics.tick()
             if received is None:
+                if self.book.trace is not None:  # idle: the last steps' lines reach the disk before any SIGTERM
+                    self.book.trace.flush()
                 continue
             message = received.message
             if isinstance(message, p.Tokens):

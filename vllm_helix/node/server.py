@@ -187,6 +187,8 @@ class NodeServer:
             batch = self._collect(timeout_s=1.0)
             if batch.items:
                 self._run(batch)
+            elif self.trace is not None:  # idle: the last batches' lines reach the disk before any SIGTERM
+                self.trace.flush()
             if self.stats.due():
                 self.stats = self.stats.report(self.name)
             if self.routes and time.monotonic() - self._reported >= REPORT_INTERVAL_S:
