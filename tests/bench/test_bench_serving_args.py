@@ -1,0 +1,41 @@
+"""bench/bench_serving.py's choice of setups for the machine it runs on, through its command line (no server starts:
+every choice below is refused before the model is built)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "bench_serving.py"
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--setups", "b,b*", "--enforce-eager"], "skipping (b) vLLM PP=2, [0,4) [4,8): vLLM 0.32's pipeline parallelism "
+                                              "fails under --enforce-eager"),
+    (["--setups", "x"], "--setups takes a comma-separated subset of a, b, c, b*, d, dp, d0"),
+    (["--rounds", "0"], "--rounds at least 1"),
+])
+def test_setups_this_machine_cannot_run_are_named_and_none_left_is_an_error(args, said):
+    done = _run(*args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert said in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_which_setups_a_cpu_one_gpu_or_two_gpu_machine_runs():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_serving
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert [s for s in bench_serving.NAMES if bench_serving.unavailable(s, gpus=0, eager=False)] == []
+    on_one_gpu = {s: bench_serving.unavailable(s, gpus=1, eager=False) for s in bench_serving.NAMES}
+    assert [s for s, why in on_one_gpu.items() if why is None] == ["a", "c"]
+    assert on_one_gpu["b"] == "pipeline parallelism needs 2 GPUs"
+    assert bench_serving.unavailable("b", gpus=2, eager=False) is None
+    assert bench_serving.node_cores(0) == ["0", "1"]
