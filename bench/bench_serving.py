@@ -215,10 +215,10 @@ def cuda_gpus() -> int:
 def node_cores(gpus: int) -> list[str]:
     """The cores each of the two Helix nodes is pinned to: one each on the CPU (the core is the node's machine);
     half the machine each on CUDA, where a node's cores only feed its GPU and run its transport threads."""
-    if not gpus:
+    half = (os.cpu_count() or 2) // 2
+    if not gpus or half < 2:
         return ["0", "1"]
-    half = max(1, (os.cpu_count() or 2) // 2)
-    return [f"0-{half - 1}", f"{half}-{2 * half - 1}"] if half > 1 else ["0", "0"]
+    return [f"0-{half - 1}", f"{half}-{2 * half - 1}"]
 
 
 def unavailable(setup: str, gpus: int, eager: bool) -> str | None:
