@@ -170,7 +170,18 @@ def _quantile_ms(values: list[float], q: float) -> float:
     return 1e3 * statistics.quantiles(values, n=10)[int(q * 10) - 1]
 
 
-if __name__ == "__main__":
-    import sys
+def main() -> None:
+    import argparse
 
-    print(format_summary(summarize(Path(sys.argv[1]))))
+    parser = argparse.ArgumentParser(prog="python -m vllm_helix.trace",
+                                     description="Per-hop table of a VLLM_HELIX_TRACE folder (docs/hot_path.md).")
+    parser.add_argument("directory", type=Path, help="the folder VLLM_HELIX_TRACE named")
+    directory = parser.parse_args().directory
+    if not (directory / "coordinator.jsonl").is_file():
+        parser.error(f"{directory}: no coordinator.jsonl here; run `vllm serve --executor helix` (and every "
+                     f"`vllm-helix worker`) with {TRACE_ENV}={directory} first")
+    print(format_summary(summarize(directory)))
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -64,3 +66,20 @@ def test_steps_before_since_are_left_out_and_tracing_is_off_by_default(tmp_path,
     trace.record({"a": 1})
     trace.close()
     assert json.loads((tmp_path / "t" / "node0.jsonl").read_text()) == {"a": 1}
+
+
+def test_the_command_prints_the_table_or_says_what_is_missing(tmp_path):
+    def command(*args):
+        return subprocess.run([sys.executable, "-m", "vllm_helix.trace", *map(str, args)], capture_output=True,
+                              text=True, timeout=60)
+
+    empty = command(tmp_path)
+    assert empty.returncode == 2 and "no coordinator.jsonl here" in empty.stderr and "Traceback" not in empty.stderr
+    assert command().returncode == 2
+    _write(tmp_path / "coordinator.jsonl", [
+        {"step": 0, "submit": 1.0, "sent": 1.001, "recv": [1.1], "done": 1.1, "requests": 1}])
+    _write(tmp_path / "node0.jsonl", [
+        {"node": "node0", "arrived": {"0": 1.002}, "model": [1.003, 1.09], "sent": {"0": 1.095},
+         "tokens": 1, "seqs": 1}])
+    table = command(tmp_path)
+    assert table.returncode == 0 and "node0" in table.stdout and "over 1 steps" in table.stdout, table.stdout
