@@ -57,7 +57,9 @@ from vllm_helix.vllm_server import VllmServer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from cpu_cap import CpuCap  # noqa: E402
 
-COMMON = ["--max-model-len", "1024", "--max-num-batched-tokens", "512", "--max-num-seqs", "64",
+MAX_MODEL_LEN = 1024
+PROMPT_TOKENS_AT_MOST = 256  # PROMPT is ~180 tokens in the tiny model's tokenizer; room for the label
+COMMON = ["--max-model-len", str(MAX_MODEL_LEN), "--max-num-batched-tokens", "512", "--max-num-seqs", "64",
           "--dtype", "float32"]
 PROMPT = "Large language models are served on clusters of graphics processors connected by networks. " * 4
 
@@ -162,7 +164,7 @@ def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], spee
     for i in range(2):
         argv = ["taskset", "-c", opts.node_cores[i], sys.executable, "-m", "vllm_helix.cli", "worker",
                 "--plan", str(plan), "--node", f"node{i}", "--model", str(model), "--kv-fraction", "0.02",
-                "--max-model-len", "1024", "--dtype", "float32", "--max-num-batched-tokens", "512",
+                "--max-model-len", str(MAX_MODEL_LEN), "--dtype", "float32", "--max-num-batched-tokens", "512",
                 "--max-num-seqs", "64", *opts.eager]
         with open(workdir / f"node{i}.log", "w") as log:
             workers.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
@@ -304,6 +306,19 @@ def report(results: dict[str, list[dict]], hop_tables: dict[str, list[dict]]) ->
               + ", ".join(f"{s['hop_overhead_ms']:.2f}" for s in summaries))
 
 
+def bad_load(opts: argparse.Namespace) -> str | None:
+    """What is wrong with the load or model asked for, before anything starts (None: nothing)."""
+    longest = MAX_MODEL_LEN - PROMPT_TOKENS_AT_MOST
+    if opts.requests < 1 or not 1 <= opts.max_tokens <= longest:
+        return (f"--requests at least 1 and --max-tokens from 1 to {longest} (a prompt and its output fit the "
+                f"servers' {MAX_MODEL_LEN}-token context); got {opts.requests} and {opts.max_tokens}")
+    if opts.hidden < 256 or opts.hidden % 256:
+        return f"--hidden must be a multiple of 256 (64-wide heads in groups of 4 per KV head); got {opts.hidden}"
+    if opts.helix_depth < 0:
+        return f"--helix-depth must be 0 (auto) or more; got {opts.helix_depth}"
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=32)
@@ -323,6 +338,8 @@ def main() -> int:
     want = set(opts.setups.split(","))
     if not want <= set(NAMES) or opts.rounds < 1:
         parser.error(f"--setups takes a comma-separated subset of {', '.join(NAMES)}; --rounds at least 1")
+    if problem := bad_load(opts):
+        parser.error(problem)
     gpus = cuda_gpus()
     opts.node_cores = node_cores(gpus)
     print(f"on {gpus} CUDA GPU(s)" if gpus else f"on {os.cpu_count()} CPU cores")

@@ -1,5 +1,5 @@
 """bench/bench_serving.py's choice of setups for the machine it runs on, through its command line (no server starts:
-every choice below is refused before the model is built)."""
+every choice below, and every load or model it cannot serve, is refused before the model is built)."""
 
 import subprocess
 import sys
@@ -19,8 +19,13 @@ def _run(*args):
                                               "fails under --enforce-eager"),
     (["--setups", "x"], "--setups takes a comma-separated subset of a, b, c, b*, d, dp, d0"),
     (["--rounds", "0"], "--rounds at least 1"),
+    (["--max-tokens", "1500"], "--max-tokens from 1 to 768 (a prompt and its output fit the servers' 1024-token "
+                               "context); got 32 and 1500"),
+    (["--requests", "0"], "--requests at least 1"),
+    (["--hidden", "100"], "--hidden must be a multiple of 256"),
+    (["--helix-depth", "-1"], "--helix-depth must be 0 (auto) or more"),
 ])
-def test_setups_this_machine_cannot_run_are_named_and_none_left_is_an_error(args, said):
+def test_setups_or_a_load_this_machine_cannot_run_are_refused_with_the_reason(args, said):
     done = _run(*args)
     assert done.returncode == 2, done.stdout + done.stderr
     assert said in done.stdout + done.stderr
