@@ -69,13 +69,21 @@ def tracer(name: str) -> StepTrace | None:
 PHASES = ("in", "assembly", "compute", "post", "queue", "cpu")
 
 
+COORDINATOR_FIELDS = frozenset({"step", "submit", "sent", "recv", "done"})
+NODE_FIELDS = frozenset({"arrived", "model", "sent", "tokens"})
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The trace's rows; a line that is not one (a process stopped mid-line, a foreign file) is left out."""
+    fields = COORDINATOR_FIELDS if path.stem == "coordinator" else NODE_FIELDS
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a process stopped mid-line
+            row = json.loads(line)
+        except json.JSONDecodeError:
             continue
+        if isinstance(row, dict) and fields <= row.keys():
+            rows.append(row)
     return rows
 
 
@@ -180,7 +188,10 @@ def main() -> None:
     if not (directory / "coordinator.jsonl").is_file():
         parser.error(f"{directory}: no coordinator.jsonl here; run `vllm serve --executor helix` (and every "
                      f"`vllm-helix worker`) with {TRACE_ENV}={directory} first")
-    print(format_summary(summarize(directory)))
+    summary = summarize(directory)
+    if not summary["steps"]:
+        parser.error(f"{directory / 'coordinator.jsonl'}: no traced steps in it")
+    print(format_summary(summary))
 
 
 if __name__ == "__main__":

@@ -83,3 +83,22 @@ def test_the_command_prints_the_table_or_says_what_is_missing(tmp_path):
          "tokens": 1, "seqs": 1}])
     table = command(tmp_path)
     assert table.returncode == 0 and "node0" in table.stdout and "over 1 steps" in table.stdout, table.stdout
+
+
+def test_lines_that_are_not_trace_rows_are_left_out_and_no_steps_is_an_error(tmp_path):
+    def command(*args):
+        return subprocess.run([sys.executable, "-m", "vllm_helix.trace", *map(str, args)], capture_output=True,
+                              text=True, timeout=60)
+
+    step = {"step": 0, "submit": 1.0, "sent": 1.001, "recv": [1.1], "done": 1.1, "requests": 1}
+    batch = {"node": "node0", "arrived": {"0": 1.002}, "model": [1.003, 1.09], "sent": {"0": 1.095}, "tokens": 1}
+    (tmp_path / "coordinator.jsonl").write_bytes(b"{}\n[1, 2]\n\"hello\"\n\xff\xfe\n")
+    (tmp_path / "node0.jsonl").write_text(json.dumps({"node": "node0", "sent": {}}) + "\n")
+    nothing = command(tmp_path)
+    assert nothing.returncode == 2 and "no traced steps" in nothing.stderr and "Traceback" not in nothing.stderr
+    with (tmp_path / "coordinator.jsonl").open("a") as out:
+        out.write(json.dumps(step) + "\n")
+    with (tmp_path / "node0.jsonl").open("a") as out:
+        out.write(json.dumps(batch) + "\n")
+    table = command(tmp_path)
+    assert table.returncode == 0 and "over 1 steps" in table.stdout, table.stdout + table.stderr
