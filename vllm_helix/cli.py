@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -85,9 +86,28 @@ def _positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return value
+
+
+PLOT_FORMATS = (".png", ".svg", ".pdf")  # what matplotlib writes from the file name without extra backends
+
+
+def _plot_file(path: str) -> str:
+    """argparse type of --plot files: a format matplotlib cannot write is a usage error before any work."""
+    if Path(path).suffix.lower() not in PLOT_FORMATS:
+        raise argparse.ArgumentTypeError(f"{path}: name a {', '.join(PLOT_FORMATS)} file")
+    return _writable(path)
+
+
+def _plot_dir(path: str) -> str:
+    """argparse type of a folder for charts: made now, so a path that cannot be one fails before simulating."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot make folder {path}: {exc.strerror}") from None
+    return path
 
 
 def _fraction(text: str) -> float:
@@ -299,6 +319,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from vllm_helix.sim.run import SimConfig, reference_s1_setup, simulate
 
+    _check_simulate_flags(args)
     if args.reference_s1:  # the reference's examples/simulation run (helix-spec §8.3 S1)
         plan, kv = reference_s1_setup()
         config, cluster = (SimConfig.improved_s1() if args.improved else SimConfig.reference_s1()), None
@@ -315,7 +336,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.plot:
         from vllm_helix.sim.plots import write_plots
 
-        Path(args.plot).mkdir(parents=True, exist_ok=True)
         written = write_plots(report, args.plot)
     if args.json:
         _print_json(report.to_dict())
@@ -326,13 +346,33 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_simulate_flags(args: argparse.Namespace) -> None:
+    """A flag the chosen run would ignore is an error: the user meant something this run does not do."""
+    online = args.mode == "online"
+    ignored = {
+        "--trace": args.trace is not None and not online,
+        "--rate": args.rate is not None and not online,
+        "--initial-queries": args.initial_queries is not None and online,
+        "--max-num-batched-tokens, --max-num-seqs": args.helix_depth is None and (
+            args.max_num_batched_tokens is not None or args.max_num_seqs is not None),
+        "--cluster, --plan, --links": args.reference_s1 and bool(args.cluster or args.plan or args.links),
+    }
+    if wasted := [flag for flag, unused in ignored.items() if unused]:
+        why = {"--trace": "is for --mode online", "--rate": "is for --mode online",
+               "--initial-queries": "is for --mode offline",
+               "--max-num-batched-tokens, --max-num-seqs": "are for --helix-depth",
+               "--cluster, --plan, --links": "are fixed by --reference-s1"}
+        raise ConfigError("; ".join(f"{flag} {why[flag]}" for flag in wasted))
+
+
 def _engine_limits(args: argparse.Namespace):
     """--helix-depth: batch as `vllm serve --executor helix` with these settings does, not at the nodes."""
     if args.helix_depth is None:
         return None
     from vllm_helix.sim.batching import EngineLimits
 
-    return EngineLimits(args.helix_depth, args.max_num_batched_tokens, args.max_num_seqs)
+    given = {"max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs}
+    return EngineLimits(args.helix_depth, **{name: value for name, value in given.items() if value is not None})
 
 
 def _simulated_plan(args: argparse.Namespace):
@@ -471,7 +511,7 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partial-inference", action="store_true",
                    help="let a node run only the suffix of its layers that a route still needs")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--plot", metavar="PNG", type=_writable, help="draw the placement to this PNG file")
+    p.add_argument("--plot", metavar="PNG", type=_plot_file, help="draw the placement to this PNG (or .svg, .pdf) file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -569,11 +609,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch as a vllm-helix server does: N steps in flight from the coordinator (0 = one per "
                         "node, its default), formed under the two vLLM limits below (default: the reference's "
                         "model, every node batching what is queued there)")
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="with --helix-depth: vLLM's token budget")
-    p.add_argument("--max-num-seqs", type=int, default=256, help="with --helix-depth: vLLM's running requests cap")
+    p.add_argument("--max-num-batched-tokens", type=int,
+                   help="with --helix-depth: vLLM's token budget (default 2048, as vLLM's)")
+    p.add_argument("--max-num-seqs", type=int,
+                   help="with --helix-depth: vLLM's running requests cap (default 256, as vLLM's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--plot", metavar="DIR", help="write PNG charts to this directory")
+    p.add_argument("--plot", metavar="DIR", type=_plot_dir, help="write PNG charts to this directory")
     p.set_defaults(handler=cmd_simulate)
 
     p = sub.add_parser("profile", help="measure this machine's per-batch times for the planner",
