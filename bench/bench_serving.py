@@ -309,13 +309,27 @@ def report(results: dict[str, list[dict]], hop_tables: dict[str, list[dict]]) ->
 def bad_load(opts: argparse.Namespace) -> str | None:
     """What is wrong with the load or model asked for, before anything starts (None: nothing)."""
     longest = MAX_MODEL_LEN - PROMPT_TOKENS_AT_MOST
-    if opts.requests < 1 or not 1 <= opts.max_tokens <= longest:
-        return (f"--requests at least 1 and --max-tokens from 1 to {longest} (a prompt and its output fit the "
+    if not 1 <= opts.rounds <= 20:
+        return f"--rounds from 1 to 20; got {opts.rounds}"
+    if not 1 <= opts.requests <= 1024 or not 1 <= opts.max_tokens <= longest:
+        return (f"--requests from 1 to 1024 and --max-tokens from 1 to {longest} (a prompt and its output fit the "
                 f"servers' {MAX_MODEL_LEN}-token context); got {opts.requests} and {opts.max_tokens}")
-    if opts.hidden < 256 or opts.hidden % 256:
-        return f"--hidden must be a multiple of 256 (64-wide heads in groups of 4 per KV head); got {opts.hidden}"
+    if not 256 <= opts.hidden <= 8192 or opts.hidden % 256:
+        return (f"--hidden must be a multiple of 256 (64-wide heads in groups of 4 per KV head) up to 8192; "
+                f"got {opts.hidden}")
     if opts.helix_depth < 0:
         return f"--helix-depth must be 0 (auto) or more; got {opts.helix_depth}"
+    return None
+
+
+def bad_profiles(opts: argparse.Namespace, want: set[str]) -> str | None:
+    """--profiles is a folder of an earlier run, for (dp) only."""
+    if opts.profiles is None:
+        return None
+    if "dp" not in want:
+        return "--profiles is for setup dp (add it to --setups)"
+    if not opts.profiles.is_dir():
+        return f"--profiles {opts.profiles}: not a folder (give the one an earlier run of (dp) wrote its profiles to)"
     return None
 
 
@@ -335,10 +349,10 @@ def main() -> int:
                         help="eager layers in every engine and node (default: vLLM's torch.compile and, on CUDA, "
                              "its CUDA graphs)")
     opts = parser.parse_args()
-    want = set(opts.setups.split(","))
-    if not want <= set(NAMES) or opts.rounds < 1:
-        parser.error(f"--setups takes a comma-separated subset of {', '.join(NAMES)}; --rounds at least 1")
-    if problem := bad_load(opts):
+    want = {s.strip() for s in opts.setups.split(",")}
+    if not want <= set(NAMES):
+        parser.error(f"--setups takes a comma-separated subset of {', '.join(NAMES)}; got {opts.setups!r}")
+    if problem := bad_load(opts) or bad_profiles(opts, want):
         parser.error(problem)
     gpus = cuda_gpus()
     opts.node_cores = node_cores(gpus)

@@ -18,11 +18,15 @@ def _run(*args):
     (["--setups", "b,b*", "--enforce-eager"], "skipping (b) vLLM PP=2, [0,4) [4,8): vLLM 0.32's pipeline parallelism "
                                               "fails under --enforce-eager"),
     (["--setups", "x"], "--setups takes a comma-separated subset of a, b, c, b*, d, dp, d0"),
-    (["--rounds", "0"], "--rounds at least 1"),
+    (["--rounds", "0"], "--rounds from 1 to 20; got 0"),
+    (["--setups", "c,x"], "--setups takes a comma-separated subset of a, b, c, b*, d, dp, d0; got 'c,x'"),
+    (["--setups", "c", "--profiles", "."], "--profiles is for setup dp"),
+    (["--setups", "c, dp", "--profiles", __file__], "not a folder"),
     (["--max-tokens", "1500"], "--max-tokens from 1 to 768 (a prompt and its output fit the servers' 1024-token "
                                "context); got 32 and 1500"),
-    (["--requests", "0"], "--requests at least 1"),
+    (["--requests", "0"], "--requests from 1 to 1024"),
     (["--hidden", "100"], "--hidden must be a multiple of 256"),
+    (["--hidden", "256000"], "up to 8192; got 256000"),
     (["--helix-depth", "-1"], "--helix-depth must be 0 (auto) or more"),
 ])
 def test_setups_or_a_load_this_machine_cannot_run_are_refused_with_the_reason(args, said):
