@@ -51,3 +51,12 @@ def test_plots_go_to_a_format_and_a_folder_that_can_take_them(tmp_path):
 def test_discover_waits_a_finite_positive_time(timeout):
     refused(run("discover", "--hosts", "127.0.0.1:1", "--timeout", timeout, "-o", "c.yaml"),
             "is not a positive number of seconds")
+
+
+def test_an_output_that_is_also_an_input_is_refused_and_the_input_kept(tmp_path):
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("nodes: [{name: a, gpu: A100, vram: 80GB}]\ndefault_link: {bandwidth: 1GB/s}\n")
+    before = cluster.read_text()
+    refused(run("plan", "--cluster", cluster, "-o", tmp_path / "." / "cluster.yaml"),
+            "is also the --cluster input")
+    assert cluster.read_text() == before

@@ -672,9 +672,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INPUT_OPTIONS = ("cluster", "placement", "plan", "previous", "links", "trace", "ini")
+
+
+def _overwritten_input(args: argparse.Namespace) -> str | None:
+    """The input option that -o names too (writing it would destroy the input before it is read back)."""
+    output = getattr(args, "output", None)
+    if output is None:
+        return None
+    for option in INPUT_OPTIONS:
+        given = getattr(args, option, None)
+        if isinstance(given, str) and Path(given).resolve() == Path(output).resolve():
+            return option
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if option := _overwritten_input(args):
+        print(f"error: -o {args.output} is also the --{option} input; write the output elsewhere", file=sys.stderr)
+        return 2
     try:
         return args.handler(args)
     except ConfigError as exc:  # a bad option: a usage error of its command
