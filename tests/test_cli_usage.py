@@ -60,3 +60,9 @@ def test_an_output_that_is_also_an_input_is_refused_and_the_input_kept(tmp_path)
     refused(run("plan", "--cluster", cluster, "-o", tmp_path / "." / "cluster.yaml"),
             "is also the --cluster input")
     assert cluster.read_text() == before
+
+
+def test_demo_checks_its_time_limit_before_printing_anything():
+    done = run("demo", "--time-limit", "0")
+    refused(done, "is not a positive number of seconds")
+    assert done.stdout == ""

@@ -574,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="plan the bundled example cluster with every method",
                        description="Plan and evaluate the bundled reference cluster (24 GPUs, LLaMA-2-70B).")
-    p.add_argument("--time-limit", type=float, default=20.0, help="MILP time limit, seconds")
+    p.add_argument("--time-limit", type=_positive_seconds, default=20.0, help="MILP time limit, seconds")
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser("simulate", help="simulate serving a plan (discrete-event)",
