@@ -14,6 +14,7 @@ Internally everything is SI base units: bytes, bytes per second, seconds.
 
 from __future__ import annotations
 
+import math
 import re
 
 _NUMBER_UNIT = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z/]*)\s*$")
@@ -50,7 +51,10 @@ def _scale(value: float, key: str, table: dict[str, float], what: str, original:
         raise ValueError(f"unknown {what} unit in {original!r}; use one of {sorted(table)}")
     if value < 0:
         raise ValueError(f"{what} {original!r} must not be negative")
-    return value * table[key]
+    scaled = value * table[key]
+    if not math.isfinite(scaled):  # '1e400GB', '1e300TB': past what a float holds
+        raise ValueError(f"{what} {original!r} is out of range")
+    return scaled
 
 
 def parse_bandwidth(text: str) -> float:

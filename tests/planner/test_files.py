@@ -1,6 +1,8 @@
 """The planner's one file-reader module: format dispatch, the plan parsed once per process, no import cycles."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,55 @@ def test_cluster_reader_dispatches_on_the_suffix(tmp_path):
 
     save_cluster(ex.cluster, tmp_path / "c.yaml")
     assert load_cluster(tmp_path / "c.yaml") == load_cluster(reference_dir() / "single24.ini") == ex.cluster
+
+
+NOT_UTF8 = {
+    "latin-1": "name: caf\xe9\n".encode("latin-1"),
+    "utf-16": "nodes: []\n".encode("utf-16"),  # with its byte-order mark
+    "binary": b"\xff\xfe\x00name: x\n",
+}
+
+
+@pytest.mark.parametrize("content", NOT_UTF8.values(), ids=NOT_UTF8.keys())
+@pytest.mark.parametrize("name, read", [
+    ("c.yaml", load_cluster),
+    ("c.ini", load_cluster),
+    ("p.yaml", lambda path: load_placement(path, reference_example("ilp").cluster)),
+    ("p.ini", lambda path: load_placement(path, reference_example("ilp").cluster)),
+    ("plan.yaml", load_plan),
+])
+def test_a_file_that_is_not_utf8_is_a_clear_error(tmp_path, content, name, read):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ClusterSpecError, match=rf"{path}: .*not UTF-8 text \(byte 0x[0-9a-f]{{2}} at offset \d+\)"):
+        read(path)
+
+
+def test_the_cli_says_a_file_is_not_utf8(tmp_path):
+    from vllm_helix.planner.examples import reference_dir
+
+    (tmp_path / "c.yaml").write_bytes(NOT_UTF8["utf-16"])
+    (tmp_path / "p.yaml").write_bytes(NOT_UTF8["latin-1"])
+    single24 = reference_dir() / "single24.ini"
+    for args, said in ((["--cluster", tmp_path / "c.yaml", "--placement", tmp_path / "p.yaml"],
+                        f"{tmp_path / 'c.yaml'}: cannot read file: not UTF-8 text (byte 0xff at offset 0)"),
+                       (["--cluster", single24, "--placement", tmp_path / "p.yaml"],
+                        f"{tmp_path / 'p.yaml'}: cannot read placement: not UTF-8 text (byte 0xe9 at offset 9)")):
+        proc = subprocess.run([sys.executable, "-m", "vllm_helix.cli", "flow", *map(str, args)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip() == f"error: {said}; save it as UTF-8"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("n0: [false, true]", r"p.yaml: n0: expected \[start, end\] layer indices, got \[False, True\]"),
+    ("n0: [0.0, 2]", r"p.yaml: n0: expected \[start, end\] layer indices"),
+    ("ghost: [0, 2]", r"p.yaml: unknown node 'ghost'"),
+])
+def test_a_bad_placement_mapping_names_the_file_and_node(tmp_path, text, message):
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(ClusterSpecError, match=message):
+        load_placement(tmp_path / "p.yaml", reference_example("ilp").cluster)
 
 
 def _imports(path: Path) -> set[str]:

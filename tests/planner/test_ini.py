@@ -1,5 +1,9 @@
 """Readers for the reference system's .ini files, on the bundled reference example and broken copies."""
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 from vllm_helix.errors import ClusterSpecError
@@ -14,6 +18,17 @@ from vllm_helix.planner.ini import (
 )
 
 SINGLE24 = reference_dir() / "single24.ini"
+
+# A link's values the YAML reader refuses, as the .ini readers must too (replacing a link's bandwidth and latency).
+LINK_ERRORS = [
+    ("bandwidth=1000 * mbps\nlatency=-5 * Sec", r"\[Link-0-1\] latency: must be >= 0, got -5s"),
+    ("bandwidth=1000 * mbps\nlatency=1e400 * Sec", r"\[Link-0-1\] latency: '1e400 \* Sec' is out of range"),
+    ("bandwidth=1000 * mbps\nlatency=2 * 3600", r"\[Link-0-1\] latency: cannot read"),
+    ("bandwidth=1000 * mbps\nlatency=7200 * Sec", r"\[Link-0-1\] latency: must be at most 1 hour"),
+    ("bandwidth=1e400\nlatency=1 * MilliSec", r"\[Link-0-1\] bandwidth: '1e400' is out of range"),
+    ("bandwidth=1e-300 * bps\nlatency=1 * MilliSec", r"\[Link-0-1\] bandwidth: must be at least 1kbps"),
+    ("bandwidth=1e20 * gbps\nlatency=1 * MilliSec", r"\[Link-0-1\] bandwidth: must be at most"),
+]
 
 
 def test_single24_topology_and_units():
@@ -78,11 +93,87 @@ def edited(tmp_path, name, source, old, new):
          r"\[Link-source-0\] bandwidth: missing key"),
         ("connected_nodes=[0, 1, 2,", "connected_nodes=[0, 31, 2,", r"\[SourceNode\] connected_nodes: node id 31"),
         ("[NodeNames]\n", "[NodeNames\n", r"not a valid .ini file"),
+        ("total_compute_nodes=24", "total_compute_nodes=True", r"\[NodeNames\] total_compute_nodes: expected an int"),
+        ("connected_nodes=[0, 1, 2,", "connected_nodes=[True, 1, 2,", r"\[SourceNode\] connected_nodes: node id True"),
+        *[("[Link-0-1]\nbandwidth=1000 * mbps\nlatency=1 * MilliSec", f"[Link-0-1]\n{new}", message)
+          for new, message in LINK_ERRORS],
+        ("[Link-0-1]", "[Link-0-0]", r"\[Link-0-0\]: a link from 'n0' to itself"),
+        ("[Link-source-0]", "[Link-source-sink]", r"\[Link-source-sink\]: a link from 'coordinator' to itself"),
     ],
 )
 def test_cluster_ini_errors(tmp_path, old, new, message):
     with pytest.raises(ClusterSpecError, match=message):
         read_cluster_ini(edited(tmp_path, "c.ini", SINGLE24, old, new))
+
+
+@pytest.mark.parametrize("new, message", LINK_ERRORS)
+def test_simulator_cluster_ini_checks_links_like_the_yaml_reader(tmp_path, new, message):
+    head = "[link_source_compute_node_17]\nin=source\nout=compute_node_17\n"
+    old, new = head + "latency=1.0 * MilliSec\nbandwidth=1000.0 * mbps", head + new
+    path = edited(tmp_path, "simulator_cluster.ini", reference_dir() / "layouts/ilp/simulator_cluster.ini", old, new)
+    with pytest.raises(ClusterSpecError, match=message.replace("Link-0-1", "link_source_compute_node_17")):
+        read_simulator_cluster_ini(path)
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("vram_size=24000.0 * MB", "vram_size=1e10 * GB", r"\[compute_node_2\] vram_size: must be at most"),
+        ("inbound_nic_speed=10000.0 * mbps\noutbound_nic_speed=10000.0 * mbps\ndisk",
+         "inbound_nic_speed=1e400 * mbps\noutbound_nic_speed=10000.0 * mbps\ndisk",
+         r"\[compute_node_2\] inbound_nic_speed: '1e400 \* mbps' is out of range"),
+        ("in=source\nout=compute_node_17", "in=source\nout=sink", r"\[link_source_compute_node_17\]: a link from "
+                                                                 r"'coordinator' to itself"),
+        ("'compute_node_2', 'compute_node_3',", "'compute_node_2', 'compute_node_2',",
+         r"\[ComputeNodes\] names: node 'compute_node_2' is listed twice"),
+    ],
+)
+def test_simulator_cluster_ini_errors(tmp_path, old, new, message):
+    path = edited(tmp_path, "simulator_cluster.ini", reference_dir() / "layouts/ilp/simulator_cluster.ini", old, new)
+    with pytest.raises(ClusterSpecError, match=message):
+        read_simulator_cluster_ini(path)
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("vram_size = 40 * GB", "vram_size = 1e400 * GB", r"\[A100\] vram_size: '1e400 \* GB' is out of range"),
+        ("[T4x4]", "[T4x4000]", r"\[T4x4000\]: GPU count 4000: must be at most 512"),
+    ],
+)
+def test_machine_profile_errors(tmp_path, old, new, message):
+    path = edited(tmp_path, "machine_profile.ini", reference_dir() / "machine_profile.ini", old, new)
+    with pytest.raises(ClusterSpecError, match=message):
+        read_machine_profile(path)
+
+
+def cli(*args):
+    """The `vllm-helix` command as users run it (as tests/test_cli.py does): a bad file is exit 2, one line."""
+    proc = subprocess.run([sys.executable, "-m", "vllm_helix.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("[Link-0-1]\nbandwidth=1000 * mbps\nlatency=1 * MilliSec", "[Link-0-1]\nbandwidth=1000 * mbps\nlatency=-5 * Sec",
+     r"\[Link-0-1\] latency: must be >= 0, got -5s"),
+    ("[Link-0-1]\nbandwidth=1000 * mbps", "[Link-0-1]\nbandwidth=1e400", r"\[Link-0-1\] bandwidth: .*out of range"),
+    ("[Link-0-1]", "[Link-0-0]", r"\[Link-0-0\]: a link from 'n0' to itself"),
+])
+def test_import_ini_and_plan_refuse_what_the_yaml_reader_would(tmp_path, old, new, message):
+    """Before, both exited 0 and wrote a cluster (or plan) that `flow` (or `keys`) then rejected."""
+    path = edited(tmp_path, "c.ini", SINGLE24, old, new)
+    for args, out in ((["import-ini", path], "c.yaml"), (["plan", "--cluster", path, "--method", "petals"], "p.yaml")):
+        proc = cli(*args, "-o", tmp_path / out)
+        assert proc.returncode == 2, proc.stderr
+        assert re.search(f"{re.escape(str(path))}: {message}", proc.stderr), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / out).exists()
+
+
+def test_what_import_ini_writes_loads_as_yaml(tmp_path):
+    assert cli("import-ini", SINGLE24, "-o", tmp_path / "c.yaml").returncode == 0
+    assert load_cluster(tmp_path / "c.yaml") == read_cluster_ini(SINGLE24)
 
 
 @pytest.mark.parametrize(
@@ -92,6 +183,14 @@ def test_cluster_ini_errors(tmp_path, old, new, message):
         ("compute_node_2=[7, 8, 9, 10]", "compute_node_40=[7, 8, 9, 10]", r"compute_node_40: node id out of range"),
         ("compute_node_2=[7, 8, 9, 10]", "compute_node_2=[7, 8", r"compute_node_2: cannot read"),
         ("[Solution]", "[Answer]", r"\[Solution\]: missing section"),
+        *[("compute_node_2=[7, 8, 9, 10]", f"compute_node_2={layers}",
+           r"compute_node_2: expected a list of layer ids \(integers >= 0\), got " + re.escape(layers))
+          for layers in ["[7.0, 8.0, 9.0, 10.0]", "['a', 'b']", "[[7], [8]]", "[False, True]", "[-1, 0, 1]",
+                         "[7, None]"]],
+        ("compute_node_3=[34", "compute_node_03=[]\ncompute_node_3=[34",
+         r"compute_node_3: node id 3 is also given as compute_node_03"),
+        ("offset=2", "offset=-5", r"\[Settings\] offset: must be >= 0"),
+        ("offset=2", "offset=True", r"\[Settings\] offset: expected an integer"),
     ],
 )
 def test_solution_ini_errors(tmp_path, old, new, message):

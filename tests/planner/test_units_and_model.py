@@ -21,6 +21,23 @@ def test_bad_bandwidth_is_rejected_with_a_hint(bad):
         parse_bandwidth(bad)
 
 
+@pytest.mark.parametrize(
+    "parse, text",
+    [(parse_bandwidth, "1e400Gbps"), (parse_bandwidth, "1e400B/s"), (parse_size, "1e400GB"), (parse_size, "1e300TB"),
+     (parse_duration, "1e400s"), (parse_duration, "1e307min")],
+)
+def test_numbers_past_what_a_float_holds_are_out_of_range(parse, text):
+    with pytest.raises(ValueError, match=f"'{text}' is out of range"):  # not inf, which overflowed the planner
+        parse(text)
+
+
+@pytest.mark.parametrize("parse", [parse_bandwidth, parse_size, parse_duration])
+@pytest.mark.parametrize("text", ["infGbps", "nanGB", "inf", True])
+def test_non_numbers_are_not_quantities(parse, text):
+    with pytest.raises(ValueError):
+        parse(text)
+
+
 def test_sizes_and_durations():
     assert parse_size("24GiB") == 24 * 2**30
     assert parse_size("16GB") == 16e9

@@ -13,6 +13,11 @@ All quantities are stored in SI base units (bytes, bytes/s, seconds); the YAML c
     default_link: {bandwidth: 10Gbps, latency: 1ms}  # fills every pair not listed (optional)
     host_cores: {local: 2}  # optional, for the simulator: nodes on this host share its 2 cores
 
+An `address` is `local` (a process on this machine, given a free port at start) or HOST:PORT with an IPv4
+address or host name (IPv6 is refused: the transport cannot use it); no two nodes, nor a node and the coordinator,
+share one. Numbers are bounded (links 1kbps..1000TB/s and at most 1 hour of latency, VRAM at most 1000TB, at most
+512 GPUs a node): the same checks apply to the reference `.ini` files (planner.ini).
+
 `host_cores` (host -> cores; a node's host is its address without the port, `local` for local nodes) and a
 node's `cpu_quota` (cores, a cgroup cpu.max it runs under) tell the simulator about CPU nodes that share a
 machine or are capped; the planner and the servers ignore them.
@@ -23,6 +28,8 @@ layer 0) and the sink (it receives sampled tokens from nodes holding the last la
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +41,17 @@ from vllm_helix.errors import ClusterSpecError
 from vllm_helix.units import format_bandwidth, format_size, parse_bandwidth, parse_duration, parse_size
 
 COORDINATOR = "coordinator"
+LOCAL = "local"
 _RESERVED_NAMES = {COORDINATOR, "source", "sink"}
 DEFAULT_NIC = parse_bandwidth("10GB/s")
+
+# Bounds on what a cluster may say, shared by the YAML reader and the reference `.ini` readers (planner.ini):
+# a number outside them is a typo, and would overflow or stall the planner's flow computation.
+MIN_LINK_BANDWIDTH = parse_bandwidth("1kbps")
+MAX_BANDWIDTH = parse_bandwidth("1000TB/s")
+MAX_LATENCY_S = 3600.0
+MAX_VRAM = parse_size("1000TB")
+MAX_GPUS = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +148,8 @@ class _Fields:
 
     def __init__(self, data: Any, where: str, source: str):
         if not isinstance(data, Mapping):
-            raise ClusterSpecError(f"{source}: {where}: expected a mapping, got {type(data).__name__}")
+            got = "nothing (the file is empty)" if data is None and not where else type(data).__name__
+            raise ClusterSpecError(f"{source}: {where + ': ' if where else ''}expected a mapping, got {got}")
         self.data, self.where, self.source = data, where, source
         self.used: set[str] = set()
 
@@ -167,8 +184,84 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be > 0"
 
 
-def _non_negative(value: float) -> str | None:
-    return None if value >= 0 else "must be >= 0"
+# ------------------------------------------------------------ checks shared with the .ini readers
+# Each returns None for a good value, else the problem (the reader adds file and field).
+
+
+def nic_problem(bytes_per_s: float) -> str | None:
+    """A NIC speed: > 0 and at most MAX_BANDWIDTH."""
+    if not bytes_per_s > 0:
+        return "must be > 0"
+    if not bytes_per_s <= MAX_BANDWIDTH:
+        return f"must be at most {format_bandwidth(MAX_BANDWIDTH)}, got {bytes_per_s:.6g}B/s"
+    return None
+
+
+def link_bandwidth_problem(bytes_per_s: float) -> str | None:
+    """A link's bandwidth: between 1 kbps and MAX_BANDWIDTH."""
+    problem = nic_problem(bytes_per_s)
+    if problem is None and bytes_per_s < MIN_LINK_BANDWIDTH:
+        problem = f"must be at least 1kbps ({format_bandwidth(MIN_LINK_BANDWIDTH)}), got {bytes_per_s:.6g}B/s"
+    return problem
+
+
+def latency_problem(seconds: float) -> str | None:
+    """A link's latency: between 0 and an hour."""
+    if not seconds >= 0:
+        return f"must be >= 0, got {seconds:.6g}s"
+    if not seconds <= MAX_LATENCY_S:
+        return f"must be at most 1 hour ({MAX_LATENCY_S:g}s), got {seconds:.6g}s"
+    return None
+
+
+def vram_problem(n_bytes: float) -> str | None:
+    """A node's VRAM: > 0 and at most MAX_VRAM."""
+    if not n_bytes > 0:
+        return "must be > 0"
+    if not n_bytes <= MAX_VRAM:
+        return f"must be at most {format_size(MAX_VRAM)}, got {n_bytes:.6g}B"
+    return None
+
+
+def gpus_problem(count: int) -> str | None:
+    """A node's GPU count: 1 to MAX_GPUS."""
+    if count < 1:
+        return "must be >= 1"
+    return None if count <= MAX_GPUS else f"must be at most {MAX_GPUS}, got {count}"
+
+
+def link_endpoints_problem(src: str, dst: str) -> str | None:
+    return f"a link from {src!r} to itself" if src == dst else None
+
+
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")  # a host name or an IPv4 address: dot-separated labels
+
+
+def parse_address(value: Any) -> str:
+    """`local`, or HOST:PORT (optionally `tcp://HOST:PORT`) with an IPv4 address or host name and a port in
+    1..65535. IPv6 is refused: the transport (libzmq without ZMQ_IPV6) cannot use it."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be 'local' or HOST:PORT, got {value!r}")
+    if value == LOCAL:
+        return value
+    text = value.removeprefix("tcp://")
+    if "[" in text or text.count(":") > 1:
+        raise ValueError(f"{value!r} is not 'local' or HOST:PORT: IPv6 addresses are not supported, give an IPv4 "
+                         "address or a host name (e.g. 10.0.0.7:6100)")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not 'local' or HOST:PORT (e.g. 10.0.0.7:6100)")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{value!r}: port {port!r} is not a number in 1..65535")
+    if not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"{value!r}: {host!r} is not a host name or IPv4 address")
+    return value
+
+
+def address_key(address: str) -> str:
+    """The host:port an address names, for telling whether two addresses are the same."""
+    return address.removeprefix("tcp://").lower()
 
 
 def _name(value: Any) -> str:
@@ -183,20 +276,36 @@ def _int(value: Any) -> int:
     return value
 
 
+def _number(value: Any) -> float:
+    """A finite int or float (not a bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    return float(value)
+
+
 def cluster_from_dict(data: Any, source: str = "<cluster>") -> ClusterSpec:
     """Build and validate a ClusterSpec from parsed YAML (see the module docstring for the format)."""
     top = _Fields(data, "", source)
-    name = top.get("name", str, default=Path(source).stem)
+    name = top.get("name", _name, default=Path(source).stem)
     coordinator = _coordinator(top.get("coordinator", default={}), source)
-    defaults = top.get("node_defaults", default={})
+    defaults = top.get("node_defaults", default={},
+                       check=lambda v: None if isinstance(v, Mapping) else "must be a mapping of node fields")
     raw_nodes = top.get("nodes", check=lambda v: None if isinstance(v, list) and v else "must be a non-empty list")
     nodes = tuple(_node(raw, i, defaults, source) for i, raw in enumerate(raw_nodes))
     _check_unique_names(nodes, source)
+    _check_unique_addresses(nodes, coordinator, source)
     known = {n.name for n in nodes} | {COORDINATOR}
     links: dict[tuple[str, str], LinkSpec] = {}
     raw_links = top.get("links", default=[], check=lambda v: None if isinstance(v, list) else "must be a list")
+    given: dict[tuple[str, str], int] = {}
     for i, raw in enumerate(raw_links):
         for link in _links(raw, f"links[{i}]", known, source):
+            if (link.src, link.dst) in given:
+                raise ClusterSpecError(f"{source}: links[{i}]: the link from {link.src!r} to {link.dst!r} is "
+                                       f"already given by links[{given[link.src, link.dst]}]")
+            given[(link.src, link.dst)] = i
             links[(link.src, link.dst)] = link
     host_cores = top.get("host_cores", _host_cores, default=())
     default_link = top.get("default_link", default=None)
@@ -212,8 +321,8 @@ def _host_cores(value: Any) -> tuple[tuple[str, float], ...]:
         raise ValueError("must be a mapping of host to cores, e.g. {local: 2}")
     out = []
     for host, cores in value.items():
-        if isinstance(cores, bool) or not isinstance(cores, int | float) or not cores > 0:
-            raise ValueError(f"{host}: cores must be a number > 0, got {cores!r}")
+        if isinstance(cores, bool) or not isinstance(cores, int | float) or not 0 < cores < math.inf:
+            raise ValueError(f"{host}: cores must be a finite number > 0, got {cores!r}")
         out.append((str(host), float(cores)))
     return tuple(out)
 
@@ -221,9 +330,9 @@ def _host_cores(value: Any) -> tuple[tuple[str, float], ...]:
 def _coordinator(raw: Any, source: str) -> CoordinatorSpec:
     f = _Fields(raw, "coordinator", source)
     spec = CoordinatorSpec(
-        nic_in_bytes_per_s=f.get("nic_in", parse_bandwidth, DEFAULT_NIC, _positive),
-        nic_out_bytes_per_s=f.get("nic_out", parse_bandwidth, DEFAULT_NIC, _positive),
-        address=f.get("address", str, "local"),
+        nic_in_bytes_per_s=f.get("nic_in", parse_bandwidth, DEFAULT_NIC, nic_problem),
+        nic_out_bytes_per_s=f.get("nic_out", parse_bandwidth, DEFAULT_NIC, nic_problem),
+        address=f.get("address", parse_address, LOCAL),
     )
     f.finish()
     return spec
@@ -239,14 +348,14 @@ def _node(raw: Any, index: int, defaults: Mapping[str, Any], source: str) -> Nod
     node = NodeSpec(
         name=name,
         gpu=f.get("gpu", _name),
-        gpu_count=f.get("gpus", _int, 1, lambda v: None if v >= 1 else "must be >= 1"),
-        vram_bytes=f.get("vram", parse_size, check=_positive),
-        nic_in_bytes_per_s=f.get("nic_in", parse_bandwidth, DEFAULT_NIC, _positive),
-        nic_out_bytes_per_s=f.get("nic_out", parse_bandwidth, DEFAULT_NIC, _positive),
+        gpu_count=f.get("gpus", _int, 1, gpus_problem),
+        vram_bytes=f.get("vram", parse_size, check=vram_problem),
+        nic_in_bytes_per_s=f.get("nic_in", parse_bandwidth, DEFAULT_NIC, nic_problem),
+        nic_out_bytes_per_s=f.get("nic_out", parse_bandwidth, DEFAULT_NIC, nic_problem),
         region=f.get("region", str, "default"),
-        address=f.get("address", str, "local"),
+        address=f.get("address", parse_address, LOCAL),
         tp=f.get("tp", _int, None),
-        cpu_quota=f.get("cpu_quota", float, None, _positive),
+        cpu_quota=f.get("cpu_quota", _number, None, _positive),
     )
     if node.tp is not None and not 1 <= node.tp <= node.gpu_count:
         raise f.error("tp", f"tensor parallel size must be between 1 and the node's gpus ({node.gpu_count}), "
@@ -263,10 +372,24 @@ def _check_unique_names(nodes: Iterable[NodeSpec], source: str) -> None:
         seen.add(node.name)
 
 
+def _check_unique_addresses(nodes: Iterable[NodeSpec], coordinator: CoordinatorSpec, source: str) -> None:
+    """Two processes cannot listen on one host:port (`local` is a fresh port each, so it may repeat)."""
+    seen: dict[str, str] = {}
+    if coordinator.address != LOCAL:
+        seen[address_key(coordinator.address)] = "the coordinator"
+    for i, node in enumerate(nodes):
+        if node.address == LOCAL:
+            continue
+        other = seen.setdefault(address_key(node.address), f"node {node.name!r}")
+        if other != f"node {node.name!r}":
+            raise ClusterSpecError(f"{source}: nodes[{i}] ({node.name}).address: {node.address!r} is also the "
+                                   f"address of {other}; give each node its own HOST:PORT")
+
+
 def _links(raw: Any, where: str, known: set[str], source: str) -> list[LinkSpec]:
     f = _Fields(raw, where, source)
-    bandwidth = f.get("bandwidth", parse_bandwidth, check=_positive)
-    latency = f.get("latency", parse_duration, 0.0, _non_negative)
+    bandwidth = f.get("bandwidth", parse_bandwidth, check=link_bandwidth_problem)
+    latency = f.get("latency", parse_duration, 0.0, latency_problem)
 
     def endpoint(key: str, value: Any) -> str:
         value = str(value)
@@ -282,14 +405,15 @@ def _links(raw: Any, where: str, known: set[str], source: str) -> list[LinkSpec]
         pairs = [(endpoint("from", f.get("from")), endpoint("to", f.get("to")))]
     f.finish()
     for a, b in pairs:
-        if a == b:
-            raise f.error("to", f"a link from {a!r} to itself")
+        problem = link_endpoints_problem(a, b)
+        if problem:
+            raise f.error("between" if "between" in f.data else "to", problem)
     return [LinkSpec(a, b, bandwidth, latency) for a, b in pairs]
 
 
 def _fill_default_links(links: dict[tuple[str, str], LinkSpec], nodes: tuple[NodeSpec, ...], f: _Fields) -> None:
-    bandwidth = f.get("bandwidth", parse_bandwidth, check=_positive)
-    latency = f.get("latency", parse_duration, 0.0, _non_negative)
+    bandwidth = f.get("bandwidth", parse_bandwidth, check=link_bandwidth_problem)
+    latency = f.get("latency", parse_duration, 0.0, latency_problem)
     f.finish()
     names = [COORDINATOR] + [n.name for n in nodes]
     for a in names:
@@ -357,6 +481,7 @@ def describe_cluster(cluster: ClusterSpec) -> str:
 
 __all__ = [
     "COORDINATOR",
+    "LOCAL",
     "ClusterSpec",
     "CoordinatorSpec",
     "LinkSpec",

@@ -26,9 +26,12 @@ from vllm_helix.planner.plan import Plan, plan_from_dict
 def read_yaml(path: str | Path, what: str = "file") -> Any:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ClusterSpecError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ClusterSpecError(f"{path}: cannot read {what}: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                               f"at offset {exc.start}); save it as UTF-8") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -80,8 +83,12 @@ def load_placement(path: str | Path, cluster: ClusterSpec) -> Placement:
         raise ClusterSpecError(f"{path}: expected a mapping 'node: [start, end]'")
     ranges = {}
     for name, value in data.items():
-        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        if not (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
             raise ClusterSpecError(f"{path}: {name}: expected [start, end] layer indices, got {value!r}")
-        cluster.node(str(name))
+        try:
+            cluster.node(str(name))
+        except ClusterSpecError as exc:
+            raise ClusterSpecError(f"{path}: {exc}") from None
         ranges[str(name)] = LayerRange(*value)
     return Placement(ranges)

@@ -16,14 +16,28 @@ from __future__ import annotations
 
 import ast
 import configparser
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
 from vllm_helix.errors import ClusterSpecError
-from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec, CoordinatorSpec, LinkSpec, NodeSpec
+from vllm_helix.planner.cluster import (
+    COORDINATOR,
+    ClusterSpec,
+    CoordinatorSpec,
+    LinkSpec,
+    NodeSpec,
+    gpus_problem,
+    latency_problem,
+    link_bandwidth_problem,
+    link_endpoints_problem,
+    nic_problem,
+    vram_problem,
+)
 from vllm_helix.planner.placement import LayerRange, Placement
 
 T = TypeVar("T")
@@ -49,9 +63,12 @@ class _Ini:
         self.parser = configparser.ConfigParser(interpolation=None)
         self.parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep key case
         try:
-            text = self.path.read_text()
+            text = self.path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ClusterSpecError(f"{self.path}: cannot read file ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise ClusterSpecError(f"{self.path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                                   f"{exc.start}); save it as UTF-8") from None
         try:
             self.parser.read_string(text, source=str(self.path))
         except configparser.Error as exc:
@@ -77,7 +94,18 @@ class _Ini:
         if not match or (match.group(2) and match.group(2) not in _UNITS):
             raise self.error(section, key,
                              f"cannot read {text!r}; expected 'NUMBER * UNIT' with UNIT in {list(_UNITS)}")
-        return float(match.group(1)) * _UNITS.get(match.group(2) or "Byte", 1.0)
+        value = float(match.group(1)) * _UNITS.get(match.group(2) or "Byte", 1.0)
+        if not math.isfinite(value):
+            raise self.error(section, key, f"{text!r} is out of range")
+        return value
+
+    def checked(self, section: str, key: str, problem: Callable[[float], str | None]) -> float:
+        """A quantity that passes one of the cluster reader's checks (planner.cluster `*_problem`)."""
+        value = self.quantity(section, key)
+        message = problem(value)
+        if message:
+            raise self.error(section, key, message)
+        return value
 
     def literal(self, section: str, key: str, kind: type[T]) -> T:
         text = self.raw(section, key)
@@ -95,7 +123,8 @@ class _Ini:
 
     def integer(self, section: str, key: str) -> int:
         value = self.literal(section, key, int)
-        assert isinstance(value, int)
+        if isinstance(value, bool):
+            raise self.error(section, key, f"expected an integer, got {self.raw(section, key)!r}")
         return value
 
 
@@ -121,22 +150,18 @@ def read_machine_profile(path: str | Path) -> tuple[dict[str, MachineType], Coor
         if section in ("SourceNode", "SinkNode"):
             continue
         types[section] = MachineType(
-            nic_in_bytes_per_s=_positive(ini, section, "inbound_nic_speed"),
-            nic_out_bytes_per_s=_positive(ini, section, "outbound_nic_speed"),
-            vram_bytes=_positive(ini, section, "vram_size"),
+            nic_in_bytes_per_s=ini.checked(section, "inbound_nic_speed", nic_problem),
+            nic_out_bytes_per_s=ini.checked(section, "outbound_nic_speed", nic_problem),
+            vram_bytes=ini.checked(section, "vram_size", vram_problem),
         )
+        gpu_count = _split_gpu_type(section)[1]
+        if problem := gpus_problem(gpu_count):
+            raise ini.error(section, None, f"GPU count {gpu_count}: {problem}")
     coordinator = CoordinatorSpec(
-        nic_in_bytes_per_s=_positive(ini, "SinkNode", "inbound_nic_speed"),
-        nic_out_bytes_per_s=_positive(ini, "SourceNode", "outbound_nic_speed"),
+        nic_in_bytes_per_s=ini.checked("SinkNode", "inbound_nic_speed", nic_problem),
+        nic_out_bytes_per_s=ini.checked("SourceNode", "outbound_nic_speed", nic_problem),
     )
     return types, coordinator
-
-
-def _positive(ini: _Ini, section: str, key: str) -> float:
-    value = ini.quantity(section, key)
-    if value <= 0:
-        raise ini.error(section, key, "must be > 0")
-    return value
 
 
 def _split_gpu_type(gpu_type: str) -> tuple[str, int]:
@@ -173,12 +198,15 @@ def read_cluster_ini(path: str | Path, machine_profile: str | Path | None = None
         if len(parts) != 3:
             raise ini.error(section, None, "link sections are named Link-<a>-<b>")
         a, b = (_endpoint(ini, section, p, count) for p in parts[1:])
-        bandwidth = _positive(ini, section, "bandwidth")
-        latency = ini.quantity(section, "latency")
+        if parts[1] == "sink" or parts[2] == "source":
+            raise ini.error(section, None, "the source only sends and the sink only receives")
+        if problem := link_endpoints_problem(a, b):
+            raise ini.error(section, None, f"{problem}; a link joins two nodes, the source and a node, or a node "
+                                           "and the sink")
+        bandwidth = ini.checked(section, "bandwidth", link_bandwidth_problem)
+        latency = ini.checked(section, "latency", latency_problem)
         if parts[1] == "source" or parts[2] == "sink":  # coordinator links are one-way
             links.append(LinkSpec(a, b, bandwidth, latency))
-        elif parts[1] in ("sink",) or parts[2] in ("source",):
-            raise ini.error(section, None, "the source only sends and the sink only receives")
         else:
             links += [LinkSpec(a, b, bandwidth, latency), LinkSpec(b, a, bandwidth, latency)]
     _check_connected_lists(ini, count, links)
@@ -201,7 +229,7 @@ def _check_connected_lists(ini: _Ini, count: int, links: list[LinkSpec]) -> None
         if not ini.has(section):
             continue
         for i in ini.literal(section, "connected_nodes", list):
-            if not isinstance(i, int) or not 0 <= i < count:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count:
                 raise ini.error(section, "connected_nodes", f"node id {i!r} out of range 0..{count - 1}")
             if arc(i) not in have:
                 raise ini.error(section, "connected_nodes", f"node {i} is listed but has no link section")
@@ -214,9 +242,12 @@ def read_solution_ini(path: str | Path, cluster: ClusterSpec) -> Placement:
     """A reference `*_sol.ini`: node i holds the listed (contiguous) layer ids; [] means unused."""
     ini = _Ini(path)
     offset = ini.integer("Settings", "offset") if ini.has("Settings") else 2
+    if offset < 0:
+        raise ini.error("Settings", "offset", f"must be >= 0, got {offset}")
     if not ini.has("Solution"):
         raise ini.error("Solution", None, "missing section")
     ranges = {}
+    keys: dict[int, str] = {}  # node index -> the key that gave it
     for key in ini.parser.options("Solution"):
         match = re.fullmatch(r"compute_node_(\d+)", key)
         if not match:
@@ -225,9 +256,14 @@ def read_solution_ini(path: str | Path, cluster: ClusterSpec) -> Placement:
         if not 0 <= index < len(cluster.nodes):
             raise ini.error("Solution", key, f"node id out of range: the cluster has {len(cluster.nodes)} nodes "
                             f"(ids {offset}..{offset + len(cluster.nodes) - 1})")
+        if index in keys:
+            raise ini.error("Solution", key, f"node id {index + offset} is also given as {keys[index]}")
+        keys[index] = key
         layers = ini.literal("Solution", key, list)
         if not layers:
             continue
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
+            raise ini.error("Solution", key, f"expected a list of layer ids (integers >= 0), got {layers!r}")
         if layers != list(range(layers[0], layers[0] + len(layers))):
             raise ini.error("Solution", key, f"layers must be contiguous, got {layers}")
         ranges[cluster.nodes[index].name] = LayerRange(layers[0], layers[0] + len(layers))
@@ -249,8 +285,8 @@ class SimulatorClusterIni:
 def read_simulator_cluster_ini(path: str | Path) -> SimulatorClusterIni:
     ini = _Ini(path)
     coordinator = CoordinatorSpec(
-        nic_in_bytes_per_s=_positive(ini, "Coordinator", "inbound_nic_speed"),
-        nic_out_bytes_per_s=_positive(ini, "Coordinator", "outbound_nic_speed"),
+        nic_in_bytes_per_s=ini.checked("Coordinator", "inbound_nic_speed", nic_problem),
+        nic_out_bytes_per_s=ini.checked("Coordinator", "outbound_nic_speed", nic_problem),
     )
     names = ini.literal("ComputeNodes", "names", list)
     rename = {"source": COORDINATOR, "sink": COORDINATOR}
@@ -261,10 +297,14 @@ def read_simulator_cluster_ini(path: str | Path) -> SimulatorClusterIni:
             raise ini.error("ComputeNodes", "names", f"unexpected node name {sim_name!r}")
         name = node_name(int(match.group(1)) - 2)
         rename[str(sim_name)] = name
+        if name in kv:
+            raise ini.error("ComputeNodes", "names", f"node {sim_name!r} is listed twice")
         gpu, gpus = _split_gpu_type(ini.word(sim_name, "machine_type"))
-        nodes.append(NodeSpec(name, gpu, _positive(ini, sim_name, "vram_size"), gpus,
-                              _positive(ini, sim_name, "inbound_nic_speed"),
-                              _positive(ini, sim_name, "outbound_nic_speed")))
+        if problem := gpus_problem(gpus):
+            raise ini.error(sim_name, "machine_type", f"GPU count {gpus}: {problem}")
+        nodes.append(NodeSpec(name, gpu, ini.checked(sim_name, "vram_size", vram_problem), gpus,
+                              ini.checked(sim_name, "inbound_nic_speed", nic_problem),
+                              ini.checked(sim_name, "outbound_nic_speed", nic_problem)))
         kv[name] = ini.integer(sim_name, "kv_cache_capacity")
     links, order = [], []
     for link_name in ini.literal("Links", "names", list):
@@ -272,8 +312,10 @@ def read_simulator_cluster_ini(path: str | Path) -> SimulatorClusterIni:
         for end in (src, dst):
             if end not in rename:
                 raise ini.error(link_name, None, f"unknown node {end!r}")
-        links.append(LinkSpec(rename[src], rename[dst], _positive(ini, link_name, "bandwidth"),
-                              ini.quantity(link_name, "latency")))
+        if problem := link_endpoints_problem(rename[src], rename[dst]):
+            raise ini.error(link_name, None, problem)
+        links.append(LinkSpec(rename[src], rename[dst], ini.checked(link_name, "bandwidth", link_bandwidth_problem),
+                              ini.checked(link_name, "latency", latency_problem)))
         order.append((rename[src], rename[dst]))
     cluster = ClusterSpec(tuple(nodes), tuple(links), coordinator, name=Path(path).parent.name)
     return SimulatorClusterIni(cluster, kv, tuple(order))
