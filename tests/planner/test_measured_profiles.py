@@ -4,6 +4,7 @@ the fit behind `vllm-helix profile`. (The real profile of the tiny model: tests/
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from vllm_helix.cli import main
+from vllm_helix.errors import ClusterSpecError
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.planner.profiles import bundled_gpu_types
 from vllm_helix.profiling.measure import Memory, Timings
@@ -99,6 +101,42 @@ def test_decodes_take_the_time_of_their_context_between_the_timed_ones():
     assert profile.decode_seconds(8) == profile.decode_latency(8) == pytest.approx(12e-4)  # the middle table
     bundled = load_profile("llama2_70b", "A100")  # one decode table: the context changes nothing
     assert bundled.decode_seconds(8, 100) == bundled.decode_latency(8)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(prompt_layer_ms=[[1, 0.0], [256, 0.0]]), "prompt_layer_ms: zero latency: 0 ms at x = 1"),
+    (lambda d: d.update(decode_layer_ms=[[1, -1.0], [8, 1.0]]), "decode_layer_ms: negative latency"),
+    (lambda d: d.update(prompt_layer_ms=[[16, 0.1], [16, 0.2]]), "prompt_layer_ms: x (batch size) must be"),
+    (lambda d: d.update(prompt_layer_ms=[[-1, 0.1], [16, 0.2]]), "prompt_layer_ms: x (batch size) must be >= 0"),
+    (lambda d: d.update(prompt_layer_ms=[[1, math.nan], [16, 0.2]]), "prompt_layer_ms[0][1] (ms): expected a finite"),
+    (lambda d: d.update(prompt_layer_ms=[[1, True], [16, 0.2]]), "prompt_layer_ms[0][1] (ms): expected a finite"),
+    (lambda d: d.update(prompt_layer_ms=[[1, 0.1, 3], [16, 0.2]]), "prompt_layer_ms: expected a list of [x, ms] rows"),
+    (lambda d: d.update(prompt_layer_ms="fast"), "prompt_layer_ms: expected a list of [x, ms] rows"),
+    (lambda d: d["vllm_num_blocks"].update({"1": -5}), "vllm_num_blocks[1]: expected an integer >= 1, got -5"),
+    (lambda d: d["prompt_max_requests"].update({"1": 0}), "prompt_max_requests[1]: expected an integer >= 1"),
+    (lambda d: d["decode_max_tokens"].update({"2": 1.5}), "decode_max_tokens[2]: expected an integer >= 1"),
+    (lambda d: d.update(vllm_num_blocks=[1]), "vllm_num_blocks: expected a layers -> count mapping"),
+    (lambda d: d.update(max_num_layers=True), "max_num_layers: expected an integer >= 1, got True"),
+    (lambda d: d.update(max_num_layers=0), "max_num_layers: expected an integer >= 1, got 0"),
+    (lambda d: d.update(step_overhead_ms=float("inf")), "step_overhead_ms: expected a finite number"),
+    (lambda d: d.update(measured="yes"), "measured: expected true or false, got 'yes'"),
+])
+def test_profile_values_are_finite_positive_and_x_strictly_increasing(change, message):
+    from vllm_helix.planner.profiles import profile_from_dict
+
+    doc = synthetic_profile("tiny", "cpu")
+    change(doc)
+    with pytest.raises(ClusterSpecError) as caught:
+        profile_from_dict(doc, "p.json")
+    assert str(caught.value).startswith(f"p.json: {message}"), caught.value
+
+
+def test_a_profile_must_be_a_mapping():
+    from vllm_helix.planner.profiles import profile_from_dict, register_measured
+
+    for read in (profile_from_dict, register_measured):
+        with pytest.raises(ClusterSpecError, match="p.json: not a profile"):
+            read("abc", "p.json")
 
 
 def simulated_seconds(tmp_path, tiny_model, capsys, document: dict, name: str) -> float:
@@ -195,6 +233,17 @@ BAD = {
     "bundled.json": (None, "not a measured profile"),
     "context.json": (None, "decode_layer_ms_by_context[64]: needs at least two rows"),
     "contexts.json": (None, "decode_layer_ms_by_context: expected a context -> table mapping"),
+    "zerolat.json": (None, "prompt_layer_ms: zero latency"),
+    "xdup.json": (None, "prompt_layer_ms: x (batch size) must be >= 0 and differ from row to row"),
+    "inflat.json": (None, "decode_layer_ms[1][1] (ms): expected a finite number, got inf"),
+    "blocks0.json": (None, "vllm_num_blocks[1]: expected an integer >= 1, got 0"),
+}
+# (field, change) of the synthetic document behind the names above
+CHANGES = {
+    "zerolat.json": lambda doc: doc.update(prompt_layer_ms=[[x, 0.0] for x, _ in doc["prompt_layer_ms"]]),
+    "xdup.json": lambda doc: doc.update(prompt_layer_ms=[[1, 0.1], [1, 0.2]]),
+    "inflat.json": lambda doc: doc.update(decode_layer_ms=[[1, 0.1], [8, float("inf")]]),
+    "blocks0.json": lambda doc: doc["vllm_num_blocks"].update({"1": 0}),
 }
 
 
@@ -211,6 +260,10 @@ def test_bad_profile_files_are_one_line_errors(tmp_path, tiny_model, capsys, nam
     if name in ("context.json", "contexts.json"):
         doc = synthetic_profile("tiny", "cpu")
         doc["decode_layer_ms_by_context"] = {"64": [[0, 0.0]]} if name == "context.json" else [[0, 0.0]]
+        text = json.dumps(doc)
+    if name in CHANGES:
+        doc = synthetic_profile("tiny", "cpu")
+        CHANGES[name](doc)
         text = json.dumps(doc)
     if name == "bundled.json":
         shutil.copy(ROOT / "vllm_helix/data/profiles/llama2_70b_A100.json", folder / name)

@@ -66,3 +66,54 @@ def test_bad_trace_rows_are_clear_errors(tmp_path, body, message):
     path.write_text(body)
     with pytest.raises(ClusterSpecError, match=message):
         load_trace(path)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("arrival_time_s,input_tokens,output_tokens\nnan,5,5\n", r"t.csv:2: arrival_time_s: need a finite arrival time"),
+    ("arrival_time_s,input_tokens,output_tokens\ninf,5,5\n", r"t.csv:2: arrival_time_s: need a finite arrival time"),
+    ("arrival_time_s,input_tokens,output_tokens\n-inf,5,5\n", r"t.csv:2: arrival_time_s: need a finite arrival time"),
+    ("arrival_time_s,input_tokens,output_tokens\n0,1.5,5\n", r"t.csv:2: input_tokens: token counts must be numbers"),
+    ("arrival_time_s,input_tokens,output_tokens\n0,5\n", r"t.csv:2: missing output_tokens"),
+])
+def test_csv_rows_need_finite_times_and_whole_token_counts(tmp_path, body, message):
+    path = tmp_path / "t.csv"
+    path.write_text(body)
+    with pytest.raises(ClusterSpecError, match=message):
+        load_trace(path)
+
+
+@pytest.mark.parametrize("row, message", [
+    ('{"arrival_time_s": "NaN", "input_tokens": 5, "output_tokens": 5}', "arrival_time_s: need a finite"),
+    ('{"arrival_time_s": NaN, "input_tokens": 5, "output_tokens": 5}', "arrival_time_s: need a finite"),
+    ('{"arrival_time_s": 1e999, "input_tokens": 5, "output_tokens": 5}', "arrival_time_s: need a finite"),
+    ('{"arrival_time_s": true, "input_tokens": 5, "output_tokens": 5}', "arrival_time_s: arrival times must be"),
+    ('{"arrival_time_s": [0], "input_tokens": 5, "output_tokens": 5}', "arrival_time_s: arrival times must be"),
+    ('{"arrival_time_s": 0, "input_tokens": true, "output_tokens": 5}', "input_tokens: token counts must be"),
+    ('{"arrival_time_s": 0, "input_tokens": 5, "output_tokens": 2.5}', "output_tokens: token counts must be"),
+    ('{"arrival_time_s": 0, "input_tokens": 5, "output_tokens": null}', "missing output_tokens"),
+])
+def test_jsonl_rows_need_finite_times_and_whole_token_counts_not_bools(tmp_path, row, message):
+    path = tmp_path / "t.jsonl"
+    path.write_text(row + "\n")
+    with pytest.raises(ClusterSpecError, match=f"t.jsonl:1: {message}"):
+        load_trace(path)
+
+
+def test_whole_float_token_counts_read_as_ints(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"arrival_time_s": 1, "input_tokens": 5.0, "output_tokens": 2}\n')
+    assert load_trace(path)[0].input_tokens == 5
+
+
+def test_a_trace_that_is_not_utf8_is_a_clear_error(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("arrival_time_s,input_tokens,output_tokens\n0,5,5\n".encode("utf-16"))
+    with pytest.raises(ClusterSpecError, match="t.csv: not a UTF-8 text trace"):
+        load_trace(path)
+
+
+def test_a_row_check_reports_the_row(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_time_s,input_tokens,output_tokens\n0,5,5\n1,500,5\n")
+    with pytest.raises(ClusterSpecError, match="t.csv:3: too long"):
+        load_trace(path, lambda a: "too long" if a.input_tokens > 100 else None)

@@ -6,9 +6,12 @@ Built-ins reproduce the reference system's constants (helix-spec §2.1); any Hug
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vllm_helix.errors import ClusterSpecError
 
@@ -63,33 +66,51 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
             f"model {key!r}: not a built-in ({', '.join(BUILTIN_MODELS)}) and no config.json at {path}"
         )
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ClusterSpecError(f"{path}: cannot read model config: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ClusterSpecError(f"{path}: not a UTF-8 JSON model config (byte {exc.start} is not UTF-8)") from None
     return model_from_hf_config(config, name=path.parent.name or key, source=str(path))
 
 
-def model_from_hf_config(config: dict, name: str, source: str = "<config>") -> ModelSpec:
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def model_from_hf_config(config: Any, name: str, source: str = "<config>") -> ModelSpec:
     """Sizes of a decoder layer from a Hugging Face config (Llama/Mistral/Qwen-style: attention + gated MLP)."""
-    config = config.get("text_config", config)  # multimodal wrappers keep the LM here
+    if not isinstance(config, dict):
+        raise ClusterSpecError(f"{source}: not a model config (expected a JSON object, got {type(config).__name__})")
+    text = config.get("text_config")
+    if text is not None and not isinstance(text, dict):
+        raise ClusterSpecError(f"{source}: text_config: expected an object, got {text!r}")
+    config = text or config  # multimodal wrappers keep the LM here
 
     def need(key: str) -> int:
         value = config.get(key)
-        if not isinstance(value, int) or value <= 0:
-            raise ClusterSpecError(f"{source}: {key}: required positive integer, got {value!r}")
+        if not _positive_int(value):
+            what = "required positive integer" if value is None else "must be a positive integer"
+            raise ClusterSpecError(f"{source}: {key}: {what}, got {value!r}")
         return value
+
+    def optional(key: str, default: int) -> int:
+        """An optional size: absent or null gives the default; present, it must be a positive integer too."""
+        return default if config.get(key) is None else need(key)
 
     hidden, layers, heads = need("hidden_size"), need("num_hidden_layers"), need("num_attention_heads")
     intermediate = need("intermediate_size")
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or hidden // heads
+    kv_heads = optional("num_key_value_heads", heads)
+    head_dim = optional("head_dim", hidden // heads)
+    if head_dim < 1:
+        raise ClusterSpecError(f"{source}: hidden_size {hidden} < num_attention_heads {heads}: no head_dim")
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16").replace("torch.", "")
     if dtype not in _DTYPE_BYTES:
         raise ClusterSpecError(f"{source}: torch_dtype: unknown dtype {dtype!r}")
     width = _DTYPE_BYTES[dtype]
     attention = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
     mlp = 3 * hidden * intermediate
-    experts = config.get("num_local_experts") or config.get("num_experts") or 1
+    experts = next((need(k) for k in ("num_local_experts", "num_experts") if config.get(k) not in (None, 0)), 1)
     params = attention + mlp * experts + 2 * hidden
     positions = config.get("max_position_embeddings")
     return ModelSpec(
@@ -102,6 +123,42 @@ def model_from_hf_config(config: dict, name: str, source: str = "<config>") -> M
         activation_bytes_per_token=4 * hidden,
         token_bytes=4,  # int32 token ids
         kv_bytes_per_token_layer=2 * kv_heads * head_dim * width,
-        max_context=positions if isinstance(positions, int) else None,
+        max_context=positions if _positive_int(positions) else None,
         dtype_bytes=width,
     )
+
+
+# ModelSpec fields in a plan file: what each must be (None allowed where the field's default is None)
+_POSITIVE_INTS = ("num_layers", "hidden_size", "activation_bytes_per_token", "token_bytes", "dtype_bytes")
+
+
+def model_from_dict(data: Any, source: str) -> ModelSpec:
+    """A ModelSpec from a plan's `model:` mapping (dataclasses.asdict of one), every field checked."""
+    if not isinstance(data, dict):
+        raise ClusterSpecError(f"{source}: expected a mapping of the model's sizes, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(ModelSpec)}
+    if unknown := sorted(map(str, set(data) - set(fields))):
+        raise ClusterSpecError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
+    if missing := [n for n in required if n not in data]:
+        raise ClusterSpecError(f"{source}: missing field(s) {', '.join(missing)}")
+    for key, value in data.items():
+        if problem := _field_problem(key, value):
+            raise ClusterSpecError(f"{source}.{key}: {problem}, got {value!r}")
+    return ModelSpec(**data)
+
+
+def _field_problem(key: str, value: Any) -> str | None:
+    if key == "name":
+        return None if isinstance(value, str) and value else "must be a non-empty string"
+    if key == "profile_name":
+        return None if value is None or isinstance(value, str) else "must be a string or null"
+    if key == "layer_bytes":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        return None if ok else "must be a positive finite number of bytes"
+    if key == "kv_bytes_per_token_layer":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return None if ok else "must be an integer >= 0"
+    if key == "max_context" and value is None:
+        return None
+    return None if _positive_int(value) else "must be a positive integer"

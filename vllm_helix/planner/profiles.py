@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from vllm_helix.errors import ClusterSpecError
 from vllm_helix.planner.model import ModelSpec
@@ -90,36 +92,39 @@ class GPUProfile:
 
 
 def profile_from_dict(data: dict, source: str) -> GPUProfile:
+    """A profile document, checked: every problem is a ClusterSpecError naming the field (and row)."""
+    if not isinstance(data, dict):
+        raise ClusterSpecError(f"{source}: not a profile (expected a mapping, got {type(data).__name__})")
     try:
-        max_layers = int(data["max_num_layers"])
+        max_layers = _positive_int(data["max_num_layers"], f"{source}: max_num_layers")
 
         def per_k(key: str) -> dict[int, int]:
-            table = {int(k): int(v) for k, v in data[key].items()}
-            missing = [k for k in range(1, max_layers + 1) if k not in table]
+            table = data[key]
+            if not isinstance(table, dict):
+                raise ClusterSpecError(f"{source}: {key}: expected a layers -> count mapping")
+            out = {_positive_int(k, f"{source}: {key}: key", digits=True): _positive_int(v, f"{source}: {key}[{k}]")
+                   for k, v in table.items()}
+            missing = [k for k in range(1, max_layers + 1) if k not in out]
             if missing:
                 raise ClusterSpecError(f"{source}: {key}: no entry for k = {missing}")
-            return table
+            return out
 
-        measured = bool(data.get("measured", False))
+        measured = data.get("measured", False)
+        if not isinstance(measured, bool):
+            raise ClusterSpecError(f"{source}: measured: expected true or false, got {measured!r}")
 
-        def latency(key: str, table: list | None = None) -> LatencyTable:
-            rows = sorted((float(x), float(ms) * 1e-3) for x, ms in (data[key] if table is None else table))
-            if len(rows) < 2:
-                raise ClusterSpecError(f"{source}: {key}: needs at least two rows")
-            if any(ms < 0 for _, ms in rows):
-                raise ClusterSpecError(f"{source}: {key}: negative latency")
-            return LatencyTable(tuple(r[0] for r in rows), tuple(r[1] for r in rows), extrapolate=measured)
+        def latency(key: str, table: Any = None) -> LatencyTable:
+            return _latency_table(data[key] if table is None else table, f"{source}: {key}", measured)
 
         by_context = data.get("decode_layer_ms_by_context", {})
         if not isinstance(by_context, dict):
             raise ClusterSpecError(f"{source}: decode_layer_ms_by_context: expected a context -> table mapping")
         decode_by_context = tuple(sorted(
-            (int(context), latency(f"decode_layer_ms_by_context[{context}]", table))
+            (_positive_int(context, f"{source}: decode_layer_ms_by_context: key", digits=True),
+             latency(f"decode_layer_ms_by_context[{context}]", table))
             for context, table in by_context.items()))
 
-        if max_layers < 1:
-            raise ClusterSpecError(f"{source}: max_num_layers: must be >= 1, got {max_layers}")
-        overhead = float(data.get("step_overhead_ms", 0.0)) * 1e-3
+        overhead = _finite(data.get("step_overhead_ms", 0.0), f"{source}: step_overhead_ms") * 1e-3
         if overhead < 0:
             raise ClusterSpecError(f"{source}: step_overhead_ms: must be >= 0")
 
@@ -131,10 +136,48 @@ def profile_from_dict(data: dict, source: str) -> GPUProfile:
             step_overhead_s=overhead, measured=measured, decode_by_context=decode_by_context,
             sampling=latency("sampling_ms") if "sampling_ms" in data else None,
         )
+    except ClusterSpecError:
+        raise
     except KeyError as exc:
         raise ClusterSpecError(f"{source}: missing field {exc.args[0]!r}") from None
     except (TypeError, ValueError, AttributeError) as exc:
         raise ClusterSpecError(f"{source}: malformed profile: {exc}") from None
+
+
+def _latency_table(rows: Any, where: str, extrapolate: bool) -> LatencyTable:
+    """[[x, ms], ...]: x (batch tokens or sequences) >= 0 and distinct, ms finite, > 0 for a batch x > 0
+    (a zero time divides a throughput by zero, a repeated x interpolates over a zero-width segment; the
+    reference's tables start at (0, 0): an empty batch takes no time)."""
+    if not isinstance(rows, list) or not all(isinstance(r, (list, tuple)) and len(r) == 2 for r in rows):
+        raise ClusterSpecError(f"{where}: expected a list of [x, ms] rows")
+    parsed = sorted((_finite(x, f"{where}[{i}][0] (x)"), _finite(ms, f"{where}[{i}][1] (ms)"))
+                    for i, (x, ms) in enumerate(rows))
+    if len(parsed) < 2:
+        raise ClusterSpecError(f"{where}: needs at least two rows")
+    if bad := [(x, ms) for x, ms in parsed if ms < 0 or (ms == 0 and x > 0)]:
+        x, ms = bad[0]
+        what = "negative latency" if ms < 0 else "zero latency"
+        why = "" if ms < 0 else " (only an empty batch, x = 0, takes 0 ms)"
+        raise ClusterSpecError(f"{where}: {what}: {ms:g} ms at x = {x:g}{why}")
+    if parsed[0][0] < 0 or any(a[0] == b[0] for a, b in zip(parsed, parsed[1:], strict=False)):
+        xs = [x for x, _ in parsed]
+        raise ClusterSpecError(f"{where}: x (batch size) must be >= 0 and differ from row to row, got {xs}")
+    return LatencyTable(tuple(x for x, _ in parsed), tuple(ms * 1e-3 for _, ms in parsed), extrapolate=extrapolate)
+
+
+def _finite(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ClusterSpecError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _positive_int(value: Any, where: str, digits: bool = False) -> int:
+    """A count >= 1 (JSON object keys are strings: `digits` takes '3' too)."""
+    if digits and isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ClusterSpecError(f"{where}: expected an integer >= 1, got {value!r}")
+    return value
 
 
 def bundled_gpu_types(model_profile: str) -> list[str]:
@@ -177,6 +220,8 @@ _MEASURED: dict[tuple[str, str], tuple[GPUProfile, dict]] = {}
 
 def register_measured(data: dict, source: str) -> GPUProfile:
     """Use a measured profile document for its (model, gpu) in this process; returns it parsed."""
+    if not isinstance(data, dict):
+        raise ClusterSpecError(f"{source}: not a profile (expected a mapping, got {type(data).__name__})")
     if not data.get("measured"):
         raise ClusterSpecError(f"{source}: not a measured profile (no 'measured: true'; write it with "
                                "`vllm-helix profile`)")

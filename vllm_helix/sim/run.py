@@ -6,10 +6,12 @@ ILP layout, its simulator cluster's link order and KV capacities); `SimConfig.re
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from vllm_helix.planner.flow import max_flow
 from vllm_helix.planner.kv_expectation import IMPROVED_KV, OFFLINE_KV, ONLINE_KV, KVParams
 from vllm_helix.planner.plan import Plan
 from vllm_helix.planner.profiles import profile_for
-from vllm_helix.planner.router import ROUTERS, ShortestQueueRouter, SwarmRouter, default_kv_capacity
+from vllm_helix.planner.router import ROUTERS, ShortestQueueRouter, SwarmRouter, default_kv_capacity, prompt_limits
 from vllm_helix.sim.batching import EngineLimits
 from vllm_helix.sim.coordinator import Coordinator, named_rng
 from vllm_helix.sim.cpu import SharedCpu
@@ -28,9 +30,34 @@ from vllm_helix.sim.link import Link
 from vllm_helix.sim.loop import EventLoop
 from vllm_helix.sim.metrics import Metrics, cdf, latency_stats
 from vllm_helix.sim.node import ComputeNode
-from vllm_helix.sim.workload import Arrival, LengthSampler, generate_trace, load_trace
+from vllm_helix.sim.workload import MAX_REQUESTS, Arrival, LengthSampler, generate_trace, load_trace
 
 MODES = ("online", "offline")
+
+
+MAX_DURATION_S = 86_400.0  # one simulated day per window: an offline run that long takes ~20 min already
+# SimConfig's numbers (None: the default): (what it must exceed, or ">=" this, at most this)
+_BOUNDS: dict[str, tuple[str, float, float]] = {
+    "duration_s": (">=", 1.0, MAX_DURATION_S), "warmup_s": (">=", 0.0, MAX_DURATION_S),
+    "token_rate": (">", 0.0, math.inf), "initial_queries": (">", 0, MAX_REQUESTS), "feed_hwm": (">", 0.0, math.inf),
+    "disk_bytes_per_s": (">", 0.0, math.inf), "sample_interval_s": (">=", 0.01, MAX_DURATION_S),
+    "max_time_s": (">", 0.0, math.inf),
+}
+_OPTIONS = {"duration_s": "--duration", "token_rate": "--rate", "initial_queries": "--initial-queries"}
+
+
+def _check_number(name: str, value: Any, bound: tuple[str, float, float]) -> None:
+    op, low, high = bound
+    flag = f" ({_OPTIONS[name]})" if name in _OPTIONS else ""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ClusterSpecError(f"{name} must be a finite number, got {value!r}{flag}")
+    if value < low or (op == ">" and value == low):
+        raise ClusterSpecError(f"{name} must be {op} {low:g}, got {value}{flag}")
+    if value > high:
+        what = "requests per run" if name == "initial_queries" else "s (one simulated day)"
+        raise ClusterSpecError(f"{name} must be at most {high:g} {what}, got {value}{flag}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +87,12 @@ class SimConfig:
             raise ClusterSpecError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.scheduler not in ROUTERS:
             raise ClusterSpecError(f"scheduler must be one of {tuple(ROUTERS)}, got {self.scheduler!r}")
-        for name in ("duration_s", "token_rate", "sample_interval_s", "initial_queries"):
+        for name in ("seed", "initial_queries"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ClusterSpecError(f"{name} must be > 0, got {value}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ClusterSpecError(f"{name} must be an integer, got {value!r}")
+        for name, bound in _BOUNDS.items():
+            _check_number(name, getattr(self, name), bound)
 
     @classmethod
     def improved_s1(cls, **overrides: Any) -> SimConfig:
@@ -235,7 +264,7 @@ def simulate(plan: Plan, config: SimConfig | None = None, kv_capacity: dict[str,
         initial = config.initial_queries or (20 if config.scheduler == "maxflow" else 240)
         coord.feed_initial(initial, t0)
     else:
-        trace = _online_trace(plan, config, t0, duration)
+        trace = _online_trace(plan, config, t0, duration, _request_check(plan, kv_capacity, config.max_time_s - t0))
         for arrival in trace:
             coord.submit(arrival)
         expected = len(trace)
@@ -247,13 +276,71 @@ def simulate(plan: Plan, config: SimConfig | None = None, kv_capacity: dict[str,
     return _report(plan, config, metrics, coord, nodes, sampler, window, cost)
 
 
-def _online_trace(plan: Plan, config: SimConfig, t0: float, duration: float) -> list[Arrival]:
+def _online_trace(plan: Plan, config: SimConfig, t0: float, duration: float,
+                  check: Callable[[Arrival], str | None]) -> list[Arrival]:
     if isinstance(config.trace, (str, Path)):
-        return [replace(a, time_s=a.time_s + t0) for a in load_trace(config.trace)]
+        return [replace(a, time_s=a.time_s + t0) for a in load_trace(config.trace, check)]
     if config.trace is not None:
+        if len(config.trace) > MAX_REQUESTS:
+            raise ClusterSpecError(f"trace: {len(config.trace)} requests; a run takes at most {MAX_REQUESTS}")
+        for i, arrival in enumerate(config.trace):
+            if problem := check(arrival):
+                raise ClusterSpecError(f"trace[{i}]: {problem}")
         return [replace(a, time_s=a.time_s + t0) for a in config.trace]
     rate = config.token_rate or 0.5 * plan.flow.value
     return generate_trace(rate, int(duration) - int(duration) % 3 or 3, t0, config.seed, config.dataset)
+
+
+def _request_check(plan: Plan, kv_capacity: dict[str, int], latest_s: float) -> Callable[[Arrival], str | None]:
+    """What is wrong with a trace request for this plan, or None: one that arrives after the run ends or
+    that no route can ever take (it would wait forever, or decode for hours into a KV cache it overflows)."""
+    context = plan.model.max_context
+    max_prompt = prompt_limits(plan.cluster, plan.model, plan.placement)
+    longest_prompt = _widest_route(plan, lambda node, layers: max_prompt[node])
+    most_tokens = _widest_route(plan, lambda node, layers: kv_capacity[node] // layers)
+
+    def check(a: Arrival) -> str | None:
+        total = a.input_tokens + a.output_tokens
+        if a.time_s > latest_s:
+            return f"arrives at {a.time_s:g} s, after the simulation ends (max_time_s, {latest_s:g} s after start)"
+        if context is not None and total > context:
+            return f"input + output tokens {total} exceed the model's context of {context}"
+        if a.input_tokens > longest_prompt:
+            return f"input_tokens {a.input_tokens}: no route takes a prompt that long (at most {longest_prompt})"
+        if total > most_tokens:
+            return (f"input + output tokens {total}: more than the KV cache of any route can ever hold "
+                    f"(at most {most_tokens})")
+        return None
+
+    return check
+
+
+def _widest_route(plan: Plan, capacity: Callable[[str, int], float]) -> float:
+    """The most a route (coordinator -> nodes -> coordinator on the plan's arcs) can take, a node taking
+    `capacity(node, layers it runs there)`: the widest path, by Dijkstra with min for + and max for min."""
+    out: dict[str, list[str]] = {}
+    for src, dst in plan.flow.arc_flow:
+        out.setdefault(src, []).append(dst)
+    ranges = plan.placement.ranges
+    best: dict[str, float] = {COORDINATOR: math.inf}
+    heap, done, widest = [(-math.inf, COORDINATOR)], set(), 0.0
+    while heap:
+        width, node = heapq.heappop(heap)
+        if node in done:
+            continue
+        done.add(node)
+        for nxt in out.get(node, []):
+            if nxt == COORDINATOR:
+                widest = max(widest, -width)
+                continue
+            start = ranges[nxt].start if node == COORDINATOR else max(ranges[nxt].start, ranges[node].end)
+            if ranges[nxt].end <= start:
+                continue
+            w = min(-width, capacity(nxt, ranges[nxt].end - start))
+            if w > best.get(nxt, -1):
+                best[nxt] = w
+                heapq.heappush(heap, (-w, nxt))
+    return widest
 
 
 class _Sampler:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -21,6 +23,7 @@ from vllm_helix.errors import ClusterSpecError
 DATASETS = ("azure_conv", "azure_code", "alpaca", "shared_gpt")
 ARRIVAL_SOURCES = ("azure_conv", "azure_code")
 BIN_SECONDS = 3
+MAX_REQUESTS = 100_000  # per run: more takes hours of event handling (the reference's online run has ~1300)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +74,13 @@ def generate_trace(
     """Reference online trace: ~`token_rate` prompt+output tokens/s for `duration_s` (a multiple of 3)."""
     if duration_s <= 0 or duration_s % BIN_SECONDS:
         raise ClusterSpecError(f"trace duration must be a positive multiple of 3 s, got {duration_s}")
-    if token_rate <= 0:
-        raise ClusterSpecError(f"token rate must be > 0, got {token_rate}")
+    if not 0 < token_rate < math.inf:
+        raise ClusterSpecError(f"token rate must be > 0 and finite, got {token_rate}")
     rng = random.Random(seed)
     lengths = LengthSampler(dataset, rng)
+    if (requests := token_rate * duration_s / lengths.mean_total) > MAX_REQUESTS:
+        raise ClusterSpecError(f"{token_rate:g} tokens/s for {duration_s} s is about {requests:.3g} requests; a run "
+                               f"takes at most {MAX_REQUESTS} (lower the rate or the duration)")
     bins = _arrival_bins(arrivals)
     request_rate = token_rate / lengths.mean_total
     scale = BIN_SECONDS * request_rate / (sum(bins) / len(bins))
@@ -90,13 +96,16 @@ def generate_trace(
     return trace
 
 
-def load_trace(path: str | Path) -> list[Arrival]:
-    """User trace, CSV (header with arrival_time_s,input_tokens,output_tokens) or JSONL (same keys)."""
+def load_trace(path: str | Path, check: Callable[[Arrival], str | None] | None = None) -> list[Arrival]:
+    """User trace, CSV (header with arrival_time_s,input_tokens,output_tokens) or JSONL (same keys).
+    `check` says what is wrong with a request for the run it is for (None: nothing), reported with its line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ClusterSpecError(f"{path}: cannot read trace: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ClusterSpecError(f"{path}: not a UTF-8 text trace (byte {exc.start} is not UTF-8)") from None
     if path.suffix in (".jsonl", ".json"):
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -108,7 +117,14 @@ def load_trace(path: str | Path) -> list[Arrival]:
     else:
         reader = csv.DictReader(text.splitlines())
         rows = [(n, row) for n, row in enumerate(reader, 2)]
-    trace = [_row(path, n, row) for n, row in rows]
+    if len(rows) > MAX_REQUESTS:
+        raise ClusterSpecError(f"{path}: {len(rows)} requests; a run takes at most {MAX_REQUESTS} (split the trace)")
+    trace = []
+    for n, row in rows:
+        arrival = _row(path, n, row)
+        if check is not None and (problem := check(arrival)):
+            raise ClusterSpecError(f"{path}:{n}: {problem}")
+        trace.append(arrival)
     if not trace:
         raise ClusterSpecError(f"{path}: trace has no requests")
     return sorted(trace, key=lambda a: a.time_s)
@@ -124,13 +140,36 @@ def _row(path: Path, line: int, row: object) -> Arrival:
     key = next((k for k in _TIME_KEYS if k in row), None)
     if key is None:
         raise ClusterSpecError(f"{where}: missing arrival_time_s (columns: arrival_time_s,input_tokens,output_tokens)")
-    try:
-        t = float(row[key])
-        inp, out = int(row["input_tokens"]), int(row["output_tokens"])
-    except KeyError as exc:
-        raise ClusterSpecError(f"{where}: missing {exc.args[0]}") from None
-    except (TypeError, ValueError):
-        raise ClusterSpecError(f"{where}: arrival time and token counts must be numbers, got {row}") from None
-    if t < 0 or inp < 1 or out < 1:
-        raise ClusterSpecError(f"{where}: need arrival time >= 0 and token counts >= 1, got {row}")
+    for name in ("input_tokens", "output_tokens"):
+        if row.get(name) is None:  # a CSV row short of the column reads as None
+            raise ClusterSpecError(f"{where}: missing {name}")
+    t = _number(where, key, row[key])
+    inp, out = _count(where, "input_tokens", row["input_tokens"]), _count(where, "output_tokens", row["output_tokens"])
+    if not (math.isfinite(t) and t >= 0):
+        raise ClusterSpecError(f"{where}: {key}: need a finite arrival time >= 0 s, got {row[key]!r}")
+    if inp < 1 or out < 1:
+        raise ClusterSpecError(f"{where}: need token counts >= 1, got {row}")
     return Arrival(t, inp, out)
+
+
+def _number(where: str, key: str, value: object) -> float:
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ClusterSpecError(f"{where}: {key}: arrival times must be numbers (seconds), got {value!r}")
+
+
+def _count(where: str, key: str, value: object) -> int:
+    """A whole number of tokens: an int, or its digits (CSV); not a bool, not a fraction."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ClusterSpecError(f"{where}: {key}: token counts must be numbers (whole, >= 1), got {value!r}")
