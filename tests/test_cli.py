@@ -101,6 +101,12 @@ def test_import_ini_gives_an_equivalent_yaml_cluster(tmp_path):
         (["plan", "--cluster", SINGLE24, "-o", "x.yaml", "--objective", "latency"], "need --rate"),
         (["plan", "--cluster", SINGLE24, "-o", "x.yaml", "--slo", "2"], "need --rate"),
         (["plan", "--cluster", SINGLE24, "-o", "x.yaml", "--sim-window", "0"], "window must be > 0"),
+        (["plan", "--cluster", SINGLE24, "-o", "x.yaml", "--sim-window", "inf", "--time-limit", "3"],
+         "window must be > 0 and at most 86400 s (--sim-window), got inf"),
+        (["plan", "--cluster", SINGLE24, "-o", "x.yaml", "--sim-window", "1e7", "--time-limit", "3"],
+         "window must be > 0 and at most 86400 s (--sim-window)"),
+        (["plan", "--cluster", SINGLE24, "-o", "x.yaml", "--rate", "inf", "--objective", "latency"],
+         "rate must be > 0 and at most 1e+07 tokens/s (--rate), got inf"),
         (["plan", "--cluster", SINGLE24, "-o", "x.yaml", "--method", "milp", "--work-limit", "-1"],
          "work limit must be > 0"),
     ],
@@ -109,6 +115,16 @@ def test_bad_input_is_one_clear_line_and_exit_2(args, message):
     proc = run(*args, ok=False)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and message in proc.stderr
+
+
+def test_plan_previous_of_another_model_is_one_clear_line_and_exit_2(tmp_path):
+    other = tmp_path / "llama1-30b.yaml"
+    run("plan", "--cluster", SINGLE24, "--model", "llama1-30b", "--method", "swarm", "-o", other)
+    proc = run("plan", "--cluster", SINGLE24, "--previous", other, "--time-limit", "10", "-o", tmp_path / "x.yaml",
+               ok=False)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith(f"error: --previous {other}: a plan for model 'llama1-30b' (60 layers), "
+                                  "not for 'llama2-70b' (80 layers)")
 
 
 def test_plan_chooses_by_simulation_and_records_every_candidate(tmp_path):
@@ -196,8 +212,10 @@ def test_flow_that_serves_nothing_says_why_and_fails(tmp_path):
 def test_an_unwritable_output_is_a_usage_error_before_solving(tmp_path, output):
     proc = run("plan", "--cluster", SINGLE24, "--time-limit", "600", "-o", tmp_path / output, ok=False)
     assert proc.returncode == 2 and "argument -o/--output: cannot write" in proc.stderr
+    (tmp_path / "a-folder.png").mkdir()
+    plot = {"missing-dir/plan.yaml": "missing-dir/flow.png", ".": "a-folder.png"}[output]
     proc = run("flow", "--cluster", SINGLE24, "--placement", REF / "layouts/ilp/ilp_sol.ini",
-               "--plot", tmp_path / output, ok=False)
+               "--plot", tmp_path / plot, ok=False)
     assert proc.returncode == 2 and "argument --plot: cannot write" in proc.stderr
 
 

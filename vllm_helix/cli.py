@@ -219,12 +219,14 @@ def _reproduce_line() -> str:
 def _replan(args: argparse.Namespace, cluster, model, options: dict[str, Any]) -> int:
     """`plan --previous`: the plan for the changed cluster that loads the fewest layers (planner/replan.py)."""
     from vllm_helix.planner.files import load_plan
-    from vllm_helix.planner.replan import replan
+    from vllm_helix.planner.replan import check_previous_model, replan
 
     if args.method not in ("auto", "milp"):
         raise ClusterSpecError("--previous re-plans with the MILP; drop --method or use --method milp")
     options.pop("partial_inference", None)
-    result = replan(load_plan(args.previous).placement, cluster, model, throughput=args.throughput,
+    previous = load_plan(args.previous)
+    check_previous_model(previous.model, model, f"--previous {args.previous}")
+    result = replan(previous.placement, cluster, model, throughput=args.throughput,
                     tolerance=args.move_tolerance, partial_inference=args.partial_inference, **options)
     if not args.json:
         print(result.summary() + "\n")

@@ -193,3 +193,39 @@ def test_bad_input_is_a_clear_error():
     form = build_formulation(cluster, model, capacities, SolverOptions())
     with pytest.raises(InfeasiblePlacement, match="tolerance must be in"):
         network_bound(form, cluster, model, capacities, tolerance=0)
+
+
+def test_nodes_that_cannot_hold_every_layer_end_the_bisection_at_once(monkeypatch):
+    calls = []
+    real = nb.fills
+    monkeypatch.setattr(nb, "fills", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
+    one = Kind((100.0,), (1,))  # two one-layer nodes cannot fill 3 columns at any flow
+    value = nb.smallest_unreachable({one: 2}, 3, 0.0, 200.0, False, nb.TOLERANCE)
+    # it used to halve down to 0.0, where the empty column "reaches" the flow, and spin until TIME_LIMIT_S
+    assert 0 < value <= nb.MIN_FLOW and len(calls) < 64 and min(calls) > 0
+
+
+def test_the_bound_returns_by_its_deadline(monkeypatch):
+    monkeypatch.setattr(nb, "TIME_LIMIT_S", 1e9)
+    fast, slow = Kind((100.0,), (1,)), Kind((100.0, 40.0), (1, 2))
+    # a deadline already passed: no check is started, and the assumed-unreachable top is the bound
+    assert nb.smallest_unreachable({fast: 1, slow: 1}, 3, 0.0, 80.0, False, nb.TOLERANCE, deadline=0.0) == 80.0
+    assert fills({fast: 1, slow: 1}, 3, 80.0, crossing=False, deadline=0.0) is None
+
+
+def test_solve_milp_gives_the_network_bound_part_of_its_time_limit(monkeypatch):
+    from vllm_helix.planner.milp import solve as solve_module
+
+    seen = []
+    real = solve_module.network_bound
+
+    def recording(*args, deadline=None, **kwargs):
+        seen.append((nb.time.monotonic(), deadline))
+        return real(*args, deadline=deadline, **kwargs)
+
+    monkeypatch.setattr(solve_module, "network_bound", recording)
+    tables, layers, sizes, cross = SLOW_LINK_BINDS["cross link 140 tok/s"]
+    cluster, model, capacities = two_regions(sizes, cross), tiny_model(layers), caps(tables)
+    solve_milp(cluster, model, capacities, threads=1, time_limit_s=4)
+    (called, deadline), = seen
+    assert deadline is not None and deadline <= called + solve_module.NETWORK_SHARE * 4

@@ -121,12 +121,42 @@ def test_anytime_stops_keep_the_best_scored(every_plan, offline_decode):
         search(iter(()), Objective())
 
 
+def test_a_simulation_past_the_time_limit_is_cut(every_plan, monkeypatch):
+    import time
+
+    from vllm_helix.planner import ranking
+
+    objective = Objective("throughput", **SHORT)
+    first = ranking.score_plan(every_plan[0].plan, objective)
+
+    def score(plan, objective):  # the first candidate scores at once; any other simulates far past the budget
+        if plan is every_plan[0].plan:
+            return first
+        time.sleep(30)
+        raise AssertionError("not cut at the time limit")
+
+    monkeypatch.setattr(ranking, "score_plan", score)
+    monkeypatch.setattr(ranking, "FIRST_SCORE_GRACE_S", 0.2)
+    started = time.monotonic()
+    result = search(every_plan[:3], objective, time_limit_s=0.5)
+    assert result.stopped_by == "time limit" and [r.candidate for r in result.ranked] == every_plan[:1]
+    # nothing scored in time: the first simulation may take FIRST_SCORE_GRACE_S more, then the search says why
+    with pytest.raises(ClusterSpecError, match=r"\(time limit\); .* raise --time-limit or lower --sim-window"):
+        search(every_plan[1:3], objective, time_limit_s=0.1)
+    assert time.monotonic() - started < 5  # not the 30 s the simulations would take
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"name": "speed"}, "unknown objective"),
     ({"name": "latency"}, "need --rate"),
     ({"slo_s": 1.0}, "need --rate"),
     ({"window_s": 0}, "window must be > 0"),
     ({"confirm_window_s": -1}, "confirm window must be > 0"),
+    ({"window_s": float("inf")}, r"window must be > 0 and at most 86400 s \(--sim-window\)"),
+    ({"window_s": 1e7}, "window must be > 0 and at most 86400"),
+    ({"name": "latency", "rate": float("inf")}, r"rate must be > 0 and at most 1e\+07 tokens/s \(--rate\)"),
+    ({"rate": 1.0, "slo_s": float("nan")}, "slo must be > 0"),
+    ({"warmup_s": float("inf")}, "warm-up must be in"),
 ])
 def test_bad_objectives_are_refused(kwargs, match):
     with pytest.raises(ClusterSpecError, match=match):

@@ -83,3 +83,38 @@ def test_cli_reports_the_loads_and_writes_the_plan(tmp_path):
     summary = json.loads(cli("--cluster", tmp_path / "after.yaml", "--previous", tmp_path / "plan.yaml",
                              "-o", tmp_path / "new.yaml", "--json"))
     assert summary["method"].startswith("replan")
+
+
+def test_every_solver_run_ends_by_one_shared_deadline(monkeypatch):
+    import time
+
+    from vllm_helix.planner import milp
+
+    budget, real, runs = 2.0, milp.solve_milp, []
+    started = time.monotonic()
+
+    def slow_solver(*args, time_limit_s, **kwargs):  # a solver that takes all the time it is given
+        now = time.monotonic()
+        assert now + time_limit_s <= started + budget + 0.05, "a run may outlast replan's time limit"
+        runs.append(time_limit_s)
+        time.sleep(time_limit_s)
+        return real(*args, time_limit_s=5, **kwargs)
+
+    monkeypatch.setattr(milp, "solve_milp", slow_solver)
+    # b and d gone: [4, 8) is held by no one, so the bridges would follow "keep"
+    result = replan(TWO_PIPELINES, cluster("ace"), MODEL, tolerance=0.0, **{**OPTIONS, "time_limit_s": budget})
+    assert runs[0] <= budget / 2  # the from-scratch run leaves the pinned candidates time
+    assert result.stopped_by == "time limit" and result.plan.details["replan_stopped_by"] == "time limit"
+    assert "raise --time-limit" in result.summary()
+
+
+def test_a_previous_plan_of_another_model_is_refused():
+    from vllm_helix.errors import ClusterSpecError, InfeasiblePlacement
+    from vllm_helix.planner.replan import check_previous_model
+
+    other = ModelSpec("six", num_layers=6, hidden_size=1024, layer_bytes=1e9, activation_bytes_per_token=2048)
+    with pytest.raises(ClusterSpecError, match=r"p.yaml: a plan for model 'six' \(6 layers\), not for 'eight'"):
+        check_previous_model(other, MODEL, "p.yaml")
+    check_previous_model(MODEL, MODEL, "p.yaml")
+    with pytest.raises(InfeasiblePlacement, match="placement of another model"):
+        replan(TWO_PIPELINES, cluster("abcd"), other, **OPTIONS)

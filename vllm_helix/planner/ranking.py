@@ -16,14 +16,21 @@ re-simulated on `confirm_window_s` (600 s, the benchmark's window) and the winne
 
 Scores are deterministic for a seed (the simulator's random streams are seeded), so the same candidates give
 the same choice on any machine.
+
+A simulation has no clock of its own, so one that runs past the search's time limit is cut (SIGALRM) and its
+candidate left unscored; only the first candidate may finish up to FIRST_SCORE_GRACE_S later, so that a short
+budget still gives a plan.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
 import statistics
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 from vllm_helix.errors import ClusterSpecError
@@ -36,6 +43,9 @@ DEFAULT_WINDOW_S = 120.0  # measured simulated seconds per candidate (after a 60
 CONFIRM_WINDOW_S = 600.0  # the finalists' window (the full offline run the benchmark judges by)
 CONFIRM_TOP = 3
 CONFIRM_SHARE = 0.3  # of the time limit kept for confirming the finalists
+MAX_WINDOW_S = 86_400.0  # one simulated day, the simulator's longest run (~20 min of wall time on 24 nodes)
+MAX_RATE = 1e7  # tokens/s of online load: far above any cluster's max flow (the simulator caps requests too)
+FIRST_SCORE_GRACE_S = 10.0  # past the time limit, the first candidate's simulation may still finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +81,15 @@ class Objective:
             raise ClusterSpecError(f"unknown objective {self.name!r}; choose from {list(OBJECTIVES)}")
         if (self.name == "latency" or self.slo_s is not None) and self.rate is None:
             raise ClusterSpecError("--objective latency and --slo need --rate TOKENS_PER_S (the online load)")
-        for label, value in (("window", self.window_s), ("rate", self.rate), ("slo", self.slo_s),
-                             ("confirm window", self.confirm_window_s)):
-            if value is not None and not value > 0:
-                raise ClusterSpecError(f"{label} must be > 0, got {value}")
+        # finite and bounded: an infinite window or rate never finishes simulating (or overflows)
+        for label, value, high, unit in (("window", self.window_s, MAX_WINDOW_S, " s (--sim-window)"),
+                                         ("rate", self.rate, MAX_RATE, " tokens/s (--rate)"),
+                                         ("slo", self.slo_s, MAX_WINDOW_S, " s (--slo)"),
+                                         ("confirm window", self.confirm_window_s, MAX_WINDOW_S, " s")):
+            if value is not None and not 0 < value <= high:
+                raise ClusterSpecError(f"{label} must be > 0 and at most {high:g}{unit}, got {value}")
+        if not 0 <= self.warmup_s <= MAX_WINDOW_S:
+            raise ClusterSpecError(f"warm-up must be in [0, {MAX_WINDOW_S:g}] s, got {self.warmup_s}")
 
     @property
     def simulates(self) -> bool:
@@ -156,11 +171,13 @@ def search(candidates: Iterable[Candidate], objective: Objective, time_limit_s: 
     """Score candidates until they run out, the time limit passes, or Ctrl-C; then confirm the finalists
     (`Objective.confirms`) with the time kept for it; best first.
 
-    Anytime: whatever was scored (and confirmed) when the limit or Ctrl-C hits is ranked and returned.
+    Anytime: whatever was scored (and confirmed) when the limit or Ctrl-C hits is ranked and returned; a
+    simulation still running at the limit is cut (the first one FIRST_SCORE_GRACE_S later).
     """
     started = time.monotonic()
     scoring_limit = time_limit_s * (1 - CONFIRM_SHARE) if time_limit_s is not None and objective.confirms \
         else time_limit_s
+    deadline = None if time_limit_s is None else started + time_limit_s
     scored: list[Ranked] = []
     score_s: list[float] = []  # wall seconds per short-window scoring (the confirmations' cost estimate)
     stopped = "done"
@@ -168,7 +185,14 @@ def search(candidates: Iterable[Candidate], objective: Objective, time_limit_s: 
     try:
         for candidate in iterator:
             t0 = time.monotonic()
-            scored.append(Ranked(candidate, score_plan(candidate.plan, objective)))
+            cut = deadline if scored or deadline is None else deadline + FIRST_SCORE_GRACE_S
+            try:
+                with _until(cut):
+                    score = score_plan(candidate.plan, objective)
+            except _OutOfTime:
+                stopped = "time limit"
+                break
+            scored.append(Ranked(candidate, score))
             score_s.append(time.monotonic() - t0)
             if on_scored is not None:
                 on_scored(scored[-1])
@@ -176,13 +200,42 @@ def search(candidates: Iterable[Candidate], objective: Objective, time_limit_s: 
                 stopped = "time limit"
                 break
         if objective.confirms and scored:
-            deadline = None if time_limit_s is None else started + time_limit_s
             stopped = _confirm(scored, objective, deadline, statistics.median(score_s)) or stopped
     except KeyboardInterrupt:
         stopped = "interrupted"
     if not scored:
-        raise ClusterSpecError(f"no candidate plan was scored before the search stopped ({stopped})")
+        why = ("; one candidate's simulation takes longer than the time limit: raise --time-limit or lower "
+               "--sim-window") if stopped == "time limit" else ""
+        raise ClusterSpecError(f"no candidate plan was scored before the search stopped ({stopped}){why}")
     return SearchResult(_ranked(scored, objective), stopped, time.monotonic() - started)
+
+
+class _OutOfTime(Exception):
+    """The search's time limit passed during a simulation."""
+
+
+@contextlib.contextmanager
+def _until(deadline: float | None) -> Iterator[None]:
+    """Raise _OutOfTime in what runs inside once `deadline` (time.monotonic()) passes: the simulator has no
+    clock to stop by, and one long window would overrun the budget by minutes. SIGALRM works in the main
+    thread only; elsewhere, or while another timer is set, nothing is cut."""
+    if (deadline is None or not hasattr(signal, "setitimer") or threading.current_thread() is not
+            threading.main_thread() or signal.getitimer(signal.ITIMER_REAL)[0]):
+        yield
+        return
+
+    def ring(signum, frame):
+        raise _OutOfTime
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, max(1e-3, deadline - time.monotonic()))
+        yield
+    finally:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
 
 
 def _ranked(scored: list[Ranked], objective: Objective) -> list[Ranked]:
@@ -200,7 +253,11 @@ def _confirm(scored: list[Ranked], objective: Objective, deadline: float | None,
     for finalist in _ranked(scored, objective)[:objective.confirm_top]:
         if deadline is not None and time.monotonic() + cost > deadline:
             return "time limit"
-        decode = offline_decode(finalist.candidate.plan, objective, objective.confirm_window_s)
+        try:
+            with _until(deadline):
+                decode = offline_decode(finalist.candidate.plan, objective, objective.confirm_window_s)
+        except _OutOfTime:
+            return "time limit"
         finalist.score = dataclasses.replace(finalist.score, confirmed_decode_tokens_per_s=decode)
     return None
 
@@ -240,7 +297,7 @@ def choose_plan(cluster, model, throughput: str, objective: Objective, options, 
 
     The best plan's details record the objective, every candidate's row and how the search stopped.
     Each MILP run gets the solver options' deterministic work limit and at most a quarter of the budget, and
-    never runs past the budget (the search may still overrun it by one candidate's simulation).
+    never runs past the budget; nor does a simulation (but the first, which may take FIRST_SCORE_GRACE_S more).
     """
     from vllm_helix.planner.candidates import generate
     from vllm_helix.planner.throughput import capacity_table

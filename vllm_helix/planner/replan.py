@@ -14,15 +14,19 @@ within `tolerance` of the best candidate's:
   such a gap may move as well, the others stay pinned; w grows until the max flow is within tolerance;
 * ``scratch``: the MILP from scratch, with identical nodes (same GPU, memory, NICs, region) swapped so each
   keeps as much of its previous range as it can — at the same max flow (checked by the evaluator).
+
+Everything shares one deadline, the MILP's time limit (`time_limit_s`): the from-scratch run may take
+SCRATCH_SHARE of it, each pinned candidate what is left, and the candidates not started by then are skipped.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vllm_helix.errors import InfeasiblePlacement
+from vllm_helix.errors import ClusterSpecError, InfeasiblePlacement
 from vllm_helix.planner.cluster import ClusterSpec, NodeSpec
 from vllm_helix.planner.flow import max_flow
 from vllm_helix.planner.model import ModelSpec
@@ -31,6 +35,8 @@ from vllm_helix.planner.plan import Plan, evaluate_plan
 from vllm_helix.planner.throughput import NodeCapacity, capacity_table
 
 BRIDGE_REACH = (1, 2, 4, 8, 16)  # layers around a gap whose nodes may move, tried in this order
+SCRATCH_SHARE = 0.5  # of the time limit the from-scratch MILP may take: the pinned candidates need the rest
+MIN_SOLVE_S = 0.5  # a pinned candidate is not started with less time left than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +53,7 @@ class Replan:
     chosen: Candidate
     scratch_layer_loads: int  # what planning from scratch (as the solver returns it) would load
     candidates: tuple[Candidate, ...]
+    stopped_by: str = "done"  # done | time limit (pinned candidates left untried)
 
     def summary(self) -> str:
         lines = [f"{'candidate':<10}{'max flow (tok/s)':>18}{'layer loads':>13}"]
@@ -55,6 +62,8 @@ class Replan:
             lines.append(f"{c.name:<10}{c.max_flow:>18.3f}{c.layer_loads:>13}{mark}")
         lines.append(f"re-plan: {self.chosen.layer_loads} layer loads (from scratch: {self.scratch_layer_loads}), "
                      f"max flow {self.chosen.max_flow:.3f} tok/s")
+        if self.stopped_by != "done":
+            lines.append(f"stopped by the {self.stopped_by}: candidates with fewer loads may exist; raise --time-limit")
         return "\n".join(lines)
 
 
@@ -67,15 +76,30 @@ def _overlap(a: LayerRange | None, b: LayerRange | None) -> int:
     return max(0, min(a.end, b.end) - max(a.start, b.start)) if a and b else 0
 
 
+def check_previous_model(previous: ModelSpec, model: ModelSpec, where: str) -> None:
+    """The previous plan serves the model being planned: another model's layer ranges mean nothing here."""
+    if (previous.name, previous.num_layers) != (model.name, model.num_layers):
+        raise ClusterSpecError(
+            f"{where}: a plan for model {previous.name!r} ({previous.num_layers} layers), not for "
+            f"{model.name!r} ({model.num_layers} layers); pass --model {previous.name} or drop --previous")
+
+
 def replan(
     previous: Placement, cluster: ClusterSpec, model: ModelSpec, *, throughput: str = "reference",
     tolerance: float = 0.05, partial_inference: bool = False, **milp_options: Any,
 ) -> Replan:
-    """The candidate with the fewest layer loads within `tolerance` of the best max flow (see module doc)."""
+    """The candidate with the fewest layer loads within `tolerance` of the best max flow (see module doc),
+    found within the MILP options' time limit (`time_limit_s`), which every solver run shares."""
     from vllm_helix.planner.milp import solve_milp
+    from vllm_helix.planner.milp.options import SolverOptions
 
     if not 0 <= tolerance < 1:
         raise InfeasiblePlacement(f"the move tolerance must be in [0, 1), got {tolerance}")
+    if beyond := [(n, r) for n, r in previous.ranges.items() if r.end > model.num_layers]:
+        name, rng = beyond[0]
+        raise InfeasiblePlacement(f"the previous placement gives {name} layers [{rng.start}, {rng.end}), beyond "
+                                  f"the model's {model.num_layers}: it is a placement of another model")
+    deadline = time.monotonic() + SolverOptions.from_kwargs(**milp_options).time_limit_s  # checks the options too
     capacities = capacity_table(cluster, model, throughput)
     kept = {n: r for n, r in previous.ranges.items() if n in capacities and r.size <= capacities[n].max_layers}
 
@@ -83,11 +107,13 @@ def replan(
         value = max_flow(cluster, model, placement, capacities=capacities, partial_inference=partial_inference).value
         return Candidate(name, placement, value, layer_loads(previous, placement))
 
-    def solve(**extra: Any) -> Placement:
-        options = {"partial_inference": partial_inference, **milp_options, **extra}
+    def solve(share: float = 1.0, **extra: Any) -> Placement:
+        left = max(0.1, share * (deadline - time.monotonic()))  # every run ends by the shared deadline
+        options = {"partial_inference": partial_inference, **milp_options, "time_limit_s": left, **extra}
         return solve_milp(cluster, model, capacities, **options).placement
 
-    scratch = evaluate("scratch", solve())
+    scratch = evaluate("scratch", solve(SCRATCH_SHARE))
+    stopped_by = "done"
     candidates = [evaluate("as-is", Placement(kept))]
     uncovered = sorted(set(range(model.num_layers)) - {k for r in kept.values() for k in range(r.start, r.end)})
     for reach in (0, *(BRIDGE_REACH if uncovered else ())):
@@ -95,6 +121,9 @@ def replan(
         # layer no surviving node holds are free to move too, the rest stay pinned
         pins = {n: (r.start, r.end) for n, r in kept.items()
                 if not reach or not any(r.start - reach <= u < r.end + reach for u in uncovered)}
+        if deadline - time.monotonic() < MIN_SOLVE_S:
+            stopped_by = "time limit"
+            break
         try:
             found = evaluate(f"bridge±{reach}" if reach else "keep", solve(pins=pins, progress=False))
         except InfeasiblePlacement:
@@ -110,10 +139,10 @@ def replan(
     good = [c for c in candidates if c.max_flow >= best_flow * (1 - tolerance)]
     chosen = min(good, key=lambda c: (c.layer_loads, -c.max_flow))
     details = {"previous_layer_loads": {"chosen": chosen.layer_loads, "from_scratch": scratch.layer_loads},
-               "replan_candidate": chosen.name, "move_tolerance": tolerance}
+               "replan_candidate": chosen.name, "move_tolerance": tolerance, "replan_stopped_by": stopped_by}
     plan = evaluate_plan(cluster, model, chosen.placement, f"replan ({chosen.name})", throughput=throughput,
                          partial_inference=partial_inference, details=details)
-    return Replan(plan, chosen, scratch.layer_loads, tuple(candidates))
+    return Replan(plan, chosen, scratch.layer_loads, tuple(candidates), stopped_by)
 
 
 def _twin_key(node: NodeSpec) -> tuple:

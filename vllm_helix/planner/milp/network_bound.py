@@ -20,6 +20,7 @@ Exact chaining only (with partial inference a node may run part of its range).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,11 +35,13 @@ from vllm_helix.planner.throughput import NodeCapacity
 
 MAX_PATTERNS = 50_000  # more minimal columns than this ...
 MAX_STEPS = 2_000_000  # ... or more partial columns tried: give up on F (it counts as reachable)
+DEADLINE_EVERY = 10_000  # partial columns between looks at the clock
 SOLVE_LIMIT_S = 5.0  # per feasibility check; an unproven check counts as reachable
 TOLERANCE = 1e-6  # bisection stops when the interval is this share of the bound ...
 MERGE_SPREADS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # merging nearly equal node tables ...
 MAX_TYPES = 40  # ... until at most this many (kind, layer count) remain
-TIME_LIMIT_S = 20.0  # ... or after this long (clusters with many distinct node tables)
+TIME_LIMIT_S = 20.0  # ... or after this long (clusters with many distinct node tables), or at the caller's deadline
+MIN_FLOW = 1e-6  # tokens/s: a bound below this is "nothing flows" (the MILP works in 0.01 tok/s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +67,11 @@ def network_bound(
     model: ModelSpec,
     capacities: Mapping[str, NodeCapacity],
     tolerance: float = TOLERANCE,
+    deadline: float | None = None,
 ) -> NetworkBound:
     """Upper bound on the max flow of every placement `form` allows (its pins, excludes, layer limits).
 
+    With a `deadline` (time.monotonic()) it returns by then, with the weaker bound proven so far.
     Raises InfeasiblePlacement for partial inference (not covered) or a tolerance outside (0, 1).
     """
     if form.partial:
@@ -80,11 +85,11 @@ def network_bound(
     links = {(a, b): c for (a, b), c in link_capacities(cluster, model).items() if a in layers and b in layers}
     threshold, regions = slow_link_threshold(links, layers, form.num_layers)
     top = form.flow_cap * (1 + 1e-9) + 1e-9  # above the compute bound: never reachable
-    column = min(form.flow_cap, smallest_unreachable(kinds, form.num_layers, 0.0, top, False, tolerance))
+    column = min(form.flow_cap, smallest_unreachable(kinds, form.num_layers, 0.0, top, False, tolerance, deadline))
     if threshold is None or threshold >= column:
         why = "a region of fast links holds the whole model" if threshold is None else "the slow links are fast"
         return NetworkBound(column, column, threshold, regions, f"column bound ({why}){_rounded(rounding)}")
-    value = smallest_unreachable(kinds, form.num_layers, threshold, column, True, tolerance)
+    value = smallest_unreachable(kinds, form.num_layers, threshold, column, True, tolerance, deadline)
     return NetworkBound(
         value,
         column,
@@ -161,27 +166,36 @@ def slow_link_threshold(
 
 
 def smallest_unreachable(
-    kinds: Mapping[Kind, int], num_layers: int, low: float, high: float, crossing: bool, tolerance: float
+    kinds: Mapping[Kind, int], num_layers: int, low: float, high: float, crossing: bool, tolerance: float,
+    deadline: float | None = None,
 ) -> float:
     """Bisection between `low` (not proven unreachable) and `high` (assumed unreachable); returns a flow
-    proven unreachable, or `high`. Stops after TIME_LIMIT_S with the lowest one proven so far."""
-    if fills(kinds, num_layers, high, crossing) is not False:
+    proven unreachable, or `high`. Stops after TIME_LIMIT_S or at `deadline` with the lowest one proven so far,
+    and below MIN_FLOW (nodes that cannot hold every layer: every flow is unreachable, the bisection would
+    halve `high` down to 0.0, where the empty column "reaches" it, and spin there until the time limit)."""
+    deadline = min(time.monotonic() + TIME_LIMIT_S, math.inf if deadline is None else deadline)
+    if fills(kinds, num_layers, high, crossing, deadline) is not False:
         return high
-    deadline = time.monotonic() + TIME_LIMIT_S
-    while high - low > tolerance * high and time.monotonic() < deadline:
+    while high - low > tolerance * high and high > MIN_FLOW and time.monotonic() < deadline:
         mid = (low + high) / 2
-        if fills(kinds, num_layers, mid, crossing) is False:
+        if fills(kinds, num_layers, mid, crossing, deadline) is False:
             high = mid
         else:
             low = mid
     return high
 
 
-def fills(kinds: Mapping[Kind, int], num_layers: int, flow: float, crossing: bool) -> bool | None:
+def fills(kinds: Mapping[Kind, int], num_layers: int, flow: float, crossing: bool,
+          deadline: float | None = None) -> bool | None:
     """Can the nodes fill `num_layers` columns of capacity >= flow (with `crossing`: and one column holding
-    a second node)? False only when CP-SAT proves it impossible; None when undecided."""
+    a second node)? False only when CP-SAT proves it impossible; None when undecided (or at `deadline`)."""
+    started = time.monotonic()
+    left = SOLVE_LIMIT_S if deadline is None else min(SOLVE_LIMIT_S, deadline - started)
+    if left <= 0:
+        return None
     types = sorted(((kind, k) for kind in kinds for k in kind.allowed), key=lambda t: -t[0].throughput[t[1] - 1])
-    patterns = minimal_columns([kind.throughput[k - 1] for kind, k in types], [kind for kind, _ in types], kinds, flow)
+    patterns = minimal_columns([kind.throughput[k - 1] for kind, k in types], [kind for kind, _ in types], kinds, flow,
+                               deadline)
     if patterns is None:
         return None
     m = cp_model.CpModel()
@@ -200,7 +214,7 @@ def fills(kinds: Mapping[Kind, int], num_layers: int, flow: float, crossing: boo
         m.Add(sum(k * c for c, (_, k) in zip(count, types, strict=True)) >= num_layers + 1)
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
-    solver.parameters.max_time_in_seconds = SOLVE_LIMIT_S
+    solver.parameters.max_time_in_seconds = max(0.01, left - (time.monotonic() - started))
     status = solver.Solve(m)
     if status == cp_model.INFEASIBLE:
         return False
@@ -208,11 +222,12 @@ def fills(kinds: Mapping[Kind, int], num_layers: int, flow: float, crossing: boo
 
 
 def minimal_columns(
-    throughput: Sequence[float], kind_of: Sequence[Kind], limits: Mapping[Kind, int], flow: float
+    throughput: Sequence[float], kind_of: Sequence[Kind], limits: Mapping[Kind, int], flow: float,
+    deadline: float | None = None,
 ) -> list[tuple[int, ...]] | None:
     """Multisets of type indices (types sorted by throughput, fastest first) whose throughputs reach `flow`
     and stop reaching it without their slowest member; at most `limits[kind]` nodes of a kind. None when
-    there are more than MAX_PATTERNS (or the search takes more than MAX_STEPS)."""
+    there are more than MAX_PATTERNS (or the search takes more than MAX_STEPS, or runs past `deadline`)."""
     out: list[tuple[int, ...]] = []
     chosen: list[int] = []
     used: dict[Kind, int] = {}
@@ -221,6 +236,8 @@ def minimal_columns(
     def extend(first: int, total: float) -> bool:
         steps[0] += 1
         if steps[0] > MAX_STEPS:
+            return False
+        if deadline is not None and not steps[0] % DEADLINE_EVERY and time.monotonic() > deadline:
             return False
         if total >= flow * (1 - 1e-12):  # float sums: never refute a flow a real column reaches
             out.append(tuple(chosen))

@@ -40,7 +40,10 @@ def solve_milp(
         solver = "gurobi" if importlib.util.find_spec("gurobipy") else "cpsat"
     started = time.monotonic()
     form = build_formulation(cluster, model, capacities, options)
-    network = None if options.partial_inference else network_bound(form, cluster, model, capacities)
+    # the bound shares the time limit with the search, and may take at most NETWORK_SHARE of it
+    bound_by = started + NETWORK_SHARE * options.time_limit_s
+    network = None if options.partial_inference else network_bound(form, cluster, model, capacities,
+                                                                    deadline=bound_by)
     ceiling = min(form.flow_cap, network.value) if network else form.flow_cap
 
     def verify(placement: Placement) -> float:
@@ -86,6 +89,7 @@ def solve_milp(
     return PlacementResult(best, options.partial_inference, details)
 
 
+NETWORK_SHARE = 0.5  # of the time limit the network bound may take (the solver keeps the rest to search)
 TIE_ORDER = ("network", "compute", "column", "solver")  # equal bounds: name the argument, not the solver echoing it
 BOUND_KINDS = {  # what the reported bound is (details.bound_kind)
     "solver": "solver (the MILP's proven bound)",
