@@ -27,3 +27,10 @@ def test_free_returns_blocks_and_full_cache_raises():
         alloc.grow("b", 1)
     assert alloc.free("a") == 2 and alloc.used == 0 and alloc.free("a") == 0
     assert alloc.can_fit("b", 8)
+
+
+def test_missing_counts_only_the_blocks_a_table_lacks():
+    alloc = BlockAllocator(num_blocks=5, block_size=4)
+    assert alloc.missing("a", 9) == 3
+    alloc.grow("a", 5)
+    assert [alloc.missing("a", n) for n in (4, 8, 9)] == [0, 0, 1]

@@ -23,8 +23,11 @@ class BlockAllocator:
         return self.total - len(self._free)
 
     def can_fit(self, request_id: str, num_tokens: int) -> bool:
-        have = len(self._tables.get(request_id, ()))
-        return blocks_for(num_tokens, self.block_size) - have <= len(self._free)
+        return self.missing(request_id, num_tokens) <= len(self._free)
+
+    def missing(self, request_id: str, num_tokens: int) -> int:
+        """Blocks the request's table lacks to hold ``num_tokens`` tokens."""
+        return max(0, blocks_for(num_tokens, self.block_size) - len(self._tables.get(request_id, ())))
 
     def grow(self, request_id: str, num_tokens: int) -> list[int]:
         """Make the request's table hold ``num_tokens`` tokens; return the newly added block ids."""

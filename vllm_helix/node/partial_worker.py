@@ -161,6 +161,16 @@ class PartialLayerWorker:
         """Whether ``num_tokens`` more tokens of a new request fit in the free KV blocks now."""
         return blocks_for(num_tokens, self._block_size) <= self._blocks.total - self._blocks.used
 
+    def blocks_short(self, batch: Sequence[StepItem]) -> int:
+        """KV blocks ``batch`` needs beyond the free ones (0: it fits). Requests not on this node count none:
+        ``execute`` refuses them."""
+        need = 0
+        for item in batch:
+            state = self._requests.get(item.request_id)
+            if state is not None:
+                need += self._blocks.missing(item.request_id, state.num_computed + item.num_tokens)
+        return max(0, need - (self._blocks.total - self._blocks.used))
+
     def add_request(
         self, request_id: str, prompt_token_ids: Sequence[int], sampling_params: SamplingParams | None = None
     ) -> None:

@@ -38,6 +38,7 @@ HELLO_INTERVAL_S = 0.5
 STATS_INTERVAL_S = 10.0  # the node's own log line
 REPORT_INTERVAL_S = 1.0  # Busy to the coordinator while serving: its metrics and plan-vs-real checks
 DRAIN_TIMEOUT_S = 120.0  # a draining node leaves after this even if the coordinator never answers
+KV_WAIT_S = 5.0  # a batch short of KV blocks waits this long for the Frees that make its room (see _wait_for_kv)
 
 
 @dataclass
@@ -108,6 +109,7 @@ class NodeServer:
         self.served = _Stats()  # since the start, reported to the coordinator
         self.trace = tracer(name)  # VLLM_HELIX_TRACE: per-batch timestamps (None: off)
         self._reported = 0.0  # when the last Busy went out
+        self.kv_wait_s = KV_WAIT_S
 
     # ------------------------------------------------------------------ start-up
 
@@ -186,6 +188,7 @@ class NodeServer:
                 return
             batch = self._collect(timeout_s=1.0)
             if batch.items:
+                self._wait_for_kv(batch)
                 self._run(batch)
             elif self.trace is not None:  # idle: the last batches' lines reach the disk before any SIGTERM
                 self.trace.flush()
@@ -248,6 +251,47 @@ class NodeServer:
                 return batch
             elif isinstance(message, p.Start):  # while serving: a neighbour's key was rotated
                 self._trust(message.public_keys)
+
+    def _wait_for_kv(self, batch: _Pending) -> None:
+        """The coordinator admits a request into KV room a finished one leaves, and sends that one's Free to each
+        of its nodes at once; the new request's step comes through the previous hops and may get here first. A
+        batch short of blocks takes the Frees that arrive (other messages wait their turn) until it fits, for
+        up to `kv_wait_s`; then it runs anyway, and fails as a full cache does."""
+        deadline = time.monotonic() + self.kv_wait_s
+        while self.worker.blocks_short(batch.items) > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                logger.warning("node %s: a batch is short of KV blocks and no Free made room in %.1f s", self.name,
+                               self.kv_wait_s)
+                return
+            try:
+                received = self.channel.recv(min(left, 0.05))
+            except FrameRejected as exc:
+                logger.warning("node %s: dropped a malformed message: %s", self.name, exc)
+                continue
+            except PeerLost as exc:
+                logger.warning("node %s: %s", self.name, exc)
+                if getattr(exc, "peer", None) == COORDINATOR_PEER:
+                    self._out_of_routing("it lost the coordinator")
+                    return
+                continue
+            if received is None:
+                continue
+            message = received.message
+            if isinstance(message, p.Free) and not self._queued_steps_name(message.request_ids, batch):
+                self._free(message.request_ids)
+                continue
+            self.deferred.append(received)
+            if isinstance(message, (p.Shutdown, p.Reset)):
+                return
+
+    def _queued_steps_name(self, request_ids: list[str], batch: _Pending) -> bool:
+        """A step of one of these requests is in `batch` or waiting: a Free of them must come after it."""
+        wanted = set(request_ids)
+        if wanted & batch.step_of.keys():
+            return True
+        return any(isinstance(r.message, p.Step) and any(i.request_id in wanted for i in r.message.items)
+                   for r in self.deferred)
 
     def _merge(self, batch: _Pending, step: p.Step, received: Received) -> bool:
         self._check_known(step)
