@@ -211,17 +211,7 @@ class NodeServer:
         batch = _Pending()
         wait = timeout_s
         while True:
-            try:
-                received = self.deferred.pop(0) if self.deferred else self.channel.recv(wait)
-            except FrameRejected as exc:
-                logger.warning("node %s: dropped a malformed message: %s", self.name, exc)
-                continue
-            except PeerLost as exc:
-                logger.warning("node %s: %s", self.name, exc)
-                if getattr(exc, "peer", None) == COORDINATOR_PEER:
-                    self._out_of_routing("it lost the coordinator")
-                    return batch
-                continue
+            received = self.deferred.pop(0) if self.deferred else self._receive(wait)
             if received is None:
                 return batch
             wait = 0.0
@@ -252,6 +242,19 @@ class NodeServer:
             elif isinstance(message, p.Start):  # while serving: a neighbour's key was rotated
                 self._trust(message.public_keys)
 
+    def _receive(self, wait: float) -> Received | None:
+        """The transport's next message; None after `wait`, for a malformed message (dropped) or a lost link
+        (the coordinator's takes the node out of routing)."""
+        try:
+            return self.channel.recv(wait)
+        except FrameRejected as exc:
+            logger.warning("node %s: dropped a malformed message: %s", self.name, exc)
+        except PeerLost as exc:
+            logger.warning("node %s: %s", self.name, exc)
+            if getattr(exc, "peer", None) == COORDINATOR_PEER:
+                self._out_of_routing("it lost the coordinator")
+        return None
+
     def _wait_for_kv(self, batch: _Pending) -> None:
         """The coordinator admits a request into KV room a finished one leaves, and sends that one's Free to each
         of its nodes at once; the new request's step comes through the previous hops and may get here first. A
@@ -264,18 +267,10 @@ class NodeServer:
                 logger.warning("node %s: a batch is short of KV blocks and no Free made room in %.1f s", self.name,
                                self.kv_wait_s)
                 return
-            try:
-                received = self.channel.recv(min(left, 0.05))
-            except FrameRejected as exc:
-                logger.warning("node %s: dropped a malformed message: %s", self.name, exc)
-                continue
-            except PeerLost as exc:
-                logger.warning("node %s: %s", self.name, exc)
-                if getattr(exc, "peer", None) == COORDINATOR_PEER:
-                    self._out_of_routing("it lost the coordinator")
-                    return
-                continue
+            received = self._receive(min(left, 0.05))
             if received is None:
+                if self.rejoin_reason is not None or not self.running:  # the coordinator is gone
+                    return
                 continue
             message = received.message
             if isinstance(message, p.Free) and not self._queued_steps_name(message.request_ids, batch):
