@@ -80,6 +80,9 @@ def test_worker_key_errors_come_before_the_model_loads(tmp_path):
                                                             key_path(plan_path, "near"), ok=False).stderr
     key_path(plan_path, "far").chmod(0o644)
     assert "chmod 600" in cli(*worker, "--node", "far", ok=False).stderr
+    key_path(plan_path, "far").chmod(0o600)
+    key_path(plan_path, "far").write_bytes(b"name: far\nsecret: caf\xe9\n")  # not UTF-8
+    assert "not a vllm-helix key file" in cli(*worker, "--node", "far", ok=False).stderr
     key_path(plan_path, "far").unlink()
     assert "cannot read key file" in cli(*worker, "--node", "far", ok=False).stderr
 

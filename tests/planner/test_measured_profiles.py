@@ -228,6 +228,7 @@ def test_a_noisy_measured_table_that_falls_at_its_end_is_not_extrapolated_below_
 BAD = {
     "malformed.json": ('{"model": "tiny",', "cannot read profile"),
     "array.json": ("[1, 2]", "not a profile"),
+    "latin1.json": ('{"model": "caf\u00e9"}'.encode("latin-1"), "cannot read profile: not UTF-8 text (byte 0xe9"),
     "missing.json": (json.dumps({"model": "tiny", "gpu": "cpu", "measured": True}), "missing field 'max_num_layers'"),
     "negative.json": (None, "negative latency"),
     "bundled.json": (None, "not a measured profile"),
@@ -267,6 +268,8 @@ def test_bad_profile_files_are_one_line_errors(tmp_path, tiny_model, capsys, nam
         text = json.dumps(doc)
     if name == "bundled.json":
         shutil.copy(ROOT / "vllm_helix/data/profiles/llama2_70b_A100.json", folder / name)
+    elif isinstance(text, bytes):
+        (folder / name).write_bytes(text)
     else:
         (folder / name).write_text(text)
     common = ["--cluster", ROOT / "examples/local3-cluster.yaml", "--model", tiny_model, "--profiles", folder]

@@ -52,8 +52,8 @@ def test_malformed_hf_configs_are_errors_naming_the_field(config, message):
 @pytest.mark.parametrize("content, message", [
     (b"[1, 2]", "not a model config"),
     (b'{"hidden_size": 1,', "cannot read model config"),
-    ('{"hidden_size": "caf\u00e9"}'.encode("latin-1"), "not a UTF-8 JSON model config"),
-    (json.dumps(BASE).encode("utf-16"), "not a UTF-8 JSON model config"),
+    ('{"hidden_size": "caf\u00e9"}'.encode("latin-1"), "cannot read model config: not UTF-8 text"),
+    (json.dumps(BASE).encode("utf-16"), "cannot read model config: not UTF-8 text"),
 ])
 def test_load_model_reports_unreadable_config_files(tmp_path, content, message):
     (tmp_path / "config.json").write_bytes(content)

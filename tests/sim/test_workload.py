@@ -108,7 +108,7 @@ def test_whole_float_token_counts_read_as_ints(tmp_path):
 def test_a_trace_that_is_not_utf8_is_a_clear_error(tmp_path):
     path = tmp_path / "t.csv"
     path.write_bytes("arrival_time_s,input_tokens,output_tokens\n0,5,5\n".encode("utf-16"))
-    with pytest.raises(ClusterSpecError, match="t.csv: not a UTF-8 text trace"):
+    with pytest.raises(ClusterSpecError, match="t.csv: cannot read trace: not UTF-8 text"):
         load_trace(path)
 
 

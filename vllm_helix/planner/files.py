@@ -21,17 +21,12 @@ from vllm_helix.planner.cluster import ClusterSpec, cluster_from_dict
 from vllm_helix.planner.ini import read_cluster_ini, read_solution_ini
 from vllm_helix.planner.placement import LayerRange, Placement
 from vllm_helix.planner.plan import Plan, plan_from_dict
+from vllm_helix.text_files import read_text
 
 
 def read_yaml(path: str | Path, what: str = "file") -> Any:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ClusterSpecError(f"{path}: cannot read {what} ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ClusterSpecError(f"{path}: cannot read {what}: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
-                               f"at offset {exc.start}); save it as UTF-8") from None
+    text = read_text(path, what)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

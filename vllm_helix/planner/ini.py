@@ -39,6 +39,7 @@ from vllm_helix.planner.cluster import (
     vram_problem,
 )
 from vllm_helix.planner.placement import LayerRange, Placement
+from vllm_helix.text_files import read_text
 
 T = TypeVar("T")
 
@@ -62,13 +63,7 @@ class _Ini:
         self.path = Path(path)
         self.parser = configparser.ConfigParser(interpolation=None)
         self.parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep key case
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ClusterSpecError(f"{self.path}: cannot read file ({exc.strerror})") from None
-        except UnicodeDecodeError as exc:
-            raise ClusterSpecError(f"{self.path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                                   f"{exc.start}); save it as UTF-8") from None
+        text = read_text(self.path, "file")
         try:
             self.parser.read_string(text, source=str(self.path))
         except configparser.Error as exc:

@@ -86,7 +86,7 @@ def read_key(path: str | Path, name: str):
     except OSError as exc:
         raise HelixError(f"{path}: cannot read key file ({exc.strerror}); `vllm-helix keys --plan PLAN` writes "
                          f"one per node beside the plan") from None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, UnicodeDecodeError):  # not a key file: said below
         data = None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise HelixError(f"{path}: secret key file is open to other users (mode {stat.S_IMODE(mode):04o}); "

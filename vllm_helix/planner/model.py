@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm_helix.errors import ClusterSpecError
+from vllm_helix.text_files import read_text
 
 _DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float": 4, "half": 2, "float8_e4m3fn": 1, "int8": 1}
 
@@ -65,12 +66,11 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
         raise ClusterSpecError(
             f"model {key!r}: not a built-in ({', '.join(BUILTIN_MODELS)}) and no config.json at {path}"
         )
+    text = read_text(path, "model config")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ClusterSpecError(f"{path}: cannot read model config: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ClusterSpecError(f"{path}: not a UTF-8 JSON model config (byte {exc.start} is not UTF-8)") from None
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ClusterSpecError(f"{path}: cannot read model config: not JSON: {exc}") from None
     return model_from_hf_config(config, name=path.parent.name or key, source=str(path))
 
 

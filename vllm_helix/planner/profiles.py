@@ -20,6 +20,7 @@ from typing import Any
 
 from vllm_helix.errors import ClusterSpecError
 from vllm_helix.planner.model import ModelSpec
+from vllm_helix.text_files import read_text
 
 BLOCK_TOKENS = 16  # vLLM KV block size the reference measured with
 
@@ -203,10 +204,11 @@ def load_profile_file(path: str | Path) -> GPUProfile:
 
 
 def _read_json(path: Path) -> dict:
+    text = read_text(path, "profile")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ClusterSpecError(f"{path}: cannot read profile: {exc}") from None
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ClusterSpecError(f"{path}: cannot read profile: not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ClusterSpecError(f"{path}: not a profile (expected a JSON object)")
     return data

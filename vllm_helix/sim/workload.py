@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from vllm_helix.errors import ClusterSpecError
+from vllm_helix.text_files import read_text
 
 DATASETS = ("azure_conv", "azure_code", "alpaca", "shared_gpt")
 ARRIVAL_SOURCES = ("azure_conv", "azure_code")
@@ -100,12 +101,7 @@ def load_trace(path: str | Path, check: Callable[[Arrival], str | None] | None =
     """User trace, CSV (header with arrival_time_s,input_tokens,output_tokens) or JSONL (same keys).
     `check` says what is wrong with a request for the run it is for (None: nothing), reported with its line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ClusterSpecError(f"{path}: cannot read trace: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ClusterSpecError(f"{path}: not a UTF-8 text trace (byte {exc.start} is not UTF-8)") from None
+    text = read_text(path, "trace")
     if path.suffix in (".jsonl", ".json"):
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
