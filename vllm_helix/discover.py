@@ -64,7 +64,7 @@ def short_gpu_name(name: str) -> str:
 
 def parse_host(text: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"--hosts: {text!r} is not HOST:PORT (the --bind of `vllm-helix worker --probe` there)")
     return host.strip("[]"), int(port)
 

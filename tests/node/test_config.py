@@ -33,6 +33,7 @@ def test_a_config_survives_the_trip_to_a_local_node_command_line():
     ("max_num_seqs", 0, "--max-num-seqs must be >= 1"),
     ("max_model_len", -5, "--max-model-len must be >= 1"),
     ("start_timeout_s", 0.0, "--start-timeout must be > 0"),
+    ("start_timeout_s", float("nan"), "--start-timeout must be > 0"),
     ("tensor_parallel_size", 0, "--tensor-parallel-size must be >= 1"),
 ])
 def test_bad_values_are_refused_naming_the_option(field, value, message):

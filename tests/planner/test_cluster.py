@@ -109,6 +109,11 @@ def broken(**changes):
         ({"node_defaults": [1]}, r"node_defaults: must be a mapping"),
         ({"node_defaults": "A100"}, r"node_defaults: must be a mapping"),
         ({"name": [1]}, r"name: must be a non-empty name"),
+        # a node name names its key file, trace and log: a path or an endless name crashed `plan` and `keys`
+        ({"nodes.1.name": "a/b"}, r"nodes\[1\]\.name: 'a/b' is not a node name: use 1 to 64 letters"),
+        ({"nodes.1.name": "a\0b"}, r"nodes\[1\]\.name: 'a\\x00b' is not a node name"),
+        ({"nodes.1.name": "x" * 300}, r"nodes\[1\]\.name: 'x{80}' is not a node name"),
+        ({"nodes.1.name": "-a"}, r"is not a node name"),
         ({"links.0.between": ["a100-0", "a100-0"]}, r"links\[0\]\.between: a link from 'a100-0' to itself"),
         ({"links.1.to": "coordinator"}, r"links\[1\]\.to: a link from 'coordinator' to itself"),
         ({"links.1": {"from": "l4-0", "to": "a100-0", "bandwidth": "1Gbps"}},

@@ -49,6 +49,20 @@ def test_cluster_reader_dispatches_on_the_suffix(tmp_path):
     assert load_cluster(tmp_path / "c.yaml") == load_cluster(reference_dir() / "single24.ini") == ex.cluster
 
 
+@pytest.mark.parametrize("text, message", [
+    ("nodes: [unclosed", r"not valid YAML \(expected ',' or '\]', but got '<stream end>' at line 1, column 17\)$"),
+    ("nodes: [1" + "0" * 5000 + "]", r"not valid YAML \(Exceeds the limit \(4300 digits\)"),  # a ValueError
+    ("[" * 20_000 + "]" * 20_000, r"not valid YAML \(nested too deeply\)$"),  # a RecursionError
+])
+@pytest.mark.parametrize("read", [load_cluster, load_plan])
+def test_yaml_past_the_parsers_limits_is_one_line_error(tmp_path, text, message, read):
+    path = tmp_path / "f.yaml"
+    path.write_text(text)
+    with pytest.raises(ClusterSpecError, match=rf"^{path}: cannot read \w+: {message}") as info:
+        read(path)
+    assert "\n" not in str(info.value)
+
+
 NOT_UTF8 = {
     "latin-1": "name: caf\xe9\n".encode("latin-1"),
     "utf-16": "nodes: []\n".encode("utf-16"),  # with its byte-order mark

@@ -99,6 +99,11 @@ def edited(tmp_path, name, source, old, new):
           for new, message in LINK_ERRORS],
         ("[Link-0-1]", "[Link-0-0]", r"\[Link-0-0\]: a link from 'n0' to itself"),
         ("[Link-source-0]", "[Link-source-sink]", r"\[Link-source-sink\]: a link from 'coordinator' to itself"),
+        # what crashed the reader: a digit int() does not take, a value that nests past the parser's stack
+        ("[Link-0-1]", "[Link-\u00b2-1]", r"\[Link-\u00b2-1\]: node id '\u00b2' out of range"),
+        ("total_compute_nodes=24", "total_compute_nodes=" + "-" * 3000 + "1",
+         r"\[NodeNames\] total_compute_nodes: cannot read '-----.*' as a int"),
+        ("total_compute_nodes=24", "total_compute_nodes=" + "-" * 200_000 + "1", r"total_compute_nodes: cannot read"),
     ],
 )
 def test_cluster_ini_errors(tmp_path, old, new, message):
@@ -126,6 +131,8 @@ def test_simulator_cluster_ini_checks_links_like_the_yaml_reader(tmp_path, new, 
                                                                  r"'coordinator' to itself"),
         ("'compute_node_2', 'compute_node_3',", "'compute_node_2', 'compute_node_2',",
          r"\[ComputeNodes\] names: node 'compute_node_2' is listed twice"),
+        ("kv_cache_capacity=3004416", "kv_cache_capacity=-5",
+         r"\[compute_node_2\] kv_cache_capacity: must be >= 1 token, got -5"),
     ],
 )
 def test_simulator_cluster_ini_errors(tmp_path, old, new, message):

@@ -112,12 +112,13 @@ def test_decodes_take_the_time_of_their_context_between_the_timed_ones():
     (lambda d: d.update(prompt_layer_ms=[[1, True], [16, 0.2]]), "prompt_layer_ms[0][1] (ms): expected a finite"),
     (lambda d: d.update(prompt_layer_ms=[[1, 0.1, 3], [16, 0.2]]), "prompt_layer_ms: expected a list of [x, ms] rows"),
     (lambda d: d.update(prompt_layer_ms="fast"), "prompt_layer_ms: expected a list of [x, ms] rows"),
-    (lambda d: d["vllm_num_blocks"].update({"1": -5}), "vllm_num_blocks[1]: expected an integer >= 1, got -5"),
-    (lambda d: d["prompt_max_requests"].update({"1": 0}), "prompt_max_requests[1]: expected an integer >= 1"),
-    (lambda d: d["decode_max_tokens"].update({"2": 1.5}), "decode_max_tokens[2]: expected an integer >= 1"),
+    (lambda d: d["vllm_num_blocks"].update({"1": -5}),
+     "vllm_num_blocks[1]: expected an integer in 1..16777216, got -5"),
+    (lambda d: d["prompt_max_requests"].update({"1": 0}), "prompt_max_requests[1]: expected an integer in 1..16777216"),
+    (lambda d: d["decode_max_tokens"].update({"2": 1.5}), "decode_max_tokens[2]: expected an integer in 1..16777216"),
     (lambda d: d.update(vllm_num_blocks=[1]), "vllm_num_blocks: expected a layers -> count mapping"),
-    (lambda d: d.update(max_num_layers=True), "max_num_layers: expected an integer >= 1, got True"),
-    (lambda d: d.update(max_num_layers=0), "max_num_layers: expected an integer >= 1, got 0"),
+    (lambda d: d.update(max_num_layers=True), "max_num_layers: expected an integer in 1..10000, got True"),
+    (lambda d: d.update(max_num_layers=0), "max_num_layers: expected an integer in 1..10000, got 0"),
     (lambda d: d.update(step_overhead_ms=float("inf")), "step_overhead_ms: expected a finite number"),
     (lambda d: d.update(measured="yes"), "measured: expected true or false, got 'yes'"),
 ])
@@ -237,7 +238,12 @@ BAD = {
     "zerolat.json": (None, "prompt_layer_ms: zero latency"),
     "xdup.json": (None, "prompt_layer_ms: x (batch size) must be >= 0 and differ from row to row"),
     "inflat.json": (None, "decode_layer_ms[1][1] (ms): expected a finite number, got inf"),
-    "blocks0.json": (None, "vllm_num_blocks[1]: expected an integer >= 1, got 0"),
+    "blocks0.json": (None, "vllm_num_blocks[1]: expected an integer in 1..16777216, got 0"),
+    # what crashed or hung the reader: Python's integer limit, a digit int() refuses, a billion-layer table
+    "bigint.json": ('{"measured": true, "max_num_layers": 1' + "0" * 5000 + "}",
+                    "cannot read profile: not valid JSON (Exceeds the limit"),
+    "superscript.json": (None, "vllm_num_blocks: key: expected an integer in 1..16777216, got '\u00b2'"),
+    "layers.json": (None, "max_num_layers: expected an integer in 1..10000, got 1000000000000"),
 }
 # (field, change) of the synthetic document behind the names above
 CHANGES = {
@@ -245,6 +251,8 @@ CHANGES = {
     "xdup.json": lambda doc: doc.update(prompt_layer_ms=[[1, 0.1], [1, 0.2]]),
     "inflat.json": lambda doc: doc.update(decode_layer_ms=[[1, 0.1], [8, float("inf")]]),
     "blocks0.json": lambda doc: doc["vllm_num_blocks"].update({"1": 0}),
+    "superscript.json": lambda doc: doc["vllm_num_blocks"].update({"\u00b2": 1}),
+    "layers.json": lambda doc: doc.update(max_num_layers=10**12),
 }
 
 

@@ -41,6 +41,10 @@ def test_optional_sizes_default_when_absent_or_null():
     ({**BASE, "hidden_size": True}, "hidden_size: must be a positive integer, got True"),
     ({**BASE, "num_key_value_heads": -2}, "num_key_value_heads: must be a positive integer, got -2"),
     ({**BASE, "num_key_value_heads": False}, "num_key_value_heads: must be a positive integer"),
+    # sizes past any model (a 400-digit hidden_size overflowed the layer's bytes into a traceback)
+    ({**BASE, "hidden_size": 10**400},
+     "hidden_size: must be at most 16777216, got 100000000000000000...0000000000000000000"),
+    ({**BASE, "num_hidden_layers": 10**6}, "num_hidden_layers: must be at most 10000, got 1000000"),
     ({k: v for k, v in BASE.items() if k != "hidden_size"}, "hidden_size: required positive integer, got None"),
     ({**BASE, "hidden_size": 2}, "hidden_size 2 < num_attention_heads 4"),
 ])
@@ -54,6 +58,9 @@ def test_malformed_hf_configs_are_errors_naming_the_field(config, message):
     (b'{"hidden_size": 1,', "cannot read model config"),
     ('{"hidden_size": "caf\u00e9"}'.encode("latin-1"), "cannot read model config: not UTF-8 text"),
     (json.dumps(BASE).encode("utf-16"), "cannot read model config: not UTF-8 text"),
+    # Python's own limits, which json.loads raises as ValueError and RecursionError
+    (b'{"hidden_size": 1' + b"0" * 5000 + b"}", r"cannot read model config: not valid JSON \(Exceeds the limit"),
+    (b"[" * 100_000 + b"]" * 100_000, r"cannot read model config: not valid JSON \(nested too deeply\)"),
 ])
 def test_load_model_reports_unreadable_config_files(tmp_path, content, message):
     (tmp_path / "config.json").write_bytes(content)
@@ -72,6 +79,7 @@ def test_a_plans_model_mapping_round_trips():
     ({"layer_bytes": math.inf}, r"p: model.layer_bytes: must be a positive finite number"),
     ({"activation_bytes_per_token": -5}, r"p: model.activation_bytes_per_token: must be a positive integer"),
     ({"num_layers": "80"}, r"p: model.num_layers: must be a positive integer, got '80'"),
+    ({"num_layers": 10**12}, r"p: model.num_layers: must be at most 10000, got 1000000000000"),
     ({"num_layers": 0}, r"p: model.num_layers: must be a positive integer"),
     ({"hidden_size": True}, r"p: model.hidden_size: must be a positive integer"),
     ({"kv_bytes_per_token_layer": -1}, r"p: model.kv_bytes_per_token_layer: must be an integer >= 0"),

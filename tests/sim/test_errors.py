@@ -120,7 +120,7 @@ def files(one_node, tmp_path):
     (["--mode", "online", "--rate", "1e12", "--duration", "3"], "a run takes at most 100000"),
     (["--mode", "online", "--trace", "nan.csv"], "nan.csv:2: arrival_time_s: need a finite arrival time >= 0 s"),
     (["--mode", "online", "--trace", "big.csv"], "big.csv:2: input_tokens 10000000: no route takes a prompt"),
-    (["--mode", "online", "--trace", "bin.csv"], "bin.csv: not a UTF-8 text trace"),
+    (["--mode", "online", "--trace", "bin.csv"], "bin.csv: cannot read trace: not UTF-8 text"),
 ])
 def test_simulate_refuses_nonsense_in_one_line(files, tmp_path, extra, message):
     header = "arrival_time_s,input_tokens,output_tokens\n"

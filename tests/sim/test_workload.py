@@ -74,6 +74,9 @@ def test_bad_trace_rows_are_clear_errors(tmp_path, body, message):
     ("arrival_time_s,input_tokens,output_tokens\n-inf,5,5\n", r"t.csv:2: arrival_time_s: need a finite arrival time"),
     ("arrival_time_s,input_tokens,output_tokens\n0,1.5,5\n", r"t.csv:2: input_tokens: token counts must be numbers"),
     ("arrival_time_s,input_tokens,output_tokens\n0,5\n", r"t.csv:2: missing output_tokens"),
+    ("arrival_time_s,input_tokens,output_tokens\n0,5,5\n1,5,5,9\n", r"t.csv:3: more fields than the header's 3"),
+    ("arrival_time_s,input_tokens,input_tokens\n0,5,5\n", r"t.csv:1: a column is named twice"),
+    ('arrival_time_s,input_tokens,output_tokens\n0,5,"' + "9" * 200_000 + '"\n', r"t.csv:2: not CSV: field larger"),
 ])
 def test_csv_rows_need_finite_times_and_whole_token_counts(tmp_path, body, message):
     path = tmp_path / "t.csv"
@@ -91,6 +94,8 @@ def test_csv_rows_need_finite_times_and_whole_token_counts(tmp_path, body, messa
     ('{"arrival_time_s": 0, "input_tokens": true, "output_tokens": 5}', "input_tokens: token counts must be"),
     ('{"arrival_time_s": 0, "input_tokens": 5, "output_tokens": 2.5}', "output_tokens: token counts must be"),
     ('{"arrival_time_s": 0, "input_tokens": 5, "output_tokens": null}', "missing output_tokens"),
+    ('{"arrival_time_s": 1' + "0" * 400 + ', "input_tokens": 5, "output_tokens": 5}', "arrival_time_s: arrival times"),
+    ("[" * 100_000 + "]" * 100_000, r"not a JSON object: nested too deeply"),
 ])
 def test_jsonl_rows_need_finite_times_and_whole_token_counts_not_bools(tmp_path, row, message):
     path = tmp_path / "t.jsonl"

@@ -47,7 +47,7 @@ class WorkerConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{_flag(_field(name))} must be >= 1, got {value}")
-        if self.start_timeout_s <= 0:
+        if not self.start_timeout_s > 0:  # nan too
             raise ConfigError(f"--start-timeout must be > 0 seconds, got {self.start_timeout_s}")
 
     def for_node(self, node: str, gpus: int, plan_tp: int) -> WorkerConfig:

@@ -13,6 +13,9 @@ All quantities are stored in SI base units (bytes, bytes/s, seconds); the YAML c
     default_link: {bandwidth: 10Gbps, latency: 1ms}  # fills every pair not listed (optional)
     host_cores: {local: 2}  # optional, for the simulator: nodes on this host share its 2 cores
 
+A node's `name` is 1 to 64 letters, digits, `.`, `_` or `-` (it names the node's key file, trace and log),
+and not `coordinator`, `source` or `sink`.
+
 An `address` is `local` (a process on this machine, given a free port at start) or HOST:PORT with an IPv4
 address or host name (IPv6 is refused: the transport cannot use it); no two nodes, nor a node and the coordinator,
 share one. Numbers are bounded (links 1kbps..1000TB/s and at most 1 hour of latency, VRAM at most 1000TB, at most
@@ -43,6 +46,7 @@ from vllm_helix.units import format_bandwidth, format_size, parse_bandwidth, par
 COORDINATOR = "coordinator"
 LOCAL = "local"
 _RESERVED_NAMES = {COORDINATOR, "source", "sink"}
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DEFAULT_NIC = parse_bandwidth("10GB/s")
 
 # Bounds on what a cluster may say, shared by the YAML reader and the reference `.ini` readers (planner.ini):
@@ -270,6 +274,15 @@ def _name(value: Any) -> str:
     return str(value)
 
 
+def _node_name(value: Any) -> str:
+    """A node name also names files (its key beside the plan, its trace and log) and its transport peer."""
+    name = _name(value)
+    if not NODE_NAME.fullmatch(name):
+        raise ValueError(f"{name[:80]!r} is not a node name: use 1 to 64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return name
+
+
 def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"must be an integer, got {value!r}")
@@ -341,7 +354,7 @@ def _coordinator(raw: Any, source: str) -> CoordinatorSpec:
 def _node(raw: Any, index: int, defaults: Mapping[str, Any], source: str) -> NodeSpec:
     merged = {**(defaults or {}), **raw} if isinstance(raw, Mapping) else raw
     f = _Fields(merged, f"nodes[{index}]", source)
-    name = f.get("name", _name)
+    name = f.get("name", _node_name)
     if name in _RESERVED_NAMES:
         raise f.error("name", f"{name!r} is reserved; pick another node name")
     f.where = f"nodes[{index}] ({name})"

@@ -14,23 +14,16 @@ import functools
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from vllm_helix import text_files
 from vllm_helix.errors import ClusterSpecError
 from vllm_helix.planner.cluster import ClusterSpec, cluster_from_dict
 from vllm_helix.planner.ini import read_cluster_ini, read_solution_ini
 from vllm_helix.planner.placement import LayerRange, Placement
 from vllm_helix.planner.plan import Plan, plan_from_dict
-from vllm_helix.text_files import read_text
 
 
 def read_yaml(path: str | Path, what: str = "file") -> Any:
-    path = Path(path)
-    text = read_text(path, what)
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ClusterSpecError(f"{path}: not valid YAML: {exc}") from None
+    return text_files.read_yaml(Path(path), what)
 
 
 def load_cluster(path: str | Path) -> ClusterSpec:

@@ -18,6 +18,7 @@ import ast
 import configparser
 import math
 import re
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -42,6 +43,7 @@ from vllm_helix.planner.placement import LayerRange, Placement
 from vllm_helix.text_files import read_text
 
 T = TypeVar("T")
+MAX_LITERAL = 100_000  # characters of one value: a layer list of a 10,000-layer model fits
 
 # The reference's utils.py unit names, with its (byte-valued) meanings.
 _UNITS = {
@@ -105,9 +107,11 @@ class _Ini:
     def literal(self, section: str, key: str, kind: type[T]) -> T:
         text = self.raw(section, key)
         try:
+            if len(text) > MAX_LITERAL:  # the parser's stack and memory grow with nesting (`---...1`, `[[[...`)
+                raise ValueError
             value = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError):
-            raise self.error(section, key, f"cannot read {text!r} as a {kind.__name__}") from None
+        except (ValueError, SyntaxError, RecursionError, MemoryError):
+            raise self.error(section, key, f"cannot read {reprlib.repr(text)} as a {kind.__name__}") from None
         if not isinstance(value, kind):
             raise self.error(section, key, f"expected a {kind.__name__}, got {text!r}")
         return value
@@ -211,7 +215,7 @@ def read_cluster_ini(path: str | Path, machine_profile: str | Path | None = None
 def _endpoint(ini: _Ini, section: str, text: str, count: int) -> str:
     if text in ("source", "sink"):
         return COORDINATOR
-    if not text.isdigit() or int(text) >= count:
+    if not (text.isascii() and text.isdigit()) or int(text) >= count:  # isdigit alone takes '²'
         raise ini.error(section, None, f"node id {text!r} out of range 0..{count - 1}")
     return node_name(int(text))
 
@@ -301,6 +305,8 @@ def read_simulator_cluster_ini(path: str | Path) -> SimulatorClusterIni:
                               ini.checked(sim_name, "inbound_nic_speed", nic_problem),
                               ini.checked(sim_name, "outbound_nic_speed", nic_problem)))
         kv[name] = ini.integer(sim_name, "kv_cache_capacity")
+        if kv[name] < 1:  # a node that holds no token would refuse every query, and the run still 'succeed'
+            raise ini.error(sim_name, "kv_cache_capacity", f"must be >= 1 token, got {kv[name]}")
     links, order = [], []
     for link_name in ini.literal("Links", "names", list):
         src, dst = ini.raw(link_name, "in").strip(), ini.raw(link_name, "out").strip()

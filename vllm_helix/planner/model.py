@@ -7,14 +7,14 @@ Built-ins reproduce the reference system's constants (helix-spec §2.1); any Hug
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vllm_helix.errors import ClusterSpecError
-from vllm_helix.text_files import read_text
+from vllm_helix.text_files import read_json
 
 _DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float": 4, "half": 2, "float8_e4m3fn": 1, "int8": 1}
 
@@ -66,12 +66,20 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
         raise ClusterSpecError(
             f"model {key!r}: not a built-in ({', '.join(BUILTIN_MODELS)}) and no config.json at {path}"
         )
-    text = read_text(path, "model config")
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ClusterSpecError(f"{path}: cannot read model config: not JSON: {exc}") from None
+    config = read_json(path, "model config")
     return model_from_hf_config(config, name=path.parent.name or key, source=str(path))
+
+
+MAX_LAYERS = 10_000  # a model's decoder layers: plans, profiles and the simulator hold per-layer lists
+MAX_DIMENSION = 1 << 24  # any other size (hidden, heads, experts, context): past any model, far from overflow
+
+
+def _size_problem(key: str, value: Any) -> str | None:
+    """What is wrong with a model size (None: nothing): a positive integer up to its bound."""
+    if not _positive_int(value):
+        return "must be a positive integer"
+    limit = MAX_LAYERS if key in ("num_layers", "num_hidden_layers") else MAX_DIMENSION * (64 if "bytes" in key else 1)
+    return None if value <= limit else f"must be at most {limit}"
 
 
 def _positive_int(value: Any) -> bool:
@@ -89,9 +97,10 @@ def model_from_hf_config(config: Any, name: str, source: str = "<config>") -> Mo
 
     def need(key: str) -> int:
         value = config.get(key)
-        if not _positive_int(value):
-            what = "required positive integer" if value is None else "must be a positive integer"
-            raise ClusterSpecError(f"{source}: {key}: {what}, got {value!r}")
+        if value is None:
+            raise ClusterSpecError(f"{source}: {key}: required positive integer, got None")
+        if problem := _size_problem(key, value):
+            raise ClusterSpecError(f"{source}: {key}: {problem}, got {reprlib.repr(value)}")
         return value
 
     def optional(key: str, default: int) -> int:
@@ -123,7 +132,7 @@ def model_from_hf_config(config: Any, name: str, source: str = "<config>") -> Mo
         activation_bytes_per_token=4 * hidden,
         token_bytes=4,  # int32 token ids
         kv_bytes_per_token_layer=2 * kv_heads * head_dim * width,
-        max_context=positions if _positive_int(positions) else None,
+        max_context=positions if _size_problem("max_context", positions) is None else None,
         dtype_bytes=width,
     )
 
@@ -144,7 +153,7 @@ def model_from_dict(data: Any, source: str) -> ModelSpec:
         raise ClusterSpecError(f"{source}: missing field(s) {', '.join(missing)}")
     for key, value in data.items():
         if problem := _field_problem(key, value):
-            raise ClusterSpecError(f"{source}.{key}: {problem}, got {value!r}")
+            raise ClusterSpecError(f"{source}.{key}: {problem}, got {reprlib.repr(value)}")
     return ModelSpec(**data)
 
 
@@ -161,4 +170,4 @@ def _field_problem(key: str, value: Any) -> str | None:
         return None if ok else "must be an integer >= 0"
     if key == "max_context" and value is None:
         return None
-    return None if _positive_int(value) else "must be a positive integer"
+    return _size_problem(key, value)

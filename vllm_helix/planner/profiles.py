@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import reprlib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from vllm_helix.errors import ClusterSpecError
-from vllm_helix.planner.model import ModelSpec
-from vllm_helix.text_files import read_text
+from vllm_helix.planner.model import MAX_DIMENSION, MAX_LAYERS, ModelSpec
+from vllm_helix.text_files import read_json
 
 BLOCK_TOKENS = 16  # vLLM KV block size the reference measured with
 
@@ -97,7 +98,7 @@ def profile_from_dict(data: dict, source: str) -> GPUProfile:
     if not isinstance(data, dict):
         raise ClusterSpecError(f"{source}: not a profile (expected a mapping, got {type(data).__name__})")
     try:
-        max_layers = _positive_int(data["max_num_layers"], f"{source}: max_num_layers")
+        max_layers = _positive_int(data["max_num_layers"], f"{source}: max_num_layers", limit=MAX_LAYERS)
 
         def per_k(key: str) -> dict[int, int]:
             table = data[key]
@@ -172,12 +173,12 @@ def _finite(value: Any, where: str) -> float:
     return float(value)
 
 
-def _positive_int(value: Any, where: str, digits: bool = False) -> int:
+def _positive_int(value: Any, where: str, digits: bool = False, limit: int = MAX_DIMENSION) -> int:
     """A count >= 1 (JSON object keys are strings: `digits` takes '3' too)."""
-    if digits and isinstance(value, str) and value.strip().isdigit():
+    if digits and isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():  # not '²'
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ClusterSpecError(f"{where}: expected an integer >= 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ClusterSpecError(f"{where}: expected an integer in 1..{limit}, got {reprlib.repr(value)}")
     return value
 
 
@@ -204,11 +205,7 @@ def load_profile_file(path: str | Path) -> GPUProfile:
 
 
 def _read_json(path: Path) -> dict:
-    text = read_text(path, "profile")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ClusterSpecError(f"{path}: cannot read profile: not JSON: {exc}") from None
+    data = read_json(path, "profile")
     if not isinstance(data, dict):
         raise ClusterSpecError(f"{path}: not a profile (expected a JSON object)")
     return data

@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import random
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -19,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from vllm_helix.errors import ClusterSpecError
-from vllm_helix.text_files import read_text
+from vllm_helix.text_files import parse_problem, read_text
 
 DATASETS = ("azure_conv", "azure_code", "alpaca", "shared_gpt")
 ARRIVAL_SOURCES = ("azure_conv", "azure_code")
@@ -108,11 +109,10 @@ def load_trace(path: str | Path, check: Callable[[Arrival], str | None] | None =
             if line.strip():
                 try:
                     rows.append((n, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise ClusterSpecError(f"{path}:{n}: not a JSON object: {exc.msg}") from None
+                except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+                    raise ClusterSpecError(f"{path}:{n}: not a JSON object: {parse_problem(exc)}") from None
     else:
-        reader = csv.DictReader(text.splitlines())
-        rows = [(n, row) for n, row in enumerate(reader, 2)]
+        rows = _csv_rows(path, text)
     if len(rows) > MAX_REQUESTS:
         raise ClusterSpecError(f"{path}: {len(rows)} requests; a run takes at most {MAX_REQUESTS} (split the trace)")
     trace = []
@@ -129,6 +129,22 @@ def load_trace(path: str | Path, check: Callable[[Arrival], str | None] | None =
 _TIME_KEYS = ("arrival_time_s", "arrival_time", "time_s", "time")
 
 
+def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    reader = csv.DictReader(text.splitlines())
+    try:
+        columns = reader.fieldnames or []
+        if len(set(columns)) != len(columns):
+            raise ClusterSpecError(f"{path}:1: a column is named twice in the header {','.join(columns)[:200]}")
+        rows = []
+        for row in reader:
+            if None in row:  # DictReader's key for fields past the header's
+                raise ClusterSpecError(f"{path}:{reader.line_num}: more fields than the header's {len(columns)}")
+            rows.append((reader.line_num, row))
+        return rows
+    except csv.Error as exc:  # e.g. a field past the csv module's 128 KiB limit
+        raise ClusterSpecError(f"{path}:{reader.line_num + 1}: not CSV: {exc}") from None  # the row it was reading
+
+
 def _row(path: Path, line: int, row: object) -> Arrival:
     where = f"{path}:{line}"
     if not isinstance(row, dict):
@@ -142,9 +158,9 @@ def _row(path: Path, line: int, row: object) -> Arrival:
     t = _number(where, key, row[key])
     inp, out = _count(where, "input_tokens", row["input_tokens"]), _count(where, "output_tokens", row["output_tokens"])
     if not (math.isfinite(t) and t >= 0):
-        raise ClusterSpecError(f"{where}: {key}: need a finite arrival time >= 0 s, got {row[key]!r}")
+        raise ClusterSpecError(f"{where}: {key}: need a finite arrival time >= 0 s, got {_shown(row[key])}")
     if inp < 1 or out < 1:
-        raise ClusterSpecError(f"{where}: need token counts >= 1, got {row}")
+        raise ClusterSpecError(f"{where}: need token counts >= 1, got {_shown(row)}")
     return Arrival(t, inp, out)
 
 
@@ -152,9 +168,9 @@ def _number(where: str, key: str, value: object) -> float:
     if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
             return float(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # an int too large for a float overflows
             pass
-    raise ClusterSpecError(f"{where}: {key}: arrival times must be numbers (seconds), got {value!r}")
+    raise ClusterSpecError(f"{where}: {key}: arrival times must be numbers (seconds), got {_shown(value)}")
 
 
 def _count(where: str, key: str, value: object) -> int:
@@ -168,4 +184,8 @@ def _count(where: str, key: str, value: object) -> int:
             return int(value.strip())
         except ValueError:
             pass
-    raise ClusterSpecError(f"{where}: {key}: token counts must be numbers (whole, >= 1), got {value!r}")
+    raise ClusterSpecError(f"{where}: {key}: token counts must be numbers (whole, >= 1), got {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    return reprlib.repr(value)  # a 5,000-digit number or a huge row, shortened
