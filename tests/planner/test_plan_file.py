@@ -77,6 +77,11 @@ CASES = {
     "node layers of three": ("nodes.0.layers", [0, 1, 2], r"nodes\[0\]\.layers: \[0, 1, 2\] is not"),
     "node layers bools": ("nodes.0.layers", [False, True], r"nodes\[0\]\.layers"),
     "node twice": ("nodes.1.name", "a", r"nodes\[1\]\.name: 'a' is listed twice"),
+    # lists where names belong raised an unhashable TypeError
+    "node name a list": ("nodes.0.name", ["a"], r"nodes\[0\]\.name: expected a name \(a string\), got \['a'\]"),
+    "arc end a list": ("arcs.0.from", ["x"], r"arcs\[0\]\.from: expected a name \(a string\)"),
+    "routing a list": ("routing", ["x"], r"p.yaml: routing: \['x'\] is not one of"),
+    "graph a list": ("graph", ["x"], r"graph: \['x'\] is not one of"),
     "node flow null": ("nodes.0.flow_tokens_per_s", None, r"nodes\[0\]\.flow_tokens_per_s: expected tokens/s"),
     "nodes a number": ("nodes", 5, r"p.yaml: nodes: expected a list of mappings, got 5"),
     "max flow a string": ("max_flow_tokens_per_s", "x", r"max_flow_tokens_per_s: expected tokens/s"),

@@ -106,7 +106,7 @@ def plan_from_dict(data: Any, source: str) -> Plan:
     ranges, node_flow, node_capacity = {}, {}, {}
     for i, node in enumerate(fields.items("nodes")):
         where = _Fields(node, source, f"nodes[{i}]")
-        name, layers = where.need("name"), where.need("layers")
+        name, layers = where.text("name"), where.need("layers")
         if name not in cluster.node_names:
             raise ClusterSpecError(f"{source}: nodes[{i}].name: {name!r} is not in the plan's cluster")
         if name in ranges:
@@ -120,7 +120,7 @@ def plan_from_dict(data: Any, source: str) -> Plan:
     arc_flow, arc_capacity = {}, {}
     for i, arc in enumerate(fields.items("arcs")):
         where = _Fields(arc, source, f"arcs[{i}]")
-        ends = where.need("from"), where.need("to")
+        ends = where.text("from"), where.text("to")
         for key, end in zip(("from", "to"), ends, strict=True):
             if end != COORDINATOR and end not in ranges:
                 raise ClusterSpecError(f"{source}: arcs[{i}].{key}: {end!r} is neither {COORDINATOR!r} nor a node "
@@ -174,6 +174,13 @@ class _Fields:
                                    f"`vllm-helix plan` has one)")
         return self.data[key]
 
+    def text(self, key: str) -> str:
+        """A name (a node's, an arc's end): a string, so a list there is this error, not an unhashable TypeError."""
+        value = self.need(key)
+        if not isinstance(value, str):
+            raise ClusterSpecError(f"{self._at(key)}: expected a name (a string), got {value!r:.80}")
+        return value
+
     def get(self, key: str, default: Any) -> Any:
         return self.data.get(key, default)
 
@@ -198,13 +205,13 @@ class _Fields:
 
     def choice(self, key: str, known: tuple[str, ...], default: str) -> str:
         value = self.data.get(key, default)
-        if value not in known:
+        if not isinstance(value, str) or value not in known:
             raise ClusterSpecError(f"{self._at(key)}: {value!r} is not one of {sorted(known)}")
         return value
 
 
 def _routing(name: Any, source: str) -> str:
-    if name not in ROUTINGS:
+    if not isinstance(name, str) or name not in ROUTINGS:
         raise ClusterSpecError(f"{source}: routing: {name!r} is not one of {sorted(ROUTINGS)}")
     return name
 
