@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,9 @@ def refused(proc, message):
     (["--trace", "t.csv"], "--trace is for --mode online"),
     (["--rate", "5"], "--rate is for --mode online"),
     (["--mode", "online", "--initial-queries", "5"], "--initial-queries is for --mode offline"),
-    (["--max-num-seqs", "8"], "--max-num-batched-tokens, --max-num-seqs are for --helix-depth"),
+    (["--max-num-seqs", "8"], "--max-num-seqs is for --helix-depth"),
+    (["--max-num-seqs", "8", "--max-num-batched-tokens", "64"],
+     "--max-num-batched-tokens, --max-num-seqs are for --helix-depth"),
 ])
 def test_a_simulate_flag_the_run_would_ignore_is_an_error(extra, message):
     refused(run("simulate", "--cluster", SINGLE24, "--plan", SWARM, "--duration", "5", *extra), message)
@@ -33,7 +36,52 @@ def test_a_simulate_flag_the_run_would_ignore_is_an_error(extra, message):
 
 def test_the_reference_run_takes_no_cluster_of_the_users():
     refused(run("simulate", "--reference-s1", "--cluster", "c.yaml", "--duration", "5"),
-            "--cluster, --plan, --links are fixed by --reference-s1")
+            "--cluster, --duration are fixed by --reference-s1")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seed", "0"], "error: --seed is fixed by --reference-s1"),  # a flag given at its default counts too
+    (["--model", "llama2-70b", "--duration", "5"], "error: --model, --duration are fixed by --reference-s1"),
+    (["--mode", "offline", "--scheduler", "maxflow"], "error: --mode, --scheduler are fixed by --reference-s1"),
+])
+def test_the_reference_run_refuses_the_settings_it_fixes(extra, message):
+    refused(run("simulate", "--reference-s1", *extra), message)
+
+
+@pytest.fixture(scope="module")
+def plan_file(tmp_path_factory):
+    plan = tmp_path_factory.mktemp("plan") / "plan.yaml"
+    done = run("plan", "--cluster", SINGLE24, "--placement", SWARM, "-o", plan)
+    assert done.returncode == 0, done.stderr
+    return plan
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "llama2-70b"], "error: --model is taken from the --plan file"),
+    (["--throughput", "auto", "--partial-inference"], "error: --throughput, --partial-inference are taken from the "
+                                                      "--plan file"),
+    (["--links", reference_dir() / "layouts/ilp/simulator_cluster.ini", "--throughput", "reference"],
+     "error: --throughput is not used with --links"),
+])
+def test_simulating_a_plan_file_refuses_what_the_plan_brings(plan_file, extra, message):
+    refused(run("simulate", "--cluster", SINGLE24, "--plan", plan_file, "--duration", "5", *extra), message)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--previous", "old.yaml"], "error: --previous is not used with --placement"),
+    (["--method", "auto", "--objective", "throughput"], "error: --method, --objective are not used with --placement"),
+    (["--rate", "5", "--solver", "auto"], "error: --rate, --solver are not used with --placement"),
+    (["--time-limit", "120", "--move-tolerance", "0.05"], "error: --time-limit, --move-tolerance are not used with "
+                                                          "--placement"),
+])
+def test_a_fixed_placement_refuses_the_search_flags(tmp_path, extra, message):
+    refused(run("plan", "--cluster", SINGLE24, "--placement", SWARM, "-o", tmp_path / "p.yaml", *extra), message)
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_a_move_tolerance_needs_previous(tmp_path):
+    refused(run("plan", "--cluster", SINGLE24, "--method", "swarm", "--move-tolerance", "0.05",
+                "-o", tmp_path / "p.yaml"), "error: --move-tolerance is for --previous")
 
 
 def test_plots_go_to_a_format_and_a_folder_that_can_take_them(tmp_path):
@@ -60,6 +108,40 @@ def test_an_output_that_is_also_an_input_is_refused_and_the_input_kept(tmp_path)
     refused(run("plan", "--cluster", cluster, "-o", tmp_path / "." / "cluster.yaml"),
             "is also the --cluster input")
     assert cluster.read_text() == before
+
+
+def test_an_output_over_a_model_profile_or_plot_is_refused_and_nothing_written(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "tokenizer.json").write_text("{}")
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "a.json").write_text("{}")
+    machines = tmp_path / "machines.ini"
+    machines.write_text("[x]\n")
+    plan = ["plan", "--cluster", SINGLE24, "--placement", SWARM]
+    refused(run(*plan, "--model", model / "config.json", "-o", model / "config.json"),
+            f"error: -o {model / 'config.json'} is also the --model input")
+    refused(run(*plan, "--model", model, "-o", model / "tokenizer.json"),
+            f"would replace a file of the --model folder {model}")
+    refused(run(*plan, "--profiles", tmp_path / "profiles", "-o", tmp_path / "profiles" / "a.json"),
+            "whose *.json files are read as profiles")
+    refused(run("import-ini", SINGLE24, "--machine-profile", machines, "-o", machines),
+            "is also the --machine-profile input")
+    refused(run(*plan, "-o", tmp_path / "x.png", "--plot", tmp_path / "x.png"), "is also the --plot output")
+    assert not (tmp_path / "x.png").exists() and (model / "tokenizer.json").read_text() == "{}"
+    assert machines.read_text() == "[x]\n" and (tmp_path / "profiles" / "a.json").read_text() == "{}"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a full disk)")
+@pytest.mark.parametrize("command, what", [
+    (["plan", "--cluster", SINGLE24, "--placement", SWARM], "plan"),
+    (["import-ini", SINGLE24], "cluster"),
+])
+def test_a_full_disk_is_one_line_naming_the_file(command, what):
+    done = run(*command, "-o", "/dev/full")
+    refused(done, f"error: /dev/full: cannot write {what} (No space left on device)")
+    assert done.stderr.count("\n") == 1
 
 
 def test_demo_checks_its_time_limit_before_printing_anything():

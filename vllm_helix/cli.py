@@ -124,6 +124,31 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
+def _refuse_ignored(args: argparse.Namespace, rules: Sequence[tuple[bool, Sequence[str], str]]) -> None:
+    """A flag the chosen run would ignore is an error: the user meant something this run does not do.
+    `rules`: (whether this run ignores them, the flags, why); only flags the command line names count."""
+    given: set[str] = getattr(args, "flags_given", set())
+    problems = []
+    for ignores, flags, why in rules:
+        if named := [flag for flag in flags if ignores and flag in given]:
+            problems.append(f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} {why}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _flags_given(argv: Sequence[str] | None) -> set[str]:
+    """The options the command line names, a default's value given too (`--seed 0`): parsed again without
+    defaults, what is left in the namespace is what was given."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command in commands.values():
+        for action in command._actions:
+            action.default = argparse.SUPPRESS
+    named = vars(parser.parse_args(argv))
+    return {max(a.option_strings, key=len) for a in commands[named["command"]]._actions
+            if a.option_strings and a.dest in named}
+
+
 # ------------------------------------------------------------------------------------ commands
 
 
@@ -149,10 +174,19 @@ def cmd_flow(args: argparse.Namespace) -> int:
     return 0
 
 
+# what only a search reads: a fixed --placement ignores them
+PLAN_SEARCH_FLAGS = ("--previous", "--method", "--objective", "--rate", "--slo", "--sim-window", "--work-limit",
+                     "--seed", "--solver", "--threads", "--time-limit", "--move-tolerance")
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from vllm_helix.planner.place import place
     from vllm_helix.planner.profiles import has_profiles
 
+    _refuse_ignored(args, [
+        (bool(args.placement), PLAN_SEARCH_FLAGS, "not used with --placement (it is evaluated as it is, not searched)"),
+        (not args.placement and not args.previous, ["--move-tolerance"], "for --previous"),
+    ])
     cluster, model = _load_inputs(args)
     if args.placement:  # a fixed split: evaluate it and write it as a plan
         from vllm_helix.planner.plan import evaluate_plan
@@ -348,23 +382,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# what the reference run sets itself
+REFERENCE_S1_FIXED = ("--cluster", "--plan", "--links", "--model", "--throughput", "--profiles", "--partial-inference",
+                      "--initial-queries", "--mode", "--scheduler", "--reference-compat", "--rate", "--trace",
+                      "--dataset", "--duration", "--helix-depth", "--max-num-batched-tokens", "--max-num-seqs",
+                      "--seed")
+
+
 def _check_simulate_flags(args: argparse.Namespace) -> None:
-    """A flag the chosen run would ignore is an error: the user meant something this run does not do."""
+    """Flags this simulation would ignore (those that need a plan file are checked once it is read)."""
+    if args.reference_s1:
+        _refuse_ignored(args, [(True, REFERENCE_S1_FIXED, "fixed by --reference-s1")])
     online = args.mode == "online"
-    ignored = {
-        "--trace": args.trace is not None and not online,
-        "--rate": args.rate is not None and not online,
-        "--initial-queries": args.initial_queries is not None and online,
-        "--max-num-batched-tokens, --max-num-seqs": args.helix_depth is None and (
-            args.max_num_batched_tokens is not None or args.max_num_seqs is not None),
-        "--cluster, --plan, --links": args.reference_s1 and bool(args.cluster or args.plan or args.links),
-    }
-    if wasted := [flag for flag, unused in ignored.items() if unused]:
-        why = {"--trace": "is for --mode online", "--rate": "is for --mode online",
-               "--initial-queries": "is for --mode offline",
-               "--max-num-batched-tokens, --max-num-seqs": "are for --helix-depth",
-               "--cluster, --plan, --links": "are fixed by --reference-s1"}
-        raise ConfigError("; ".join(f"{flag} {why[flag]}" for flag in wasted))
+    _refuse_ignored(args, [
+        (not online, ["--trace", "--rate"], "for --mode online"),
+        (online, ["--initial-queries"], "for --mode offline"),
+        (args.helix_depth is None, ["--max-num-batched-tokens", "--max-num-seqs"], "for --helix-depth"),
+    ])
 
 
 def _engine_limits(args: argparse.Namespace):
@@ -386,6 +420,11 @@ def _simulated_plan(args: argparse.Namespace):
     if not args.plan or not (args.cluster or args.links):
         raise ClusterSpecError("simulate needs --plan and --cluster (or --links), or --reference-s1")
     plan_file = not args.plan.endswith(".ini") and is_plan(read_yaml(args.plan, "plan"))
+    _refuse_ignored(args, [  # a plan file brings its model and flows (--links: flows of the reference's model)
+        (plan_file, ["--model"] + ([] if args.links else ["--throughput", "--partial-inference"]),
+         "taken from the --plan file"),
+        (bool(args.links), ["--throughput"], "not used with --links (the reference's model sets its flows)"),
+    ])
     if args.links:  # the reference's pruned link set: its links, in its order, its KV capacities and weights
         from vllm_helix.planner.ini import read_simulator_cluster_ini
         from vllm_helix.planner.model import load_model
@@ -674,27 +713,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-INPUT_OPTIONS = ("cluster", "placement", "plan", "previous", "links", "trace", "ini")
+INPUT_OPTIONS = ("cluster", "placement", "plan", "previous", "links", "trace", "ini", "machine_profile", "model",
+                 "profiles")
 
 
-def _overwritten_input(args: argparse.Namespace) -> str | None:
-    """The input option that -o names too (writing it would destroy the input before it is read back)."""
+def _output_clash(args: argparse.Namespace) -> str | None:
+    """What -o would destroy (an input before it is read back, or the --plot output), as the end of a message."""
+    from vllm_helix.planner.model import BUILTIN_MODELS
+
     output = getattr(args, "output", None)
     if output is None:
         return None
+    target = Path(output).resolve()
     for option in INPUT_OPTIONS:
         given = getattr(args, option, None)
-        if isinstance(given, str) and Path(given).resolve() == Path(output).resolve():
-            return option
+        if not isinstance(given, str) or (option == "model" and given in BUILTIN_MODELS):
+            continue
+        flag, path = "--" + option.replace("_", "-"), Path(given).resolve()
+        if path == target:
+            return f"is also the {flag} input"
+        if option == "profiles" and target.parent == path and target.suffix == ".json":
+            return f"is in the {flag} folder {given}, whose *.json files are read as profiles"
+        if option == "model" and path.is_dir() and target.is_file() and target.is_relative_to(path):
+            return f"would replace a file of the {flag} folder {given}"  # a model's files: its config, weights
+    if getattr(args, "plot", None) and Path(args.plot).resolve() == target:
+        return "is also the --plot output"
     return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if option := _overwritten_input(args):
-        print(f"error: -o {args.output} is also the --{option} input; write the output elsewhere", file=sys.stderr)
+    if clash := _output_clash(args):
+        print(f"error: -o {args.output} {clash}; write the output elsewhere", file=sys.stderr)
         return 2
+    args.flags_given = _flags_given(argv)
     try:
         return args.handler(args)
     except ConfigError as exc:  # a bad option: a usage error of its command

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -17,7 +18,8 @@ def scrape(url: str, timeout_s: float = 10.0) -> dict[str, list[tuple[dict[str, 
     try:
         with urllib.request.urlopen(target, timeout=timeout_s) as response:
             text = response.read().decode()
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError,
+            http.client.HTTPException) as exc:  # a URL http.client refuses ('http://a b'), a peer that is not HTTP
         raise ConfigError(f"cannot read {target}: {getattr(exc, 'reason', exc)}") from None
     try:
         families = list(text_string_to_metric_families(text))

@@ -69,22 +69,54 @@ def tracer(name: str) -> StepTrace | None:
 PHASES = ("in", "assembly", "compute", "post", "queue", "cpu")
 
 
-COORDINATOR_FIELDS = frozenset({"step", "submit", "sent", "recv", "done"})
-NODE_FIELDS = frozenset({"arrived", "model", "sent", "tokens"})
-
-
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The trace's rows; a line that is not one (a process stopped mid-line, a foreign file) is left out."""
-    fields = COORDINATOR_FIELDS if path.stem == "coordinator" else NODE_FIELDS
+    """The trace's rows; a line that is not one (a process stopped mid-line, a foreign file, a field of another
+    type than the summary reads) is left out."""
+    is_row = _coordinator_row if path.stem == "coordinator" else _node_row
     rows = []
     for line in path.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an integer past Python's digit limit, deep nesting
             continue
-        if isinstance(row, dict) and fields <= row.keys():
+        if isinstance(row, dict) and is_row(row):
             rows.append(row)
     return rows
+
+
+def _coordinator_row(row: dict[str, Any]) -> bool:
+    return (_is_int(row.get("step")) and all(_is_number(row.get(k)) for k in ("submit", "sent", "done"))
+            and isinstance(row.get("recv"), list) and all(map(_is_number, row["recv"]))
+            and _is_number(row.get("cpu", 0.0)))
+
+
+def _node_row(row: dict[str, Any]) -> bool:
+    model = row.get("model")
+    return ("tokens" in row and _is_step_times(row.get("arrived")) and _is_step_times(row.get("sent"))
+            and isinstance(model, list) and len(model) == 2 and all(map(_is_number, model))
+            and _is_number(row.get("cpu", 0.0)))
+
+
+def _is_step_times(value: Any) -> bool:
+    """{step id: time}, as a node writes `arrived` and `sent` (JSON keys are strings)."""
+    return isinstance(value, dict) and all(_is_step_id(k) and _is_number(t) for k, t in value.items())
+
+
+def _is_step_id(key: str) -> bool:
+    try:
+        int(key)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite number that float arithmetic takes (a huge JSON integer would overflow it)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
 
 
 def node_hops(coordinator: list[dict], nodes: dict[str, list[dict]]) -> list[dict[str, Any]]:
@@ -121,11 +153,11 @@ def summarize(directory: Path, since: float = 0.0) -> dict[str, Any]:
     """Medians (ms) per node and phase, the coordinator's own costs, and the per-hop overhead
     (in + assembly + post of each node step; the return leg to the coordinator counts as a hop too),
     over the steps submitted from `since` (a time.time()) on."""
-    files = {p.stem: read_rows(p) for p in sorted(Path(directory).glob("*.jsonl"))}
-    steps = {row["step"] for row in files.get("coordinator", []) if row["submit"] >= since}
-    files = {name: [r for r in rows if r.get("step") in steps or any(int(s) in steps for s in r.get("arrived", ()))]
-             for name, rows in files.items()}
-    coordinator = files.pop("coordinator", [])
+    # not a folder named x.jsonl, nor a dangling link or a pipe
+    files = {p.stem: read_rows(p) for p in sorted(Path(directory).glob("*.jsonl")) if p.is_file()}
+    coordinator = [row for row in files.pop("coordinator", []) if row["submit"] >= since]
+    steps = {row["step"] for row in coordinator}
+    files = {name: [r for r in rows if any(int(s) in steps for s in r["arrived"])] for name, rows in files.items()}
     hops = node_hops(coordinator, files)
     last_sent: dict[int, float] = {}
     for batches in files.values():

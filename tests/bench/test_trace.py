@@ -102,3 +102,36 @@ def test_lines_that_are_not_trace_rows_are_left_out_and_no_steps_is_an_error(tmp
         out.write(json.dumps(batch) + "\n")
     table = command(tmp_path)
     assert table.returncode == 0 and "over 1 steps" in table.stdout, table.stdout + table.stderr
+
+
+STEP = {"step": 0, "submit": 1.0, "sent": 1.001, "recv": [1.1], "done": 1.1, "requests": 1}
+BATCH = {"node": "node0", "arrived": {"0": 1.002}, "model": [1.003, 1.09], "sent": {"0": 1.095}, "tokens": 1}
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("coordinator", {"submit": "x"}), ("coordinator", {"step": [1]}), ("coordinator", {"step": True}),
+    ("coordinator", {"recv": 5}), ("coordinator", {"recv": ["x"]}), ("coordinator", {"done": None}),
+    ("coordinator", {"cpu": "x"}), ("coordinator", {"sent": 10 ** 400}),
+    ("node0", {"sent": [1]}), ("node0", {"arrived": {"x": 1.2}}), ("node0", {"arrived": None}),
+    ("node0", {"arrived": {"0": "x"}}), ("node0", {"model": [1.25]}), ("node0", {"model": [1, "x"]}),
+    ("node0", {"model": 3}), ("node0", {"cpu": [1]}), ("node0", {"step": [1]}),
+])
+def test_rows_whose_fields_have_other_types_are_left_out(tmp_path, name, bad):
+    good = STEP if name == "coordinator" else BATCH
+    _write(tmp_path / "coordinator.jsonl", [STEP] if name != "coordinator" else [])
+    _write(tmp_path / "node0.jsonl", [BATCH] if name == "coordinator" else [])
+    with (tmp_path / f"{name}.jsonl").open("a") as out:
+        out.write(json.dumps({**good, **bad}) + "\n")
+        out.write(json.dumps(good) + "\n")  # the good row after it still counts
+    summary = summarize(tmp_path)
+    assert summary["steps"] == 1 and summary["nodes"]["node0"]["compute"] == pytest.approx(87.0)
+
+
+def test_lines_json_cannot_read_and_jsonl_entries_that_are_not_files_are_left_out(tmp_path):
+    lines = ["1" * 5000, "[" * 100_000 + "]" * 100_000, json.dumps(STEP)]
+    (tmp_path / "coordinator.jsonl").write_text("\n".join(lines) + "\n")
+    _write(tmp_path / "node0.jsonl", [BATCH])
+    (tmp_path / "b.jsonl").mkdir()
+    (tmp_path / "gone.jsonl").symlink_to(tmp_path / "missing")
+    summary = summarize(tmp_path)
+    assert summary["steps"] == 1 and list(summary["nodes"]) == ["node0"]

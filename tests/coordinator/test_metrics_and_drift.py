@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -138,6 +140,23 @@ def test_status_of_a_server_without_helix_metrics_is_a_one_line_error(capsys):
     assert main(["status", "--url", f"http://127.0.0.1:{free_port()}"]) == 2
     assert "cannot read" in capsys.readouterr().err
 
+
+
+def test_status_of_a_url_http_cannot_use_or_a_peer_that_cuts_its_answer_short_is_a_one_line_error(capsys):
+    assert main(["status", "--url", "http://a b"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot read http://a b/metrics: ")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def answer_short() -> None:
+            peer, _ = server.accept()
+            with peer:
+                peer.recv(4096)
+                peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhelix")
+
+        threading.Thread(target=answer_short, daemon=True).start()
+        assert main(["status", "--url", f"http://127.0.0.1:{server.getsockname()[1]}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read" in err and "IncompleteRead" in err
 
 def test_the_values_of_an_engine_core_that_died_are_not_exported(plan, tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

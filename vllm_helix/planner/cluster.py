@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from vllm_helix.errors import ClusterSpecError
+from vllm_helix.output_files import write_text
 from vllm_helix.units import format_bandwidth, format_size, parse_bandwidth, parse_duration, parse_size
 
 COORDINATOR = "coordinator"
@@ -477,7 +478,7 @@ def _bw(bytes_per_s: float) -> str:
 
 
 def save_cluster(cluster: ClusterSpec, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cluster_to_dict(cluster), sort_keys=False, width=120))
+    write_text(path, yaml.safe_dump(cluster_to_dict(cluster), sort_keys=False, width=120), "cluster")
 
 
 def describe_cluster(cluster: ClusterSpec) -> str:

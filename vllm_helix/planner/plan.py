@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from vllm_helix.errors import ClusterSpecError
+from vllm_helix.output_files import write_text
 from vllm_helix.planner.cluster import COORDINATOR, ClusterSpec, cluster_from_dict, cluster_to_dict
 from vllm_helix.planner.flow import GRAPHS, ROUTINGS, FlowResult, max_flow
 from vllm_helix.planner.model import ModelSpec, model_from_dict
@@ -91,7 +92,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(plan_to_dict(plan), sort_keys=False, width=120))
+    write_text(path, yaml.safe_dump(plan_to_dict(plan), sort_keys=False, width=120), "plan")
 
 
 def plan_from_dict(data: Any, source: str) -> Plan:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from vllm_helix.errors import ConfigError
 from vllm_helix.node.config import WorkerConfig
+from vllm_helix.output_files import write_text
 from vllm_helix.profiling.sweep import FULL, QUICK, Sweep
 
 
@@ -106,7 +107,7 @@ def run_profile(model_path: str, device: Device, *, dtype: str, kv_fraction: flo
                   "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                   "quick": quick},
     )
-    Path(output).write_text(json.dumps(document, indent=1) + "\n")
+    write_text(output, json.dumps(document, indent=1) + "\n", "profile")
     return document
 
 
