@@ -257,3 +257,13 @@ def test_gurobi_size_limited_license_falls_back_to_cpsat(capsys):
     assert "size-limited" in result.details["fallback"]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "falling back to CP-SAT" in err[0]
+
+
+def test_the_live_progress_line_ends_before_what_follows(capsys):
+    from vllm_helix.planner.milp.progress import Progress
+
+    with Progress("cp-sat", show=True) as bar:  # stderr is captured, not a terminal
+        bar.incumbent(10.0, 10.0, 20.0)
+    print("error: next", file=sys.stderr)
+    err = capsys.readouterr().err
+    assert "best max flow 10.00 tok/s" in err and err.endswith("keeps the best plan)\nerror: next\n"), err

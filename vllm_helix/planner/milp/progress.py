@@ -43,6 +43,8 @@ class Progress:
         if self._live is not None:
             self._live.update(self._render())
             self._live.__exit__(None, None, None)
+            if not self._live.console.is_terminal:  # rich ends the line on a terminal only: what follows starts anew
+                self._live.console.file.write("\n")
             self._live = None
 
     @property
