@@ -79,6 +79,26 @@ def test_a_fixed_placement_refuses_the_search_flags(tmp_path, extra, message):
     assert not (tmp_path / "p.yaml").exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "petals", "--time-limit", "5", "--solver", "cpsat"],
+     "error: --solver, --time-limit are for the MILP (--method petals solves none)"),
+    (["--method", "swarm", "--partial-inference"], "error: --partial-inference is for the MILP"),
+    (["--method", "milp", "--objective", "latency", "--rate", "5"],
+     "error: --objective is for --method auto (a single method and --previous plan for max flow); --rate is for"),
+    (["--method", "homogeneous", "--sim-window", "30"], "error: --sim-window is for --method auto"),
+    (["--previous", "old.yaml", "--slo", "2"], "error: --slo is for --method auto"),
+])
+def test_a_single_method_refuses_what_only_the_search_or_the_milp_reads(tmp_path, extra, message):
+    refused(run("plan", "--cluster", SINGLE24, "-o", tmp_path / "p.yaml", *extra), message)
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_a_single_method_takes_the_objective_it_plans_for(tmp_path):
+    done = run("plan", "--cluster", SINGLE24, "--method", "petals", "--objective", "max-flow",
+               "-o", tmp_path / "p.yaml")
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_move_tolerance_needs_previous(tmp_path):
     refused(run("plan", "--cluster", SINGLE24, "--method", "swarm", "--move-tolerance", "0.05",
                 "-o", tmp_path / "p.yaml"), "error: --move-tolerance is for --previous")

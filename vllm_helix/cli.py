@@ -179,13 +179,24 @@ PLAN_SEARCH_FLAGS = ("--previous", "--method", "--objective", "--rate", "--slo",
                      "--seed", "--solver", "--threads", "--time-limit", "--move-tolerance")
 
 
+HEURISTICS = ("petals", "swarm", "homogeneous")
+MILP_FLAGS = ("--solver", "--threads", "--time-limit", "--work-limit", "--partial-inference")
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from vllm_helix.planner.place import place
     from vllm_helix.planner.profiles import has_profiles
 
+    scored = args.method == "auto" and not args.previous  # only then does the simulator score candidates
     _refuse_ignored(args, [
         (bool(args.placement), PLAN_SEARCH_FLAGS, "not used with --placement (it is evaluated as it is, not searched)"),
         (not args.placement and not args.previous, ["--move-tolerance"], "for --previous"),
+        (not args.placement and not scored and args.objective != "max-flow", ["--objective"],
+         "for --method auto (a single method and --previous plan for max flow)"),
+        (not args.placement and not scored, ["--rate", "--slo", "--sim-window"],
+         "for --method auto (a single method and --previous plan for max flow)"),
+        (not args.placement and args.method in HEURISTICS, MILP_FLAGS,
+         f"for the MILP (--method {args.method} solves none)"),
     ])
     cluster, model = _load_inputs(args)
     if args.placement:  # a fixed split: evaluate it and write it as a plan
