@@ -146,6 +146,9 @@ def profile_from_dict(data: dict, source: str) -> GPUProfile:
         raise ClusterSpecError(f"{source}: malformed profile: {exc}") from None
 
 
+MAX_LAYER_MS = 3.6e6  # one layer's batch time: an hour, as a link's latency (planner.cluster)
+
+
 def _latency_table(rows: Any, where: str, extrapolate: bool) -> LatencyTable:
     """[[x, ms], ...]: x (batch tokens or sequences) >= 0 and distinct, ms finite, > 0 for a batch x > 0
     (a zero time divides a throughput by zero, a repeated x interpolates over a zero-width segment; the
@@ -161,6 +164,9 @@ def _latency_table(rows: Any, where: str, extrapolate: bool) -> LatencyTable:
         what = "negative latency" if ms < 0 else "zero latency"
         why = "" if ms < 0 else " (only an empty batch, x = 0, takes 0 ms)"
         raise ClusterSpecError(f"{where}: {what}: {ms:g} ms at x = {x:g}{why}")
+    if slow := [(x, ms) for x, ms in parsed if ms > MAX_LAYER_MS]:  # else every route looks broken, not slow
+        raise ClusterSpecError(f"{where}: {slow[0][1]:g} ms at x = {slow[0][0]:g}: a layer takes at most an hour "
+                               f"({MAX_LAYER_MS:g} ms)")
     if parsed[0][0] < 0 or any(a[0] == b[0] for a, b in zip(parsed, parsed[1:], strict=False)):
         xs = [x for x, _ in parsed]
         raise ClusterSpecError(f"{where}: x (batch size) must be >= 0 and differ from row to row, got {xs}")
