@@ -243,3 +243,15 @@ def test_a_lost_node_returns_its_requests_and_is_avoided():
     through_x = [r for r, nodes in book.routes.items() if "x" in nodes]
     assert sorted(book.node_lost("x")) == sorted(through_x) and book.node_lost("x") is None
     assert book.admit("after", 10, 10) and "x" not in book.routes["after"]
+
+
+def test_free_ports_stay_out_of_the_range_outgoing_connections_draw_from():
+    import socket
+
+    from vllm_helix.coordinator.local_nodes import _ephemeral_low, free_port
+
+    ports = {free_port() for _ in range(20)}
+    assert all(10_000 <= port < _ephemeral_low() for port in ports) and len(ports) > 1
+    for port in ports:  # and free: a server can bind each
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

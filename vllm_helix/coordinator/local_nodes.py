@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import socket
 import subprocess
 import sys
@@ -32,10 +33,32 @@ MAX_BACKOFF_S = 30.0
 logger = logging.getLogger(__name__)
 
 
+_random = random.SystemRandom()  # not the global generator: simulations seed that one
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port free now, from below the kernel's ephemeral range where it can: a port bind(0) hands
+    out is one the kernel also gives outgoing connections as their source port (a node dialling a coordinator
+    that is not up yet, again and again), which can take it before our server binds it (CI: `vllm serve`'s
+    port, 'Address already in use')."""
+    low = _ephemeral_low()
+    for port in _random.sample(range(10_000, low), min(64, max(0, low - 10_000))):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a host that leaves no room below its ephemeral range
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def resolve_addresses(plan: Plan) -> Plan:
