@@ -7,7 +7,7 @@ import pytest
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 from vllm_helix import wire as p
-from vllm_helix.comm.messages import Header, decode_header, encode_header
+from vllm_helix.comm.messages import Header, decode_header, encode_header, typed_decoder
 from vllm_helix.coordinator.routing import RouteBook
 from vllm_helix.errors import FrameRejected
 from vllm_helix.host import has_cuda, resolve_dtype, shared_host_env
@@ -176,14 +176,38 @@ def test_a_step_payload_is_the_summed_stream_or_the_pair_and_anything_else_is_re
             NodeServer._payload(step, p.Received("n0", step, bad))
 
 
-def test_messages_round_trip_and_bad_frames_are_rejected():
+def test_a_node_forwards_its_batch_block_as_it_is_or_the_rows_of_a_next_hop():
+    import torch
+
+    from vllm_helix.node.types import HiddenBatch
+
+    stream = torch.arange(5 * 4, dtype=torch.float32).reshape(5, 4)
+    # runner order b, a, c; the batch's order a, b, c
+    out = HiddenBatch(stream, None, {"b": (0, 2), "a": (2, 3), "c": (3, 5)}, ["a", "b", "c"])
+    assert [r.request_id for r in out] == ["a", "b", "c"] and len(out) == 3
+    assert torch.equal(out[1].hidden_states, stream[:2]) and out[1].residual is None
+    (whole,) = out.blocks(["b", "a", "c"])
+    assert whole.data_ptr() == stream.data_ptr()  # the whole batch goes on without a copy
+    (part,) = out.blocks(["b", "c"])
+    assert torch.equal(part, torch.cat([stream[:2], stream[3:]]))
+    pair = HiddenBatch(stream, -stream, {"x": (0, 3), "y": (3, 5)}, ["y", "x"])
+    assert [torch.equal(t, e) for t, e in zip(pair.blocks(["y"]), (stream[3:], -stream[3:]), strict=True)] == [True] * 2
+    assert torch.equal(pair[0].residual, -stream[3:])
+
+
+@pytest.mark.parametrize("typed", [None, typed_decoder(p.HelixHeader)], ids=["generic", "helix-header"])
+def test_messages_round_trip_and_bad_frames_are_rejected(typed):
+    """A channel decodes the header straight into the message (HelixHeader); anything that is not a message of
+    this version falls back to the generic header and is rejected with the same words either way."""
     def over_the_wire(frame):
-        return p.decode(decode_header(frame if isinstance(frame, bytes) else encode_header(frame)))
+        return p.decode(decode_header(frame if isinstance(frame, bytes) else encode_header(frame), typed=typed))
 
     new = p.NewRequest([1, 2, 3, 4, 5], ["a", "b"], b"\x01")
     mask = np.array([-1, 5, 1 << 30], dtype=np.int32)
     step = p.Step(3, [p.Item("r1", 0, 5, [], new), p.Item("r2", 9, 1, [42], grammar=mask.tobytes())])
     assert over_the_wire(p.encode(step)) == step
+    one_pass = decode_header(encode_header(p.encode(step)), typed=typed).meta
+    assert isinstance(one_pass, p.Step) if typed else isinstance(one_pass, dict)
     assert (np.frombuffer(over_the_wire(p.encode(step)).items[1].grammar, dtype=np.int32) == mask).all()
     tokens = p.Tokens(3, [p.TokenOut("r1", 7, ([7, 1], [-0.5, -0.25], 2), ([[4, 4, 9]], [[-1.5, -1.5, -2.0]], [1]))])
     assert over_the_wire(p.encode(tokens)) == tokens

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import FrameRejected, TransportTimeout
 from . import _transport
-from .messages import Header, Message, as_buffer, decode_header, encode_header
+from .messages import Header, Message, as_buffer, decode_header, encode_header, typed_decoder
 
 _SLICE_S = 0.25  # longest wait inside C++ before Python checks for signals
 _live: weakref.WeakSet[Endpoint] = weakref.WeakSet()
@@ -132,8 +132,11 @@ class Endpoint:
         *,
         options: EndpointOptions | None = None,
         curve: CurveKeys | None = None,
+        header_type: type[Header] | None = None,
     ) -> None:
+        """`header_type`: a Header subclass with the caller's own `meta` struct, decoded in one pass."""
         self.options = options or EndpointOptions()
+        self._typed = typed_decoder(header_type)
         self._curve = curve is not None
         warn_if_exposed(bind, self._curve)
         self._ep = _transport.Endpoint(name, bind, _native_options(self.options, curve))
@@ -183,7 +186,7 @@ class Endpoint:
             first = _SLICE_S if timeout is None or timeout > _SLICE_S else max(0.0, timeout)
             got = self._ep.recv(first)  # fast path: one C++ call
         sender, hdr, payloads, at = got if got is not None else self._recv_slow(timeout)
-        return Message(sender, decode_header(hdr, sender), payloads, at)
+        return Message(sender, decode_header(hdr, sender, self._typed), payloads, at)
 
     def _recv_slow(self, timeout: float | None) -> tuple[str, bytes, list[Any], float]:
         deadline = None if timeout is None else time.monotonic() + timeout - _SLICE_S
@@ -208,7 +211,7 @@ class Endpoint:
         out = []
         for k, (sender, hdr, payloads, at) in enumerate(got):
             try:
-                out.append(Message(sender, decode_header(hdr, sender), payloads, at))
+                out.append(Message(sender, decode_header(hdr, sender, self._typed), payloads, at))
             except FrameRejected:
                 self._pending.extendleft(reversed(got[k + 1 :]))  # keep the rest for the next call
                 if out:

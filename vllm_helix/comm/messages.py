@@ -43,8 +43,24 @@ def encode_header(header: Header) -> bytes:
     return _encoder.encode(header)
 
 
-def decode_header(data: bytes, sender: str | None = None) -> Header:
-    """Header from wire bytes; FrameRejected when malformed or of another version."""
+def typed_decoder(header_type: type[Header] | None) -> msgspec.msgpack.Decoder | None:
+    """A decoder for a Header subclass whose `meta` is a layer's own message type (see decode_header)."""
+    return None if header_type is None else msgspec.msgpack.Decoder(header_type)
+
+
+def decode_header(data: bytes, sender: str | None = None, typed: msgspec.msgpack.Decoder | None = None) -> Header:
+    """Header from wire bytes; FrameRejected when malformed or of another version.
+
+    With `typed` (typed_decoder), `meta` is decoded straight into that layer's message struct, in one pass
+    instead of into dicts that the layer converts again; a header that does not fit it is decoded generically,
+    so the layer still sees (and names) what is wrong with it."""
+    if typed is not None:
+        try:
+            header = typed.decode(data)
+        except Exception:  # noqa: BLE001 - not that layer's shape: the generic decode below reports it
+            header = None
+        if header is not None and header.version == HEADER_VERSION:
+            return header
     try:
         header = _decoder.decode(data)
     except Exception as e:  # msgspec also lets UnicodeDecodeError & co. through on hostile bytes (fuzz-found)

@@ -13,14 +13,16 @@ from typing import Any
 import zmq
 
 from ..errors import FrameRejected, TransportTimeout
-from .messages import Header, Message, as_buffer, decode_header, encode_header
+from .messages import Header, Message, as_buffer, decode_header, encode_header, typed_decoder
 
 _ZERO_COPY_MIN = 64 << 10
 
 
 class PyzmqEndpoint:
-    def __init__(self, name: str, bind: str = "tcp://127.0.0.1:*", hwm: int = 1000) -> None:
+    def __init__(self, name: str, bind: str = "tcp://127.0.0.1:*", hwm: int = 1000,
+                 header_type: type[Header] | None = None) -> None:
         self.name = name
+        self._typed = typed_decoder(header_type)
         self._ctx = zmq.Context()
         self._hwm = hwm
         self._router = self._ctx.socket(zmq.ROUTER)
@@ -59,8 +61,11 @@ class PyzmqEndpoint:
             raise TransportTimeout(f"no message within {timeout} s") from None
         if len(frames) < 2:
             raise FrameRejected("message without header frame")
+        return self._message(frames)
+
+    def _message(self, frames: list[zmq.Frame]) -> Message:
         sender = frames[0].bytes.decode(errors="replace")
-        return Message(sender, decode_header(frames[1].bytes, sender), [f.buffer for f in frames[2:]])
+        return Message(sender, decode_header(frames[1].bytes, sender, self._typed), [f.buffer for f in frames[2:]])
 
     def recv_many(self, max_n: int = 256, timeout: float | None = None) -> list[Message]:
         """The first message as recv, then whatever else is already queued (NOBLOCK), up to max_n."""
@@ -70,8 +75,7 @@ class PyzmqEndpoint:
                 frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            sender = frames[0].bytes.decode(errors="replace")
-            out.append(Message(sender, decode_header(frames[1].bytes, sender), [f.buffer for f in frames[2:]]))
+            out.append(self._message(frames))
         return out
 
     def redial(self, peer: str) -> None:

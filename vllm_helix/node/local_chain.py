@@ -13,7 +13,7 @@ from typing import Any
 
 from vllm_helix.errors import HelixError
 from vllm_helix.node.partial_worker import PartialLayerWorker
-from vllm_helix.node.types import HiddenResult, StepItem, TokenResult
+from vllm_helix.node.types import HiddenBatch, StepItem, TokenResult
 
 
 @dataclass(slots=True)
@@ -69,7 +69,7 @@ class LocalChain:
     def step(self, batch: list[StepItem]) -> list[TokenResult]:
         """Pass one batch through every worker; the last one's sampled tokens come back."""
         for worker in self.workers[:-1]:
-            hidden: list[HiddenResult] = worker.execute(batch)  # type: ignore[assignment]
+            hidden: HiddenBatch = worker.execute(batch)  # type: ignore[assignment]
             batch = [
                 StepItem(
                     i.request_id, i.start_position, i.num_tokens, i.new_token_ids, h.hidden_states, h.residual

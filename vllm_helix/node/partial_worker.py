@@ -34,7 +34,7 @@ from vllm_helix.node import seam
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.node.kv_blocks import BlockAllocator, blocks_for
 from vllm_helix.node.ranks import LocalRank, RankProcesses
-from vllm_helix.node.types import HiddenResult, KVStats, StepItem, TokenResult
+from vllm_helix.node.types import HiddenBatch, KVStats, StepItem, TokenResult
 from vllm_helix.wire import Calibration, LogprobRow, PromptLogprobRows
 
 if TYPE_CHECKING:
@@ -267,7 +267,7 @@ class PartialLayerWorker:
         if state is not None and state.sent_to_runner:
             self._finished.add(request_id)
 
-    def execute(self, batch: Sequence[StepItem]) -> list[HiddenResult] | list[TokenResult]:
+    def execute(self, batch: Sequence[StepItem]) -> HiddenBatch | list[TokenResult]:
         """Run one batch; results come back in the order of ``batch``."""
         if not batch:
             return []
@@ -355,25 +355,20 @@ class PartialLayerWorker:
                 )
         return tensors
 
-    def _split_hidden(self, batch: Sequence[StepItem], out: IntermediateTensors) -> list[HiddenResult]:
+    def _split_hidden(self, batch: Sequence[StepItem], out: IntermediateTensors) -> HiddenBatch:
         sizes = {item.request_id: item.num_tokens for item in batch}
-        order = self._ranks.batch_order()
-        offsets, pos = {}, 0
-        for rid in order:
-            offsets[rid] = pos
+        rows, pos = {}, 0
+        for rid in self._ranks.batch_order():
+            rows[rid] = (pos, pos + sizes[rid])
             pos += sizes[rid]
-        # one copy out of the runner's buffers (the next batch overwrites them), then per-request views of it:
-        # rows stay in runner order, so a node forwarding the whole batch sends them without another copy
+        # one copy out of the runner's buffers (the next batch overwrites them), in runner order: a node forwarding
+        # the whole batch sends it without another copy
         hidden, residual = out["hidden_states"][:pos], out["residual"][:pos]
         if self.sends_summed_stream:
             hidden, residual = hidden + residual, None
         else:
             hidden, residual = hidden.clone(), residual.clone()
-        results = []
-        for item in batch:
-            lo, hi = offsets[item.request_id], offsets[item.request_id] + item.num_tokens
-            results.append(HiddenResult(item.request_id, hidden[lo:hi], None if residual is None else residual[lo:hi]))
-        return results
+        return HiddenBatch(hidden, residual, rows, list(sizes))
 
     def _token_results(self, batch: Sequence[StepItem], out: ModelRunnerOutput) -> list[TokenResult]:
         index = out.req_id_to_index

@@ -26,7 +26,7 @@ import torch
 
 from vllm_helix import wire as p
 from vllm_helix.errors import FrameRejected, HelixError, NodeError, PeerLost, StartupError, TransportTimeout
-from vllm_helix.node.types import HiddenResult, StepItem, TokenResult
+from vllm_helix.node.types import HiddenBatch, StepItem, TokenResult
 from vllm_helix.trace import tracer
 from vllm_helix.wire import COORDINATOR_PEER, Channel, Received
 
@@ -337,7 +337,7 @@ class NodeServer:
         if self.worker.is_last:
             self._send_tokens(batch, results)  # type: ignore[arg-type]  # the last range returns TokenResults
         else:
-            self._forward(batch, results)  # type: ignore[arg-type]  # the others HiddenResults
+            self._forward(batch, results)  # type: ignore[arg-type]  # the others a HiddenBatch
         if self.trace is not None:
             cpu = time.thread_time() - batch.cpu_start - self.worker.model_cpu  # the hop's own CPU on this thread
             cached = [item.start_position for item in batch.items if item.num_tokens == 1]
@@ -358,26 +358,20 @@ class NodeServer:
             if self.trace is not None:
                 batch.sent[step_id] = time.time()
 
-    def _forward(self, batch: _Pending, results: list[HiddenResult]) -> None:
+    def _forward(self, batch: _Pending, out: HiddenBatch) -> None:
         items = {item.request_id: item for item in batch.items}
-        groups: dict[tuple[str, int], list[HiddenResult]] = {}
-        for result in results:
-            groups.setdefault((self._next_hop(result.request_id), batch.step_of[result.request_id]), []).append(result)
-        for (peer, step_id), group in groups.items():
-            group.sort(key=lambda r: r.hidden_states.storage_offset())  # the worker's row order: see _rows
-            out_items = [self._next_item(items[r.request_id]) for r in group]
-            # the transport sends host memory; a summed stream (float32) has no residual
-            payload = [_rows([r.hidden_states for r in group]).cpu()]
-            residuals = [r.residual for r in group if r.residual is not None]
-            if residuals:
-                payload.append(_rows(residuals).cpu())
+        groups: dict[tuple[str, int], list[str]] = {}
+        for rid in out.rows:  # the runner's row order, which each group's payload keeps
+            groups.setdefault((self._next_hop(rid), batch.step_of[rid]), []).append(rid)
+        for (peer, step_id), rids in groups.items():
+            out_items = [self._next_item(items[rid]) for rid in rids]
             try:
                 self._ensure_peer(peer)
-                self.channel.send(peer, p.Step(step_id, out_items), payload)
+                self.channel.send(peer, p.Step(step_id, out_items), out.blocks(rids))
                 if self.trace is not None:
                     batch.sent[step_id] = time.time()
             except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: the coordinator reroutes
-                self._hop_lost(step_id, [r.request_id for r in group], peer, exc)
+                self._hop_lost(step_id, rids, peer, exc)
 
     def _next_item(self, item: StepItem) -> p.Item:
         # every hop learns the decode token, as vLLM's pipeline stages do; the grammar mask rides to the last
@@ -464,19 +458,6 @@ def _bitmask(grammar: bytes) -> np.ndarray | None:
     if len(grammar) % 4:
         raise FrameRejected(f"a grammar bitmask of {len(grammar)} bytes is not int32 rows")
     return np.frombuffer(grammar, dtype=np.int32).copy()
-
-
-def _rows(blocks: list[torch.Tensor]) -> torch.Tensor:
-    """The row blocks as one contiguous tensor: a view when they lie back to back in one buffer (the worker
-    returns views of one copy of its output, in its row order), else a copy."""
-    first, last = blocks[0], blocks[-1]
-    base = first._base
-    if base is not None and base.is_contiguous() and all(b._base is base for b in blocks):
-        ends = [b.storage_offset() + b.numel() for b in blocks]
-        if all(b.storage_offset() == end for b, end in zip(blocks[1:], ends, strict=False)):
-            row, origin = base.stride(0), base.storage_offset()
-            return base[(first.storage_offset() - origin) // row:(ends[-1] - origin) // row]
-    return torch.cat(blocks).contiguous() if len(blocks) > 1 else last.contiguous()
 
 
 def _group(step_of: dict[str, int]) -> dict[int, list[str]]:

@@ -3,6 +3,7 @@ so a transport can serialize them field by field)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,35 @@ class HiddenResult:
     request_id: str
     hidden_states: torch.Tensor
     residual: torch.Tensor | None
+
+
+@dataclass(frozen=True, slots=True)
+class HiddenBatch(Sequence[HiddenResult]):
+    """Output of a non-last node for a whole batch: the residual stream as one block of rows in the runner's order
+    (``rows``: request id -> [lo, hi), in that order), as it goes to the next hop without a copy when the batch
+    goes on as a whole. As a sequence, a ``HiddenResult`` (views of the block) per request in the batch's order."""
+
+    hidden_states: torch.Tensor
+    residual: torch.Tensor | None
+    rows: dict[str, tuple[int, int]]
+    request_ids: list[str]  # the batch's order
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def __getitem__(self, i: int) -> HiddenResult:  # type: ignore[override]  # no slices
+        rid = self.request_ids[i]
+        lo, hi = self.rows[rid]
+        return HiddenResult(rid, self.hidden_states[lo:hi], None if self.residual is None else self.residual[lo:hi])
+
+    def blocks(self, request_ids: Sequence[str]) -> list[torch.Tensor]:
+        """The rows of these requests (given in runner order) as host tensors: the stream, then the residual if
+        any; views of the block when they are all of it, else one copy."""
+        tensors = [self.hidden_states] if self.residual is None else [self.hidden_states, self.residual]
+        if len(request_ids) != len(self.rows):
+            index = torch.cat([torch.arange(*self.rows[rid]) for rid in request_ids]).to(self.hidden_states.device)
+            tensors = [t.index_select(0, index) for t in tensors]
+        return [t.cpu() for t in tensors]
 
 
 @dataclass(slots=True)
