@@ -78,6 +78,23 @@ def test_a_synthetic_profile_document_reads_back_with_its_overhead(tmp_path):
     assert profile.kv_slots(2) == int(0.05 * (8 << 30) / (2 * 2048)) // 16 * 16 * 2
 
 
+def test_sampling_lost_in_the_noise_still_makes_a_profile_that_loads(tmp_path):
+    """`vllm-helix profile` times the last range's sampling as a difference of two steps; on a tiny model and a busy
+    machine it can come out zero or negative, which a profile must not say (CI once wrote 0 ms at 1 sequence)."""
+    from vllm_helix.planner.profiles import load_profile_file
+
+    timings = Timings(prompt=_line(2e-3, {16: 1e-4, 256: 1e-3}),
+                      decode={(k, 64, d): 2e-3 + k * 5e-5 * d for k in (1, 4, 7) for d in (1, 8)},
+                      sampling={1: 0.0, 4: -3e-6, 8: 2e-4})
+    document = profile_document(model="tiny", gpu="cpu", timings=timings, memory=Memory(8 << 30, 2.4e6, 2048),
+                                sweep=QUICK, total_layers=8, most_layers=8, config=WorkerConfig(), fraction=0.05,
+                                metadata={"date": "test"})
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps(document))
+    profile = load_profile_file(path)
+    assert 0 < profile.sampling_seconds(1) < 1e-6 and profile.sampling_seconds(8) == pytest.approx(2e-4)
+
+
 def by_context_profile(model: str, gpu: str) -> dict:
     """Decodes cost 50 us per sequence and layer with 64 tokens cached, three times that with 512."""
     document = synthetic_profile(model, gpu)

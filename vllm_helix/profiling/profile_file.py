@@ -22,6 +22,10 @@ from vllm_helix.planner.router import MAX_PROMPT_TOKENS_PER_REQUEST
 from vllm_helix.profiling.measure import Memory, Timings
 from vllm_helix.profiling.sweep import Sweep
 
+# noise on a loaded machine must not make a layer, or what the last range adds, free or negative: a profile refuses a
+# zero latency for a non-empty batch (planner/profiles.py), and nothing a GPU runs takes no time
+NOISE_FLOOR_S = 1e-9
+
 
 def fit_line(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
     """(intercept, slope) of seconds vs layers; one point is all slope. Neither is negative."""
@@ -31,7 +35,7 @@ def fit_line(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
     mean_k = statistics.fmean(k for k, _ in points)
     mean_t = statistics.fmean(t for _, t in points)
     slope = sum((k - mean_k) * (t - mean_t) for k, t in points) / sum((k - mean_k) ** 2 for k, _ in points)
-    slope = max(slope, 1e-9)  # noise on a loaded machine must not make a layer free or negative
+    slope = max(slope, NOISE_FLOOR_S)
     return max(mean_t - slope * mean_k, 0.0), slope
 
 
@@ -83,7 +87,8 @@ def profile_document(*, model: str, gpu: str, timings: Timings, memory: Memory, 
         "decode_layer_ms": decode_rows[middle],
         "step_overhead_ms": round(statistics.median(overheads) * 1e3, 6),
         "decode_layer_ms_by_context": {str(c): r for c, r in decode_rows.items()},
-        **({"sampling_ms": [[0, 0.0], *([d, round(t * 1e3, 6)] for d, t in sorted(timings.sampling.items()))]}
+        **({"sampling_ms": [[0, 0.0], *([d, round(max(t, NOISE_FLOOR_S) * 1e3, 6)]
+                                        for d, t in sorted(timings.sampling.items()))]}
            if timings.sampling else {}),
         "metadata": {
             **metadata,
