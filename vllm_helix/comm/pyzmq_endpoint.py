@@ -59,11 +59,11 @@ class PyzmqEndpoint:
             frames = self._router.recv_multipart(copy=False)
         except zmq.Again:
             raise TransportTimeout(f"no message within {timeout} s") from None
-        if len(frames) < 2:
-            raise FrameRejected("message without header frame")
         return self._message(frames)
 
     def _message(self, frames: list[zmq.Frame]) -> Message:
+        if len(frames) < 2:  # every message, the first of a batch or not
+            raise FrameRejected("message without header frame")
         sender = frames[0].bytes.decode(errors="replace")
         return Message(sender, decode_header(frames[1].bytes, sender, self._typed), [f.buffer for f in frames[2:]])
 
@@ -75,7 +75,10 @@ class PyzmqEndpoint:
                 frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            out.append(self._message(frames))
+            try:
+                out.append(self._message(frames))
+            except FrameRejected:  # malformed, behind good ones: dropped (this baseline keeps no queue to raise later)
+                break
         return out
 
     def redial(self, peer: str) -> None:

@@ -283,7 +283,7 @@ class PartialLayerWorker:
         for item in batch:
             self._requests[item.request_id].num_computed += item.num_tokens
         if not self.is_last:
-            return self._split_hidden(batch, out)
+            return self._hidden_batch(batch, out)
         return self._token_results(batch, out)
 
     # ------------------------------------------------------------ execute internals
@@ -355,7 +355,7 @@ class PartialLayerWorker:
                 )
         return tensors
 
-    def _split_hidden(self, batch: Sequence[StepItem], out: IntermediateTensors) -> HiddenBatch:
+    def _hidden_batch(self, batch: Sequence[StepItem], out: IntermediateTensors) -> HiddenBatch:
         sizes = {item.request_id: item.num_tokens for item in batch}
         rows, pos = {}, 0
         for rid in self._ranks.batch_order():
