@@ -17,8 +17,9 @@ JSON line per step (coordinator) or per batch (node) to `DIR/<name>.jsonl`, with
   barely moves when other processes share the cores; `tokens`, `seqs`, `decodes` (its one-token items) and
   `context` (their mean tokens cached, or null) are the batch's shape.
 
-`summarize(DIR)` turns them into the per-hop table bench/bench_serving.py prints. When tracing is off the
-hot path pays one `is None` test per step.
+`summarize(DIR)` turns them into the per-hop table bench/bench_serving.py prints (medians: what a typical hop
+costs) and the decode step cycle (means along one chain: what each segment takes from throughput, queueing and
+tails included). When tracing is off the hot path pays one `is None` test per step.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def tracer(name: str) -> StepTrace | None:
 # ------------------------------------------------------------------------- summary
 
 PHASES = ("in", "assembly", "compute", "post", "queue", "cpu")
+CYCLE = ("engine", "build", "in", "wait", "compute", "post", "return", "finish")
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -141,6 +143,7 @@ def node_hops(coordinator: list[dict], nodes: dict[str, list[dict]]) -> list[dic
                 senders = [t for t in sent_by.get(int(step), []) if t <= arrived]
                 ready = max(arrived, free_at)
                 hops.append({"node": name, "step": int(step), "tokens": batch["tokens"], "cpu": batch.get("cpu", 0.0),
+                             "decode": batch.get("decodes") == batch.get("seqs"),
                              "in": arrived - max(senders) if senders else 0.0,
                              "queue": max(0.0, min(start, free_at) - arrived),
                              "assembly": max(0.0, start - ready), "compute": end - start,
@@ -181,9 +184,42 @@ def summarize(directory: Path, since: float = 0.0) -> dict[str, Any]:
                 for name in files}
     overhead = [h["in"] + h["assembly"] + h["post"] for h in hops]
     overhead += [r + f for r, f in zip(legs["return"], legs["finish"], strict=True)]
+    cycles = decode_cycles(coordinator, hops, last_sent)
     return {"nodes": per_node, "coordinator": {k: _median_ms(v) for k, v in legs.items()},
             "hop_overhead_ms": _median_ms(overhead), "hop_overhead_p90_ms": _quantile_ms(overhead, 0.9),
-            "steps": len(coordinator)}
+            "steps": len(coordinator),
+            "cycle": {k: 1e3 * statistics.fmean(c[k] for c in cycles) for k in CYCLE} if cycles else {},
+            "cycle_steps": len(cycles)}
+
+
+def decode_cycles(coordinator: list[dict], hops: list[dict], last_sent: dict[int, float]) -> list[dict[str, float]]:
+    """Each decode step's cycle, from the previous batch's end to its own, in segments (seconds): vLLM's `engine`,
+    the coordinator's `build`, every node's `in`, `wait` (queue + assembly), `compute` and `post` summed along the
+    chain, the `return` leg and `finish`. Their means add up to the mean cycle, which at a fixed depth is what a
+    token costs, so unlike the medians above they show what tails and queueing take from throughput. Only steps
+    that crossed one chain (their segments add up to submit -> done; parallel routes do not) and whose every
+    node batch was all decodes count."""
+    by_step: dict[int, list[dict]] = {}
+    for hop in hops:
+        by_step.setdefault(hop["step"], []).append(hop)
+    done = sorted(row["done"] for row in coordinator)
+    cycles = []
+    for row in coordinator:
+        chain = by_step.get(row["step"])
+        before = bisect.bisect_right(done, row["submit"])
+        if not chain or not row["recv"] or row["step"] not in last_sent or not before:
+            continue
+        if not all(hop["decode"] for hop in chain):
+            continue
+        back = max(row["recv"])
+        cycle = {"engine": row["submit"] - done[before - 1], "build": row["sent"] - row["submit"],
+                 "return": max(0.0, back - last_sent[row["step"]]), "finish": row["done"] - back}
+        for key, phases in (("in", ("in",)), ("wait", ("queue", "assembly")), ("compute", ("compute",)),
+                            ("post", ("post",))):
+            cycle[key] = sum(hop[phase] for hop in chain for phase in phases)
+        if abs(sum(cycle.values()) - cycle["engine"] - (row["done"] - row["submit"])) < 1e-6:
+            cycles.append(cycle)
+    return cycles
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -196,6 +232,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"per-hop overhead (in + assembly + post; return + finish): "
                  f"median {summary['hop_overhead_ms']:.2f} ms, p90 {summary['hop_overhead_p90_ms']:.2f} ms "
                  f"over {summary['steps']} steps")
+    if summary["cycle"]:
+        cycle = summary["cycle"]
+        total = sum(cycle.values())
+        lines.append(f"decode step cycle (mean ms over {summary['cycle_steps']} one-chain steps): "
+                     + " + ".join(f"{k} {v:.2f}" for k, v in cycle.items())
+                     + f" = {total:.2f}; the forwards are {100 * cycle['compute'] / total:.0f} % of it")
     return "\n".join(lines)
 
 

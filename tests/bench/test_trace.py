@@ -51,6 +51,35 @@ def test_phases_of_a_two_node_chain(tmp_path):
     assert "per-hop overhead" in format_summary(summary)
 
 
+def test_the_decode_cycle_adds_up_one_chain_steps_and_leaves_out_prefills_and_parallel_routes(tmp_path):
+    ms = 1e-3
+
+    def batch(node, step, arrived, start, end, sent, decodes=2):
+        return {"node": node, "arrived": {str(step): arrived * ms}, "model": [start * ms, end * ms],
+                "sent": {str(step): sent * ms}, "tokens": 2, "seqs": 2, "decodes": decodes}
+
+    # step 0: no batch had finished before it (no engine segment); step 1: the measured cycle; step 2: a prefill;
+    # step 3: both nodes at once (two routes), whose segments add up to more than its submit -> done
+    _write(tmp_path / "coordinator.jsonl", [
+        {"step": 0, "submit": 0, "sent": 1 * ms, "recv": [28 * ms], "done": 29 * ms, "requests": 2},
+        {"step": 1, "submit": 30 * ms, "sent": 31 * ms, "recv": [59 * ms], "done": 60 * ms, "requests": 2},
+        {"step": 2, "submit": 61 * ms, "sent": 62 * ms, "recv": [89 * ms], "done": 90 * ms, "requests": 2},
+        {"step": 3, "submit": 100 * ms, "sent": 101 * ms, "recv": [115 * ms, 115 * ms], "done": 116 * ms,
+         "requests": 2},
+    ])
+    _write(tmp_path / "node0.jsonl", [batch("node0", 0, 2, 3, 13, 14), batch("node0", 1, 32, 33, 43, 44),
+                                      batch("node0", 2, 63, 64, 74, 75, decodes=0),
+                                      batch("node0", 3, 102, 103, 113, 114)])
+    _write(tmp_path / "node1.jsonl", [batch("node1", 0, 15, 16, 26, 27), batch("node1", 1, 45, 46, 56, 58),
+                                      batch("node1", 2, 76, 77, 87, 88, decodes=0),
+                                      batch("node1", 3, 102, 103, 113, 114)])
+    summary = summarize(tmp_path)
+    assert summary["cycle_steps"] == 1
+    assert summary["cycle"] == pytest.approx({"engine": 1, "build": 1, "in": 2, "wait": 2, "compute": 20, "post": 3,
+                                              "return": 1, "finish": 1})
+    assert "= 31.00; the forwards are 65 % of it" in format_summary(summary)
+
+
 def test_steps_before_since_are_left_out_and_tracing_is_off_by_default(tmp_path, monkeypatch):
     _write(tmp_path / "coordinator.jsonl", [
         {"step": 0, "submit": 1.0, "sent": 1.001, "recv": [1.1], "done": 1.1, "requests": 1}])
