@@ -207,18 +207,16 @@ def decode_cycles(coordinator: list[dict], hops: list[dict], last_sent: dict[int
     for row in coordinator:
         chain = by_step.get(row["step"])
         before = bisect.bisect_right(done, row["submit"])
-        if not chain or not row["recv"] or row["step"] not in last_sent or not before:
-            continue
-        if not all(hop["decode"] for hop in chain):
+        if not (chain and row["recv"] and row["step"] in last_sent and before and all(h["decode"] for h in chain)):
             continue
         back = max(row["recv"])
-        cycle = {"engine": row["submit"] - done[before - 1], "build": row["sent"] - row["submit"],
-                 "return": max(0.0, back - last_sent[row["step"]]), "finish": row["done"] - back}
-        for key, phases in (("in", ("in",)), ("wait", ("queue", "assembly")), ("compute", ("compute",)),
-                            ("post", ("post",))):
-            cycle[key] = sum(hop[phase] for hop in chain for phase in phases)
-        if abs(sum(cycle.values()) - cycle["engine"] - (row["done"] - row["submit"])) < 1e-6:
-            cycles.append(cycle)
+        parts = {"build": row["sent"] - row["submit"], "in": sum(h["in"] for h in chain),
+                 "wait": sum(h["queue"] + h["assembly"] for h in chain), "compute": sum(h["compute"] for h in chain),
+                 "post": sum(h["post"] for h in chain), "return": max(0.0, back - last_sent[row["step"]]),
+                 "finish": row["done"] - back}
+        # 10 us: well above float64's rounding of epoch seconds, far below any segment a parallel route adds
+        if abs(sum(parts.values()) - (row["done"] - row["submit"])) < 1e-5:
+            cycles.append({"engine": row["submit"] - done[before - 1], **parts})
     return cycles
 
 
