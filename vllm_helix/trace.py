@@ -143,7 +143,7 @@ def node_hops(coordinator: list[dict], nodes: dict[str, list[dict]]) -> list[dic
                 senders = [t for t in sent_by.get(int(step), []) if t <= arrived]
                 ready = max(arrived, free_at)
                 hops.append({"node": name, "step": int(step), "tokens": batch["tokens"], "cpu": batch.get("cpu", 0.0),
-                             "decode": batch.get("decodes") == batch.get("seqs"),
+                             "decode": batch.get("seqs") is not None and batch.get("decodes") == batch["seqs"],
                              "in": arrived - max(senders) if senders else 0.0,
                              "queue": max(0.0, min(start, free_at) - arrived),
                              "assembly": max(0.0, start - ready), "compute": end - start,

@@ -80,6 +80,19 @@ def test_the_decode_cycle_adds_up_one_chain_steps_and_leaves_out_prefills_and_pa
     assert "= 31.00; the forwards are 65 % of it" in format_summary(summary)
 
 
+def test_batches_without_their_shape_are_not_taken_for_decodes(tmp_path):
+    ms = 1e-3
+    _write(tmp_path / "coordinator.jsonl", [
+        {"step": 0, "submit": 0, "sent": 1 * ms, "recv": [15 * ms], "done": 16 * ms, "requests": 2},
+        {"step": 1, "submit": 17 * ms, "sent": 18 * ms, "recv": [32 * ms], "done": 33 * ms, "requests": 2}])
+    _write(tmp_path / "node0.jsonl", [  # a trace from before nodes wrote "seqs" and "decodes"
+        {"node": "node0", "arrived": {str(step): (t + 2) * ms}, "model": [(t + 3) * ms, (t + 13) * ms],
+         "sent": {str(step): (t + 14) * ms}, "tokens": 2} for step, t in ((0, 0), (1, 17))])
+    summary = summarize(tmp_path)
+    assert summary["cycle"] == {} and summary["cycle_steps"] == 0
+    assert "decode step cycle" not in format_summary(summary)
+
+
 def test_steps_before_since_are_left_out_and_tracing_is_off_by_default(tmp_path, monkeypatch):
     _write(tmp_path / "coordinator.jsonl", [
         {"step": 0, "submit": 1.0, "sent": 1.001, "recv": [1.1], "done": 1.1, "requests": 1}])
