@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from bench_serving import COMMON, load, warm_up
+from bench_serving import COMMON, load, tree_cpu_s, warm_up
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from netns_hosts import NetnsHosts  # noqa: E402
@@ -61,21 +61,6 @@ def transport_cost(messages: int = 400, rows: int = 32, hidden: int = 2048) -> d
                 b.recv(timeout=10)
             out[mode] = ((cpu_s() - c0) / messages * 1e6, (time.monotonic() - t0) / messages * 1e6)
     return out
-
-
-def tree_cpu_s(pids: list[int]) -> float:
-    """CPU seconds used so far by these processes and all their children (threads included)."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            root = psutil.Process(pid)
-            for proc in [root, *root.children(recursive=True)]:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    times = proc.cpu_times()
-                    total += times.user + times.system
-    return total
 
 
 @contextlib.contextmanager

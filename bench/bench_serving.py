@@ -23,7 +23,10 @@ Each round runs every setup once, in that order, so slow phases of a shared mach
 the table shows each setup's median over the rounds and the spread (min-max). The Helix setups run with
 per-step tracing (VLLM_HELIX_TRACE, vllm_helix/trace.py) and the per-hop table shows where a hop's time
 goes besides the model's forward. The load average is printed with each round: compare runs only at
-similar load.
+similar load. Each row also gives the CPU that the processes serving it used per output token (`CPU ms/tok`: API
+server, engine core, PP ranks or Helix nodes; not the load's client) and the cores that kept busy on average
+(`cores`). Helix nodes sleep while they wait for a step, so cores short of the machine's are the ring's latency;
+vLLM's PP ranks poll for theirs, so PP's CPU includes waiting (docs/hot_path.md, "CPU per token").
 
 On a CUDA machine the same command runs the setups the machine can host: every engine and node on the GPU(s),
 (b) only with 2 GPUs, and not the "half a CPU" setups (b*, d, dp, d0), whose CPU cap does not make a GPU slower.
@@ -47,6 +50,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import yaml
 
 from vllm_helix.coordinator.local_nodes import free_port
@@ -86,8 +90,29 @@ def load(url: str, model: str, requests: int, max_tokens: int, label: str = "") 
     with cf.ThreadPoolExecutor(requests) as pool:
         results = list(pool.map(one, range(requests)))
     wall = time.monotonic() - start
-    return {"tokens_per_s": sum(r[2] for r in results) / wall, "ttft_s": statistics.mean(r[0] for r in results),
+    tokens = sum(r[2] for r in results)
+    return {"tokens": tokens, "tokens_per_s": tokens / wall, "ttft_s": statistics.mean(r[0] for r in results),
             "tpot_s": statistics.mean(r[1] for r in results)}
+
+
+def tree_cpu_s(pids: list[int], *, roots: bool = True) -> float:
+    """CPU seconds used so far by all descendants of these processes (and by the processes, if `roots`), threads
+    included."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            for process in [root, *root.children(recursive=True)] if roots else root.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = process.cpu_times()
+                    total += times.user + times.system
+    return total
+
+
+def served_cpu_s() -> float:
+    """CPU seconds used so far by every process this benchmark started (API server, engine core, PP ranks, Helix
+    nodes), not by the load's own client threads, which run in this process."""
+    return tree_cpu_s([os.getpid()], roots=False)
 
 
 def warm_up(url: str, model: str) -> None:
@@ -197,14 +222,18 @@ def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, work
         warm_up(url, str(model))
         measured = time.time()  # the per-hop table covers the measured load only
         before = len(first_nodes(routes))
+        cpu0, wall0 = served_cpu_s(), time.monotonic()
         result = load(url, str(model), opts.requests, opts.max_tokens)
+        cpu_s = served_cpu_s() - cpu0
+        result["cpu_ms_per_token"] = cpu_s * 1e3 / result["tokens"]
+        result["busy_cores"] = cpu_s / (time.monotonic() - wall0)
         result["since"] = measured
         if TRACE_ENV in env:
             time.sleep(1.0)  # traced processes flush their last lines once idle, before the server stops
     taken = first_nodes(routes)[before:]
     split = "  routes: " + ", ".join(f"{n} {taken.count(n)}" for n in sorted(set(taken))) if taken else ""
-    print(f"{name:<52}{result['tokens_per_s']:>10.1f}{result['ttft_s']:>10.2f}{result['tpot_s'] * 1e3:>10.1f}{split}",
-          flush=True)
+    print(f"{name:<52}{result['tokens_per_s']:>10.1f}{result['ttft_s']:>10.2f}{result['tpot_s'] * 1e3:>10.1f}"
+          f"{result['cpu_ms_per_token']:>12.1f}{result['busy_cores']:>8.2f}{split}", flush=True)
     return result
 
 
@@ -287,10 +316,12 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 def report(results: dict[str, list[dict]], hop_tables: dict[str, list[dict]]) -> None:
     rounds = max(len(v) for v in results.values())
     print(f"\nmedian [min-max] over {rounds} interleaved round(s)")
-    print("| setup | out tok/s | TTFT s | TPOT ms |\n|---|---|---|---|")
+    print("| setup | out tok/s | TTFT s | TPOT ms | CPU ms/tok | cores |\n|---|---|---|---|---|---|")
     for setup, rows in results.items():
-        print(f"| {NAMES[setup]} | {spread([r['tokens_per_s'] for r in rows])} | "
-              f"{spread([r['ttft_s'] for r in rows], digits=2)} | {spread([r['tpot_s'] for r in rows], 1e3)} |")
+        column = {key: [r[key] for r in rows] for key in rows[0]}
+        print(f"| {NAMES[setup]} | {spread(column['tokens_per_s'])} | {spread(column['ttft_s'], digits=2)} | "
+              f"{spread(column['tpot_s'], 1e3)} | {spread(column['cpu_ms_per_token'])} | "
+              f"{spread(column['busy_cores'], digits=2)} |")
     for ours, theirs in (("c", "b"), ("d", "b*"), ("dp", "b*"), ("d0", "b*")):
         if ours in results and theirs in results:
             pairs = zip(results[ours], results[theirs], strict=True)
@@ -304,6 +335,17 @@ def report(results: dict[str, list[dict]], hop_tables: dict[str, list[dict]]) ->
         print(format_summary(summaries[-1]))
         print("per-hop overhead by round (median ms): "
               + ", ".join(f"{s['hop_overhead_ms']:.2f}" for s in summaries))
+        print(f"decode step cycle by round (mean ms, the forwards + all else): {cycles_by_round(summaries)}")
+
+
+def cycles_by_round(summaries: list[dict]) -> str:
+    """Each round's mean decode step cycle (vllm_helix/trace.py) as `forwards + the rest`: a round whose throughput
+    stands out shows whether its forwards or its hops and queues made the difference."""
+    parts = []
+    for summary in summaries:
+        cycle = summary["cycle"]
+        parts.append(f"{cycle['compute']:.1f} + {sum(cycle.values()) - cycle['compute']:.1f}" if cycle else "-")
+    return ", ".join(parts)
 
 
 def bad_load(opts: argparse.Namespace) -> str | None:
@@ -371,7 +413,7 @@ def main() -> int:
     hop_tables: dict[str, list[dict]] = {}
     for i in range(opts.rounds):
         print(f"\nround {i + 1}/{opts.rounds}, load average {os.getloadavg()[0]:.2f}")
-        print(f"{'setup':<52}{'out tok/s':>10}{'TTFT s':>10}{'TPOT ms':>10}")
+        print(f"{'setup':<52}{'out tok/s':>10}{'TTFT s':>10}{'TPOT ms':>10}{'CPU ms/tok':>12}{'cores':>8}")
         rows, traces = one_round(want, model, opts, workdir)
         for setup, row in rows.items():
             results[setup].append(row)
