@@ -55,7 +55,6 @@ def test_which_setups_a_cpu_one_gpu_or_two_gpu_machine_runs():
     assert bench_serving.node_cores(0) == ["0", "1"]
 
 
-
 def test_the_cpu_column_counts_every_process_the_benchmark_started_down_the_tree():
     bench_serving = _module()
     # a child whose own child burns 0.6 s of CPU and then waits, as vllm serve waits on its engine core
