@@ -91,8 +91,8 @@ def load(url: str, model: str, requests: int, max_tokens: int, label: str = "") 
         results = list(pool.map(one, range(requests)))
     wall = time.monotonic() - start
     tokens = sum(r[2] for r in results)
-    return {"tokens": tokens, "tokens_per_s": tokens / wall, "ttft_s": statistics.mean(r[0] for r in results),
-            "tpot_s": statistics.mean(r[1] for r in results)}
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "ttft_s": statistics.mean(r[0] for r in results), "tpot_s": statistics.mean(r[1] for r in results)}
 
 
 def tree_cpu_s(pids: list[int], *, roots: bool = True) -> float:
@@ -102,7 +102,10 @@ def tree_cpu_s(pids: list[int], *, roots: bool = True) -> float:
     for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess):
             root = psutil.Process(pid)
-            for process in [root, *root.children(recursive=True)] if roots else root.children(recursive=True):
+            processes = root.children(recursive=True)
+            if roots:
+                processes.append(root)
+            for process in processes:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     times = process.cpu_times()
                     total += times.user + times.system
@@ -222,11 +225,11 @@ def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, work
         warm_up(url, str(model))
         measured = time.time()  # the per-hop table covers the measured load only
         before = len(first_nodes(routes))
-        cpu0, wall0 = served_cpu_s(), time.monotonic()
+        cpu0 = served_cpu_s()
         result = load(url, str(model), opts.requests, opts.max_tokens)
         cpu_s = served_cpu_s() - cpu0
         result["cpu_ms_per_token"] = cpu_s * 1e3 / result["tokens"]
-        result["busy_cores"] = cpu_s / (time.monotonic() - wall0)
+        result["busy_cores"] = cpu_s / result["wall_s"]
         result["since"] = measured
         if TRACE_ENV in env:
             time.sleep(1.0)  # traced processes flush their last lines once idle, before the server stops
