@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from bench_serving import COMMON, load, tree_cpu_s, warm_up
+from bench_serving import COMMON, cpu_by_process, cpu_used_s, load, warm_up
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from netns_hosts import NetnsHosts  # noqa: E402
@@ -131,9 +131,9 @@ def main() -> int:
                 mode = "plain" if insecure else "curve"
                 with cluster(hosts, plan, model, workdir, insecure, opts.enforce_eager) as (url, pids):
                     warm_up(url, str(model))
-                    cpu0 = tree_cpu_s(pids)
+                    cpu0 = cpu_by_process(pids)
                     out = load(url, str(model), opts.requests, opts.max_tokens)
-                    cpu_ms = (tree_cpu_s(pids) - cpu0) * 1e3 / (opts.requests * opts.max_tokens)
+                    cpu_ms = cpu_used_s(cpu0, cpu_by_process(pids)) * 1e3 / (opts.requests * opts.max_tokens)
                 results[mode].append(out["tokens_per_s"])
                 cpu[mode].append(cpu_ms)
                 label = "--helix-insecure (plain TCP)" if insecure else "CURVE (default)"

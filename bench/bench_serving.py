@@ -91,14 +91,14 @@ def load(url: str, model: str, requests: int, max_tokens: int, label: str = "") 
         results = list(pool.map(one, range(requests)))
     wall = time.monotonic() - start
     tokens = sum(r[2] for r in results)
-    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
-            "ttft_s": statistics.mean(r[0] for r in results), "tpot_s": statistics.mean(r[1] for r in results)}
+    return {"tokens": tokens, "tokens_per_s": tokens / wall, "ttft_s": statistics.mean(r[0] for r in results),
+            "tpot_s": statistics.mean(r[1] for r in results)}
 
 
-def tree_cpu_s(pids: list[int], *, roots: bool = True) -> float:
-    """CPU seconds used so far by all descendants of these processes (and by the processes, if `roots`), threads
+def cpu_by_process(pids: list[int], *, roots: bool = True) -> dict[int, float]:
+    """CPU seconds used so far by each descendant of these processes (and by the processes, if `roots`), threads
     included."""
-    total = 0.0
+    seconds = {}
     for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess):
             root = psutil.Process(pid)
@@ -108,14 +108,20 @@ def tree_cpu_s(pids: list[int], *, roots: bool = True) -> float:
             for process in processes:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     times = process.cpu_times()
-                    total += times.user + times.system
-    return total
+                    seconds[process.pid] = times.user + times.system
+    return seconds
 
 
-def served_cpu_s() -> float:
-    """CPU seconds used so far by every process this benchmark started (API server, engine core, PP ranks, Helix
+def served_cpu() -> dict[int, float]:
+    """CPU seconds used so far by each process this benchmark started (API server, engine core, PP ranks, Helix
     nodes), not by the load's own client threads, which run in this process."""
-    return tree_cpu_s([os.getpid()], roots=False)
+    return cpu_by_process([os.getpid()], roots=False)
+
+
+def cpu_used_s(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two `cpu_by_process` readings, of the processes seen in both: a process missed in the
+    first (or started since) would add all the CPU of its life, not what it used in between."""
+    return sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
 
 
 def warm_up(url: str, model: str) -> None:
@@ -225,11 +231,12 @@ def run(name: str, model: Path, args: list[str], env: dict[str, str], opts, work
         warm_up(url, str(model))
         measured = time.time()  # the per-hop table covers the measured load only
         before = len(first_nodes(routes))
-        cpu0 = served_cpu_s()
+        start, cpu0 = time.monotonic(), served_cpu()
         result = load(url, str(model), opts.requests, opts.max_tokens)
-        cpu_s = served_cpu_s() - cpu0
+        cpu_s = cpu_used_s(cpu0, served_cpu())
         result["cpu_ms_per_token"] = cpu_s * 1e3 / result["tokens"]
-        result["busy_cores"] = cpu_s / result["wall_s"]
+        # over the span of both readings, scans included: the load's own wall time is shorter than what they cover
+        result["busy_cores"] = cpu_s / (time.monotonic() - start)
         result["since"] = measured
         if TRACE_ENV in env:
             time.sleep(1.0)  # traced processes flush their last lines once idle, before the server stops
