@@ -8,7 +8,7 @@ workers), so the two stages really run in parallel:
 
 (a) plain vLLM, one engine on both cores;
 (b) vLLM pipeline parallelism, 2 stages, layers [0,4) [4,8);
-(c) Helix, 2 nodes with the same split;
+(c) Helix, 2 nodes with the same split; (ca), not run by default: the same with async scheduling (--helix-async);
 (d) heterogeneous: the second machine is half as fast — the process on core 1 (vLLM's PP rank 1 in (b*),
     Helix node 1 in (d)) is capped at half a core by a CPU cgroup (a hard cap, like a slower GPU; where
     cgroups are not writable, a busy loop on core 1 shares it instead). vLLM PP keeps the even split (b*);
@@ -60,6 +60,7 @@ from vllm_helix.vllm_server import VllmServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from cpu_cap import CpuCap  # noqa: E402
+from netns_hosts import NetnsHosts  # noqa: E402
 
 MAX_MODEL_LEN = 1024
 PROMPT_TOKENS_AT_MOST = 256  # PROMPT is ~180 tokens in the tiny model's tokenizer; room for the label
@@ -172,15 +173,18 @@ def measured_profiles(model: Path, folder: Path, slow) -> Path:
 
 @contextlib.contextmanager
 def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], speeds: list[int], opts, slow=None,
-                  env: dict[str, str] | None = None, profiles: Path | None = None):
+                  env: dict[str, str] | None = None, profiles: Path | None = None, site=None):
     """A plan for two pinned workers on 127.0.0.1 (started here, like remote hosts), and the workers. With
-    `profiles`, nodes 0 and 1 are the profiled `cpu` and `cpu-half` machines; else `cpu` with `speeds` as GPUs."""
+    `profiles`, nodes 0 and 1 are the profiled `cpu` and `cpu-half` machines; else `cpu` with `speeds` as GPUs.
+    With `site` (a tests/netns_hosts.py Host), both workers run in that network namespace, behind its shaped link
+    to the coordinator, and talk to each other inside it (plain TCP: --helix-insecure)."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in range(3)]
+    here, there = (site.gateway, site.address) if site else ("127.0.0.1", "127.0.0.1")
     gpus = [("cpu", 1), ("cpu-half", 1)] if profiles else [("cpu", speeds[0]), ("cpu", speeds[1])]
-    cluster = {"name": "bench", "coordinator": {"address": f"127.0.0.1:{ports[0]}"},
+    cluster = {"name": "bench", "coordinator": {"address": f"{here}:{ports[0]}"},
                "nodes": [{"name": f"node{i}", "gpu": gpus[i][0], "gpus": gpus[i][1], "tp": 1, "vram": "8GB",
-                          "address": f"127.0.0.1:{ports[i + 1]}"} for i in range(2)],
+                          "address": f"{there}:{ports[i + 1]}"} for i in range(2)],
                "default_link": {"bandwidth": "10Gbps", "latency": "0.1ms"}}
     (workdir / "cluster.yaml").write_text(yaml.safe_dump(cluster))
     plan = workdir / "plan.yaml"
@@ -196,10 +200,11 @@ def helix_workers(workdir: Path, model: Path, split: list[tuple[int, int]], spee
     layers = [n["layers"] for n in yaml.safe_load(plan.read_text())["nodes"]]
     workers = []
     for i in range(2):
-        argv = ["taskset", "-c", opts.node_cores[i], sys.executable, "-m", "vllm_helix.cli", "worker",
-                "--plan", str(plan), "--node", f"node{i}", "--model", str(model), "--kv-fraction", "0.02",
-                "--max-model-len", str(MAX_MODEL_LEN), "--dtype", "float32", "--max-num-batched-tokens", "512",
-                "--max-num-seqs", "64", *opts.eager]
+        argv = [*(site.command() if site else []), "taskset", "-c", opts.node_cores[i], sys.executable, "-m",
+                "vllm_helix.cli", "worker", "--plan", str(plan), "--node", f"node{i}", "--model", str(model),
+                "--kv-fraction", "0.02", "--max-model-len", str(MAX_MODEL_LEN), "--dtype", "float32",
+                "--max-num-batched-tokens", "512", "--max-num-seqs", "64", *opts.eager,
+                *(["--helix-insecure"] if site else [])]
         with open(workdir / f"node{i}.log", "w") as log:
             workers.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                             env=dict(os.environ, **(env or {}), VLLM_CPU_OMP_THREADS_BIND=str(i))))
@@ -278,7 +283,9 @@ def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[st
     pp = {"VLLM_PP_LAYER_PARTITION": "4,4", "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
     pp_args = ["--pipeline-parallel-size", "2", "--distributed-executor-backend", "mp"]
     helix = ["--executor", "helix", "--helix-depth", str(opts.helix_depth)]
-    traces = {s: workdir / f"trace-{s}" for s in ("c", "d")}
+    # --coordinator-delay-ms: (c) and (ca) serve from a site behind a slow link (plain TCP there, as between hosts)
+    same_split = [*helix, "--helix-insecure"] if opts.site else helix
+    traces = {s: workdir / f"trace-{s}" for s in ("c", "ca", "d")}
     for trace in traces.values():
         shutil.rmtree(trace, ignore_errors=True)
     rows = {}
@@ -288,9 +295,16 @@ def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[st
         rows["b"] = run("(b) vLLM PP=2, [0,4) [4,8)", model, pp_args, pp, opts, workdir)
     if "c" in want:
         trace = {TRACE_ENV: str(traces["c"])}
-        with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1], opts, env=trace) as (plan, _):
-            rows["c"] = run("(c) Helix 2 nodes, [0,4) [4,8)", model, [*helix, "--helix-plan", str(plan)],
+        with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1], opts, env=trace,
+                           site=opts.site) as (plan, _):
+            rows["c"] = run("(c) Helix 2 nodes, [0,4) [4,8)", model, [*same_split, "--helix-plan", str(plan)],
                             trace, opts, workdir)
+    if "ca" in want:
+        trace = {TRACE_ENV: str(traces["ca"])}
+        with helix_workers(workdir / "ca", model, [(0, 4), (4, 8)], [1, 1], opts, env=trace,
+                           site=opts.site) as (plan, _):
+            rows["ca"] = run("(ca) Helix 2 nodes, [0,4) [4,8), async scheduling", model,
+                             [*same_split, "--helix-plan", str(plan), "--helix-async"], trace, opts, workdir)
     with half_speed_core(1) as slow:
         if "b*" in want:
             rows["b*"] = run("(b*) vLLM PP=2 even split, rank 1 at 1/2", model, pp_args, pp, opts, workdir,
@@ -313,6 +327,7 @@ def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[st
 
 
 NAMES = {"a": "(a) plain vLLM, 1 engine", "b": "(b) vLLM PP=2, [0,4) [4,8)", "c": "(c) Helix 2 nodes, same split",
+         "ca": "(ca) as (c), async scheduling (--helix-async)",
          "b*": "(b*) vLLM PP=2 even split, rank 1 at 1/2", "d": "(d) Helix planned, node 1 at 1/2",
          "dp": "(dp) Helix planned from measured profiles, node 1 at 1/2", "d0": "(d0) as (d), static weights"}
 
@@ -332,7 +347,7 @@ def report(results: dict[str, list[dict]], hop_tables: dict[str, list[dict]]) ->
         print(f"| {NAMES[setup]} | {spread(column['tokens_per_s'])} | {spread(column['ttft_s'], digits=2)} | "
               f"{spread(column['tpot_s'], 1e3)} | {spread(column['cpu_ms_per_token'])} | "
               f"{spread(column['busy_cores'], digits=2)} |")
-    for ours, theirs in (("c", "b"), ("d", "b*"), ("dp", "b*"), ("d0", "b*")):
+    for ours, theirs in (("c", "b"), ("ca", "b"), ("ca", "c"), ("d", "b*"), ("dp", "b*"), ("d0", "b*")):
         if ours in results and theirs in results:
             pairs = zip(results[ours], results[theirs], strict=True)
             per_round = [o["tokens_per_s"] / t["tokens_per_s"] for o, t in pairs]
@@ -371,6 +386,19 @@ def bad_load(opts: argparse.Namespace) -> str | None:
                 f"got {opts.hidden}")
     if opts.helix_depth < 0:
         return f"--helix-depth must be 0 (auto) or more; got {opts.helix_depth}"
+    if not 0 <= opts.coordinator_delay_ms <= 1000:
+        return f"--coordinator-delay-ms from 0 to 1000; got {opts.coordinator_delay_ms}"
+    return None
+
+
+def bad_site(opts: argparse.Namespace, want: set[str]) -> str | None:
+    """--coordinator-delay-ms moves (c) and (ca) into a network namespace: it needs one of them, root and iproute2."""
+    if not opts.coordinator_delay_ms:
+        return None
+    if not want & {"c", "ca"}:
+        return "--coordinator-delay-ms is for setups c and ca (add one to --setups)"
+    if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("tc")):
+        return "--coordinator-delay-ms needs root and iproute2 (ip, tc): the nodes' site is a network namespace"
     return None
 
 
@@ -391,12 +419,16 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all setups")
     parser.add_argument("--setups", default="a,b,c,b*,d",
-                        help="which of a, b, c, b*, d, dp, d0 to run (dp: (d) planned from profiles of both "
-                             "machines; d0: (d) with --helix-static-weights)")
+                        help="which of a, b, c, ca, b*, d, dp, d0 to run (ca: (c) with --helix-async; dp: (d) "
+                             "planned from profiles of both machines; d0: (d) with --helix-static-weights)")
     parser.add_argument("--profiles", type=Path, help="for (dp): a folder with the cpu.json and cpu-half.json of an "
                         "earlier run of this script (same --hidden), instead of profiling again")
     parser.add_argument("--hidden", type=int, default=2048, help="hidden size of the 8-layer random model")
     parser.add_argument("--helix-depth", type=int, default=0, help="--helix-depth for (c) and (d); 0 = auto")
+    parser.add_argument("--coordinator-delay-ms", type=float, default=0.0,
+                        help="(c) and (ca) only: both nodes in one network namespace (a site) whose link to the "
+                             "coordinator delays each way this long (netem; needs root): the API server far from "
+                             "the GPUs")
     parser.add_argument("--enforce-eager", dest="eager", action="store_const", const=["--enforce-eager"], default=[],
                         help="eager layers in every engine and node (default: vLLM's torch.compile and, on CUDA, "
                              "its CUDA graphs)")
@@ -404,7 +436,7 @@ def main() -> int:
     want = {s.strip() for s in opts.setups.split(",")}
     if not want <= set(NAMES):
         parser.error(f"--setups takes a comma-separated subset of {', '.join(NAMES)}; got {opts.setups!r}")
-    if problem := bad_load(opts) or bad_profiles(opts, want):
+    if problem := bad_load(opts) or bad_profiles(opts, want) or bad_site(opts, want):
         parser.error(problem)
     gpus = cuda_gpus()
     opts.node_cores = node_cores(gpus)
@@ -415,6 +447,26 @@ def main() -> int:
             want.discard(setup)
     if not want:
         parser.error("none of --setups runs on this machine")
+    with contextlib.ExitStack() as stack:
+        opts.site = far_site(opts.coordinator_delay_ms, stack)
+        return bench(want, opts)
+
+
+def far_site(delay_ms: float, stack: contextlib.ExitStack):
+    """A network namespace behind a link that delays each way by `delay_ms` (None for 0), removed on exit."""
+    if delay_ms <= 0:
+        return None
+    hosts = NetnsHosts()
+    stack.callback(hosts.close)
+    site = hosts.make("1gbit", delay_ms)
+    if not site.shaping.startswith("netem"):
+        raise SystemExit(f"bench_serving.py: --coordinator-delay-ms: this kernel has no netem ({site.shaping}), so "
+                         "the link cannot be delayed")
+    print(f"(c) and (ca) nodes at {site.address}, the coordinator at {site.gateway}, link {site.shaping} each way")
+    return site
+
+
+def bench(want: set[str], opts) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="helix-bench-"))
     model = build_tiny_llama(workdir / "model", hidden_size=opts.hidden, heads=opts.hidden // 64, kv_heads=4,
                              intermediate=opts.hidden * 11 // 4)

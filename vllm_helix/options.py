@@ -67,6 +67,10 @@ OPTIONS = (
            "speed of nodes without a profile (priced by their probe); for nodes on hosts of their own"),
     Option("--helix-depth", "depth", int, 0,
            "batches in flight through the cluster; 0 = one per node of the plan", problem=_not_negative),
+    Option("--helix-async", "async", bool, False,
+           "async scheduling: each request's next decode step is scheduled and sent before its token comes back, "
+           "and each route's last node hands the token straight to its first node (the coordinator off the "
+           "chain's critical path); one more batch in flight"),
     Option("--helix-start-timeout", "start_timeout_s", float, _NODE.start_timeout_s,
            "seconds to wait for every worker of the plan to come up", problem=_positive),
     Option("--helix-step-timeout", "step_timeout_s", float, 120.0,
@@ -93,6 +97,12 @@ def helix_options(additional_config: Any) -> dict[str, Any]:
     """The helix options with defaults filled in, from `VllmConfig.additional_config`."""
     given = (additional_config or {}).get(CONFIG_KEY, {}) if isinstance(additional_config, dict) else {}
     return {opt.key: given.get(opt.key, opt.default) for opt in OPTIONS} | {"enabled": bool(given.get("enabled"))}
+
+
+def batches_in_flight(options: dict[str, Any]) -> int:
+    """What EngineCore keeps in flight: the pipeline depth, and under --helix-async one more batch, sent ahead of
+    the tokens it decodes (as vLLM's own async scheduling keeps one more)."""
+    return pipeline_depth(options) + (1 if options["async"] else 0)
 
 
 def pipeline_depth(options: dict[str, Any]) -> int:

@@ -8,7 +8,8 @@ header) with `kind` = "helix/<version>", plus tensor payloads (zero-copy both wa
 per-request items of one batch for one node; the residual stream of all items travels as payload tensors,
 concatenated in item order (rows = tokens): one, the summed stream, in float32; two, hidden states and
 residuals, in 16-bit dtypes (`vllm_helix/node/partial_worker.py` says why). Nodes answer the coordinator
-with `Tokens` (last range) or `Failed`; `Hello`/`Start` bring the cluster up (`Progress` reports each
+with `Tokens` (last range) or `Failed`; under async scheduling the last range also hands its tokens straight to
+the first range (`Sampled`); `Hello`/`Start` bring the cluster up (`Progress` reports each
 start-up phase on the way; `Calibrate` asks a node for its start-up probe, which its next `Hello` carries);
 `Free` releases a finished request's KV blocks; `Busy` reports a node's compute time. Elastic serving:
 `HopLost` (a node could not reach its next hop), `Reset` (the coordinator took a node out of routing: forget
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     import torch
     from vllm import SamplingParams
 
-PROTOCOL_VERSION = 2  # 2: grammar bitmask rows in Item, prompt logprobs in TokenOut
+PROTOCOL_VERSION = 3  # 2: grammar bitmask rows in Item, prompt logprobs in TokenOut; 3: Sampled (async scheduling)
 KIND = f"helix/{PROTOCOL_VERSION}"
 LogprobRow = tuple[list[int], list[float], int]  # ids, logprobs, rank of the sampled token
 # per prompt position 1..: ids and logprobs of [prompt token, top-1, ..., top-k], and the prompt token's rank
@@ -50,13 +51,18 @@ class NewRequest(msgspec.Struct, frozen=True):
     prompt_token_ids: list[int]
     route: list[str]  # node names, first hop first
     sampling: bytes = b""  # msgpack of vllm.SamplingParams (the last node samples)
+    # async scheduling (--helix-async): the last node sends each token it samples straight to the first node,
+    # which holds the request's next step, sent before that token was known, until it comes
+    sampled_to_first: bool = False
 
 
 class Item(msgspec.Struct, frozen=True):
     request_id: str
     start_position: int
     num_tokens: int
-    token_ids: list[int] = []  # for the first node: the prompt chunk, or the last sampled token
+    # for the first node: the last sampled token of a decode step; none on a decode step sent before that token
+    # was known (async scheduling: the first node waits for the last node's Sampled)
+    token_ids: list[int] = []
     new: NewRequest | None = None
     # structured outputs: the scheduler's grammar bitmask row for the token sampled this step (int32 bytes);
     # every hop passes it on, the last node masks the logits with it before sampling
@@ -79,6 +85,13 @@ class TokenOut(msgspec.Struct, frozen=True):
 class Tokens(msgspec.Struct, tag="tokens", frozen=True):
     step_id: int
     results: list[TokenOut]
+
+
+class Sampled(msgspec.Struct, tag="sampled", frozen=True):
+    """Last node -> first node of the same routes (async scheduling): the tokens it just sampled, each with its
+    position, which the request's next decode step starts at."""
+
+    tokens: list[tuple[str, int, int]]  # (request id, position, token id)
 
 
 class Failed(msgspec.Struct, tag="failed", frozen=True):
@@ -179,8 +192,8 @@ class Drain(msgspec.Struct, tag="drain", frozen=True):
     node: str
 
 
-Message = (Step | Tokens | Failed | Free | Hello | Progress | Busy | Start | Calibrate | Shutdown | HopLost | Reset
-           | Drain)
+Message = (Step | Tokens | Sampled | Failed | Free | Hello | Progress | Busy | Start | Calibrate | Shutdown | HopLost
+           | Reset | Drain)
 _MESSAGE_TYPES = get_args(Message)
 
 

@@ -17,9 +17,9 @@ def _run(*args):
 @pytest.mark.parametrize(("args", "said"), [
     (["--setups", "b,b*", "--enforce-eager"], "skipping (b) vLLM PP=2, [0,4) [4,8): vLLM 0.32's pipeline parallelism "
                                               "fails under --enforce-eager"),
-    (["--setups", "x"], "--setups takes a comma-separated subset of a, b, c, b*, d, dp, d0"),
+    (["--setups", "x"], "--setups takes a comma-separated subset of a, b, c, ca, b*, d, dp, d0"),
     (["--rounds", "0"], "--rounds from 1 to 20; got 0"),
-    (["--setups", "c,x"], "--setups takes a comma-separated subset of a, b, c, b*, d, dp, d0; got 'c,x'"),
+    (["--setups", "c,x"], "--setups takes a comma-separated subset of a, b, c, ca, b*, d, dp, d0; got 'c,x'"),
     (["--setups", "c", "--profiles", "."], "--profiles is for setup dp"),
     (["--setups", "c, dp", "--profiles", __file__], "not a folder"),
     (["--max-tokens", "1500"], "--max-tokens from 1 to 768 (a prompt and its output fit the servers' 1024-token "
@@ -28,6 +28,8 @@ def _run(*args):
     (["--hidden", "100"], "--hidden must be a multiple of 256"),
     (["--hidden", "256000"], "up to 8192; got 256000"),
     (["--helix-depth", "-1"], "--helix-depth must be 0 (auto) or more"),
+    (["--coordinator-delay-ms", "-5"], "--coordinator-delay-ms from 0 to 1000; got -5.0"),
+    (["--setups", "b", "--coordinator-delay-ms", "5"], "--coordinator-delay-ms is for setups c and ca"),
 ])
 def test_setups_or_a_load_this_machine_cannot_run_are_refused_with_the_reason(args, said):
     done = _run(*args)
@@ -49,7 +51,7 @@ def test_which_setups_a_cpu_one_gpu_or_two_gpu_machine_runs():
     bench_serving = _module()
     assert [s for s in bench_serving.NAMES if bench_serving.unavailable(s, gpus=0, eager=False)] == []
     on_one_gpu = {s: bench_serving.unavailable(s, gpus=1, eager=False) for s in bench_serving.NAMES}
-    assert [s for s, why in on_one_gpu.items() if why is None] == ["a", "c"]
+    assert [s for s, why in on_one_gpu.items() if why is None] == ["a", "c", "ca"]
     assert on_one_gpu["b"] == "pipeline parallelism needs 2 GPUs"
     assert bench_serving.unavailable("b", gpus=2, eager=False) is None
     assert bench_serving.node_cores(0) == ["0", "1"]

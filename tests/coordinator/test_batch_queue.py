@@ -8,11 +8,14 @@ from types import SimpleNamespace
 from vllm_helix.coordinator.patches.batch_queue import CompletionOrderQueue
 
 
-def _batch(tokens: int, done: bool = False) -> tuple:
+def _batch(tokens: int, done: bool = False, requests: tuple[str, ...] = ()) -> tuple:
     future = Future()
     if done:
         future.set_result(f"output of {tokens}")
-    return future, SimpleNamespace(total_num_scheduled_tokens=tokens), future
+    if tokens and not requests:  # a batch of its own request
+        requests = (f"r{id(future)}",)
+    return future, SimpleNamespace(total_num_scheduled_tokens=tokens,
+                                   num_scheduled_tokens=dict.fromkeys(requests, 1)), future
 
 
 def _queue(*entries, waiting_input: bool = False) -> CompletionOrderQueue:
@@ -29,6 +32,16 @@ def test_a_finished_batch_is_taken_before_an_older_one_still_in_flight():
     slow, fast = _batch(16), _batch(16, done=True)
     q = _queue(slow, fast)
     assert q.pop() is fast and list(q) == [slow]
+
+
+def test_a_finished_batch_waits_for_an_older_one_in_flight_with_a_request_of_it():
+    """Async scheduling: "a" is in both batches, and its outputs must reach the scheduler in order."""
+    older = _batch(16, requests=("a", "b"))
+    other, later = _batch(8, done=True, requests=("c",)), _batch(16, done=True, requests=("a", "d"))
+    q = _queue(older, other, later)
+    assert q.pop() is other  # no request in common with the batch in flight
+    threading.Timer(0.05, older[0].set_result, ["tokens"]).start()
+    assert q.pop() is older and q.pop() is later
 
 
 def test_the_oldest_batch_comes_first_when_it_is_done():

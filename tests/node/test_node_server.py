@@ -97,3 +97,40 @@ def _item(step: p.Step):
 
     item = step.items[0]
     return StepItem(item.request_id, item.start_position, item.num_tokens, [])
+
+
+def test_async_decode_steps_take_the_last_nodes_token_and_late_steps_of_a_freed_request_are_dropped(server):
+    """--helix-async on a one-node route (the node is first and last): a decode step sent before its token was
+    known waits for the token the node hands itself, and decodes what a step carrying that token decodes; once
+    the request is freed, a step of it sent before it stopped is dropped without failing anything."""
+    node, coordinator = server
+    coordinator.send("n", p.Free(["c", "d"]))  # the test before left its requests on the node
+    node._collect(timeout_s=1)
+    prompt = list(range(5, 13))
+
+    def run(steps):
+        for step in steps:
+            coordinator.send("n", step)
+        batch = node._collect(timeout_s=30)
+        node._run(batch)
+        answer = _answer(coordinator)
+        assert isinstance(answer, p.Tokens), answer
+        return answer.results[0].token_id
+
+    new = p.NewRequest(prompt, ["n"], p.encode_sampling(None), sampled_to_first=True)
+    first = run([p.Step(20, [p.Item("s", 0, 8, [], new)]), p.Step(21, [p.Item("s", 8, 1, [])])])
+    second = run([])
+    assert node.feed.tokens["s"] == (9, second)
+    coordinator.send("n", p.Free(["s"]))
+    node._collect(timeout_s=1)
+    coordinator.send("n", p.Step(22, [p.Item("s", 9, 1, [second])]))  # sent before "s" stopped
+    assert node._collect(timeout_s=1).items == []
+    late = coordinator.recv(1.0)
+    assert late is None or isinstance(late.message, p.Busy), late
+    assert node.worker.kv_usage() == 0
+    # the same request without async scheduling, its token sent along: the same tokens
+    sync = p.NewRequest(prompt, ["n"], p.encode_sampling(None))
+    assert run([p.Step(23, [p.Item("r", 0, 8, [], sync)])]) == first
+    assert run([p.Step(24, [p.Item("r", 8, 1, [first])])]) == second
+    coordinator.send("n", p.Free(["r"]))
+    node._collect(timeout_s=1)

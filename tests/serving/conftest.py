@@ -33,6 +33,18 @@ def helix(tiny_llama_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def helix_async(tiny_llama_path, tmp_path_factory):
+    """The `helix` server's plan and settings under async scheduling (--helix-async). Yields its url."""
+    tmp = tmp_path_factory.mktemp("helix-async")
+    plan = write_plan(tmp, tiny_llama_path)
+    server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--helix-async",
+                                          "--helix-kv-cache-bytes", str(6 << 20), *COMMON, *TOOLS],
+                        log_path=tmp / "serve.log")
+    with server as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def profiled(tiny_llama_path, tmp_path_factory):
     """A folder with `vllm-helix profile`'s measured cpu.json of the tiny model (the short sweep, eager, one
     torch thread: as the servers that use it run their nodes), in a cgroup with 20 times the default CPU weight

@@ -64,7 +64,7 @@ class PendingBatch:
 class BatchBook:
     """Requests' token state and the batches in flight (thread-safe: the receiver thread completes them)."""
 
-    def __init__(self, make_output: MakeOutput, step_timeout_s: float):
+    def __init__(self, make_output: MakeOutput, step_timeout_s: float, async_scheduling: bool = False):
         self.requests: dict[str, RequestState] = {}
         self.pending: dict[int, PendingBatch] = {}
         self.failed_requests: dict[str, str] = {}  # for the scheduler to finish with an error
@@ -73,6 +73,7 @@ class BatchBook:
         self.retired: dict[str, list[str]] = {}  # old incarnations (id on the nodes -> route) the nodes must free
         self._make_output = make_output
         self._timeout = step_timeout_s
+        self._async = async_scheduling  # decode steps may go out before their token is back (--helix-async)
         self._lock = threading.Lock()
         self._next_step = 0
         self.serving_s = 0.0  # time with at least one batch in flight: what node busy shares are out of
@@ -149,12 +150,14 @@ class BatchBook:
                 batch.failed.setdefault(rid, REROUTED)
 
     def _item(self, state: RequestState, start: int, count: int, grammar: bytes) -> p.Item:
-        decode = start >= len(state.prompt_token_ids)
+        decoded = start - len(state.prompt_token_ids)  # which output token a decode step feeds in
+        # none while it is not back (async scheduling): the route's first node gets it from the last node
+        tokens = state.output_token_ids[decoded:decoded + 1] if decoded >= 0 else []
         new = None
         if not state.introduced:
             state.introduced = True
-            new = p.NewRequest(state.prompt_token_ids, state.route, state.sampling)
-        return p.Item(state.wire_id, start, count, state.output_token_ids[-1:] if decode else [], new, grammar)
+            new = p.NewRequest(state.prompt_token_ids, state.route, state.sampling, sampled_to_first=self._async)
+        return p.Item(state.wire_id, start, count, tokens, new, grammar)
 
     def forget(self, request_ids: set[str]) -> dict[str, list[str]]:
         """Drop finished requests; returns the routes by id on the nodes of what the nodes must free."""

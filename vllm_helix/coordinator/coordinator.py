@@ -70,7 +70,7 @@ class ServingCoordinator:
         self.plan = launcher.resolve_addresses(plan)
         curve = identity(self.plan, options["plan"], COORDINATOR_PEER, options["key"], options["insecure"])
         self.options = options
-        self.book = BatchBook(make_output, options["step_timeout_s"])
+        self.book = BatchBook(make_output, options["step_timeout_s"], options.get("async", False))
         self.routes: RouteBook | None = None
         self.channel: Channel = open_channel(COORDINATOR_PEER, self.plan.cluster.coordinator.address, curve)
         names = launcher.names(plan)

@@ -2,7 +2,8 @@
 
 It runs no model itself. `execute_model` hands each batch to the coordinator, which sends every
 request's step to the first node of its route and resolves a Future when the last nodes have sent the
-sampled tokens back; `--helix-depth` batches are kept in flight so all nodes stay busy. The scheduler's
+sampled tokens back; `--helix-depth` batches are kept in flight so all nodes stay busy (under `--helix-async`
+one more, sent before the tokens it decodes are back: `scheduler.py`, `node/async_feed.py`). The scheduler's
 own KV cache is bookkeeping only (one block pool as large as the cluster's smallest per-layer KV
 capacity); the real caches live on the nodes, and HelixScheduler admits only what fits there.
 """
@@ -100,6 +101,9 @@ class HelixExecutor(Executor):
             logger.info("prefix caching is off under --executor helix: the nodes hold the KV cache, so every prompt "
                         "is computed in full")
         self.vllm_config.cache_config.enable_prefix_caching = False
+        if options["async"]:
+            logger.info("Helix: async scheduling across the chain (--helix-async): next decode steps leave before "
+                        "their tokens are back, which each route's last node hands to its first")
         self.coordinator = ServingCoordinator(plan, self.model_config.model, options, _model_output, local_nodes)
         self.coordinator.start()
         self._last: Future | None = None

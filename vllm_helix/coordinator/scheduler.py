@@ -14,27 +14,91 @@ thread, through vLLM's own recompute path (`_preempt_request`: back to waiting, 
 still in flight dropped) and admitted again on a route of live nodes; vLLM then schedules them as resumed
 requests, which the nodes prefill from all their tokens (prompt + generated). When lost nodes leave no route
 a request fits, it waits up to --helix-reroute-timeout for them to come back, then fails naming them.
+
+Async scheduling (--helix-async): the scheduler is then vLLM's AsyncScheduler, which schedules a request's next
+decode step before its token is back (output placeholders; the nodes hand the token over, `node/async_feed.py`).
+Each decoding request keeps to one of `depth` classes and is scheduled every `depth`-th batch, the cadence vLLM's
+own AsyncScheduler keeps for pipeline parallelism (`next_decode_eligible_step`): a chain of `depth` nodes then
+has the next batch of each class waiting at its first node while the previous one is still on the others.
+Structured-output requests are the exception: each step waits for the token before it, as vLLM computes the next
+grammar mask from it (vLLM defers such a step's sampling to the oldest batch's output, which the completion-order
+batch queue does not promise to hand back first).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from collections import Counter
 
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from vllm_helix.coordinator.coordinator import current
+from vllm_helix.options import helix_options, pipeline_depth
 
 logger = logging.getLogger(__name__)
 
 
-class HelixScheduler(Scheduler):
+class HelixScheduler(AsyncScheduler):
+    """vLLM's Scheduler with Helix admission; vLLM's AsyncScheduler under --helix-async (its two overrides are
+    skipped otherwise, so the synchronous path is vLLM's Scheduler as it is)."""
+
     running: list[Request]  # vLLM's (annotated for the type checker)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._stuck: dict[str, float] = {}  # request id -> since when lost nodes leave it no route
+        options = helix_options(self.vllm_config.additional_config)
+        self.async_chain: bool = options["async"]
+        self.stagger = pipeline_depth(options)
+        self._decode_class: dict[str, int] = {}  # async: request -> the batches it decodes in (step mod stagger)
+
+    def _update_after_schedule(self, scheduler_output) -> None:
+        if not self.async_chain:
+            Scheduler._update_after_schedule(self, scheduler_output)
+            return
+        super()._update_after_schedule(scheduler_output)
+        for rid in scheduler_output.num_scheduled_tokens:
+            request = self.requests[rid]
+            if request.is_prefill_chunk:
+                continue
+            if request.use_structured_output:
+                # its grammar's next mask needs this step's token: not scheduled again before that is back
+                request.next_decode_eligible_step = sys.maxsize
+            else:
+                request.next_decode_eligible_step = self._next_turn(rid)
+
+    def _update_request_with_output(self, request, new_token_ids, is_stale=False):
+        if not self.async_chain:
+            return Scheduler._update_request_with_output(self, request, new_token_ids, is_stale)
+        output = super()._update_request_with_output(request, new_token_ids, is_stale)
+        if request.use_structured_output and not request.num_output_placeholders:
+            request.next_decode_eligible_step = 0
+        return output
+
+    def _preempt_request(self, request, *args, **kwargs):
+        super()._preempt_request(request, *args, **kwargs)
+        request.next_decode_eligible_step = 0  # it starts over from its prompt: any step may take it again
+
+    def _next_turn(self, rid: str) -> int:
+        """The next step at which this decoding request may be scheduled again: its class's next turn; a request
+        that starts decoding joins the smallest class (so the batches in flight stay even)."""
+        step = self.current_step
+        if rid not in self._decode_class:
+            sizes = Counter(self._decode_class.values())
+            turns = [step + d for d in range(1, self.stagger + 1)]
+            self._decode_class[rid] = min(turns, key=lambda t: sizes[t % self.stagger]) % self.stagger
+        return step + (self._decode_class[rid] - step - 1) % self.stagger + 1
+
+    def _schedulable(self, request) -> bool:
+        """It has tokens to compute now: none in a batch in flight; under async scheduling, its class's turn."""
+        if not self.async_chain:
+            return request.num_computed_tokens < request.num_tokens
+        return (request.num_computed_tokens < request.num_tokens + request.num_output_placeholders
+                and self.current_step + 1 >= request.next_decode_eligible_step)
 
     def schedule(self, *args, **kwargs):
         coordinator = current()
@@ -92,8 +156,8 @@ class HelixScheduler(Scheduler):
             route = routes.get(request.request_id)
             return tuple(route) if route else None
 
-        ready = [r for r in self.running if _schedulable(r)] + [r for r in self.waiting if r not in unroutable]
-        busy = {lane(r) for r in self.running if not _schedulable(r)}
+        ready = [r for r in self.running if self._schedulable(r)] + [r for r in self.waiting if r not in unroutable]
+        busy = {lane(r) for r in self.running if not self._schedulable(r)}
         first = next((r for r in ready if lane(r) not in busy), ready[0] if ready else None)
         chosen = lane(first) if first is not None else None
         hidden_running = {r for r in self.running if chosen is not None and lane(r) != chosen}
@@ -122,6 +186,7 @@ class HelixScheduler(Scheduler):
                 self._preempt_request(request, now, drop_stale_output=True)
                 self.prev_step_scheduled_req_ids.discard(rid)  # vLLM then sends all its tokens when it resumes
             routes.release(rid)
+            self._decode_class.pop(rid, None)
             moved.append(rid)
         if moved:
             logger.info("Helix: recomputing %d requests on other routes: %s", len(moved), moved)
@@ -142,6 +207,7 @@ class HelixScheduler(Scheduler):
     def _free_request(self, request, *args, **kwargs):
         current().route_book().release(request.request_id)
         self._stuck.pop(request.request_id, None)
+        self._decode_class.pop(request.request_id, None)
         return super()._free_request(request, *args, **kwargs)
 
 
@@ -153,8 +219,3 @@ def _with_resumed_tokens(output, requests):
         if rid not in cached.all_token_ids:
             cached.all_token_ids[rid] = requests[rid].all_token_ids.copy()
     return output
-
-
-def _schedulable(request) -> bool:
-    """It has tokens to compute now (not all of them sent off in a batch still in flight)."""
-    return request.num_computed_tokens < request.num_tokens

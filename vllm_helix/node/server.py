@@ -26,6 +26,7 @@ import torch
 
 from vllm_helix import wire as p
 from vllm_helix.errors import FrameRejected, HelixError, NodeError, PeerLost, StartupError, TransportTimeout
+from vllm_helix.node.async_feed import AsyncFeed
 from vllm_helix.node.types import HiddenBatch, StepItem, TokenResult
 from vllm_helix.trace import tracer
 from vllm_helix.wire import COORDINATOR_PEER, Channel, Received
@@ -98,6 +99,7 @@ class NodeServer:
         self.seq_budget = worker.config.max_num_seqs
         self.routes: dict[str, list[str]] = {}
         self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
+        self.feed = AsyncFeed()  # async scheduling: tokens from the last node to the first (async_feed.py)
         self.deferred: list[Received] = []
         self._dialled: set[str] = set()  # next hops connected to
         self.running = True
@@ -215,7 +217,15 @@ class NodeServer:
             if received is None:
                 return batch
             wait = 0.0
+            received, later = self.feed.split(received)  # async: what lacks its token waits for the last node
+            if later is not None:
+                self.feed.hold(later)
+            if received is None:
+                continue
             message = received.message
+            if isinstance(message, p.Sampled):
+                self.deferred.extend(self.feed.on_sampled(message.tokens, received.at))
+                continue
             if isinstance(message, p.Step):
                 if self.trace is not None:
                     batch.arrived.setdefault(message.step_id, received.at)
@@ -289,22 +299,26 @@ class NodeServer:
                    for r in self.deferred)
 
     def _merge(self, batch: _Pending, step: p.Step, received: Received) -> bool:
-        self._check_known(step)
-        tokens = sum(item.num_tokens for item in step.items)
+        gone = self.feed.gone(step)  # async scheduling: a step sent before these requests stopped
+        self._check_known(step, gone)
+        tokens = sum(item.num_tokens for item in step.items if item.request_id not in gone)
         clash = any(item.request_id in batch.step_of for item in step.items)
         too_big = batch.tokens + tokens > self.token_budget or len(batch.items) + len(step.items) > self.seq_budget
         if batch.items and (clash or too_big):
             return False
         hidden, residual = self._payload(step, received)
         for i, item in enumerate(step.items):
+            if item.request_id in gone:
+                continue
             if item.new is not None and item.request_id not in self.routes:
                 self.routes[item.request_id] = item.new.route
                 if not self.worker.is_last:
                     self._introduce[item.request_id] = item.new
+                self.feed.add(item.request_id, item.new, self.worker.is_first, self.worker.is_last)
                 self.worker.add_request(item.request_id, item.new.prompt_token_ids,
                                         p.decode_sampling(item.new.sampling))
             batch.items.append(StepItem(item.request_id, item.start_position, item.num_tokens,
-                                        list(item.token_ids), hidden[i] if hidden else None,
+                                        self.feed.token_ids(item), hidden[i] if hidden else None,
                                         residual[i] if residual else None, _bitmask(item.grammar)))
             batch.step_of[item.request_id] = step.step_id
         batch.tokens += tokens
@@ -349,6 +363,7 @@ class NodeServer:
         self._to_coordinator(p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))
 
     def _send_tokens(self, batch: _Pending, results: list[TokenResult]) -> None:
+        self._hand_to_first(batch, results)  # first: the first node waits for them, the coordinator does not
         by_step: dict[int, list[p.TokenOut]] = {}
         for result in results:
             by_step.setdefault(batch.step_of[result.request_id], []).append(
@@ -357,6 +372,22 @@ class NodeServer:
             self._to_coordinator(p.Tokens(step_id, outs))
             if self.trace is not None:
                 batch.sent[step_id] = time.time()
+
+    def _hand_to_first(self, batch: _Pending, results: list[TokenResult]) -> None:
+        """Async scheduling: each sampled token to its route's first node, which holds the next step for it."""
+        if not self.feed.first_of:
+            return
+        ends = {item.request_id: item.start_position + item.num_tokens for item in batch.items}
+        sampled = [(r.request_id, ends[r.request_id], r.token_id) for r in results if r.token_id is not None]
+        for first, message in self.feed.handoffs(sampled).items():
+            if first == self.name:  # a one-node route: this node is its first node too
+                self.deferred.extend(self.feed.on_sampled(message.tokens, time.time()))
+                continue
+            try:
+                self._ensure_peer(first)
+                self.channel.send(first, message)
+            except (PeerLost, TransportTimeout) as exc:  # its step never starts: the coordinator reroutes them
+                self._hop_lost(-1, [t[0] for t in message.tokens], first, exc)
 
     def _forward(self, batch: _Pending, out: HiddenBatch) -> None:
         items = {item.request_id: item for item in batch.items}
@@ -391,6 +422,7 @@ class NodeServer:
         self._dialled.add(peer)
 
     def _free(self, request_ids: list[str]) -> None:
+        self.feed.forget(request_ids)
         freed = [rid for rid in request_ids if rid in self.routes]
         for rid in freed:
             del self.routes[rid]
@@ -402,9 +434,11 @@ class NodeServer:
 
     # ------------------------------------------------------------------ elastic serving (membership, drain)
 
-    def _check_known(self, step: p.Step) -> None:
-        """A step of a request this node does not hold (one it freed, or from before it restarted) is refused."""
-        unknown = [i.request_id for i in step.items if i.new is None and i.request_id not in self.routes]
+    def _check_known(self, step: p.Step, gone: set[str]) -> None:
+        """A step of a request this node does not hold (one it freed, or from before it restarted) is refused;
+        except async scheduling's extra step of a request that stopped (`gone`), which is dropped."""
+        unknown = [i.request_id for i in step.items
+                   if i.new is None and i.request_id not in self.routes and i.request_id not in gone]
         if unknown:
             raise NodeError(f"step {step.step_id}: requests {unknown} are not on this node")
 
@@ -433,6 +467,7 @@ class NodeServer:
             self.worker.free_request(rid)
         self.routes.clear()
         self._introduce.clear()
+        self.feed.clear()
         self.deferred.clear()
         self.wait_for_start(self.start_timeout_s)
 

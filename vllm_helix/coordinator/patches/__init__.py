@@ -6,8 +6,8 @@
   Upstream: none yet; an executor-provided depth would remove it.
 - `batch_queue.py` makes `EngineCore.batch_queue` a property, so that a Helix engine gets a queue that returns
   batches in the order they finish. Why: vLLM waits for the oldest batch in flight, which couples routes of
-  different speeds (a fast replica waits for a slow one). Upstream: none yet; safe only with synchronous
-  scheduling, where each request is in at most one batch in flight.
+  different speeds (a fast replica waits for a slow one); a batch still waits for older ones that share a request
+  with it (--helix-async), so each request's outputs arrive in order. Upstream: none yet.
 - `request_checks.py` wraps `InputProcessor._validate_params` so that a Helix server answers HTTP 400 for the
   SamplingParams fields its nodes cannot carry (`vllm_helix.unsupported`). Why: vLLM has no hook for an executor to
   refuse request features. Upstream: none yet.

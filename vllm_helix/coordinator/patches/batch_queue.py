@@ -2,8 +2,10 @@
 
 vLLM waits for the oldest batch in flight. Helix batches follow different routes (a fast replica and a
 slow one, say), so a batch that finished behind an older, slower one would wait for it, and the fast
-nodes with it. Each request is in at most one batch in flight (synchronous scheduling; a rerouted request's
-old incarnation is answered at once, `batches.py`), so the scheduler can take finished batches in any order.
+nodes with it. A request's outputs must still reach the scheduler in order: under synchronous scheduling it is in
+at most one batch in flight (a rerouted request's old incarnation is answered at once, `batches.py`); under
+--helix-async it can be in two, and the later one can finish first (the earlier one's other requests still on
+their way), so a finished batch waits for every older one it shares a request with.
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ class CompletionOrderQueue(deque):
             if self[-1][0].done():
                 return super().pop()
             real = [entry for entry in reversed(self) if _scheduled_tokens(entry)]  # oldest first
-            done = next((entry for entry in real if entry[0].done()), None)
+            done = _oldest_finished(real)
             if done is None and self._input_waiting():
                 done = next((entry for entry in reversed(self) if not _scheduled_tokens(entry)), None)
             if done is not None:
                 self.remove(done)
                 return done
-            wait([entry[0] for entry in real], timeout=POLL_S, return_when=FIRST_COMPLETED)
+            # the batches in flight: a finished one that waits for an older one must not make this spin
+            wait([entry[0] for entry in real if not entry[0].done()], timeout=POLL_S, return_when=FIRST_COMPLETED)
 
     def _input_waiting(self) -> bool:
         inputs = getattr(self.engine, "input_queue", None)
@@ -57,6 +60,21 @@ class CompletionOrderQueue(deque):
 
 def _scheduled_tokens(entry: Entry) -> int:
     return entry[1].total_num_scheduled_tokens
+
+
+def _oldest_finished(entries: list[Entry]) -> Entry | None:
+    """The oldest finished batch that no older batch still in flight shares a request with (async scheduling: a
+    request's outputs reach the scheduler in order). Each batch is looked at once, so one that finishes meanwhile
+    cannot let a later one pass it."""
+    in_flight: list[Entry] = []
+    for entry in entries:
+        if not entry[0].done():
+            in_flight.append(entry)
+            continue
+        requests = entry[1].num_scheduled_tokens.keys()
+        if all(requests.isdisjoint(older[1].num_scheduled_tokens) for older in in_flight):
+            return entry
+    return None
 
 
 def apply() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vllm_helix.options import EXECUTOR_CLASS, helix_options, pipeline_depth
+from vllm_helix.options import EXECUTOR_CLASS, batches_in_flight, helix_options
 
 
 def apply() -> None:
@@ -14,7 +14,7 @@ def apply() -> None:
 
     def max_concurrent_batches(self) -> int:
         if _backend_name(self.parallel_config.distributed_executor_backend) == EXECUTOR_CLASS:
-            return pipeline_depth(helix_options(self.additional_config))
+            return batches_in_flight(helix_options(self.additional_config))
         return original.fget(self)
 
     max_concurrent_batches._vllm_helix = True  # type: ignore[attr-defined]

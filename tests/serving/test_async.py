@@ -1,0 +1,45 @@
+"""`vllm serve --executor helix --helix-async`: async scheduling across the chain, against plain `vllm serve`.
+
+The shared plan (head [0, 2) -> fast | slow [2, 8)) with the `helix` server's small node KV caches: each request's
+next decode step leaves the coordinator before its token is back, and the last node hands the token to `head`.
+The request features are checked in test_conformance.py (ASYNC_CASES); here, whole loads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import pytest
+from serve_helpers import completion_tokens, post
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+
+def test_greedy_completions_match_plain_vllm(helix_async, plain, tiny_llama_path):
+    ours = completion_tokens(helix_async, tiny_llama_path)
+    assert ours == completion_tokens(plain, tiny_llama_path)
+    assert all(len(t) == 24 for t in ours)
+
+
+def test_a_burst_with_early_stops_matches_plain_vllm_and_loses_nothing(helix_async, plain, tiny_llama_path):
+    """40 concurrent requests of mixed lengths, a third of them stopping early on a token they produce: each stop
+    leaves one step in flight that the nodes must drop; the KV caches fill, so requests also queue."""
+    def body(i):
+        prompt = ("one two three four five six seven " * 12)[: 15 + 23 * (i % 13)]
+        return {"model": str(tiny_llama_path), "prompt": prompt, "max_tokens": 4 + i % 29, "temperature": 0,
+                "return_token_ids": True}
+
+    def call(url, i, stop=None):
+        extra = {"stop_token_ids": [stop]} if stop is not None else {}
+        choice = post(url, "/completions", {**body(i), **extra})["choices"][0]
+        return choice["token_ids"], choice["finish_reason"]
+
+    with cf.ThreadPoolExecutor(40) as pool:
+        want = list(pool.map(lambda i: call(plain, i), range(40)))
+    # stop a third of them on their own third token
+    stops = {i: want[i][0][2] for i in range(0, 40, 3) if len(want[i][0]) > 3}
+    with cf.ThreadPoolExecutor(40) as pool:
+        want = list(pool.map(lambda i: call(plain, i, stops.get(i)), range(40)))
+        got = list(pool.map(lambda i: call(helix_async, i, stops.get(i)), range(40)))
+    assert got == want
+    assert sum(reason == "stop" for _, reason in got) >= len(stops) // 2
