@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -72,3 +75,25 @@ def completion_tokens(url, model, **extra):
             **extra}
     out = post(url, "/completions", body)
     return [c["token_ids"] for c in sorted(out["choices"], key=lambda c: c["index"])]
+
+
+def kill_mid_burst(url, server, model, node="slow", requests=12) -> tuple[list[str], list[str]]:
+    """Send a burst of 60-token completions, kill local node `node` 1.5 s in, wait for every answer. Returns each
+    request's finish reason (or `http CODE`) and the server log's lines about failures and losses."""
+    outcomes = []
+
+    def call(i):
+        body = {"model": str(model), "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 60, "temperature": 0}
+        try:
+            outcomes.append(post(url, "/completions", body, timeout=300)["choices"][0]["finish_reason"])
+        except urllib.error.HTTPError as exc:
+            outcomes.append(f"http {exc.code}")
+
+    victim = local_worker(server, node)
+    with cf.ThreadPoolExecutor(requests) as pool:
+        futures = [pool.submit(call, i) for i in range(requests)]
+        time.sleep(1.5)
+        victim.kill()
+        cf.wait(futures, timeout=350)
+    why = [line for line in server.log_path.read_text().splitlines() if "failed" in line or "lost" in line]
+    return outcomes, why

@@ -34,14 +34,14 @@ def helix(tiny_llama_path, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def helix_async(tiny_llama_path, tmp_path_factory):
-    """The `helix` server's plan and settings under async scheduling (--helix-async). Yields its url."""
+    """The `helix` server's plan and settings under async scheduling (--helix-async). Yields (url, server)."""
     tmp = tmp_path_factory.mktemp("helix-async")
     plan = write_plan(tmp, tiny_llama_path)
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--helix-async",
                                           "--helix-kv-cache-bytes", str(6 << 20), *COMMON, *TOOLS],
                         log_path=tmp / "serve.log")
     with server as url:
-        yield url
+        yield url, server
 
 
 @pytest.fixture(scope="session")

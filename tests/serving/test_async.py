@@ -10,13 +10,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 
 import pytest
-from serve_helpers import completion_tokens, post
+from serve_helpers import completion_tokens, kill_mid_burst, post
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 
 def test_greedy_completions_match_plain_vllm(helix_async, plain, tiny_llama_path):
-    ours = completion_tokens(helix_async, tiny_llama_path)
+    ours = completion_tokens(helix_async[0], tiny_llama_path)
     assert ours == completion_tokens(plain, tiny_llama_path)
     assert all(len(t) == 24 for t in ours)
 
@@ -40,6 +40,17 @@ def test_a_burst_with_early_stops_matches_plain_vllm_and_loses_nothing(helix_asy
     stops = {i: want[i][0][2] for i in range(0, 40, 3) if len(want[i][0]) > 3}
     with cf.ThreadPoolExecutor(40) as pool:
         want = list(pool.map(lambda i: call(plain, i, stops.get(i)), range(40)))
-        got = list(pool.map(lambda i: call(helix_async, i, stops.get(i)), range(40)))
+        got = list(pool.map(lambda i: call(helix_async[0], i, stops.get(i)), range(40)))
     assert got == want
     assert sum(reason == "stop" for _, reason in got) >= len(stops) // 2
+
+
+@pytest.mark.kills_a_node
+def test_a_node_lost_while_steps_wait_for_its_tokens_costs_no_request(helix_async, tiny_llama_path):
+    """Kill `slow` mid-burst: `head` holds steps that wait for the tokens `slow` will never send; its requests are
+    recomputed through `fast`, every one completes, and the cluster serves on."""
+    url, server = helix_async
+    outcomes, why = kill_mid_burst(url, server, tiny_llama_path)
+    assert outcomes == ["length"] * 12, "\n".join(why[-20:])
+    assert all(len(t) == 24 for t in completion_tokens(url, tiny_llama_path))
+    assert "Helix node slow lost" in server.log_path.read_text()

@@ -204,7 +204,7 @@ def test_feature_matches_plain_vllm(case, helix, plain, greedy, tiny_llama_path)
 @pytest.mark.engine
 @pytest.mark.slow
 def test_feature_matches_plain_vllm_under_async_scheduling(case, helix_async, plain, greedy, tiny_llama_path):
-    _check_case(case, helix_async, plain, greedy, tiny_llama_path)
+    _check_case(case, helix_async[0], plain, greedy, tiny_llama_path)
 
 
 def _check_case(case, url, plain, greedy, tiny_llama_path):

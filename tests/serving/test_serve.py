@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 import yaml
-from serve_helpers import CLUSTER, COMMON, PROMPTS, completion_tokens, local_worker, post, write_plan
+from serve_helpers import CLUSTER, COMMON, PROMPTS, completion_tokens, kill_mid_burst, post, write_plan
 
 from vllm_helix.errors import HelixError
 from vllm_helix.vllm_server import VllmServer
@@ -130,23 +130,7 @@ def test_a_lost_node_costs_no_request_and_the_rest_go_on(helix, tiny_llama_path)
     """Kill `slow` mid-burst: its requests are recomputed through `fast` and complete normally; nothing hangs.
     (Token equality under a kill, the restart and draining: tests/serving/test_elastic.py.)"""
     url, routes_log, server = helix
-    outcomes = []
-
-    def call(i):
-        body = {"model": str(tiny_llama_path), "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 60,
-                "temperature": 0}
-        try:
-            outcomes.append(post(url, "/completions", body, timeout=300)["choices"][0]["finish_reason"])
-        except urllib.error.HTTPError as exc:
-            outcomes.append(f"http {exc.code}")
-
-    victim = local_worker(server, "slow")
-    with cf.ThreadPoolExecutor(12) as pool:
-        futures = [pool.submit(call, i) for i in range(12)]
-        time.sleep(1.5)
-        victim.kill()
-        cf.wait(futures, timeout=350)
-    why = [line for line in server.log_path.read_text().splitlines() if "failed" in line or "lost" in line]
+    outcomes, why = kill_mid_burst(url, server, tiny_llama_path)
     assert outcomes == ["length"] * 12, "\n".join(why[-20:])  # every request answered, none failed
     after = completion_tokens(url, tiny_llama_path)
     assert all(len(t) == 24 for t in after)
