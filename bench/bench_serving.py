@@ -293,18 +293,14 @@ def one_round(want: set[str], model: Path, opts, workdir: Path) -> tuple[dict[st
         rows["a"] = run("(a) plain vLLM, 1 engine", model, [], {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}, opts, workdir)
     if "b" in want:
         rows["b"] = run("(b) vLLM PP=2, [0,4) [4,8)", model, pp_args, pp, opts, workdir)
-    if "c" in want:
-        trace = {TRACE_ENV: str(traces["c"])}
-        with helix_workers(workdir / "c", model, [(0, 4), (4, 8)], [1, 1], opts, env=trace,
-                           site=opts.site) as (plan, _):
-            rows["c"] = run("(c) Helix 2 nodes, [0,4) [4,8)", model, [*same_split, "--helix-plan", str(plan)],
-                            trace, opts, workdir)
-    if "ca" in want:
-        trace = {TRACE_ENV: str(traces["ca"])}
-        with helix_workers(workdir / "ca", model, [(0, 4), (4, 8)], [1, 1], opts, env=trace,
-                           site=opts.site) as (plan, _):
-            rows["ca"] = run("(ca) Helix 2 nodes, [0,4) [4,8), async scheduling", model,
-                             [*same_split, "--helix-plan", str(plan), "--helix-async"], trace, opts, workdir)
+    for setup, name, extra in (("c", "(c) Helix 2 nodes, [0,4) [4,8)", []),
+                               ("ca", "(ca) Helix 2 nodes, [0,4) [4,8), async scheduling", ["--helix-async"])):
+        if setup in want:
+            trace = {TRACE_ENV: str(traces[setup])}
+            with helix_workers(workdir / setup, model, [(0, 4), (4, 8)], [1, 1], opts, env=trace,
+                               site=opts.site) as (plan, _):
+                rows[setup] = run(name, model, [*same_split, "--helix-plan", str(plan), *extra], trace, opts,
+                                  workdir)
     with half_speed_core(1) as slow:
         if "b*" in want:
             rows["b*"] = run("(b*) vLLM PP=2 even split, rank 1 at 1/2", model, pp_args, pp, opts, workdir,

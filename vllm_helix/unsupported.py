@@ -52,7 +52,7 @@ SERVE_FLAGS = (
     ServeFlag("ec_transfer_config", "--ec-transfer-config", "encoder cache transfer"),
     ServeFlag("kv_sharing_fast_prefill", "--kv-sharing-fast-prefill", "KV-sharing fast prefill"),
     ServeFlag("diffusion_config", "--diffusion-config", "diffusion models"),
-    ServeFlag("async_scheduling", "--async-scheduling", "asynchronous scheduling"),
+    ServeFlag("async_scheduling", "--async-scheduling", "vLLM's asynchronous scheduling (Helix's own: --helix-async)"),
     ServeFlag("enable_sleep_mode", "--enable-sleep-mode", "sleep mode"),
     # a plan's nodes are Helix's parallelism; vLLM's own would be silently ignored by the nodes
     ServeFlag("tensor_parallel_size", "--tensor-parallel-size", "vLLM-wide tensor parallelism (each node has its own: "

@@ -18,9 +18,9 @@ def _decode(rid: str, position: int, tokens: tuple[int, ...] = ()) -> p.Item:
 
 
 def test_a_decode_step_without_its_token_waits_for_the_last_nodes_and_then_carries_it():
-    feed = AsyncFeed()
-    feed.add("a", NEW, is_first=True, is_last=False)
-    feed.add("b", NEW, is_first=True, is_last=False)
+    feed = AsyncFeed(is_first=True, is_last=False)
+    feed.add("a", NEW)
+    feed.add("b", NEW)
     step = _step(7, _decode("a", 4), _decode("b", 4, (9,)))  # b's token was known when the step left
     now, later = feed.split(step)
     assert now.message == p.Step(7, [_decode("b", 4, (9,))]) and feed.token_ids(now.message.items[0]) == [9]
@@ -35,17 +35,17 @@ def test_a_decode_step_without_its_token_waits_for_the_last_nodes_and_then_carri
 
 
 def test_prefill_chunks_and_requests_without_async_never_wait():
-    feed = AsyncFeed()
-    feed.add("a", NEW, is_first=True, is_last=False)
-    feed.add("sync", p.NewRequest([1, 2, 3, 4], ["first", "last"], b""), is_first=True, is_last=False)
+    feed = AsyncFeed(is_first=True, is_last=False)
+    feed.add("a", NEW)
+    feed.add("sync", p.NewRequest([1, 2, 3, 4], ["first", "last"], b""))
     step = _step(1, p.Item("a", 0, 4, [], NEW), p.Item("sync", 4, 1, []))
     assert feed.split(step) == (step, None)
     assert feed.token_ids(p.Item("a", 0, 4, [])) == []
 
 
 def test_a_step_splits_into_what_runs_now_and_what_waits_and_a_requests_later_steps_queue_behind():
-    feed = AsyncFeed()
-    feed.add("a", NEW, is_first=True, is_last=False)
+    feed = AsyncFeed(is_first=True, is_last=False)
+    feed.add("a", NEW)
     mixed = _step(3, p.Item("new", 0, 4, [], NEW), _decode("a", 4))
     now, later = feed.split(mixed)
     assert [i.request_id for i in now.message.items] == ["new"] and now.message.step_id == 3
@@ -62,9 +62,9 @@ def test_a_step_splits_into_what_runs_now_and_what_waits_and_a_requests_later_st
 
 
 def test_held_steps_come_back_in_arrival_order():
-    feed = AsyncFeed()
+    feed = AsyncFeed(is_first=True, is_last=False)
     for rid in "ab":
-        feed.add(rid, NEW, is_first=True, is_last=False)
+        feed.add(rid, NEW)
     first, second = _step(1, _decode("a", 4)), _step(2, _decode("b", 4))
     feed.hold(first)
     feed.hold(second)
@@ -72,18 +72,18 @@ def test_held_steps_come_back_in_arrival_order():
 
 
 def test_the_last_node_hands_tokens_to_each_requests_first_node():
-    feed = AsyncFeed()
-    feed.add("a", NEW, is_first=False, is_last=True)
-    feed.add("b", p.NewRequest([1], ["other", "last"], b"", sampled_to_first=True), is_first=False, is_last=True)
-    feed.add("sync", p.NewRequest([1], ["first", "last"], b""), is_first=False, is_last=True)
+    feed = AsyncFeed(is_first=False, is_last=True)
+    feed.add("a", NEW)
+    feed.add("b", p.NewRequest([1], ["other", "last"], b"", sampled_to_first=True))
+    feed.add("sync", p.NewRequest([1], ["first", "last"], b""))
     handoffs = feed.handoffs([("a", 4, 10), ("b", 1, 11), ("sync", 1, 12)])
     assert handoffs == {"first": p.Sampled([("a", 4, 10)]), "other": p.Sampled([("b", 1, 11)])}
 
 
 def test_a_freed_request_leaves_held_steps_and_its_late_steps_are_dropped():
-    feed = AsyncFeed()
+    feed = AsyncFeed(is_first=True, is_last=False)
     for rid in "ab":
-        feed.add(rid, NEW, is_first=True, is_last=False)
+        feed.add(rid, NEW)
     feed.hold(_step(3, _decode("a", 4), _decode("b", 4)))
     feed.hold(_step(4, _decode("a", 5)))
     feed.forget(["a"])
@@ -94,11 +94,11 @@ def test_a_freed_request_leaves_held_steps_and_its_late_steps_are_dropped():
 
 
 def test_only_async_requests_are_remembered_as_freed_and_only_so_many():
-    feed = AsyncFeed()
-    feed.add("sync", p.NewRequest([1], ["first"], b""), is_first=True, is_last=True)
+    feed = AsyncFeed(is_first=True, is_last=True)
+    feed.add("sync", p.NewRequest([1], ["first"], b""))
     feed.forget(["sync", "never-seen"])
     assert feed.freed == {}
     for i in range(FREED_REMEMBERED + 5):
-        feed.add(f"r{i}", NEW, is_first=True, is_last=True)
+        feed.add(f"r{i}", NEW)
         feed.forget([f"r{i}"])
     assert len(feed.freed) == FREED_REMEMBERED and "r0" not in feed.freed

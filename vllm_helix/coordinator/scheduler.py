@@ -81,7 +81,9 @@ class HelixScheduler(AsyncScheduler):
 
     def _preempt_request(self, request, *args, **kwargs):
         super()._preempt_request(request, *args, **kwargs)
-        request.next_decode_eligible_step = 0  # it starts over from its prompt: any step may take it again
+        # it starts over from its prompt: any step may take it again, and it joins a class when it decodes again
+        request.next_decode_eligible_step = 0
+        self._decode_class.pop(request.request_id, None)
 
     def _next_turn(self, rid: str) -> int:
         """The next step at which this decoding request may be scheduled again: its class's next turn; a request
@@ -186,7 +188,6 @@ class HelixScheduler(AsyncScheduler):
                 self._preempt_request(request, now, drop_stale_output=True)
                 self.prev_step_scheduled_req_ids.discard(rid)  # vLLM then sends all its tokens when it resumes
             routes.release(rid)
-            self._decode_class.pop(rid, None)
             moved.append(rid)
         if moved:
             logger.info("Helix: recomputing %d requests on other routes: %s", len(moved), moved)

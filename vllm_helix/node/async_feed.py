@@ -22,7 +22,8 @@ FREED_REMEMBERED = 4096  # recently freed requests whose late steps a node drops
 
 
 class AsyncFeed:
-    def __init__(self) -> None:
+    def __init__(self, is_first: bool, is_last: bool) -> None:
+        self.is_first, self.is_last = is_first, is_last  # this node's place on its routes
         self.requests: set[str] = set()  # the async requests this node holds
         self.prompt_len: dict[str, int] = {}  # first node: each async request's prompt length (decode starts there)
         self.tokens: dict[str, tuple[int, int]] = {}  # first node: request -> (position, token) of its latest token
@@ -30,13 +31,13 @@ class AsyncFeed:
         self.first_of: dict[str, str] = {}  # last node: each async request's first node
         self.freed: dict[str, None] = {}  # async requests freed lately, oldest first
 
-    def add(self, request_id: str, new: p.NewRequest, is_first: bool, is_last: bool) -> None:
+    def add(self, request_id: str, new: p.NewRequest) -> None:
         if not new.sampled_to_first:
             return
         self.requests.add(request_id)
-        if is_first:
+        if self.is_first:
             self.prompt_len[request_id] = len(new.prompt_token_ids)
-        if is_last:
+        if self.is_last:
             self.first_of[request_id] = new.route[0]
 
     # ------------------------------------------------------------------ first node

@@ -99,7 +99,8 @@ class NodeServer:
         self.seq_budget = worker.config.max_num_seqs
         self.routes: dict[str, list[str]] = {}
         self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
-        self.feed = AsyncFeed()  # async scheduling: tokens from the last node to the first (async_feed.py)
+        # async scheduling: tokens from the last node to the first (async_feed.py)
+        self.feed = AsyncFeed(worker.is_first, worker.is_last)
         self.deferred: list[Received] = []
         self._dialled: set[str] = set()  # next hops connected to
         self.running = True
@@ -314,7 +315,7 @@ class NodeServer:
                 self.routes[item.request_id] = item.new.route
                 if not self.worker.is_last:
                     self._introduce[item.request_id] = item.new
-                self.feed.add(item.request_id, item.new, self.worker.is_first, self.worker.is_last)
+                self.feed.add(item.request_id, item.new)
                 self.worker.add_request(item.request_id, item.new.prompt_token_ids,
                                         p.decode_sampling(item.new.sampling))
             batch.items.append(StepItem(item.request_id, item.start_position, item.num_tokens,
