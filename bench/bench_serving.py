@@ -356,15 +356,16 @@ def report(results: dict[str, list[dict]], hop_tables: dict[str, list[dict]]) ->
         print(format_summary(summaries[-1]))
         print("per-hop overhead by round (median ms): "
               + ", ".join(f"{s['hop_overhead_ms']:.2f}" for s in summaries))
-        print(f"decode step cycle by round (mean ms, the forwards + all else): {cycles_by_round(summaries)}")
+        what = "async ring" if setup == "ca" else "decode step cycle"
+        print(f"{what} by round (mean ms, the forwards + all else): {cycles_by_round(summaries, setup == 'ca')}")
 
 
-def cycles_by_round(summaries: list[dict]) -> str:
-    """Each round's mean decode step cycle (vllm_helix/trace.py) as `forwards + the rest`: a round whose throughput
-    stands out shows whether its forwards or its hops and queues made the difference."""
+def cycles_by_round(summaries: list[dict], ring: bool = False) -> str:
+    """Each round's mean decode step cycle, or async ring (vllm_helix/trace.py), as `forwards + the rest`: a round
+    whose throughput stands out shows whether its forwards or its hops and queues made the difference."""
     parts = []
     for summary in summaries:
-        cycle = summary["cycle"]
+        cycle = summary["ring" if ring else "cycle"]
         parts.append(f"{cycle['compute']:.1f} + {sum(cycle.values()) - cycle['compute']:.1f}" if cycle else "-")
     return ", ".join(parts)
 

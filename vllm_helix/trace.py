@@ -9,17 +9,20 @@ JSON line per step (coordinator) or per batch (node) to `DIR/<name>.jsonl`, with
   arrive (decoded), `done` when the engine's output is ready (the time from a `done` to the next `submit`
   is vLLM's scheduler and output processing: the table's `engine`), `cpu` the engine thread's CPU seconds
   from `submit` to `sent`;
-* node `{"node", "arrived": {step: t}, "model": [start, end], "sent": {step: t}, "cpu", "tokens", "seqs",
-  "decodes", "context"}`:
+* node `{"node", "arrived": {step: t}, "model": [start, end], "sent": {step: t}, "held": {step: t}, "handed",
+  "cpu", "tokens", "seqs", "decodes", "context"}`:
   each Step taken off the socket by the transport's I/O thread, the vLLM runner's forward (the node's
-  compute), each step's output queued to the next hop; `cpu` is the serving thread's CPU seconds for the
+  compute), each step's output queued to the next hop; under async scheduling (`--helix-async`) a first node's
+  step that came before its token: `held` when it came and `arrived` when the token did, and `handed` when
+  a last node queued its sampled tokens to the first nodes; `cpu` is the serving thread's CPU seconds for the
   batch outside the forward (decode, merge, input building, encode, send): unlike wall-clock phases it
   barely moves when other processes share the cores; `tokens`, `seqs`, `decodes` (its one-token items) and
   `context` (their mean tokens cached, or null) are the batch's shape.
 
 `summarize(DIR)` turns them into the per-hop table bench/bench_serving.py prints (medians: what a typical hop
 costs) and the decode step cycle (means along one chain: what each segment takes from throughput, queueing and
-tails included). When tracing is off the hot path pays one `is None` test per step.
+tails included), or under async scheduling the ring from a last node's token to the next one. When tracing is
+off the hot path pays one `is None` test per step.
 """
 
 from __future__ import annotations
@@ -67,8 +70,9 @@ def tracer(name: str) -> StepTrace | None:
 
 # ------------------------------------------------------------------------- summary
 
-PHASES = ("in", "assembly", "compute", "post", "queue", "cpu")
+PHASES = ("in", "assembly", "compute", "post", "queue", "held", "cpu")
 CYCLE = ("engine", "build", "in", "wait", "compute", "post", "return", "finish")
+RING = ("in", "wait", "compute", "post")  # async scheduling: the coordinator's segments are off the chain
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -95,6 +99,7 @@ def _coordinator_row(row: dict[str, Any]) -> bool:
 def _node_row(row: dict[str, Any]) -> bool:
     model = row.get("model")
     return ("tokens" in row and _is_step_times(row.get("arrived")) and _is_step_times(row.get("sent"))
+            and _is_step_times(row.get("held", {})) and (row.get("handed") is None or _is_number(row["handed"]))
             and isinstance(model, list) and len(model) == 2 and all(map(_is_number, model))
             and _is_number(row.get("cpu", 0.0)))
 
@@ -123,8 +128,9 @@ def _is_number(value: Any) -> bool:
 
 def node_hops(coordinator: list[dict], nodes: dict[str, list[dict]]) -> list[dict[str, Any]]:
     """One row per (node, step): `in` (the transport, from the sender queuing it to this node's I/O thread
-    receiving it), `queue` (waiting for the node's previous batch), `assembly` (the rest until the forward
-    starts: waking up, decoding, merging steps, vLLM input building),
+    receiving it; for a step that waited for its token, the token's: from the last node handing it over),
+    `held` (async: that wait, which overlaps the chain), `queue` (waiting for the node's previous batch),
+    `assembly` (the rest until the forward starts: waking up, decoding, merging steps, vLLM input building),
     `compute` (the forward), `post` (results split, encoded and queued to the next hop); seconds."""
     sent_by: dict[int, list[float]] = {}  # step -> times its Steps were queued (by the coordinator or a node)
     for row in coordinator:
@@ -133,6 +139,7 @@ def node_hops(coordinator: list[dict], nodes: dict[str, list[dict]]) -> list[dic
         for batch in batches:
             for step, t in batch["sent"].items():
                 sent_by.setdefault(int(step), []).append(t)
+    handed = sorted(b["handed"] for batches in nodes.values() for b in batches if b.get("handed") is not None)
     hops = []
     for name, batches in nodes.items():
         free_at = 0.0  # when the node finished its previous batch
@@ -140,12 +147,18 @@ def node_hops(coordinator: list[dict], nodes: dict[str, list[dict]]) -> list[dic
             start, end = batch["model"]
             last_sent = max(batch["sent"].values(), default=end)
             for step, arrived in batch["arrived"].items():
-                senders = [t for t in sent_by.get(int(step), []) if t <= arrived]
+                held_at = batch.get("held", {}).get(step)
+                if held_at is None:
+                    came = max((t for t in sent_by.get(int(step), []) if t <= arrived), default=None)
+                else:  # async: its last hop was the token's, from the last node that handed it over
+                    before = bisect.bisect_right(handed, arrived)
+                    came = handed[before - 1] if before else None
                 ready = max(arrived, free_at)
                 hops.append({"node": name, "step": int(step), "tokens": batch["tokens"], "cpu": batch.get("cpu", 0.0),
                              "decode": batch.get("seqs") is not None and batch.get("decodes") == batch["seqs"],
-                             "in": arrived - max(senders) if senders else 0.0,
+                             "came": came, "held_at": held_at, "in": arrived - came if came is not None else 0.0,
                              "queue": max(0.0, min(start, free_at) - arrived),
+                             "held": arrived - held_at if held_at is not None else 0.0,
                              "assembly": max(0.0, start - ready), "compute": end - start,
                              "post": batch["sent"].get(step, last_sent) - end})
             free_at = last_sent
@@ -184,12 +197,15 @@ def summarize(directory: Path, since: float = 0.0) -> dict[str, Any]:
                 for name in files}
     overhead = [h["in"] + h["assembly"] + h["post"] for h in hops]
     overhead += [r + f for r, f in zip(legs["return"], legs["finish"], strict=True)]
-    cycles = decode_cycles(coordinator, hops, last_sent)
+    cycles, rings = decode_cycles(coordinator, hops, last_sent), async_rings(hops, last_sent)
     return {"nodes": per_node, "coordinator": {k: _median_ms(v) for k, v in legs.items()},
             "hop_overhead_ms": _median_ms(overhead), "hop_overhead_p90_ms": _quantile_ms(overhead, 0.9),
-            "steps": len(coordinator),
-            "cycle": {k: 1e3 * statistics.fmean(c[k] for c in cycles) for k in CYCLE} if cycles else {},
-            "cycle_steps": len(cycles)}
+            "steps": len(coordinator), "cycle": _means_ms(cycles, CYCLE), "cycle_steps": len(cycles),
+            "ring": _means_ms(rings, RING), "ring_steps": len(rings)}
+
+
+def _means_ms(rows: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, float]:
+    return {k: 1e3 * statistics.fmean(row[k] for row in rows) for k in keys} if rows else {}
 
 
 def decode_cycles(coordinator: list[dict], hops: list[dict], last_sent: dict[int, float]) -> list[dict[str, float]]:
@@ -199,15 +215,15 @@ def decode_cycles(coordinator: list[dict], hops: list[dict], last_sent: dict[int
     token costs, so unlike the medians above they show what tails and queueing take from throughput. Only steps
     that crossed one chain (their segments add up to submit -> done; parallel routes do not) and whose every
     node batch was all decodes count."""
-    by_step: dict[int, list[dict]] = {}
-    for hop in hops:
-        by_step.setdefault(hop["step"], []).append(hop)
+    by_step = _by_step(hops)
     done = sorted(row["done"] for row in coordinator)
     cycles = []
     for row in coordinator:
         chain = by_step.get(row["step"])
         before = bisect.bisect_right(done, row["submit"])
         if not (chain and row["recv"] and row["step"] in last_sent and before and all(h["decode"] for h in chain)):
+            continue
+        if any(h["held_at"] is not None for h in chain):  # async: its chain started from a token, not from here
             continue
         back = max(row["recv"])
         parts = {"build": row["sent"] - row["submit"], "in": sum(h["in"] for h in chain),
@@ -220,6 +236,32 @@ def decode_cycles(coordinator: list[dict], hops: list[dict], last_sent: dict[int
     return cycles
 
 
+def async_rings(hops: list[dict], last_sent: dict[int, float]) -> list[dict[str, float]]:
+    """Under async scheduling, each decode step that its first node held for its token, from the last node
+    handing that token over to the step's own output queued by the last node, in segments along the chain (`in`:
+    the token's hop, then each node's step; `wait`, `compute`, `post`). vLLM's engine and the coordinator's legs
+    overlap the chain there, so they are not in it; at a fixed depth the mean ring is what a request's token
+    costs. Steps whose segments do not add up (parallel routes) are left out."""
+    rings = []
+    for step, chain in _by_step(hops).items():
+        firsts = [h for h in chain if h["held_at"] is not None]
+        if len(firsts) != 1 or firsts[0]["came"] is None or step not in last_sent or not all(h["decode"]
+                                                                                             for h in chain):
+            continue
+        parts = {"in": sum(h["in"] for h in chain), "wait": sum(h["queue"] + h["assembly"] for h in chain),
+                 "compute": sum(h["compute"] for h in chain), "post": sum(h["post"] for h in chain)}
+        if abs(sum(parts.values()) - (last_sent[step] - firsts[0]["came"])) < 1e-5:
+            rings.append(parts)
+    return rings
+
+
+def _by_step(hops: list[dict]) -> dict[int, list[dict]]:
+    by_step: dict[int, list[dict]] = {}
+    for hop in hops:
+        by_step.setdefault(hop["step"], []).append(hop)
+    return by_step
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"{'per hop (median ms)':<22}" + "".join(f"{p:>10}" for p in PHASES)]
     for name, phases in summary["nodes"].items():
@@ -230,12 +272,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"per-hop overhead (in + assembly + post; return + finish): "
                  f"median {summary['hop_overhead_ms']:.2f} ms, p90 {summary['hop_overhead_p90_ms']:.2f} ms "
                  f"over {summary['steps']} steps")
-    if summary["cycle"]:
-        cycle = summary["cycle"]
-        total = sum(cycle.values())
-        lines.append(f"decode step cycle (mean ms over {summary['cycle_steps']} one-chain steps): "
-                     + " + ".join(f"{k} {v:.2f}" for k, v in cycle.items())
-                     + f" = {total:.2f}; the forwards are {100 * cycle['compute'] / total:.0f} % of it")
+    for key, what in (("cycle", "decode step cycle (mean ms over {} one-chain steps)"),
+                      ("ring", "async ring, a last node's token to the next (mean ms over {} decode steps)")):
+        if summary.get(key):
+            segments = summary[key]
+            total = sum(segments.values())
+            lines.append(what.format(summary[f"{key}_steps"]) + ": "
+                         + " + ".join(f"{k} {v:.2f}" for k, v in segments.items())
+                         + f" = {total:.2f}; the forwards are {100 * segments['compute'] / total:.0f} % of it")
     return "\n".join(lines)
 
 

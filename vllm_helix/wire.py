@@ -250,6 +250,7 @@ class Received:
     message: Message
     tensors: list[torch.Tensor]  # viewing the received buffers
     at: float = 0.0  # wall clock when the transport received it (hot-path tracing)
+    held_at: float | None = None  # async: it came at held_at and waited for its token, which came at `at`
 
 
 def tcp(address: str) -> str:

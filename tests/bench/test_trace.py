@@ -80,6 +80,36 @@ def test_the_decode_cycle_adds_up_one_chain_steps_and_leaves_out_prefills_and_pa
     assert "= 31.00; the forwards are 65 % of it" in format_summary(summary)
 
 
+def test_under_async_scheduling_a_held_steps_hop_is_its_tokens_and_the_ring_leaves_the_coordinator_out(tmp_path):
+    ms = 1e-3
+
+    def batch(node, step, arrived, start, end, sent, held=None, handed=None):
+        return {"node": node, "arrived": {str(step): arrived * ms}, "model": [start * ms, end * ms],
+                "sent": {str(step): sent * ms}, "held": {} if held is None else {str(step): held * ms},
+                "handed": None if handed is None else handed * ms, "tokens": 2, "seqs": 2, "decodes": 2}
+
+    # step 0 runs as a synchronous step would; node1 hands its tokens to node0 at 27 ms. Step 1 left the
+    # coordinator at 3 ms, before step 0 was done, and waited at node0 from 4 ms for the token, which came at 27.5 ms.
+    _write(tmp_path / "coordinator.jsonl", [
+        {"step": 0, "submit": 0, "sent": 1 * ms, "recv": [28 * ms], "done": 29 * ms, "requests": 2},
+        {"step": 1, "submit": 2 * ms, "sent": 3 * ms, "recv": [52 * ms], "done": 53 * ms, "requests": 2}])
+    _write(tmp_path / "node0.jsonl", [batch("node0", 0, 2, 3, 13, 14),
+                                      batch("node0", 1, 27.5, 28, 38, 39, held=4)])
+    _write(tmp_path / "node1.jsonl", [batch("node1", 0, 15, 16, 26, 27.5, handed=27),
+                                      batch("node1", 1, 39.5, 40, 50, 51.5, handed=51)])
+    summary = summarize(tmp_path)
+    node0 = summary["nodes"]["node0"]
+    assert node0["in"] == pytest.approx(0.75)  # 1 ms (step 0) and 0.5 ms from the hand-over, not 24.5 from 3 ms
+    assert node0["held"] == pytest.approx(11.75)  # 0 and 23.5 ms
+    # node steps 3, 3.5, 2, 2.5 ms; return legs 1.5, 1.5 ms
+    assert summary["hop_overhead_ms"] == pytest.approx(2.25)
+    assert summary["cycle"] == {}  # step 0 had no batch done before it, step 1 started from a token
+    assert summary["ring_steps"] == 1
+    assert summary["ring"] == pytest.approx({"in": 1.0, "wait": 1.0, "compute": 20.0, "post": 2.5})
+    assert "async ring, a last node's token to the next (mean ms over 1 decode steps): in 1.00" in (
+        format_summary(summary))
+
+
 def test_batches_without_their_shape_are_not_taken_for_decodes(tmp_path):
     ms = 1e-3
     _write(tmp_path / "coordinator.jsonl", [
@@ -156,7 +186,8 @@ BATCH = {"node": "node0", "arrived": {"0": 1.002}, "model": [1.003, 1.09], "sent
     ("coordinator", {"cpu": "x"}), ("coordinator", {"sent": 10 ** 400}),
     ("node0", {"sent": [1]}), ("node0", {"arrived": {"x": 1.2}}), ("node0", {"arrived": None}),
     ("node0", {"arrived": {"0": "x"}}), ("node0", {"model": [1.25]}), ("node0", {"model": [1, "x"]}),
-    ("node0", {"model": 3}), ("node0", {"cpu": [1]}), ("node0", {"step": [1]}),
+    ("node0", {"model": 3}), ("node0", {"cpu": [1]}), ("node0", {"step": [1]}), ("node0", {"held": [1]}),
+    ("node0", {"held": {"0": None}}), ("node0", {"handed": "x"}),
 ])
 def test_rows_whose_fields_have_other_types_are_left_out(tmp_path, name, bad):
     good = STEP if name == "coordinator" else BATCH

@@ -28,8 +28,8 @@ def test_a_decode_step_without_its_token_waits_for_the_last_nodes_and_then_carri
     feed.hold(later)
     assert feed.on_sampled([("b", 5, 11)], 1.0) == []  # a's is still missing
     assert feed.on_sampled([("a", 3, 12)], 2.0) == []  # an older position is not the one this step decodes
-    # released as arrived with its token: the wait for it is not the node's own time
-    assert feed.on_sampled([("a", 4, 13)], 3.0) == [Received("coordinator", later.message, [], 3.0)]
+    # released as arrived with its token: the wait for it is not the node's own time, and tracing keeps when it came
+    assert feed.on_sampled([("a", 4, 13)], 3.0) == [Received("coordinator", later.message, [], 3.0, held_at=0.0)]
     assert feed.held == []
     assert feed.token_ids(later.message.items[0]) == [13]
 

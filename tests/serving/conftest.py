@@ -7,6 +7,7 @@ import pytest
 from cpu_cap import CpuCap
 from serve_helpers import COMMON, TOOLS, write_plan
 
+from vllm_helix.trace import TRACE_ENV
 from vllm_helix.vllm_server import VllmServer
 
 
@@ -34,14 +35,15 @@ def helix(tiny_llama_path, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def helix_async(tiny_llama_path, tmp_path_factory):
-    """The `helix` server's plan and settings under async scheduling (--helix-async). Yields (url, server)."""
+    """The `helix` server's plan and settings under async scheduling (--helix-async), traced (VLLM_HELIX_TRACE).
+    Yields (url, server, trace folder)."""
     tmp = tmp_path_factory.mktemp("helix-async")
     plan = write_plan(tmp, tiny_llama_path)
     server = VllmServer(tiny_llama_path, ["--executor", "helix", "--helix-plan", str(plan), "--helix-async",
                                           "--helix-kv-cache-bytes", str(6 << 20), *COMMON, *TOOLS],
-                        log_path=tmp / "serve.log")
+                        log_path=tmp / "serve.log", env={TRACE_ENV: str(tmp / "trace")})
     with server as url:
-        yield url, server
+        yield url, server, tmp / "trace"
 
 
 @pytest.fixture(scope="session")

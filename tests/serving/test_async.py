@@ -8,9 +8,12 @@ The request features are checked in test_conformance.py (ASYNC_CASES); here, who
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 
 import pytest
-from serve_helpers import completion_tokens, kill_mid_burst, post
+from serve_helpers import PROMPTS, completion_tokens, kill_mid_burst, post
+
+from vllm_helix.trace import format_summary, read_rows, summarize
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -46,10 +49,31 @@ def test_a_burst_with_early_stops_matches_plain_vllm_and_loses_nothing(helix_asy
 
 
 @pytest.mark.kills_a_node
+def test_the_trace_tells_a_steps_wait_for_its_token_from_its_hops(helix_async, tiny_llama_path):
+    """VLLM_HELIX_TRACE under async scheduling: the first node marks the decode steps that came before their token
+    (`held`), and their chains make the async ring, which starts from the last node handing the token over."""
+    url, _, trace = helix_async
+    since = time.time()
+    for prompt in PROMPTS[:3]:  # one at a time: each step crosses one route, head -> fast or head -> slow
+        post(url, "/completions", {"model": str(tiny_llama_path), "prompt": prompt, "max_tokens": 12,
+                                   "temperature": 0})
+    time.sleep(1.5)  # > the idle receive timeouts after which they flush (coordinator 0.2 s, nodes 1 s)
+    head = [row for row in read_rows(trace / "head.jsonl") if min(row["arrived"].values()) >= since]
+    assert any(row["held"] for row in head), head
+    lasts = [row for name in ("fast", "slow") for row in read_rows(trace / f"{name}.jsonl")
+             if min(row["arrived"].values()) >= since]
+    assert not any(row["held"] for row in lasts)  # a last node waits for no token
+    assert all(row["handed"] is not None for row in lasts if row["decodes"])  # a prompt's chunks sample none
+    summary = summarize(trace, since=since)
+    assert summary["ring_steps"] >= 10, summary  # 3 x 11 decode steps, less those whose token came first
+    assert summary["nodes"]["head"]["held"] > 0 and summary["nodes"]["fast"]["held"] == 0
+    assert "async ring" in format_summary(summary)
+
+
 def test_a_node_lost_while_steps_wait_for_its_tokens_costs_no_request(helix_async, tiny_llama_path):
     """Kill `slow` mid-burst: `head` holds steps that wait for the tokens `slow` will never send; its requests are
     recomputed through `fast`, every one completes, and the cluster serves on."""
-    url, server = helix_async
+    url, server, _ = helix_async
     outcomes, why = kill_mid_burst(url, server, tiny_llama_path)
     assert outcomes == ["length"] * 12, "\n".join(why[-20:])
     assert all(len(t) == 24 for t in completion_tokens(url, tiny_llama_path))

@@ -84,7 +84,8 @@ class AsyncFeed:
 
     def on_sampled(self, tokens: Iterable[tuple[str, int, int]], at: float) -> list[Received]:
         """Take the last node's tokens (received at `at`); returns the held steps that now have all theirs, in
-        arrival order, as arrived when their last token did (tracing: waiting for it is not the node's time)."""
+        arrival order, as arrived when their last token did (tracing: waiting for it is not the node's time, and
+        `held_at` keeps when the step itself came)."""
         for request_id, position, token in tokens:
             if request_id in self.prompt_len:
                 self.tokens[request_id] = (position, token)
@@ -94,7 +95,8 @@ class AsyncFeed:
                 blocked.update(item.request_id for item in step.items)  # their later steps stay behind this one
                 still.append(held)
             else:
-                ready.append(Received(held.peer, step, held.tensors, max(held.at, at)))
+                came = held.at if held.held_at is None else held.held_at  # held before, released, held again
+                ready.append(Received(held.peer, step, held.tensors, max(held.at, at), held_at=came))
         self.held = still
         return ready
 
@@ -148,4 +150,4 @@ def _part(received: Received, items: list[p.Item]) -> Received:
     """Some of a (first node's, tensorless) step's items, as a step of their own with the same id."""
     step = received.message
     assert isinstance(step, p.Step) and not received.tensors
-    return Received(received.peer, p.Step(step.step_id, items), [], received.at)
+    return Received(received.peer, p.Step(step.step_id, items), [], received.at, received.held_at)

@@ -80,6 +80,8 @@ class _Pending:
     tokens: int = 0
     arrived: dict[int, float] = field(default_factory=dict)  # step id -> when it came off the transport (tracing)
     sent: dict[int, float] = field(default_factory=dict)  # step id -> when its output was queued (tracing)
+    held: dict[int, float] = field(default_factory=dict)  # async: step id -> when it came, to wait for its token
+    handed: float | None = None  # async, last node: when its tokens were queued to the first nodes (tracing)
     cpu_start: float = field(default_factory=time.thread_time)  # this thread's CPU time when collecting began
 
 
@@ -230,6 +232,8 @@ class NodeServer:
             if isinstance(message, p.Step):
                 if self.trace is not None:
                     batch.arrived.setdefault(message.step_id, received.at)
+                    if received.held_at is not None:
+                        batch.held.setdefault(message.step_id, received.held_at)
                 try:
                     merged = self._merge(batch, message, received)
                 except (FrameRejected, HelixError) as exc:  # that step fails, the node goes on
@@ -237,6 +241,7 @@ class NodeServer:
                     continue
                 if not merged:
                     batch.arrived.pop(message.step_id, None)
+                    batch.held.pop(message.step_id, None)
                     self.deferred.insert(0, received)
                     return batch
             elif isinstance(message, p.Free):
@@ -357,8 +362,9 @@ class NodeServer:
             cpu = time.thread_time() - batch.cpu_start - self.worker.model_cpu  # the hop's own CPU on this thread
             cached = [item.start_position for item in batch.items if item.num_tokens == 1]
             self.trace.record({"node": self.name, "arrived": batch.arrived, "model": self.worker.model_span,
-                               "sent": batch.sent, "cpu": cpu, "tokens": batch.tokens, "seqs": len(batch.items),
-                               "decodes": decodes, "context": sum(cached) / len(cached) if cached else None})
+                               "sent": batch.sent, "held": batch.held, "handed": batch.handed, "cpu": cpu,
+                               "tokens": batch.tokens, "seqs": len(batch.items), "decodes": decodes,
+                               "context": sum(cached) / len(cached) if cached else None})
 
     def _reply_failed(self, step_id: int, request_ids: list[str], exc: Exception) -> None:
         self._to_coordinator(p.Failed(step_id, request_ids, self.name, f"{type(exc).__name__}: {exc}"))
@@ -380,15 +386,18 @@ class NodeServer:
             return
         ends = {item.request_id: item.start_position + item.num_tokens for item in batch.items}
         sampled = [(r.request_id, ends[r.request_id], r.token_id) for r in results if r.token_id is not None]
-        for first, message in self.feed.handoffs(sampled).items():
-            if first == self.name:  # a one-node route: this node is its first node too
-                self.deferred.extend(self.feed.on_sampled(message.tokens, time.time()))
-                continue
+        handoffs = self.feed.handoffs(sampled)
+        own = handoffs.pop(self.name, None)  # a one-node route: this node is its first node too
+        for first, message in handoffs.items():
             try:
                 self._ensure_peer(first)
                 self.channel.send(first, message)
             except (PeerLost, TransportTimeout) as exc:  # its step never starts: the coordinator reroutes them
                 self._hop_lost(-1, [t[0] for t in message.tokens], first, exc)
+        if self.trace is not None and (handoffs or own):
+            batch.handed = time.time()
+        if own is not None:
+            self.deferred.extend(self.feed.on_sampled(own.tokens, time.time()))
 
     def _forward(self, batch: _Pending, out: HiddenBatch) -> None:
         items = {item.request_id: item for item in batch.items}
