@@ -135,7 +135,8 @@ class Endpoint {
     // Throws PeerLostError, ClosedError, std::invalid_argument.
     bool send(const std::string& peer, const void* header, size_t header_len, const std::vector<SendBuf>& payloads,
               double timeout_s);
-    // Next message, or nullptr on timeout. Throws FrameError / PeerLostError for queued events.
+    // Next message, or nullptr on timeout (0: only looks, never waits). Throws FrameError / PeerLostError for
+    // queued events.
     std::shared_ptr<Received> recv(double timeout_s);
     // Up to max_n queued messages in one call (waits like recv for the first). Stops before an
     // error/loss event, which the next call raises; empty on timeout.

@@ -99,6 +99,20 @@ def test_recv_times_out_and_releases_the_gil(pair) -> None:
     assert len(ticks) == 50  # the other thread ran while we were blocked
 
 
+def test_a_zero_timeout_looks_without_waiting_and_takes_what_is_queued(pair) -> None:
+    """A node's batch ends with recv(0): nothing queued is a timeout at once, a queued message is returned."""
+    a, b = pair
+    with pytest.raises(TransportTimeout):
+        b.recv(timeout=0)
+    a.send("b", Header("queued"), [b"x"])
+    deadline, got = time.monotonic() + 5, None
+    while got is None and time.monotonic() < deadline:
+        with contextlib.suppress(TransportTimeout):
+            got = b.recv(timeout=0)
+    assert got is not None and got.header.kind == "queued"
+    assert b._ep.recv(0.0) is None  # the C++ call itself: None, not a wait
+
+
 def test_back_pressure_blocks_the_sender_and_loses_nothing() -> None:
     small = EndpointOptions(heartbeat_s=0.05, peer_timeout_s=2.0, send_queue_msgs=4, recv_queue_msgs=4, zmq_hwm_msgs=4)
     with Endpoint("rx", options=small) as rx, Endpoint("tx", options=small) as tx:
