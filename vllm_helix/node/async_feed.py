@@ -95,8 +95,7 @@ class AsyncFeed:
                 blocked.update(item.request_id for item in step.items)  # their later steps stay behind this one
                 still.append(held)
             else:
-                came = held.at if held.held_at is None else held.held_at  # held before, released, held again
-                ready.append(Received(held.peer, step, held.tensors, max(held.at, at), held_at=came))
+                ready.append(Received(held.peer, step, held.tensors, max(held.at, at), held_at=held.at))
         self.held = still
         return ready
 
