@@ -7,6 +7,7 @@ The two-process table for the docs comes from bench/bench_transport.py.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 
 from vllm_helix.comm import Endpoint, EndpointOptions, Header
 from vllm_helix.comm.pyzmq_endpoint import PyzmqEndpoint
+from vllm_helix.errors import TransportTimeout
 
 SIZES = [1 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20]
 BATCH = {1 << 10: 1000, 64 << 10: 200, 1 << 20: 50, 16 << 20: 8, 64 << 20: 2}
@@ -47,3 +49,16 @@ def test_send_and_receive_a_batch(benchmark, pair, size: int) -> None:
 
     benchmark.pedantic(round_trip, rounds=5, warmup_rounds=1)
     benchmark.extra_info["bytes_per_round"] = n * size
+
+
+def test_a_zero_timeout_receive_with_nothing_queued(benchmark, pair) -> None:
+    """How a node ends collecting each batch: it must look, not wait (a timed wait of zero costs the kernel's
+    timer slack, 50 us by default)."""
+    rx, _ = pair
+    benchmark.group = "recv(timeout=0), nothing queued"
+
+    def look() -> None:
+        with contextlib.suppress(TransportTimeout):
+            rx.recv(timeout=0)
+
+    benchmark(look)
