@@ -356,8 +356,9 @@ def report(results: dict[str, list[dict]], hop_tables: dict[str, list[dict]]) ->
         print(format_summary(summaries[-1]))
         print("per-hop overhead by round (median ms): "
               + ", ".join(f"{s['hop_overhead_ms']:.2f}" for s in summaries))
-        what = "async ring" if setup == "ca" else "decode step cycle"
-        print(f"{what} by round (mean ms, the forwards + all else): {cycles_by_round(summaries, setup == 'ca')}")
+        ring = setup == "ca"  # async scheduling: the ring, not the coordinator's cycle
+        print(f"{'async ring' if ring else 'decode step cycle'} by round (mean ms, the forwards + all else): "
+              f"{cycles_by_round(summaries, ring)}")
 
 
 def cycles_by_round(summaries: list[dict], ring: bool = False) -> str:

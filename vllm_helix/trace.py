@@ -255,8 +255,8 @@ def async_rings(hops: list[dict], last_sent: dict[int, float]) -> list[dict[str,
     rings = []
     for step, chain in _by_step(hops).items():
         firsts = [h for h in chain if h["held_at"] is not None]
-        if len(firsts) != 1 or firsts[0]["came"] is None or step not in last_sent or not all(h["decode"]
-                                                                                             for h in chain):
+        one_held = len(firsts) == 1 and firsts[0]["came"] is not None
+        if not (one_held and step in last_sent and all(h["decode"] for h in chain)):
             continue
         parts = {"in": sum(h["in"] for h in chain), "wait": sum(h["queue"] + h["assembly"] for h in chain),
                  "compute": sum(h["compute"] for h in chain), "post": sum(h["post"] for h in chain)}

@@ -14,6 +14,14 @@ def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _batch(node, step, arrived, start, end, sent, decodes=2, held=None, handed=None):
+    """A node's trace row for one step of two sequences, times in ms."""
+    ms = 1e-3
+    return {"node": node, "arrived": {str(step): arrived * ms}, "model": [start * ms, end * ms],
+            "sent": {str(step): sent * ms}, "held": {} if held is None else {str(step): held * ms},
+            "handed": None if handed is None else handed * ms, "tokens": 2, "seqs": 2, "decodes": decodes}
+
+
 def test_phases_of_a_two_node_chain(tmp_path):
     ms = 1e-3
     # step 0: coordinator queues it at 1 ms, node0 receives at 2 ms and computes 10-40 ms, sends at 41 ms;
@@ -54,10 +62,6 @@ def test_phases_of_a_two_node_chain(tmp_path):
 def test_the_decode_cycle_adds_up_one_chain_steps_and_leaves_out_prefills_and_parallel_routes(tmp_path):
     ms = 1e-3
 
-    def batch(node, step, arrived, start, end, sent, decodes=2):
-        return {"node": node, "arrived": {str(step): arrived * ms}, "model": [start * ms, end * ms],
-                "sent": {str(step): sent * ms}, "tokens": 2, "seqs": 2, "decodes": decodes}
-
     # step 0: no batch had finished before it (no engine segment); step 1: the measured cycle; step 2: a prefill;
     # step 3: both nodes at once (two routes), whose segments add up to more than its submit -> done
     _write(tmp_path / "coordinator.jsonl", [
@@ -67,12 +71,12 @@ def test_the_decode_cycle_adds_up_one_chain_steps_and_leaves_out_prefills_and_pa
         {"step": 3, "submit": 100 * ms, "sent": 101 * ms, "recv": [115 * ms, 115 * ms], "done": 116 * ms,
          "requests": 2},
     ])
-    _write(tmp_path / "node0.jsonl", [batch("node0", 0, 2, 3, 13, 14), batch("node0", 1, 32, 33, 43, 44),
-                                      batch("node0", 2, 63, 64, 74, 75, decodes=0),
-                                      batch("node0", 3, 102, 103, 113, 114)])
-    _write(tmp_path / "node1.jsonl", [batch("node1", 0, 15, 16, 26, 27), batch("node1", 1, 45, 46, 56, 58),
-                                      batch("node1", 2, 76, 77, 87, 88, decodes=0),
-                                      batch("node1", 3, 102, 103, 113, 114)])
+    _write(tmp_path / "node0.jsonl", [_batch("node0", 0, 2, 3, 13, 14), _batch("node0", 1, 32, 33, 43, 44),
+                                      _batch("node0", 2, 63, 64, 74, 75, decodes=0),
+                                      _batch("node0", 3, 102, 103, 113, 114)])
+    _write(tmp_path / "node1.jsonl", [_batch("node1", 0, 15, 16, 26, 27), _batch("node1", 1, 45, 46, 56, 58),
+                                      _batch("node1", 2, 76, 77, 87, 88, decodes=0),
+                                      _batch("node1", 3, 102, 103, 113, 114)])
     summary = summarize(tmp_path)
     assert summary["cycle_steps"] == 1
     assert summary["cycle"] == pytest.approx({"engine": 1, "build": 1, "in": 2, "wait": 2, "compute": 20, "post": 3,
@@ -83,20 +87,15 @@ def test_the_decode_cycle_adds_up_one_chain_steps_and_leaves_out_prefills_and_pa
 def test_under_async_scheduling_a_held_steps_hop_is_its_tokens_and_the_ring_leaves_the_coordinator_out(tmp_path):
     ms = 1e-3
 
-    def batch(node, step, arrived, start, end, sent, held=None, handed=None):
-        return {"node": node, "arrived": {str(step): arrived * ms}, "model": [start * ms, end * ms],
-                "sent": {str(step): sent * ms}, "held": {} if held is None else {str(step): held * ms},
-                "handed": None if handed is None else handed * ms, "tokens": 2, "seqs": 2, "decodes": 2}
-
     # step 0 runs as a synchronous step would; node1 hands its tokens to node0 at 27 ms. Step 1 left the
     # coordinator at 3 ms, before step 0 was done, and waited at node0 from 4 ms for the token, which came at 27.5 ms.
     _write(tmp_path / "coordinator.jsonl", [
         {"step": 0, "submit": 0, "sent": 1 * ms, "recv": [28 * ms], "done": 29 * ms, "requests": 2},
         {"step": 1, "submit": 2 * ms, "sent": 3 * ms, "recv": [52 * ms], "done": 53 * ms, "requests": 2}])
-    _write(tmp_path / "node0.jsonl", [batch("node0", 0, 2, 3, 13, 14),
-                                      batch("node0", 1, 27.5, 28, 38, 39, held=4)])
-    _write(tmp_path / "node1.jsonl", [batch("node1", 0, 15, 16, 26, 27.5, handed=27),
-                                      batch("node1", 1, 39.5, 40, 50, 51.5, handed=51)])
+    _write(tmp_path / "node0.jsonl", [_batch("node0", 0, 2, 3, 13, 14),
+                                      _batch("node0", 1, 27.5, 28, 38, 39, held=4)])
+    _write(tmp_path / "node1.jsonl", [_batch("node1", 0, 15, 16, 26, 27.5, handed=27),
+                                      _batch("node1", 1, 39.5, 40, 50, 51.5, handed=51)])
     summary = summarize(tmp_path)
     node0 = summary["nodes"]["node0"]
     assert node0["in"] == pytest.approx(0.75)  # 1 ms (step 0) and 0.5 ms from the hand-over, not 24.5 from 3 ms
