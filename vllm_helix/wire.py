@@ -307,8 +307,12 @@ class Channel:
             raw = self.endpoint.recv(timeout_s)
         except TransportTimeout:
             return None
-        received = Received(raw.sender, decode(raw.header), [raw.tensor(i) for i in range(len(raw.header.tensors))],
-                            raw.received_at or time.time())
+        message = decode(raw.header)
+        try:
+            tensors = [raw.tensor(i) for i in range(len(raw.header.tensors))]
+        except (IndexError, ValueError, TypeError, AttributeError, RuntimeError) as exc:  # numpy's, torch's
+            raise FrameRejected(f"a message from {raw.sender!r} with payloads unlike its header's: {exc}") from None
+        received = Received(raw.sender, message, tensors, raw.received_at or time.time())
         self.payload_bytes_received += sum(t.nbytes for t in received.tensors)  # for the Busy report's metrics
         return received
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from greedy_reference import BATCHED, CONFIG, PROMPT_LENS, plain_vllm, prompts
 
 from vllm_helix.errors import EngineStartError, HelixError
@@ -226,6 +227,57 @@ def test_a_float32_range_sends_the_summed_stream_and_the_next_takes_it_as_the_pa
             w.free_request(rid)
     assert tokens["sum"].token_id is not None
     assert (tokens["sum"].token_id, tokens["sum"].logprob_row) == (tokens["pair"].token_id, tokens["pair"].logprob_row)
+
+
+def test_a_batchs_rows_as_one_block_in_any_order_decode_as_the_rows_item_by_item(tiny_llama_path):
+    """A node server hands the worker each step's rows as one block (no per-request views): in the runner's order
+    or not, the last range samples what it samples from the same rows given item by item."""
+    from vllm_helix.node.seam import sampling_params
+    from vllm_helix.node.types import StepItem, StreamBlock
+
+    first, last = _worker(tiny_llama_path, (0, 3)), _worker(tiny_llama_path, (3, 8))
+    prompts = {"x": _prompts()[1], "y": _prompts()[4]}  # 17 + 9 tokens: one batch
+    tokens = {}
+    for run in ("items", "block"):
+        rids = [f"{name}-{run}" for name in prompts]
+        for rid, prompt in zip(rids, prompts.values(), strict=True):
+            for w in (first, last):
+                w.add_request(rid, prompt, sampling_params(temperature=0.0, max_tokens=4, logprobs=2))
+        batch = [StepItem(rid, 0, len(prompt)) for rid, prompt in zip(rids, prompts.values(), strict=True)]
+        hidden = first.execute(batch)
+        if run == "items":
+            out = last.execute([StepItem(i.request_id, 0, i.num_tokens, [], r.hidden_states, r.residual)
+                                for i, r in zip(batch, hidden, strict=True)])
+        else:  # the block in the reverse of the runner's order
+            back = list(reversed(hidden))
+            block = StreamBlock([r.request_id for r in back], [r.hidden_states.shape[0] for r in back],
+                                torch.cat([r.hidden_states for r in back]))
+            out = last.execute(batch, [block])
+        tokens[run] = [(t.token_id, t.logprob_row) for t in out]
+        for rid in rids:
+            for w in (first, last):
+                w.free_request(rid)
+    assert tokens["items"][0][0] is not None and tokens["block"] == tokens["items"]
+
+
+def test_rows_that_do_not_match_the_batch_are_refused_and_change_nothing(tiny_llama_path):
+    from vllm_helix.node.types import StepItem, StreamBlock
+
+    last = _worker(tiny_llama_path, (3, 8))
+    width = last.hidden_size
+    last.add_request("r", [5, 6, 7])
+    batch = [StepItem("r", 0, 3)]
+    wrong = {
+        "need its 3 rows": [StreamBlock(["r"], [2], torch.zeros(2, width))],
+        "not in the batch": [StreamBlock(["r", "s"], [3, 1], torch.zeros(4, width))],
+        r"hidden_states has shape \(3, 7\)": [StreamBlock(["r"], [3], torch.zeros(3, 7))],
+    }
+    for message, stream in wrong.items():
+        with pytest.raises(HelixError, match=message):
+            last.execute(batch, stream)
+    (token,) = last.execute(batch, [StreamBlock(["r"], [3], torch.zeros(3, width))])  # nothing moved on
+    assert token.token_id is not None
+    last.free_request("r")
 
 
 def test_kv_blocks_follow_chunks_and_are_freed(tiny_llama_path):

@@ -93,6 +93,9 @@ class Message:
         import torch
 
         spec = self.header.tensors[i]
+        as_numpy = _numpy_dtype(spec.dtype)
+        if as_numpy is not None:  # numpy builds the view, torch wraps it: one torch call instead of three (~15 us
+            return torch.from_numpy(np.frombuffer(self.payloads[i], dtype=as_numpy).reshape(spec.shape))  # each cold)
         dtype = getattr(torch, spec.dtype)
         return torch.frombuffer(self.payloads[i], dtype=torch.uint8).view(dtype).reshape(spec.shape)
 
@@ -104,6 +107,8 @@ def as_buffer(x: Any) -> Any:
             raise ValueError(f"tensor on {x.device}: the transport sends CPU memory; call .cpu() first")
         if not x.is_contiguous():
             raise ValueError("tensor is not contiguous: call .contiguous() first (sending never copies)")
+        if not x.requires_grad and _numpy_dtype(str(x.dtype).removeprefix("torch.")) is not None:
+            return x.numpy()  # one torch call; a send right after a forward pays ~10 us for each
         return x.detach().reshape(-1).view(_torch_u8()).numpy()
     flags = getattr(x, "flags", None)
     if flags is not None and not flags.c_contiguous:
@@ -114,6 +119,19 @@ def as_buffer(x: Any) -> Any:
 def tensor_spec(x: Any) -> TensorSpec:
     """TensorSpec of a numpy array or torch tensor."""
     return TensorSpec(str(x.dtype).removeprefix("torch."), tuple(x.shape))
+
+
+_NUMPY_DTYPES: dict[str, np.dtype | None] = {}
+
+
+def _numpy_dtype(name: str) -> np.dtype | None:
+    """numpy's dtype of this name; None where numpy has none (bfloat16, the float8 types)."""
+    if name not in _NUMPY_DTYPES:
+        try:
+            _NUMPY_DTYPES[name] = np.dtype(name)
+        except TypeError:
+            _NUMPY_DTYPES[name] = None
+    return _NUMPY_DTYPES[name]
 
 
 def _torch_u8() -> Any:

@@ -79,7 +79,7 @@ class AsyncFeed:
     def token_ids(self, item: p.Item) -> list[int]:
         """The token the item decodes: as sent, or the one the last node handed over."""
         if not self._awaited(item):
-            return list(item.token_ids)
+            return item.token_ids  # (not copied: nothing changes it)
         return [self.tokens[item.request_id][1]]
 
     def on_sampled(self, tokens: Iterable[tuple[str, int, int]], at: float) -> list[Received]:

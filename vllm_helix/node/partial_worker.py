@@ -34,7 +34,7 @@ from vllm_helix.node import seam
 from vllm_helix.node.config import WorkerConfig
 from vllm_helix.node.kv_blocks import BlockAllocator, blocks_for
 from vllm_helix.node.ranks import LocalRank, RankProcesses
-from vllm_helix.node.types import HiddenBatch, KVStats, StepItem, TokenResult
+from vllm_helix.node.types import HiddenBatch, KVStats, StepItem, StreamBlock, TokenResult
 from vllm_helix.wire import Calibration, LogprobRow, PromptLogprobRows
 
 if TYPE_CHECKING:
@@ -164,12 +164,15 @@ class PartialLayerWorker:
     def blocks_short(self, batch: Sequence[StepItem]) -> int:
         """KV blocks ``batch`` needs beyond the free ones (0: it fits). Requests not on this node count none:
         ``execute`` refuses them."""
+        free = self._blocks.total - self._blocks.used
+        if sum(item.num_tokens for item in batch) // self._block_size + len(batch) <= free:
+            return 0  # no item needs more than num_tokens // block_size + 1 new blocks: no need to look closer
         need = 0
         for item in batch:
             state = self._requests.get(item.request_id)
             if state is not None:
                 need += self._blocks.missing(item.request_id, state.num_computed + item.num_tokens)
-        return max(0, need - (self._blocks.total - self._blocks.used))
+        return max(0, need - free)
 
     def add_request(
         self, request_id: str, prompt_token_ids: Sequence[int], sampling_params: SamplingParams | None = None
@@ -267,13 +270,16 @@ class PartialLayerWorker:
         if state is not None and state.sent_to_runner:
             self._finished.add(request_id)
 
-    def execute(self, batch: Sequence[StepItem]) -> HiddenBatch | list[TokenResult]:
-        """Run one batch; results come back in the order of ``batch``."""
+    def execute(self, batch: Sequence[StepItem],
+                stream: Sequence[StreamBlock] | None = None) -> HiddenBatch | list[TokenResult]:
+        """Run one batch; results come back in the order of ``batch``. After the first range, the previous node's
+        rows come in ``stream`` (blocks as its steps brought them) or else with each item."""
         if not batch:
             return []
         # structured outputs: the scheduler's bitmask rows, applied before sampling as vLLM's runner does
         masks = {i.request_id: i.grammar_bitmask for i in batch if i.grammar_bitmask is not None and self.is_last}
-        sched_out, incoming = self._prepare(batch, bool(masks))
+        incoming = None if self.is_first else self._incoming(batch, stream)  # checked before any state changes
+        sched_out = self._prepare(batch, bool(masks))
         started, cpu = time.time(), time.thread_time()
         out = self._ranks.run_step(sched_out, incoming, seam.grammar_output(masks))
         if self._on_gpu:  # a GPU forward returns before it ran: time (and probe) the work itself
@@ -288,16 +294,12 @@ class PartialLayerWorker:
 
     # ------------------------------------------------------------ execute internals
 
-    def _prepare(self, batch: Sequence[StepItem],
-                 structured: bool) -> tuple[SchedulerOutput, dict[str, dict[str, torch.Tensor]] | None]:
+    def _prepare(self, batch: Sequence[StepItem], structured: bool) -> SchedulerOutput:
         new_reqs, cached, scheduled = [], [], {}
-        incoming: dict[str, dict[str, torch.Tensor]] = {}
         for item in batch:
             state = self._state(item)
             new_blocks = self._blocks.grow(item.request_id, state.num_computed + item.num_tokens)
             scheduled[item.request_id] = item.num_tokens
-            if not self.is_first:
-                incoming[item.request_id] = self._incoming(item)
             if not state.sent_to_runner:
                 state.sent_to_runner = True
                 new_reqs.append(
@@ -322,7 +324,7 @@ class PartialLayerWorker:
                 )
             )
         finished, self._finished = self._finished, set()
-        return seam.scheduler_output(new_reqs, cached, scheduled, finished, structured), incoming or None
+        return seam.scheduler_output(new_reqs, cached, scheduled, finished, structured)
 
     def _state(self, item: StepItem) -> _Request:
         state = self._requests.get(item.request_id)
@@ -337,23 +339,30 @@ class PartialLayerWorker:
             raise NodeError(f"request {item.request_id!r}: a step needs at least one token")
         return state
 
-    def _incoming(self, item: StepItem) -> dict[str, torch.Tensor]:
-        """The request's rows of the residual stream: the pair, or the summed stream alone (see the module)."""
-        if item.hidden_states is None:
-            raise NodeError(
-                f"request {item.request_id!r}: layers [{self.start}, {self.end}) need hidden_states "
-                "from the previous node"
-            )
-        tensors = {"hidden_states": item.hidden_states}
-        if item.residual is not None:
-            tensors["residual"] = item.residual
-        expected = (item.num_tokens, self.hidden_size)
-        for name, t in tensors.items():
-            if tuple(t.shape) != expected:
-                raise NodeError(
-                    f"request {item.request_id!r}: {name} has shape {tuple(t.shape)}, expected {expected}"
-                )
-        return tensors
+    def _incoming(self, batch: Sequence[StepItem], stream: Sequence[StreamBlock] | None) -> list[StreamBlock]:
+        """The previous node's rows of the residual stream for every request of the batch, checked: the pair, or
+        the summed stream alone (see the module)."""
+        if stream is None:
+            for item in batch:
+                if item.hidden_states is None:
+                    raise NodeError(f"request {item.request_id!r}: layers [{self.start}, {self.end}) need "
+                                    "hidden_states from the previous node")
+            stream = [StreamBlock.of(item) for item in batch]
+        rows = {rid: n for block in stream for rid, n in zip(block.request_ids, block.counts, strict=True)}
+        for item in batch:
+            if rows.pop(item.request_id, None) != item.num_tokens:
+                raise NodeError(f"request {item.request_id!r}: layers [{self.start}, {self.end}) need its "
+                                f"{item.num_tokens} rows of hidden_states from the previous node")
+        if rows:
+            raise NodeError(f"hidden_states came for requests {sorted(rows)}, which are not in the batch")
+        paired = stream[0].residual is not None
+        for block in stream:
+            expected = (sum(block.counts), self.hidden_size)
+            for name, t in (("hidden_states", block.hidden_states), ("residual", block.residual)):
+                if (t is not None or paired) and (t is None or tuple(t.shape) != expected):
+                    shape = None if t is None else tuple(t.shape)
+                    raise NodeError(f"requests {block.request_ids}: {name} has shape {shape}, expected {expected}")
+        return list(stream)
 
     def _hidden_batch(self, batch: Sequence[StepItem], out: IntermediateTensors) -> HiddenBatch:
         sizes = {item.request_id: item.num_tokens for item in batch}

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from multiprocessing.connection import Client, Connection, Listener, wait
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from vllm.config import VllmConfig
     from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
     from vllm.v1.kv_cache_interface import KVCacheConfig, KVCacheSpec
+
+    from vllm_helix.node.types import StreamBlock
 
 RANK_START_TIMEOUT_S = 900.0  # a rank imports vLLM and loads its share of the weights
 
@@ -57,7 +60,7 @@ class LocalRank:
     def loaded_weight_bytes(self) -> dict[str, int]:
         return seam.loaded_weight_bytes(self._worker)
 
-    def run_step(self, sched_out: SchedulerOutput, incoming: dict[str, dict[str, torch.Tensor]] | None,
+    def run_step(self, sched_out: SchedulerOutput, incoming: Sequence[StreamBlock] | None,
                  grammar: GrammarOutput | None) -> Any:
         with torch.inference_mode(), self._range.active():
             return seam.run_step(self._worker, sched_out, incoming, grammar)
@@ -105,7 +108,7 @@ class RankProcesses:
         """Rank 0's count: every rank reads the held layers' whole checkpoint tensors and keeps its shard."""
         return self._call("loaded_weight_bytes")
 
-    def run_step(self, sched_out: SchedulerOutput, incoming: dict[str, dict[str, torch.Tensor]] | None,
+    def run_step(self, sched_out: SchedulerOutput, incoming: Sequence[StreamBlock] | None,
                  grammar: GrammarOutput | None) -> Any:
         out, self._order = self._call("run_step", sched_out, incoming, grammar)
         return out

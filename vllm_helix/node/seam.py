@@ -14,8 +14,8 @@ Each seam here is an entry of the ledger in ``vllm_helix/seams.py`` (why, until 
   Built this way the model holds ``PPMissingLayer`` outside the range, and the weight loader skips
   those parameters (``is_pp_missing_parameter``).
 * The runner's ``sync_and_gather_intermediate_tensors`` hook (called in ``_preprocess`` on
-  non-first ranks) is replaced per instance: it assembles the incoming per-request
-  hidden/residual tensors in the runner's own batch order (the runner reorders its batch).
+  non-first ranks) is replaced per instance: it assembles the incoming residual stream (blocks of rows as
+  the steps brought them) in the runner's own batch order (the runner reorders its batch).
 * ``SchedulerOutput`` / ``NewRequestData`` / ``CachedRequestData`` are what the worker feeds the
   runner; with PP the non-last ranks learn sampled tokens from ``new_token_ids`` exactly as with
   vLLM's own non-async pipeline parallelism.
@@ -32,10 +32,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from vllm_helix.node.types import StreamBlock, rows_in_order
 
 if TYPE_CHECKING:
     import numpy as np
@@ -237,16 +239,14 @@ def _install_gather_hook(runner: GPUModelRunner) -> None:
     """Non-first ranks: feed the runner the incoming per-request tensors in its own batch order."""
     from vllm.sequence import IntermediateTensors
 
-    runner._helix_incoming = {}
+    runner._helix_incoming = []
 
     def gather(num_tokens: int, intermediate_tensors: Any = None, sync_self: bool = False) -> IntermediateTensors:
-        incoming: dict[str, dict[str, torch.Tensor]] = runner._helix_incoming
-        order = runner.input_batch.req_ids
-        keys = list(incoming[order[0]])
-        # the transport delivers host memory; a GPU runner's layers want theirs (a no-op on CPU)
-        tensors = {k: torch.cat([incoming[r][k] for r in order]).to(runner.device) for k in keys}
-        if "residual" not in tensors:  # the summed stream: the first add-norm adds a zero residual, same bits
-            tensors["residual"] = torch.zeros_like(tensors["hidden_states"])
+        # the transport delivers host memory; the runner's layers want theirs (on a GPU), and a copy (in place)
+        stream = rows_in_order(runner._helix_incoming, runner.input_batch.req_ids, runner.device)
+        # the summed stream: the first add-norm adds a zero residual, same bits
+        residual = stream[1] if len(stream) == 2 else torch.zeros_like(stream[0])
+        tensors = {"hidden_states": stream[0], "residual": residual}
         pad = num_tokens - next(iter(tensors.values())).shape[0]
         if pad > 0:
             tensors = {k: torch.nn.functional.pad(v, (0, 0, 0, pad)) for k, v in tensors.items()}
@@ -371,15 +371,16 @@ def grammar_output(bitmasks: dict[str, np.ndarray]) -> GrammarOutput | None:
     return GrammarOutput(list(bitmasks), np.stack(list(bitmasks.values())))
 
 
-def run_step(worker: WorkerBase, sched_out: SchedulerOutput, incoming: dict[str, dict[str, torch.Tensor]] | None,
+def run_step(worker: WorkerBase, sched_out: SchedulerOutput, incoming: Sequence[StreamBlock] | None,
              grammar: GrammarOutput | None = None) -> ModelRunnerOutput | IntermediateTensors:
-    """One forward: IntermediateTensors (non-last) or a ModelRunnerOutput (last, sampled under ``grammar``)."""
+    """One forward: IntermediateTensors (non-last) or a ModelRunnerOutput (last, sampled under ``grammar``).
+    ``incoming``: the residual stream from the previous node (None on the first range)."""
     runner = worker.model_runner
-    runner._helix_incoming = incoming or {}
+    runner._helix_incoming = incoming or []
     out = runner.execute_model(sched_out, empty_intermediate_tensors() if incoming else None)
     if out is None:  # last rank: logits are waiting for the sampler
         out = runner.sample_tokens(grammar)
-    runner._helix_incoming = {}
+    runner._helix_incoming = []
     return out
 
 

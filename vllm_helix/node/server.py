@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import msgspec
 import numpy as np
 import torch
 
 from vllm_helix import wire as p
 from vllm_helix.errors import FrameRejected, HelixError, NodeError, PeerLost, StartupError, TransportTimeout
 from vllm_helix.node.async_feed import AsyncFeed
-from vllm_helix.node.types import HiddenBatch, StepItem, TokenResult
+from vllm_helix.node.types import HiddenBatch, StepItem, StreamBlock, TokenResult
 from vllm_helix.trace import tracer
 from vllm_helix.wire import COORDINATOR_PEER, Channel, Received
 
@@ -76,6 +77,8 @@ class _Pending:
     """Steps taken from the queue for one worker batch."""
 
     items: list[StepItem] = field(default_factory=list)
+    stream: list[StreamBlock] = field(default_factory=list)  # the previous hops' rows, a block per step
+    wire: dict[str, p.Item] = field(default_factory=dict)  # request id -> its item as the next hop gets it
     step_of: dict[str, int] = field(default_factory=dict)  # request id -> step id
     tokens: int = 0
     arrived: dict[int, float] = field(default_factory=dict)  # step id -> when it came off the transport (tracing)
@@ -100,7 +103,6 @@ class NodeServer:
         self.token_budget = worker.config.max_num_batched_tokens
         self.seq_budget = worker.config.max_num_seqs
         self.routes: dict[str, list[str]] = {}
-        self._introduce: dict[str, p.NewRequest] = {}  # forwarded to the next hop with the first step
         # async scheduling: tokens from the last node to the first (async_feed.py)
         self.feed = AsyncFeed(worker.is_first, worker.is_last)
         self.deferred: list[Received] = []
@@ -312,39 +314,49 @@ class NodeServer:
         too_big = batch.tokens + tokens > self.token_budget or len(batch.items) + len(step.items) > self.seq_budget
         if batch.items and (clash or too_big):
             return False
-        hidden, residual = self._payload(step, received)
-        for i, item in enumerate(step.items):
-            if item.request_id in gone:
-                continue
+        kept = [item for item in step.items if item.request_id not in gone]
+        stream = self._payload(step, received, kept)
+        for item in kept:
             if item.new is not None and item.request_id not in self.routes:
                 self.routes[item.request_id] = item.new.route
-                if not self.worker.is_last:
-                    self._introduce[item.request_id] = item.new
                 self.feed.add(item.request_id, item.new)
                 self.worker.add_request(item.request_id, item.new.prompt_token_ids,
                                         p.decode_sampling(item.new.sampling))
-            batch.items.append(StepItem(item.request_id, item.start_position, item.num_tokens,
-                                        self.feed.token_ids(item), hidden[i] if hidden else None,
-                                        residual[i] if residual else None, _bitmask(item.grammar)))
+            token_ids = self.feed.token_ids(item)
+            batch.items.append(StepItem(item.request_id, item.start_position, item.num_tokens, token_ids,
+                                        grammar_bitmask=_bitmask(item.grammar)))
+            # the next hop gets the item as it came (the first step's NewRequest included), with the token
+            batch.wire[item.request_id] = item if token_ids is item.token_ids else msgspec.structs.replace(
+                item, token_ids=token_ids)
             batch.step_of[item.request_id] = step.step_id
+        if stream is not None:
+            batch.stream.append(stream)
         batch.tokens += tokens
         return True
 
     @staticmethod
-    def _payload(step: p.Step, received: Received):
-        """Per-item (hidden states, residual) rows: none for the first hop, no residual for a summed stream."""
+    def _payload(step: p.Step, received: Received, kept: list[p.Item]) -> StreamBlock | None:
+        """The step's rows of the residual stream as one block (none for the first hop), of the `kept` items."""
         if not received.tensors:
-            return None, None
+            return None
         counts = [item.num_tokens for item in step.items]
         if len(received.tensors) not in (1, 2) or any(t.shape[0] != sum(counts) for t in received.tensors):
             raise FrameRejected(f"step {step.step_id}: payloads do not match its {sum(counts)} tokens")
-        rows = [torch.split(t, counts, dim=0) for t in received.tensors]
-        return rows[0], rows[1] if len(rows) == 2 else None
+        if not kept:
+            return None
+        hidden, residual = received.tensors[0], received.tensors[1] if len(received.tensors) == 2 else None
+        if len(kept) < len(step.items):  # async: a step sent before some of its requests stopped
+            wanted = {item.request_id for item in kept}
+            index = torch.cat([torch.arange(lo, lo + n) for lo, n, item in _offsets(step.items)
+                               if item.request_id in wanted])
+            hidden, residual = hidden[index], None if residual is None else residual[index]
+            counts = [item.num_tokens for item in kept]
+        return StreamBlock([item.request_id for item in kept], counts, hidden, residual)
 
     def _run(self, batch: _Pending) -> None:
         started = time.monotonic()
         try:
-            results = self.worker.execute(batch.items)
+            results = self.worker.execute(batch.items, batch.stream or None)
             busy = time.monotonic() - started
             decodes = sum(1 for item in batch.items if item.num_tokens == 1)
             for stats in (self.stats, self.served):
@@ -400,25 +412,19 @@ class NodeServer:
             self.deferred.extend(self.feed.on_sampled(own.tokens, time.time()))
 
     def _forward(self, batch: _Pending, out: HiddenBatch) -> None:
-        items = {item.request_id: item for item in batch.items}
         groups: dict[tuple[str, int], list[str]] = {}
         for rid in out.rows:  # the runner's row order, which each group's payload keeps
             groups.setdefault((self._next_hop(rid), batch.step_of[rid]), []).append(rid)
         for (peer, step_id), rids in groups.items():
-            out_items = [self._next_item(items[rid]) for rid in rids]
+            out_items = [batch.wire[rid] for rid in rids]
             try:
                 self._ensure_peer(peer)
-                self.channel.send(peer, p.Step(step_id, out_items), out.blocks(rids))
+                blocks = out.blocks(rids)
+                self.channel.send(peer, p.Step(step_id, out_items), blocks)
                 if self.trace is not None:
                     batch.sent[step_id] = time.time()
             except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: the coordinator reroutes
                 self._hop_lost(step_id, rids, peer, exc)
-
-    def _next_item(self, item: StepItem) -> p.Item:
-        # every hop learns the decode token, as vLLM's pipeline stages do; the grammar mask rides to the last
-        mask = b"" if item.grammar_bitmask is None else item.grammar_bitmask.tobytes()
-        return p.Item(item.request_id, item.start_position, item.num_tokens, list(item.new_token_ids),
-                      new=self._introduce.pop(item.request_id, None), grammar=mask)
 
     def _next_hop(self, request_id: str) -> str:
         route = self.routes[request_id]
@@ -436,7 +442,6 @@ class NodeServer:
         freed = [rid for rid in request_ids if rid in self.routes]
         for rid in freed:
             del self.routes[rid]
-            self._introduce.pop(rid, None)
             self.worker.free_request(rid)
         if freed and not self.routes:
             self._report_busy()  # gone idle: the coordinator sums up the run
@@ -476,7 +481,6 @@ class NodeServer:
         for rid in list(self.routes):
             self.worker.free_request(rid)
         self.routes.clear()
-        self._introduce.clear()
         self.feed.clear()
         self.deferred.clear()
         self.wait_for_start(self.start_timeout_s)
@@ -503,6 +507,15 @@ def _bitmask(grammar: bytes) -> np.ndarray | None:
     if len(grammar) % 4:
         raise FrameRejected(f"a grammar bitmask of {len(grammar)} bytes is not int32 rows")
     return np.frombuffer(grammar, dtype=np.int32).copy()
+
+
+def _offsets(items: list[p.Item]) -> list[tuple[int, int, p.Item]]:
+    """Each item's first row in its step's payload, its rows, the item."""
+    out, lo = [], 0
+    for item in items:
+        out.append((lo, item.num_tokens, item))
+        lo += item.num_tokens
+    return out
 
 
 def _group(step_of: dict[str, int]) -> dict[int, list[str]]:

@@ -37,6 +37,48 @@ class StepItem:
     grammar_bitmask: np.ndarray | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StreamBlock:
+    """Rows of the residual stream as one step brought them to a node: its requests' rows in its order, as one
+    block. The runner takes the block itself when its batch has the same requests in the same order (the usual
+    decode step), so no per-request views are made and no rows are copied: each view would cost a torch call,
+    ~2-3 us, several times that on the caches a forward has just emptied. ``residual`` None: ``hidden_states``
+    is the summed float32 stream (see partial_worker)."""
+
+    request_ids: list[str]
+    counts: list[int]  # each request's rows
+    hidden_states: torch.Tensor
+    residual: torch.Tensor | None = None
+
+    @staticmethod
+    def of(item: StepItem) -> StreamBlock:
+        """The block of one request's rows carried by its StepItem (local chains, start-up batches, tests)."""
+        assert item.hidden_states is not None
+        return StreamBlock([item.request_id], [item.num_tokens], item.hidden_states, item.residual)
+
+
+def rows_in_order(blocks: Sequence[StreamBlock], order: Sequence[str], device: torch.device) -> list[torch.Tensor]:
+    """The stream (and residual, if any) of the requests in ``order``, all of their rows, as new tensors on
+    ``device``: vLLM's layers add and normalize in place, which must not write into the received buffers (or a
+    caller's tensors). One copy of a block as it is when it holds exactly those requests in that order, else one
+    gathered from the blocks."""
+    if len(blocks) == 1 and blocks[0].request_ids == list(order):
+        block = blocks[0]
+        whole = [block.hidden_states] if block.residual is None else [block.hidden_states, block.residual]
+        return [t.to(device, copy=True) for t in whole]
+    where: dict[str, tuple[StreamBlock, int, int]] = {}
+    for block in blocks:
+        lo = 0
+        for rid, n in zip(block.request_ids, block.counts, strict=True):
+            where[rid] = (block, lo, n)
+            lo += n
+    pieces = [where[rid] for rid in order]
+    stream = [torch.cat([b.hidden_states.narrow(0, lo, n) for b, lo, n in pieces]).to(device)]
+    if blocks[0].residual is not None:
+        stream.append(torch.cat([b.residual.narrow(0, lo, n) for b, lo, n in pieces]).to(device))  # type: ignore[union-attr]
+    return stream
+
+
 @dataclass(slots=True)
 class HiddenResult:
     """Output of a non-last node for one request: the residual stream, split as vLLM's PP stages do, or summed
