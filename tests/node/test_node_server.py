@@ -134,3 +134,18 @@ def test_async_decode_steps_take_the_last_nodes_token_and_late_steps_of_a_freed_
     assert run([p.Step(24, [p.Item("r", 8, 1, [first])])]) == second
     coordinator.send("n", p.Free(["r"]))
     node._collect(timeout_s=1)
+
+
+def test_a_step_whose_payload_is_unlike_its_header_is_dropped_and_the_node_serves_on(server, caplog):
+    from vllm_helix.comm import Header, TensorSpec
+
+    node, coordinator = server
+    bad = Header(kind=p.KIND, tensors=(TensorSpec("float32", (4, 8)),), meta=_step(30, "bad", 4))  # type: ignore[arg-type]
+    coordinator.endpoint.send("n", bad, [bytes(12)])  # 12 bytes, not 4 x 8 values
+    assert node._collect(timeout_s=30).items == []  # dropped
+    answer = _run_step(node, coordinator, _step(31, "good", 4))
+    assert isinstance(answer, p.Tokens) and [t.request_id for t in answer.results] == ["good"]
+    assert "dropped a malformed message" in caplog.text and "payloads unlike its header's" in caplog.text
+    assert "bad" not in node.routes
+    coordinator.send("n", p.Free(["good"]))
+    node._collect(timeout_s=1)

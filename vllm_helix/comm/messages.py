@@ -103,7 +103,7 @@ class Message:
 def as_buffer(x: Any) -> Any:
     """Any C-contiguous CPU tensor/array/bytes-like as an object with the buffer protocol, without copying."""
     if type(x).__module__.startswith("torch"):
-        if x.device.type != "cpu":
+        if not x.is_cpu:
             raise ValueError(f"tensor on {x.device}: the transport sends CPU memory; call .cpu() first")
         if not x.is_contiguous():
             raise ValueError("tensor is not contiguous: call .contiguous() first (sending never copies)")

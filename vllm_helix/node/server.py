@@ -416,11 +416,9 @@ class NodeServer:
         for rid in out.rows:  # the runner's row order, which each group's payload keeps
             groups.setdefault((self._next_hop(rid), batch.step_of[rid]), []).append(rid)
         for (peer, step_id), rids in groups.items():
-            out_items = [batch.wire[rid] for rid in rids]
             try:
                 self._ensure_peer(peer)
-                blocks = out.blocks(rids)
-                self.channel.send(peer, p.Step(step_id, out_items), blocks)
+                self.channel.send(peer, p.Step(step_id, [batch.wire[rid] for rid in rids]), out.blocks(rids))
                 if self.trace is not None:
                     batch.sent[step_id] = time.time()
             except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: the coordinator reroutes
