@@ -1,9 +1,13 @@
-"""The residual stream's rows as steps bring them to a node (blocks), put in the runner's order."""
+"""The residual stream's rows as steps bring them to a node: one block per step, put in the runner's order."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from vllm_helix import wire as p
+from vllm_helix.errors import FrameRejected
+from vllm_helix.node.server import NodeServer
 from vllm_helix.node.types import StreamBlock, rows_in_order
 
 CPU = torch.device("cpu")
@@ -29,3 +33,18 @@ def test_rows_in_another_order_or_from_several_blocks_are_gathered_request_by_re
     stream, residual = rows_in_order([one, two], ["c", "a", "b"], CPU)
     expected = torch.tensor([ord("c"), ord("c") + 1, ord("c") + 2, ord("a"), ord("a") + 1, ord("b")])
     assert torch.equal(stream[:, 0], expected) and torch.equal(residual, -stream)
+
+
+def test_a_steps_payload_becomes_one_block_of_the_requests_still_on_the_node():
+    """Async scheduling may send a step of requests that stopped meanwhile: their rows are left out of the block."""
+    sent = _block(["a", "b", "c"], [2, 1, 3])
+    step = p.Step(7, [p.Item(rid, 0, n) for rid, n in zip(sent.request_ids, sent.counts, strict=True)])
+    received = p.Received("node0", step, [sent.hidden_states])
+    whole = NodeServer._payload(step, received, list(step.items))
+    assert whole is not None and whole.request_ids == ["a", "b", "c"] and whole.hidden_states is sent.hidden_states
+    kept = NodeServer._payload(step, received, [step.items[0], step.items[2]])
+    assert kept is not None and (kept.request_ids, kept.counts) == (["a", "c"], [2, 3])
+    assert torch.equal(kept.hidden_states, torch.cat([sent.hidden_states[:2], sent.hidden_states[3:]]))
+    assert NodeServer._payload(step, received, []) is None
+    with pytest.raises(FrameRejected, match="do not match its 6 tokens"):
+        NodeServer._payload(step, p.Received("node0", step, [sent.hidden_states[:5]]), list(step.items))
