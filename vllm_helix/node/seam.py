@@ -236,7 +236,7 @@ def loaded_weight_bytes(worker: WorkerBase) -> dict[str, int]:
 
 
 def _install_gather_hook(runner: GPUModelRunner) -> None:
-    """Non-first ranks: feed the runner the incoming per-request tensors in its own batch order."""
+    """Non-first ranks: feed the runner the incoming residual stream in its own batch order."""
     from vllm.sequence import IntermediateTensors
 
     runner._helix_incoming = []
@@ -247,7 +247,7 @@ def _install_gather_hook(runner: GPUModelRunner) -> None:
         # the summed stream: the first add-norm adds a zero residual, same bits
         residual = stream[1] if len(stream) == 2 else torch.zeros_like(stream[0])
         tensors = {"hidden_states": stream[0], "residual": residual}
-        pad = num_tokens - next(iter(tensors.values())).shape[0]
+        pad = num_tokens - stream[0].shape[0]
         if pad > 0:
             tensors = {k: torch.nn.functional.pad(v, (0, 0, 0, pad)) for k, v in tensors.items()}
         return IntermediateTensors(tensors)

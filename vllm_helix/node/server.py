@@ -316,6 +316,7 @@ class NodeServer:
             return False
         kept = [item for item in step.items if item.request_id not in gone]
         stream = self._payload(step, received, kept)
+        items, wire = [], {}  # the batch takes all of the step or nothing of it (a failing step fails alone)
         for item in kept:
             if item.new is not None and item.request_id not in self.routes:
                 self.routes[item.request_id] = item.new.route
@@ -323,12 +324,14 @@ class NodeServer:
                 self.worker.add_request(item.request_id, item.new.prompt_token_ids,
                                         p.decode_sampling(item.new.sampling))
             token_ids = self.feed.token_ids(item)
-            batch.items.append(StepItem(item.request_id, item.start_position, item.num_tokens, token_ids,
-                                        grammar_bitmask=_bitmask(item.grammar)))
+            items.append(StepItem(item.request_id, item.start_position, item.num_tokens, token_ids,
+                                  grammar_bitmask=_bitmask(item.grammar)))
             # the next hop gets the item as it came (the first step's NewRequest included), with the token
-            batch.wire[item.request_id] = item if token_ids is item.token_ids else msgspec.structs.replace(
+            wire[item.request_id] = item if token_ids is item.token_ids else msgspec.structs.replace(
                 item, token_ids=token_ids)
-            batch.step_of[item.request_id] = step.step_id
+        batch.items += items
+        batch.wire.update(wire)
+        batch.step_of.update(dict.fromkeys(wire, step.step_id))
         if stream is not None:
             batch.stream.append(stream)
         batch.tokens += tokens

@@ -40,10 +40,10 @@ class StepItem:
 @dataclass(frozen=True, slots=True)
 class StreamBlock:
     """Rows of the residual stream as one step brought them to a node: its requests' rows in its order, as one
-    block. The runner takes the block itself when its batch has the same requests in the same order (the usual
-    decode step), so no per-request views are made and no rows are copied: each view would cost a torch call,
-    ~2-3 us, several times that on the caches a forward has just emptied. ``residual`` None: ``hidden_states``
-    is the summed float32 stream (see partial_worker)."""
+    block. When the runner's batch has the same requests in the same order (the usual decode step: requests keep
+    their order from hop to hop), its input is one copy of the whole block (``rows_in_order``), with no view per
+    request: each would cost a torch call, ~2-3 us, several times that on the caches a forward has just emptied.
+    ``residual`` None: ``hidden_states`` is the summed float32 stream (see partial_worker)."""
 
     request_ids: list[str]
     counts: list[int]  # each request's rows
