@@ -166,14 +166,15 @@ def test_a_step_payload_is_the_summed_stream_or_the_pair_and_anything_else_is_re
 
     step = p.Step(4, [p.Item("r1", 0, 3, []), p.Item("r2", 7, 1, [5])])
     rows = torch.arange(4 * 8, dtype=torch.float32).reshape(4, 8)
-    hidden, residual = NodeServer._payload(step, p.Received("n0", step, [rows]))
-    assert residual is None and [tuple(h.shape) for h in hidden] == [(3, 8), (1, 8)]
-    hidden, residual = NodeServer._payload(step, p.Received("n0", step, [rows, rows + 1]))
-    assert residual is not None and torch.equal(residual[1], rows[3:] + 1)
-    assert NodeServer._payload(step, p.Received("coordinator", step, [])) == (None, None)  # the first hop
+    items = list(step.items)
+    summed = NodeServer._payload(step, p.Received("n0", step, [rows]), items)
+    assert summed is not None and summed.residual is None and summed.counts == [3, 1] and summed.hidden_states is rows
+    pair = NodeServer._payload(step, p.Received("n0", step, [rows, rows + 1]), items)
+    assert pair is not None and pair.residual is not None and torch.equal(pair.residual[3:], rows[3:] + 1)
+    assert NodeServer._payload(step, p.Received("coordinator", step, []), items) is None  # the first hop
     for bad in ([rows, rows, rows], [rows[:3]], [rows, rows[:2]]):
         with pytest.raises(FrameRejected, match="payloads do not match its 4 tokens"):
-            NodeServer._payload(step, p.Received("n0", step, bad))
+            NodeServer._payload(step, p.Received("n0", step, bad), items)
 
 
 def test_a_node_forwards_its_batch_block_as_it_is_or_the_rows_of_a_next_hop():
