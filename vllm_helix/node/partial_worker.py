@@ -357,11 +357,13 @@ class PartialLayerWorker:
             raise NodeError(f"hidden_states came for requests {sorted(rows)}, which are not in the batch")
         paired = stream[0].residual is not None
         for block in stream:
+            if (block.residual is not None) != paired:
+                raise NodeError(f"requests {block.request_ids}: rows come with a residual and without one in one batch")
             expected = (sum(block.counts), self.hidden_size)
             for name, t in (("hidden_states", block.hidden_states), ("residual", block.residual)):
-                if (t is not None or paired) and (t is None or tuple(t.shape) != expected):
-                    shape = None if t is None else tuple(t.shape)
-                    raise NodeError(f"requests {block.request_ids}: {name} has shape {shape}, expected {expected}")
+                if t is not None and tuple(t.shape) != expected:
+                    raise NodeError(f"requests {block.request_ids}: {name} has shape {tuple(t.shape)}, "
+                                    f"expected {expected}")
         return list(stream)
 
     def _hidden_batch(self, batch: Sequence[StepItem], out: IntermediateTensors) -> HiddenBatch:

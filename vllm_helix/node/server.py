@@ -23,12 +23,11 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
-import torch
 
 from vllm_helix import wire as p
 from vllm_helix.errors import FrameRejected, HelixError, NodeError, PeerLost, StartupError, TransportTimeout
 from vllm_helix.node.async_feed import AsyncFeed
-from vllm_helix.node.types import HiddenBatch, StepItem, StreamBlock, TokenResult
+from vllm_helix.node.types import HiddenBatch, StepItem, StreamBlock, TokenResult, rows_in_order
 from vllm_helix.trace import tracer
 from vllm_helix.wire import COORDINATOR_PEER, Channel, Received
 
@@ -347,14 +346,12 @@ class NodeServer:
             raise FrameRejected(f"step {step.step_id}: payloads do not match its {sum(counts)} tokens")
         if not kept:
             return None
-        hidden, residual = received.tensors[0], received.tensors[1] if len(received.tensors) == 2 else None
-        if len(kept) < len(step.items):  # async: a step sent before some of its requests stopped
-            wanted = {item.request_id for item in kept}
-            index = torch.cat([torch.arange(lo, lo + n) for lo, n, item in _offsets(step.items)
-                               if item.request_id in wanted])
-            hidden, residual = hidden[index], None if residual is None else residual[index]
-            counts = [item.num_tokens for item in kept]
-        return StreamBlock([item.request_id for item in kept], counts, hidden, residual)
+        block = StreamBlock([item.request_id for item in step.items], counts, *received.tensors)
+        if len(kept) == len(step.items):
+            return block
+        # async: a step sent before some of its requests stopped; the others' rows, in the step's order
+        rows = rows_in_order([block], [item.request_id for item in kept], block.hidden_states.device)
+        return StreamBlock([item.request_id for item in kept], [item.num_tokens for item in kept], *rows)
 
     def _run(self, batch: _Pending) -> None:
         started = time.monotonic()
@@ -508,15 +505,6 @@ def _bitmask(grammar: bytes) -> np.ndarray | None:
     if len(grammar) % 4:
         raise FrameRejected(f"a grammar bitmask of {len(grammar)} bytes is not int32 rows")
     return np.frombuffer(grammar, dtype=np.int32).copy()
-
-
-def _offsets(items: list[p.Item]) -> list[tuple[int, int, p.Item]]:
-    """Each item's first row in its step's payload, its rows, the item."""
-    out, lo = [], 0
-    for item in items:
-        out.append((lo, item.num_tokens, item))
-        lo += item.num_tokens
-    return out
 
 
 def _group(step_of: dict[str, int]) -> dict[int, list[str]]:
