@@ -4,17 +4,17 @@ Off by default. With `VLLM_HELIX_TRACE=DIR` in its environment, the coordinator 
 JSON line per step (coordinator) or per batch (node) to `DIR/<name>.jsonl`, with wall-clock timestamps
 (`time.time()`: comparable across processes on one host; across hosts only as far as their clocks agree):
 
-* coordinator `{"step", "submit", "sent", "recv": [...], "done", "requests"}`: `submit` when the engine
-  hands the batch over, `sent` once every first hop's Step is queued, `recv` as each last node's Tokens
-  arrive (decoded), `done` when the engine's output is ready (the time from a `done` to the next `submit`
-  is vLLM's scheduler and output processing: the table's `engine`), `cpu` the engine thread's CPU seconds
-  from `submit` to `sent`;
+* coordinator `{"step", "submit", "sent", "recv": [...], "done", "requests"}`: `submit` when the engine hands the
+  batch over, `sent` as the first hop's Step goes to the transport (every sender stamps just before its send call,
+  so no receiver has a message before its stamp), `recv` as each last node's Tokens arrive (decoded), `done` when
+  the engine's output is ready (the time from a `done` to the next `submit` is vLLM's scheduler and output
+  processing: the table's `engine`), `cpu` the engine thread's CPU seconds from `submit` to `sent`;
 * node `{"node", "arrived": {step: t}, "model": [start, end], "sent": {step: t}, "held": {step: t}, "handed",
   "cpu", "tokens", "seqs", "decodes", "context"}`:
   each Step taken off the socket by the transport's I/O thread, the vLLM runner's forward (the node's
-  compute), each step's output queued to the next hop; under async scheduling (`--helix-async`) a first node's
+  compute), each step's output going to the next hop; under async scheduling (`--helix-async`) a first node's
   step that came before its token: `held` when it came and `arrived` when the token did, and `handed` when
-  a last node queued its sampled tokens to the first nodes; `cpu` is the serving thread's CPU seconds for the
+  a last node sends its sampled tokens to the first nodes; `cpu` is the serving thread's CPU seconds for the
   batch outside the forward (decode, merge, input building, encode, send): unlike wall-clock phases it
   barely moves when other processes share the cores; `tokens`, `seqs`, `decodes` (its one-token items) and
   `context` (their mean tokens cached, or null) are the batch's shape.

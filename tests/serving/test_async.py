@@ -65,7 +65,10 @@ def test_the_trace_tells_a_steps_wait_for_its_token_from_its_hops(helix_async, t
     assert not any(row["held"] for row in lasts)  # a last node waits for no token
     assert all(row["handed"] is not None for row in lasts if row["decodes"])  # a prompt's chunks sample none
     summary = summarize(trace, since=since)
-    assert summary["ring_steps"] >= 10, summary  # 3 x 11 decode steps, less those whose token came first
+    # every held step the chain carried to the end makes one ring (how many steps are held depends on the host)
+    held = {int(step) for row in head for step in row["held"]}
+    carried = {int(step) for row in lasts for step in row["sent"]}
+    assert summary["ring_steps"] == len(held & carried) > 0, summary
     assert summary["nodes"]["head"]["held"] > 0 and summary["nodes"]["fast"]["held"] == 0
     assert "async ring" in format_summary(summary)
 

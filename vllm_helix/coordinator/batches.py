@@ -121,10 +121,10 @@ class BatchBook:
         self._finish_done()  # this one (every request dropped) and any an older incarnation held up
         return batch, {hop: p.Step(step_id, items) for hop, items in by_hop.items()}
 
-    def sent(self, batch: PendingBatch) -> None:
-        """Every first hop's Step of `batch` is queued (tracing)."""
+    def sent(self, batch: PendingBatch, queued: float) -> None:
+        """Every first hop's Step of `batch` is queued, the first of them at `queued` (a time.time(); tracing)."""
         if batch.times is not None:
-            batch.times["sent"] = time.time()
+            batch.times["sent"] = queued
             batch.times["cpu"] = time.thread_time() - batch.times["cpu"]  # building, encoding, sending
 
     def _incarnate(self, rid: str, tokens: list[int], route: list[str], sampling: bytes) -> None:

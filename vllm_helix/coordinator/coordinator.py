@@ -186,12 +186,13 @@ class ServingCoordinator:
         if steps:
             self._start_serving()
         self._send_frees(self.book.take_retired())  # incarnations of requests vLLM preempted by itself
+        queued = time.time()  # tracing: before the sends, so that no hop can have the step before it was sent
         for hop, step in steps.items():
             try:
                 self.channel.send(hop, step)
             except (PeerLost, TransportTimeout) as exc:
                 self._lose(hop, str(exc))
-        self.book.sent(batch)
+        self.book.sent(batch, queued)
         return batch.future
 
     def _free(self, request_ids: set[str]) -> None:

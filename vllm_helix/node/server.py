@@ -388,9 +388,11 @@ class NodeServer:
             by_step.setdefault(batch.step_of[result.request_id], []).append(
                 p.TokenOut(result.request_id, result.token_id, result.logprob_row, result.prompt_logprobs))
         for step_id, outs in by_step.items():
+            # stamped before the send: a sender descheduled after it would stamp after the receiver has the message
+            queued = time.time() if self.trace is not None else 0.0
             self._to_coordinator(p.Tokens(step_id, outs))
             if self.trace is not None:
-                batch.sent[step_id] = time.time()
+                batch.sent[step_id] = queued
 
     def _hand_to_first(self, batch: _Pending, results: list[TokenResult]) -> None:
         """Async scheduling: each sampled token to its route's first node, which holds the next step for it."""
@@ -400,14 +402,14 @@ class NodeServer:
         sampled = [(r.request_id, ends[r.request_id], r.token_id) for r in results if r.token_id is not None]
         handoffs = self.feed.handoffs(sampled)
         own = handoffs.pop(self.name, None)  # a one-node route: this node is its first node too
+        if self.trace is not None and (handoffs or own):
+            batch.handed = time.time()
         for first, message in handoffs.items():
             try:
                 self._ensure_peer(first)
                 self.channel.send(first, message)
             except (PeerLost, TransportTimeout) as exc:  # its step never starts: the coordinator reroutes them
                 self._hop_lost(-1, [t[0] for t in message.tokens], first, exc)
-        if self.trace is not None and (handoffs or own):
-            batch.handed = time.time()
         if own is not None:
             self.deferred.extend(self.feed.on_sampled(own.tokens, time.time()))
 
@@ -418,9 +420,10 @@ class NodeServer:
         for (peer, step_id), rids in groups.items():
             try:
                 self._ensure_peer(peer)
+                queued = time.time() if self.trace is not None else 0.0
                 self.channel.send(peer, p.Step(step_id, [batch.wire[rid] for rid in rids]), out.blocks(rids))
                 if self.trace is not None:
-                    batch.sent[step_id] = time.time()
+                    batch.sent[step_id] = queued
             except (PeerLost, TransportTimeout) as exc:  # the next hop is gone: the coordinator reroutes
                 self._hop_lost(step_id, rids, peer, exc)
 
