@@ -8,7 +8,7 @@ JSON line per step (coordinator) or per batch (node) to `DIR/<name>.jsonl`, with
   batch over, `sent` as the first hop's Step goes to the transport (every sender stamps just before its send call,
   so no receiver has a message before its stamp), `recv` as each last node's Tokens arrive (decoded), `done` when
   the engine's output is ready (the time from a `done` to the next `submit` is vLLM's scheduler and output
-  processing: the table's `engine`), `cpu` the engine thread's CPU seconds from `submit` to `sent`;
+  processing: the table's `engine`), `cpu` the engine thread's CPU seconds from `submit` until its Steps are sent;
 * node `{"node", "arrived": {step: t}, "model": [start, end], "sent": {step: t}, "held": {step: t}, "handed",
   "cpu", "tokens", "seqs", "decodes", "context"}`:
   each Step taken off the socket by the transport's I/O thread, the vLLM runner's forward (the node's
