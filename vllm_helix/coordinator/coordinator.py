@@ -186,7 +186,8 @@ class ServingCoordinator:
         if steps:
             self._start_serving()
         self._send_frees(self.book.take_retired())  # incarnations of requests vLLM preempted by itself
-        queued = time.time()  # tracing: before the sends, so that no hop can have the step before it was sent
+        # tracing: stamped before the sends, so that no hop can have the step before it was sent
+        queued = time.time() if self.book.trace is not None else 0.0
         for hop, step in steps.items():
             try:
                 self.channel.send(hop, step)
