@@ -389,10 +389,9 @@ class NodeServer:
                 p.TokenOut(result.request_id, result.token_id, result.logprob_row, result.prompt_logprobs))
         for step_id, outs in by_step.items():
             # stamped before the send: a sender descheduled after it would stamp after the receiver has the message
-            queued = time.time() if self.trace is not None else 0.0
-            self._to_coordinator(p.Tokens(step_id, outs))
             if self.trace is not None:
-                batch.sent[step_id] = queued
+                batch.sent[step_id] = time.time()
+            self._to_coordinator(p.Tokens(step_id, outs))  # never raises: a lost coordinator is handled inside
 
     def _hand_to_first(self, batch: _Pending, results: list[TokenResult]) -> None:
         """Async scheduling: each sampled token to its route's first node, which holds the next step for it."""
